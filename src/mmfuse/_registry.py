@@ -1,0 +1,54 @@
+"""A small name -> factory registry shared by encoders, fusions and later components."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, TypeVar
+
+from .errors import MmfuseError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to factories. ``kind`` is used in error messages ("encoder", "fusion")."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def deco(factory):
+            if name in self._entries:
+                raise MmfuseError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = factory
+            factory.registry_name = name
+            return factory
+
+        return deco
+
+    def get(self, name: str) -> Callable[..., T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise MmfuseError(unknown_name_message(self.kind, name, self._entries)) from None
+
+    def create(self, name: str, **kwargs) -> T:
+        return self.get(name)(**kwargs)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+
+def unknown_name_message(kind: str, name, known) -> str:
+    """``unknown encoder 'cnn'; known: a, b. Did you mean 'image_cnn'?``"""
+    known = sorted(known)
+    msg = f"unknown {kind} {name!r}; known: {', '.join(known)}"
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
+    if not close:  # substring match catches 'cnn' -> 'image_cnn'
+        close = [k for k in known if str(name).lower() in k.lower()][:1]
+    if close:
+        msg += f". Did you mean {close[0]!r}?"
+    return msg

@@ -1,0 +1,358 @@
+"""The torch Dataset: ``{input_name: tensor}`` plus a presence mask per input.
+
+A batch is a dict::
+
+    {"inputs": {name: Tensor | {key: Tensor}},  # encoder inputs, absent rows zero-filled
+     "mask":   {name: BoolTensor [B]},          # True where the input is present
+     "target": Tensor [B] (when the table has a target),
+     "row":    LongTensor [B],                  # positions in the table, for reports
+     "issues": [dict]}                          # bad cells met in this batch (policy skip/missing)
+
+Cheap in-memory inputs (text, numbers, categories) are transformed once when the dataset is
+built; file inputs (images, audio, time-series files) are decoded lazily in DataLoader
+workers and, with a cache, only once.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from ._cache import ABSENT, PRESENT, UNKNOWN, ItemCache, cache_key, default_cache_dir, file_stamp
+from .errors import InputError, MmfuseError
+from .io import Table, atomic_write_text, read_table
+from .preprocessing import Preprocessor, ReadContext, TargetEncoder
+from ._registry import unknown_name_message
+
+__all__ = ["BadInputPolicy", "InputReport", "MultimodalDataset", "MultimodalLoader", "make_loader",
+           "build_preprocessors"]
+
+
+class BadInputPolicy(str, Enum):
+    """What to do with a cell that cannot be read.
+
+    ``raise``: stop with an error naming the row, column and file (the default).
+    ``skip``: drop the row. ``missing``: treat that input as absent in that row.
+    """
+
+    RAISE = "raise"
+    SKIP = "skip"
+    MISSING = "missing"
+
+    @classmethod
+    def parse(cls, v) -> "BadInputPolicy":
+        try:
+            return cls(v)
+        except ValueError:
+            raise MmfuseError(unknown_name_message("bad-input policy", v, [p.value for p in cls])) from None
+
+
+@dataclass
+class InputReport:
+    """Bad cells met under the ``skip``/``missing`` policies, and unseen categories."""
+
+    policy: BadInputPolicy
+    issues: dict = field(default_factory=dict)  # (row, column) -> issue dict
+    unknown_categories: Counter = field(default_factory=Counter)
+
+    def add(self, issue: dict) -> None:
+        self.issues.setdefault((str(issue["row"]), issue["column"]), issue)
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(c for _, c in self.issues).items()))
+
+    def rows(self) -> list:
+        return sorted({i["row"] for i in self.issues.values()}, key=str)
+
+    def summary(self) -> str:
+        if not self.issues and not self.unknown_categories:
+            return "no bad input"
+        parts = []
+        if self.issues:
+            verb = "skipped" if self.policy is BadInputPolicy.SKIP else "treated as missing"
+            per = ", ".join(f"{c!r}: {n}" for c, n in self.counts().items())
+            parts.append(f"{len(self.rows())} rows with bad input {verb} ({per})")
+        if self.unknown_categories:
+            per = ", ".join(f"{c!r}: {n}" for c, n in sorted(self.unknown_categories.items()))
+            parts.append(f"unseen categories mapped to 'unknown' ({per})")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"policy": self.policy.value, "counts": self.counts(), "rows": self.rows(),
+                "issues": list(self.issues.values()), "unknown_categories": dict(self.unknown_categories)}
+
+    def write(self, directory: str | os.PathLike) -> Path:
+        """Write ``bad_input.json`` (counts, row ids, every issue) into the run folder."""
+        path = Path(directory) / "bad_input.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=str))
+        return path
+
+
+class MultimodalDataset(Dataset):
+    """Rows of a table as encoder inputs, presence masks and targets.
+
+    Args:
+        data: A table, DataFrame or path.
+        preprocessors: Input name -> fitted preprocessor.
+        target: A fitted :class:`TargetEncoder`, or None (prediction).
+        on_bad_input: ``raise``, ``skip`` or ``missing`` (see :class:`BadInputPolicy`).
+        cache: ``None``, ``"memory"`` (shared memory, this process and its workers) or a
+            folder for a disk cache reused across runs.
+        allow_outside_root: Allow file paths that resolve outside the data root.
+        train: Apply training augmentation.
+        root: Folder for relative paths (defaults to the table's folder).
+    """
+
+    def __init__(self, data, preprocessors: Mapping[str, Preprocessor], target: TargetEncoder | None = None, *,
+                 on_bad_input: str | BadInputPolicy = "raise", cache: str | os.PathLike | None = None,
+                 allow_outside_root: bool = False, train: bool = False, root=None):
+        self.table: Table = read_table(data, root=root)
+        self.preprocessors = {k: preprocessors[k] for k in sorted(preprocessors)}
+        for name, p in self.preprocessors.items():
+            p.check_fitted()
+            absent = [c for c in p.columns if c not in self.table.df.columns]
+            if absent and len(absent) < len(p.columns):
+                raise MmfuseError(f"input {name!r}: the table lacks columns {absent} (it has {len(p.columns)}); "
+                                  "give all of them, or none to treat the input as absent")
+        self.policy = BadInputPolicy.parse(on_bad_input)
+        self.ctx = ReadContext(self.table.root, allow_outside_root)
+        self.train = train
+        self.report = InputReport(self.policy)
+        n = len(self.table.df)
+        self._row_ids = self.table.df.index.to_numpy()
+        keep = np.ones(n, dtype=bool)
+        self._cells = {name: self._columns_of(p) for name, p in self.preprocessors.items()}
+
+        self.target = target
+        self._y = None
+        if target is not None:
+            self._y, ok = self._read_target(target)
+            keep &= ok
+
+        # eager inputs: transform every row now
+        self._eager: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        for name, p in self.preprocessors.items():
+            if p.eager:
+                arrays, present, ok = self._transform_all(name, p)
+                self._eager[name] = (arrays, present)
+                keep &= ok
+            if hasattr(p, "unknown_counts"):
+                self.report.unknown_categories.update(p.unknown_counts)
+                p.unknown_counts.clear()
+        self.positions = np.flatnonzero(keep)
+
+        # lazy inputs: optional cache
+        self._caches: dict[str, ItemCache] = {}
+        self.cache_dirs: dict[str, Path] = {}
+        if cache is not None:
+            for name, p in self.preprocessors.items():
+                if p.eager or self._cells[name] is None:
+                    continue
+                if str(cache) == "memory":
+                    self._caches[name] = ItemCache(n, p.item_spec())
+                else:
+                    d = Path(cache) / name.replace("/", "_") / self._key(p, name)
+                    self.cache_dirs[name] = d
+                    self._caches[name] = ItemCache(n, p.item_spec(), d)
+
+    # --- construction helpers --------------------------------------------------------------
+    def _columns_of(self, p: Preprocessor) -> list[np.ndarray] | None:
+        df = self.table.df
+        if not all(c in df.columns for c in p.columns):
+            return None  # input absent from the table: absent in every row
+        return [df[c].to_numpy(dtype=object) for c in p.columns]
+
+    def _key(self, p: Preprocessor, name: str) -> str:
+        meta, arrays = p.get_state()
+        cells = self._cells[name]
+        stamps = [[file_stamp(v, self.table.root) for v in col] for col in cells]
+        return cache_key({"prep": meta, "arrays": {k: np.asarray(a).tolist() for k, a in arrays.items()},
+                          "root": str(self.table.root), "cells": stamps})
+
+    def _read_target(self, target: TargetEncoder):
+        n = len(self.table.df)
+        ok = np.ones(n, dtype=bool)
+        if target.column not in self.table.df.columns:
+            raise MmfuseError(unknown_name_message("target column", target.column, self.table.df.columns))
+        dtype = np.float32 if target.classes_ is None else np.int64
+        y = np.zeros(n, dtype)
+        col = self.table.df[[target.column]]
+        try:
+            return target.transform(col), ok
+        except InputError:
+            pass  # find and handle the bad rows one by one
+        for i in range(n):
+            try:
+                y[i] = target.transform(col.iloc[i:i + 1])[0]
+            except InputError as e:
+                if self.policy is not BadInputPolicy.SKIP:  # a row without a target cannot be 'missing'
+                    raise
+                self.report.add(e.to_dict())
+                ok[i] = False
+        return y, ok
+
+    def _transform_all(self, name: str, p: Preprocessor):
+        n = len(self.table.df)
+        spec = p.item_spec()
+        arrays = {k: np.zeros((n, *s), d) for k, (s, d) in spec.items()}
+        present, ok = np.zeros(n, bool), np.ones(n, bool)
+        cells = self._cells[name]
+        if cells is None:
+            return arrays, present, ok
+        for i in range(n):
+            try:
+                item = p.read([c[i] for c in cells], self._row_ids[i], self.ctx)
+            except InputError as e:
+                if self.policy is BadInputPolicy.RAISE:
+                    raise
+                self.report.add(e.to_dict())
+                ok[i] = self.policy is not BadInputPolicy.SKIP
+                continue
+            if item is not None:
+                present[i] = True
+                for k, a in item.items():
+                    arrays[k][i] = a
+        return arrays, present, ok
+
+    # --- torch Dataset ---------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def y(self) -> np.ndarray | None:
+        return None if self._y is None else self._y[self.positions]
+
+    def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices) -> dict:
+        """Build a whole batch at once (torch's DataLoader calls this with a batch of indices)."""
+        pos = self.positions[np.asarray(indices, dtype=np.int64)]
+        issues: list[dict] = []
+        drop = np.zeros(len(pos), bool)
+        items: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        for name, p in self.preprocessors.items():
+            if name in self._eager:
+                arrays, present = self._eager[name]
+                items[name] = ({k: a[pos] for k, a in arrays.items()}, present[pos])
+                continue
+            try:
+                items[name] = self._read_lazy(name, p, pos, issues, drop)
+            except InputError as e:  # policy 'raise'
+                if get_worker_info() is None:
+                    raise
+                return {"error": e}  # re-raised cleanly by MultimodalLoader in the main process
+        keep = ~drop
+        batch = {"inputs": {}, "mask": {}, "row": torch.from_numpy(pos[keep]), "issues": issues}
+        for name, (arrays, present) in items.items():
+            t = {k: torch.from_numpy(np.ascontiguousarray(a[keep])) for k, a in arrays.items()}
+            batch["inputs"][name] = self.preprocessors[name].batch(t, train=self.train)
+            batch["mask"][name] = torch.from_numpy(present[keep])
+        if self._y is not None:
+            batch["target"] = torch.from_numpy(self._y[pos[keep]])
+        return batch
+
+    def _read_lazy(self, name, p, pos, issues, drop):
+        spec = p.item_spec()
+        cache = self._caches.get(name)
+        cells = self._cells[name]
+        if cells is None:
+            return {k: np.zeros((len(pos), *s), d) for k, (s, d) in spec.items()}, np.zeros(len(pos), bool)
+        if cache is not None:
+            status = cache.status[pos]
+            arrays = cache.get(pos)
+            todo = np.flatnonzero(status == UNKNOWN)
+        else:
+            status = np.zeros(len(pos), np.uint8)
+            arrays = {k: np.zeros((len(pos), *s), d) for k, (s, d) in spec.items()}
+            todo = np.arange(len(pos))
+        for j in todo:
+            i = int(pos[j])
+            try:
+                item = p.read([c[i] for c in cells], self._row_ids[i], self.ctx)
+            except InputError as e:
+                if self.policy is BadInputPolicy.RAISE:
+                    raise
+                issues.append(e.to_dict())
+                status[j] = ABSENT
+                drop[j] |= self.policy is BadInputPolicy.SKIP
+                continue  # not cached: a fixed file is picked up next time
+            if item is None:
+                status[j] = ABSENT
+            else:
+                status[j] = PRESENT
+                for k, a in item.items():
+                    arrays[k][j] = a
+            if cache is not None:
+                cache.put(i, item)
+        return arrays, status == PRESENT
+
+
+def _passthrough(batch):
+    return batch
+
+
+class MultimodalLoader:
+    """A torch DataLoader over a :class:`MultimodalDataset` that re-raises bad-input errors
+    cleanly and collects skipped/missing cells into ``dataset.report``.
+
+    Yields batches without the ``issues`` key.
+    """
+
+    def __init__(self, dataset: MultimodalDataset, loader: DataLoader):
+        self.dataset, self.loader = dataset, loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if "error" in batch:
+                raise batch["error"]
+            for issue in batch.pop("issues"):
+                self.dataset.report.add(issue)
+            yield batch
+
+
+def make_loader(dataset: MultimodalDataset, batch_size: int = 64, shuffle: bool = False, num_workers: int = 0,
+                seed: int = 0, drop_last: bool = False, persistent_workers: bool = False,
+                pin_memory: bool = False) -> MultimodalLoader:
+    """A loader whose batches are built by ``dataset.__getitems__`` (decoding in workers)."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    dl = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                    collate_fn=_passthrough, generator=g, drop_last=drop_last, pin_memory=pin_memory,
+                    persistent_workers=persistent_workers and num_workers > 0)
+    return MultimodalLoader(dataset, dl)
+
+
+def build_preprocessors(schema, data, options: Mapping[str, dict] | None = None, root=None) -> dict[str, Preprocessor]:
+    """Create and fit the built-in preprocessor of every input of ``schema`` on ``data``.
+
+    Args:
+        schema: A :class:`~mmfuse.schema.Schema`.
+        data: The training rows only (a table, DataFrame or path).
+        options: Keyword arguments per input name or per modality name, for example
+            ``{"image": {"size": 32}, "Review Text": {"max_length": 200}}``; an input's own
+            entry wins over its modality's.
+    """
+    from .preprocessing import default_preprocessor
+
+    table = read_table(data, root=root)
+    options = dict(options or {})
+    ctx = ReadContext(table.root)
+    out = {}
+    for spec in schema.inputs():
+        kw = {**options.get(spec.modality.value, {}), **options.get(spec.name, {})}
+        out[spec.name] = default_preprocessor(spec, schema, **kw).fit(table.df, ctx)
+    return out

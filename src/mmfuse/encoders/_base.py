@@ -1,0 +1,100 @@
+"""The encoder contract and registry.
+
+An encoder maps the batch tensor(s) of one input to ``[B, D]`` (``output_dim`` = D) and,
+where it has one, a token sequence ``[B, T, D]`` with a token mask ``[B, T]`` for
+attention-based fusion. Rows where the input is absent never go through the network:
+only present rows are encoded, and absent rows get zeros (fusion sees the mask).
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .._registry import Registry
+
+ENCODERS: Registry[type] = Registry("encoder")
+DEFAULT_ENCODERS = {"text": "text_bilstm", "image": "image_cnn", "audio": "audio_cnn",
+                    "tabular": "tabular_mlp", "timeseries": "timeseries_cnn"}
+
+__all__ = ["Encoder", "register_encoder", "create_encoder", "list_encoders", "encoder_for", "DEFAULT_ENCODERS"]
+
+
+def register_encoder(name: str):
+    """Class decorator: make an :class:`Encoder` creatable by name."""
+    return ENCODERS.register(name)
+
+
+def create_encoder(name: str, **kwargs) -> "Encoder":
+    """Create a registered encoder. Unknown names list the known ones."""
+    return ENCODERS.create(name, **kwargs)
+
+
+def list_encoders() -> list[str]:
+    return ENCODERS.names()
+
+
+def encoder_for(preprocessor, name: str | None = None, **kwargs) -> "Encoder":
+    """The encoder for a fitted preprocessor; sizes (vocabulary, channels, ...) come from it."""
+    name = name or DEFAULT_ENCODERS[preprocessor.modality]
+    return ENCODERS.get(name).from_preprocessor(preprocessor, **kwargs)
+
+
+def select(x, idx: torch.Tensor):
+    """Rows ``idx`` of a tensor or of every tensor in a dict."""
+    if isinstance(x, dict):
+        return {k: v.index_select(0, idx) for k, v in x.items()}
+    return x.index_select(0, idx)
+
+
+def batch_size(x) -> int:
+    return next(iter(x.values())).shape[0] if isinstance(x, dict) else x.shape[0]
+
+
+class Encoder(nn.Module):
+    """Base class. Subclasses implement :meth:`encode` and :meth:`from_preprocessor`.
+
+    Attributes:
+        modality: ``text``, ``image``, ``audio``, ``tabular`` or ``timeseries``.
+        output_dim: D, the width of the pooled output and of the tokens.
+        has_tokens: Whether :meth:`encode` returns a token sequence.
+    """
+
+    modality: ClassVar[str]
+    has_tokens: ClassVar[bool] = True
+    output_dim: int
+
+    @abstractmethod
+    def encode(self, x) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Encode present rows only: ``(pooled [b, D], tokens [b, T, D] | None, token_mask [b, T] | None)``."""
+
+    @classmethod
+    @abstractmethod
+    def from_preprocessor(cls, preprocessor, **kwargs) -> "Encoder":
+        """Build with sizes taken from a fitted preprocessor."""
+
+    def forward(self, x, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, D]``; rows with ``mask == False`` are zeros."""
+        return self.forward_with_tokens(x, mask)[0]
+
+    def forward_with_tokens(self, x, mask: torch.Tensor | None = None):
+        """``(pooled [B, D], tokens [B, T, D] | None, token_mask [B, T] | None)``, absent rows zeroed."""
+        B = batch_size(x)
+        if mask is None or bool(mask.all()):
+            return self.encode(x)
+        idx = torch.nonzero(mask, as_tuple=False).squeeze(1)
+        device = mask.device
+        if len(idx) == 0:  # input absent in every row: nothing to run
+            pooled = torch.zeros(B, self.output_dim, device=device)
+            return pooled, None, None
+        p, tok, tmask = self.encode(select(x, idx))
+        pooled = p.new_zeros(B, p.shape[1]).index_copy(0, idx, p)
+        if tok is not None:
+            tok = tok.new_zeros(B, *tok.shape[1:]).index_copy(0, idx, tok)
+            tmask = tmask.new_zeros(B, tmask.shape[1]).index_copy(0, idx, tmask)
+        return pooled, tok, tmask
+
+    def extra_repr(self) -> str:
+        return f"output_dim={self.output_dim}"

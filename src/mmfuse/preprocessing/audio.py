@@ -1,0 +1,205 @@
+"""Audio: decode with soundfile, mix to mono, resample, pad/crop, then a batched log-mel in torch.
+
+Decoded waveforms (``float32 [L]``) are what the cache stores; the log-mel spectrogram is
+computed for a whole batch at once with ``torch.stft``.
+"""
+from __future__ import annotations
+
+import io
+import math
+import struct
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..io import resolve_path
+from ._base import PREPROCESSORS, Preprocessor, ReadContext, bad, is_missing, sample_rows
+
+_FORMATS = ("WAV", "FLAC", "OGG", "MP3", "AIFF", "AU", "WAVEX", "W64", "RF64", "CAF")
+
+
+def hz_to_mel(f):
+    """HTK mel scale: 2595 * log10(1 + f / 700)."""
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(m):
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None):
+    """Triangular HTK mel filters, ``(n_mels, n_fft // 2 + 1)``, each peaking at 1 on its center.
+
+    Filter m rises linearly from mel point m to m+1 and falls to m+2, where the n_mels + 2
+    points are evenly spaced on the mel scale between f_min and f_max.
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    pts = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    lo, mid, hi = pts[:-2, None], pts[1:-1, None], pts[2:, None]
+    up = (freqs[None] - lo) / np.maximum(mid - lo, 1e-9)
+    down = (hi - freqs[None]) / np.maximum(hi - mid, 1e-9)
+    return np.clip(np.minimum(up, down), 0, None).astype(np.float32)
+
+
+class LogMel(torch.nn.Module):
+    """Batched log-mel spectrogram: ``(B, L)`` waveform -> ``(B, n_mels, T)``.
+
+    ``log(mel @ |STFT|^2 + eps)`` with a Hann window, centered frames (T = L // hop + 1).
+    """
+
+    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, eps: float = 1e-6):
+        super().__init__()
+        self.n_fft, self.hop_length, self.eps = n_fft, hop_length, eps
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.register_buffer("fb", torch.from_numpy(mel_filterbank(n_fft, n_mels, sample_rate)), persistent=False)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(wav, self.n_fft, self.hop_length, window=self.window, center=True,
+                          return_complex=True).abs().pow(2)  # (B, F, T)
+        return torch.log(torch.matmul(self.fb, spec) + self.eps)  # (B, n_mels, T)
+
+
+@PREPROCESSORS.register("audio")
+class AudioPreprocessor(Preprocessor):
+    """Audio cells (a path or raw bytes) to a fixed-length mono waveform, then log-mel per batch.
+
+    Args:
+        columns: One audio column.
+        sample_rate: Target rate in Hz; files are resampled (polyphase) to it.
+        duration: Seconds kept: shorter clips are zero-padded at the end, longer ones cropped
+            (``crop="start"`` keeps the beginning, ``"center"`` the middle).
+        n_mels: Mel bands.
+        win_ms, hop_ms: STFT window and hop in milliseconds (n_fft is the window rounded up
+            to a power of two).
+    """
+
+    modality = "audio"
+    _config_keys = ("sample_rate", "duration", "n_mels", "win_ms", "hop_ms", "crop")
+
+    def __init__(self, columns, sample_rate: int = 16000, duration: float = 1.0, n_mels: int = 64,
+                 win_ms: float = 25.0, hop_ms: float = 10.0, crop: str = "start"):
+        super().__init__(columns)
+        self.sample_rate, self.duration, self.n_mels = sample_rate, duration, n_mels
+        self.win_ms, self.hop_ms, self.crop = win_ms, hop_ms, crop
+        self._logmel = None
+
+    @property
+    def length(self) -> int:
+        return int(round(self.sample_rate * self.duration))
+
+    @property
+    def n_fft(self) -> int:
+        return 1 << math.ceil(math.log2(self.sample_rate * self.win_ms / 1000))
+
+    @property
+    def hop_length(self) -> int:
+        return max(1, int(round(self.sample_rate * self.hop_ms / 1000)))
+
+    @property
+    def n_frames(self) -> int:
+        return self.length // self.hop_length + 1
+
+    def logmel(self) -> LogMel:
+        if self._logmel is None:
+            self._logmel = LogMel(self.sample_rate, self.n_fft, self.hop_length, self.n_mels)
+        return self._logmel
+
+    def fit(self, df: pd.DataFrame, ctx: ReadContext):
+        if self.crop not in ("start", "center"):
+            raise ValueError(f"AudioPreprocessor: crop must be 'start' or 'center', got {self.crop!r}")
+        waves = []
+        for idx, v in sample_rows(df[self.columns].dropna(), 128)[self.columns[0]].items():
+            try:
+                waves.append(self.read([v], idx, ctx)["wave"])
+            except Exception:  # bad files are reported when read; statistics skip them
+                continue
+        if waves:
+            with torch.no_grad():
+                m = self.logmel()(torch.from_numpy(np.stack(waves)))  # (N, n_mels, T)
+            self.mean_ = m.mean(dim=(0, 2)).numpy().astype(np.float32)
+            self.std_ = m.std(dim=(0, 2)).clamp_min(1e-3).numpy().astype(np.float32)
+        else:
+            self.mean_ = np.zeros(self.n_mels, np.float32)
+            self.std_ = np.ones(self.n_mels, np.float32)
+        return super().fit(df, ctx)
+
+    def read(self, cells, row, ctx):
+        import soundfile as sf
+
+        (v,) = cells
+        if is_missing(v):
+            return None
+        col, file, resolved = self.columns[0], None, None
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            raw = bytes(v)
+        else:
+            file = str(v)
+            path = resolve_path(file, ctx.root, row=row, column=col, allow_outside_root=ctx.allow_outside_root)
+            resolved = str(path)
+            if not path.is_file():
+                raise bad(row, col, "does not exist", file, resolved, "fix the path or the data root")
+            raw = path.read_bytes()
+        if not raw:
+            raise bad(row, col, "is empty (0 bytes)", file, resolved)
+        _check_wav_complete(raw, row, col, file, resolved)
+        try:
+            data, sr = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)  # (N, channels)
+        except Exception as e:
+            ext = Path(file).suffix if file else ""
+            raise bad(row, col, f"is not a supported audio file ({e})", file, resolved,
+                      f"supported formats: {', '.join(_FORMATS)}; convert {ext or 'it'} to WAV or FLAC") from None
+        if data.shape[0] == 0:
+            raise bad(row, col, "holds no audio samples", file, resolved)
+        if not np.isfinite(data).all():
+            raise bad(row, col, "holds NaN or infinite samples", file, resolved)
+        wave = data.mean(axis=1)  # mono
+        if sr != self.sample_rate:
+            from scipy.signal import resample_poly
+
+            frac = Fraction(self.sample_rate, sr).limit_denominator(1000)
+            wave = resample_poly(wave, frac.numerator, frac.denominator).astype(np.float32)
+        L = self.length
+        if len(wave) >= L:
+            start = 0 if self.crop == "start" else (len(wave) - L) // 2
+            wave = wave[start:start + L]
+        else:
+            wave = np.pad(wave, (0, L - len(wave)))
+        return {"wave": np.ascontiguousarray(wave, dtype=np.float32)}
+
+    def item_spec(self):
+        return {"wave": ((self.length,), np.dtype(np.float32))}
+
+    def batch(self, arrays, train=False):
+        m = self.logmel()(arrays["wave"])  # (B, n_mels, T)
+        return (m - torch.as_tensor(self.mean_)[:, None]) / torch.as_tensor(self.std_)[:, None]
+
+    def extra_state(self):
+        return {}, {"mean": self.mean_, "std": self.std_}
+
+    def load_extra_state(self, meta, arrays):
+        self.mean_, self.std_ = arrays["mean"], arrays["std"]
+
+    def __getstate__(self):  # the LogMel module is rebuilt lazily in each worker
+        d = dict(self.__dict__)
+        d["_logmel"] = None
+        return d
+
+
+def _check_wav_complete(raw: bytes, row, col, file, resolved) -> None:
+    """libsndfile reads a WAV cut short without complaint; compare the data chunk's declared size."""
+    if len(raw) < 12 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= len(raw):
+        cid, size = raw[pos:pos + 4], struct.unpack("<I", raw[pos + 4:pos + 8])[0]
+        if cid == b"data":
+            have = len(raw) - pos - 8
+            if size not in (0, 0xFFFFFFFF) and have < size:
+                raise bad(row, col, f"is a truncated WAV: its header declares {size} bytes of audio but only "
+                                    f"{have} are present", file, resolved, "re-export or re-download the file")
+            return
+        pos += 8 + size + (size & 1)

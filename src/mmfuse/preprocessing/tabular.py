@@ -1,0 +1,222 @@
+"""Numbers and categories: one ``tabular`` input read by one MLP with categorical embeddings."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._base import PREPROCESSORS, Preprocessor, ReadContext, bad, is_missing
+
+MISSING_ID, UNKNOWN_ID = 0, 1
+
+
+def to_float(v, row=None, column=None) -> float:
+    """A cell as a float; NaN for missing. Strings that are not numbers and inf are bad input."""
+    if is_missing(v):
+        return math.nan
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise bad(row, column, f"holds {v!r}, which is not a number",
+                  hint="fix the cell, leave it empty to mark it missing, or use the 'missing' bad-input policy") \
+            from None
+    if math.isinf(x):
+        raise bad(row, column, f"holds {x}, an infinite value", hint="replace it with a finite number or leave it empty")
+    return x
+
+
+def category_key(v) -> str:
+    """Categories compare as strings; 3, 3.0 and '3' are the same category."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v).strip()
+
+
+@PREPROCESSORS.register("numeric")
+class NumericPreprocessor(Preprocessor):
+    """Median imputation with a missing indicator, then standardization.
+
+    For each column: ``x' = (x - center) / scale``, with center = mean and scale = std, or with
+    ``robust=True`` center = median and scale = IQR / 1.349 (the std of a normal with that
+    IQR). A missing value becomes the training median (0 after standardization when robust)
+    and its indicator is 1. Output: ``float32 [2 * n_columns]`` (values, then indicators).
+    """
+
+    modality = "tabular"
+    eager = True
+    _config_keys = ("robust",)
+
+    def __init__(self, columns, robust: bool = False):
+        super().__init__(columns)
+        self.robust = robust
+
+    def fit(self, df: pd.DataFrame, ctx: ReadContext):
+        med, center, scale = [], [], []
+        for c in self.columns:
+            x = pd.to_numeric(df[c], errors="coerce").astype(float).to_numpy()  # strays reported when read
+            x = x[np.isfinite(x)]
+            if len(x) == 0:
+                x = np.zeros(1)
+            m = float(np.median(x))
+            med.append(m)
+            if self.robust:
+                q1, q3 = np.percentile(x, [25, 75])
+                center.append(m)
+                scale.append(float(q3 - q1) / 1.349)
+            else:
+                center.append(float(x.mean()))
+                scale.append(float(x.std()))
+        self.median_ = np.asarray(med, np.float64)
+        self.center_ = np.asarray(center, np.float64)
+        s = np.asarray(scale, np.float64)
+        self.scale_ = np.where(s > 1e-12, s, 1.0)
+        return super().fit(df, ctx)
+
+    def read(self, cells, row, ctx):
+        x = np.array([to_float(v, row, c) for c, v in zip(self.columns, cells)], np.float64)
+        miss = np.isnan(x)
+        if miss.all():
+            return None
+        x = np.where(miss, self.median_, x)
+        z = (x - self.center_) / self.scale_
+        return {"num": np.concatenate([z, miss]).astype(np.float32)}
+
+    def item_spec(self):
+        return {"num": ((2 * len(self.columns),), np.dtype(np.float32))}
+
+    def extra_state(self):
+        return {}, {"median": self.median_, "center": self.center_, "scale": self.scale_}
+
+    def load_extra_state(self, meta, arrays):
+        self.median_, self.center_, self.scale_ = arrays["median"], arrays["center"], arrays["scale"]
+
+
+@PREPROCESSORS.register("categorical")
+class CategoricalPreprocessor(Preprocessor):
+    """A vocabulary per column with buckets for missing (id 0) and unknown (id 1) values.
+
+    Values seen fewer than ``min_freq`` times in training, and values first seen at
+    prediction time, map to the unknown bucket; :attr:`unknown_counts` counts them per column.
+    Output: ``int64 [n_columns]``.
+    """
+
+    modality = "tabular"
+    eager = True
+    _config_keys = ("min_freq",)
+
+    def __init__(self, columns, min_freq: int = 1):
+        super().__init__(columns)
+        self.min_freq = min_freq
+        self.unknown_counts: Counter = Counter()
+
+    def fit(self, df: pd.DataFrame, ctx: ReadContext):
+        self.vocab_ = {}
+        for c in self.columns:
+            counts = Counter(category_key(v) for v in df[c] if not is_missing(v))
+            keep = sorted((k for k, n in counts.items() if n >= self.min_freq), key=lambda k: (-counts[k], k))
+            self.vocab_[c] = keep
+        self._index = {c: {k: i + 2 for i, k in enumerate(v)} for c, v in self.vocab_.items()}
+        return super().fit(df, ctx)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Embedding table sizes, the two buckets included."""
+        return [len(self.vocab_[c]) + 2 for c in self.columns]
+
+    def read(self, cells, row, ctx):
+        ids = np.empty(len(self.columns), np.int64)
+        for j, (c, v) in enumerate(zip(self.columns, cells)):
+            if is_missing(v):
+                ids[j] = MISSING_ID
+            else:
+                ids[j] = self._index[c].get(category_key(v), UNKNOWN_ID)
+                if ids[j] == UNKNOWN_ID:
+                    self.unknown_counts[c] += 1
+        if (ids == MISSING_ID).all():
+            return None
+        return {"cat": ids}
+
+    def item_spec(self):
+        return {"cat": ((len(self.columns),), np.dtype(np.int64))}
+
+    def extra_state(self):
+        return {"vocab": self.vocab_}, {}
+
+    def load_extra_state(self, meta, arrays):
+        self.vocab_ = {c: list(v) for c, v in meta["vocab"].items()}
+        self._index = {c: {k: i + 2 for i, k in enumerate(v)} for c, v in self.vocab_.items()}
+
+
+@PREPROCESSORS.register("tabular")
+class TabularPreprocessor(Preprocessor):
+    """Numeric and categorical columns of one input.
+
+    The input is absent in a row only when every one of its columns is empty; otherwise
+    empty numbers are imputed and empty categories use the missing bucket.
+    Encoder input: ``{"num": float32 [B, 2 * n_numeric], "cat": int64 [B, n_categorical]}``.
+    """
+
+    modality = "tabular"
+    eager = True
+    _config_keys = ("numeric", "categorical", "robust", "min_freq")
+
+    def __init__(self, columns, numeric=(), categorical=(), robust: bool = False, min_freq: int = 1):
+        super().__init__(columns)
+        self.numeric, self.categorical = list(numeric), list(categorical)
+        self.robust, self.min_freq = robust, min_freq
+        self.num = NumericPreprocessor(self.numeric, robust=robust)
+        self.cat = CategoricalPreprocessor(self.categorical, min_freq=min_freq)
+
+    @property
+    def unknown_counts(self) -> Counter:
+        return self.cat.unknown_counts
+
+    @property
+    def n_numeric(self) -> int:
+        return len(self.numeric)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        return self.cat.cardinalities
+
+    def fit(self, df, ctx):
+        self.num.fit(df, ctx)
+        self.cat.fit(df, ctx)
+        return super().fit(df, ctx)
+
+    def read(self, cells, row, ctx):
+        by = dict(zip(self.columns, cells))
+        num = self.num.read([by[c] for c in self.numeric], row, ctx) if self.numeric else None
+        cat = self.cat.read([by[c] for c in self.categorical], row, ctx) if self.categorical else None
+        if num is None and cat is None:
+            return None
+        if num is None:  # all numbers empty, some category present: impute every number
+            num = self._all_missing_num()
+        if cat is None:
+            cat = {"cat": np.zeros(len(self.categorical), np.int64)}
+        return {**num, **cat}
+
+    def _all_missing_num(self):
+        n = len(self.numeric)
+        z = (self.num.median_ - self.num.center_) / self.num.scale_ if n else np.zeros(0)
+        return {"num": np.concatenate([z, np.ones(n)]).astype(np.float32)}
+
+    def item_spec(self):
+        return {"num": ((2 * len(self.numeric),), np.dtype(np.float32)),
+                "cat": ((len(self.categorical),), np.dtype(np.int64))}
+
+    def batch(self, arrays, train=False):
+        return {"num": arrays["num"], "cat": arrays["cat"]}
+
+    def extra_state(self):
+        nm, na = self.num.extra_state()
+        cm, _ = self.cat.extra_state()
+        return {"numeric": nm, "categorical": cm}, {f"num.{k}": v for k, v in na.items()}
+
+    def load_extra_state(self, meta, arrays):
+        self.num.load_extra_state(meta["numeric"], {k[4:]: v for k, v in arrays.items() if k.startswith("num.")})
+        self.cat.load_extra_state(meta["categorical"], {})
+        self.num.fitted_ = self.cat.fitted_ = True

@@ -1,0 +1,366 @@
+"""Column roles, their inference by explainable rules, and the inputs they form.
+
+Every column gets a :class:`Role`. Columns of the data modalities form *inputs*: by default
+each text, image, audio and time-series column is its own input with its own encoder, and
+all numeric and categorical columns together form one ``tabular`` input (one MLP with
+categorical embeddings). The user can override any role and group columns into inputs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ._registry import unknown_name_message
+from .errors import SchemaError
+from .io import Table, read_table
+
+__all__ = ["Role", "Modality", "Schema", "InputSpec", "infer_schema", "describe_schema", "parse_column_overrides"]
+
+
+class Role(str, Enum):
+    TEXT = "text"
+    IMAGE = "image"
+    AUDIO = "audio"
+    NUMERIC = "numeric"
+    CATEGORICAL = "categorical"
+    TIMESERIES = "timeseries"
+    TARGET = "target"
+    ID = "id"
+    GROUP = "group"
+    SPLIT = "split"  # train / val / test assignment per row
+    IGNORE = "ignore"
+
+    @classmethod
+    def parse(cls, value, where: str = "role") -> "Role":
+        if isinstance(value, Role):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            raise SchemaError(unknown_name_message(where, value, [r.value for r in cls])) from None
+
+
+class Modality(str, Enum):
+    """What an input is, and so which preprocessor and encoder it gets."""
+
+    TEXT = "text"
+    IMAGE = "image"
+    AUDIO = "audio"
+    TABULAR = "tabular"
+    TIMESERIES = "timeseries"
+
+
+_ROLE_MODALITY = {Role.TEXT: Modality.TEXT, Role.IMAGE: Modality.IMAGE, Role.AUDIO: Modality.AUDIO,
+                  Role.NUMERIC: Modality.TABULAR, Role.CATEGORICAL: Modality.TABULAR,
+                  Role.TIMESERIES: Modality.TIMESERIES}
+
+IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+AUDIO_EXT = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".m4a", ".aac", ".opus"}
+TIMESERIES_EXT = {".npy", ".csv", ".tsv", ".parquet"}
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+_AUDIO_MAGIC = (b"RIFF", b"fLaC", b"OggS", b"ID3", b"FORM")
+_ID_NAME = re.compile(r"(^|_|\b)(id|uuid|key)$", re.I)
+_SAMPLE = 200
+_SPLIT_VALUES = {"train", "val", "valid", "validation", "dev", "test"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: a name, its modality and the columns it reads."""
+
+    name: str
+    modality: Modality
+    columns: tuple[str, ...]
+
+    def roles(self, schema: "Schema") -> dict[str, Role]:
+        return {c: schema.roles[c] for c in self.columns}
+
+
+@dataclass
+class Schema:
+    """Roles for every column, the reasons they were chosen, and optional input groups.
+
+    Attributes:
+        roles: Column name -> role, in table order.
+        reasons: Column name -> one-line explanation of the role.
+        groups: Input name -> columns read together by one encoder (all one modality).
+    """
+
+    roles: dict[str, Role]
+    reasons: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str | None:
+        t = [c for c, r in self.roles.items() if r is Role.TARGET]
+        return t[0] if t else None
+
+    def columns_with(self, *roles: Role) -> list[str]:
+        return [c for c, r in self.roles.items() if r in roles]
+
+    def inputs(self) -> list[InputSpec]:
+        """The model inputs, sorted by name for determinism."""
+        grouped: set[str] = set()
+        out: list[InputSpec] = []
+        for name, cols in self.groups.items():
+            mods = {_ROLE_MODALITY.get(self.roles[c]) for c in cols}
+            out.append(InputSpec(name, mods.pop(), tuple(cols)))
+            grouped.update(cols)
+        tabular = [c for c in self.columns_with(Role.NUMERIC, Role.CATEGORICAL) if c not in grouped]
+        names = {i.name for i in out}
+        for c, r in self.roles.items():
+            if c in grouped or r not in _ROLE_MODALITY or _ROLE_MODALITY[r] is Modality.TABULAR:
+                continue
+            out.append(InputSpec(c, _ROLE_MODALITY[r], (c,)))
+            names.add(c)
+        if tabular:
+            name = "tabular" if "tabular" not in names else "tabular_"
+            out.append(InputSpec(name, Modality.TABULAR, tuple(tabular)))
+        return sorted(out, key=lambda i: i.name)
+
+    def validate(self, df: pd.DataFrame | None = None) -> "Schema":
+        if df is not None:
+            missing = [c for c in self.roles if c not in df.columns]
+            if missing:
+                raise SchemaError(f"schema names columns that are not in the table: {', '.join(map(repr, missing))}")
+        targets = self.columns_with(Role.TARGET)
+        if len(targets) > 1:
+            raise SchemaError(f"only one target column is supported, got {targets}")
+        for name, cols in self.groups.items():
+            for c in cols:
+                if c not in self.roles:
+                    raise SchemaError(unknown_name_message(f"column in group {name!r}:", c, self.roles))
+            mods = {_ROLE_MODALITY.get(self.roles[c]) for c in cols}
+            if None in mods or len(mods) != 1:
+                raise SchemaError(f"group {name!r} mixes roles {sorted({self.roles[c].value for c in cols})}; "
+                                  "a group's columns must all be text, all image, all audio, all timeseries, "
+                                  "or numeric/categorical")
+            if mods == {Modality.IMAGE} and len(cols) > 1 or mods == {Modality.AUDIO} and len(cols) > 1:
+                raise SchemaError(f"group {name!r}: image and audio columns cannot be grouped; "
+                                  "each one is its own input")
+        seen: dict[str, str] = {}
+        for name, cols in self.groups.items():
+            for c in cols:
+                if c in seen:
+                    raise SchemaError(f"column {c!r} is in two groups: {seen[c]!r} and {name!r}")
+                seen[c] = name
+        return self
+
+    # serialization: JSON / YAML only describe the dataclass
+    def to_dict(self) -> dict:
+        return {"columns": {c: r.value for c, r in self.roles.items()},
+                "reasons": dict(self.reasons), "groups": {k: list(v) for k, v in self.groups.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Schema":
+        roles = {str(c): Role.parse(r, f"role for column {c!r}") for c, r in d.get("columns", {}).items()}
+        return cls(roles, dict(d.get("reasons", {})), {k: list(v) for k, v in d.get("groups", {}).items()}).validate()
+
+    def save(self, path: str | os.PathLike) -> None:
+        from .io import atomic_write_text
+
+        path = Path(path)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        else:
+            atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+
+def load_overrides(path: str | os.PathLike) -> dict:
+    """Read a YAML/JSON schema file: ``{target: y, columns: {col: role}, groups: {name: [cols]}}``."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        d = yaml.safe_load(text) or {}
+    else:
+        d = json.loads(text)
+    if not isinstance(d, dict):
+        raise SchemaError(f"schema file {path} must hold a mapping with keys 'columns', 'groups', 'target'")
+    unknown = set(d) - {"columns", "groups", "target", "reasons"}
+    if unknown:
+        raise SchemaError(f"schema file {path}: unknown keys {sorted(unknown)}; allowed: columns, groups, target")
+    return d
+
+
+def parse_column_overrides(items: Iterable[str]) -> dict[str, Role]:
+    """Parse ``NAME=ROLE`` strings from the command line."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SchemaError(f"--column expects NAME=ROLE, got {item!r}")
+        name, role = item.rsplit("=", 1)
+        out[name.strip()] = Role.parse(role, f"role for column {name.strip()!r}")
+    return out
+
+
+def infer_schema(data, target: str | None = None, overrides: Mapping[str, Role | str] | None = None,
+                 groups: Mapping[str, list[str]] | None = None, schema_file: str | os.PathLike | None = None,
+                 root: str | os.PathLike | None = None) -> Schema:
+    """Give every column a role by explainable rules, then apply the user's overrides.
+
+    Rules, in order: the target; the user's overrides; all-missing columns are ignored;
+    bytes cells are sniffed by magic number; list cells are time series; strings that end
+    in a known file extension are image/audio/timeseries paths (checked for existence
+    under the root); values that parse as numbers are numeric; id-like names with one
+    value per row are ids; long strings (mean >= 4 words) are text; the rest categorical.
+
+    Args:
+        data: A table, DataFrame or path.
+        target: The target column.
+        overrides: Column -> role, taking precedence over inference.
+        groups: Input name -> columns to encode together.
+        schema_file: YAML/JSON file with ``columns``, ``groups`` and ``target``.
+        root: Folder for relative paths in cells.
+    """
+    table = read_table(data, root=root)
+    df = table.df
+    overrides = dict(overrides or {})
+    groups = dict(groups or {})
+    if schema_file is not None:
+        f = load_overrides(schema_file)
+        overrides = {**f.get("columns", {}), **overrides}
+        groups = {**f.get("groups", {}), **groups}
+        target = target or f.get("target")
+    for c in overrides:
+        if c not in df.columns:
+            raise SchemaError(unknown_name_message("column", c, df.columns) + " (in the role overrides)")
+    if target is not None and target not in df.columns:
+        raise SchemaError(unknown_name_message("target column", target, df.columns))
+    roles, reasons = {}, {}
+    for c in df.columns:
+        if c == target:
+            roles[c], reasons[c] = Role.TARGET, "named as the target"
+        elif c in overrides:
+            roles[c], reasons[c] = Role.parse(overrides[c], f"role for column {c!r}"), "set by the user"
+        else:
+            roles[c], reasons[c] = _infer_column(df[c], c, table.root)
+    return Schema(roles, reasons, {k: list(v) for k, v in groups.items()}).validate(df)
+
+
+def _infer_column(s: pd.Series, name: str, root: Path) -> tuple[Role, str]:
+    n = len(s)
+    nonnull = s.dropna()
+    if len(nonnull) == 0:
+        return Role.IGNORE, "every value is missing"
+    if pd.api.types.is_bool_dtype(s):
+        return Role.CATEGORICAL, "boolean values"
+    if pd.api.types.is_numeric_dtype(s):
+        nunique = nonnull.nunique()
+        if _ID_NAME.search(name) and pd.api.types.is_integer_dtype(s):
+            if nunique == n:
+                return Role.ID, f"id-like name and {nunique} distinct integers, one per row"
+            return Role.CATEGORICAL, f"id-like name with {nunique} distinct integers shared by rows: a category"
+        kind = "integer" if pd.api.types.is_integer_dtype(s) else "float"
+        if nunique <= 2 and kind == "integer":
+            return Role.CATEGORICAL, f"{kind} values with only {nunique} distinct values"
+        return Role.NUMERIC, f"{kind} values, {nunique} distinct"
+    sample = nonnull.iloc[:: max(1, len(nonnull) // _SAMPLE)].iloc[:_SAMPLE]
+    first = sample.iloc[0]
+    if isinstance(first, (bytes, bytearray, memoryview, dict)):
+        heads = [_bytes_of(v)[:4] for v in sample]
+        if sum(h.startswith(_IMAGE_MAGIC) for h in heads) >= 0.5 * len(heads):
+            return Role.IMAGE, "bytes cells with image headers (PNG/JPEG/GIF/BMP/TIFF)"
+        if sum(h.startswith(_AUDIO_MAGIC) for h in heads) >= 0.5 * len(heads):
+            return Role.AUDIO, "bytes cells with audio headers (WAV/FLAC/OGG)"
+        return Role.IGNORE, "bytes cells of no known image or audio format"
+    if isinstance(first, (list, tuple, np.ndarray)):
+        return Role.TIMESERIES, "cells hold sequences of numbers"
+    strs = sample.astype(str)
+    exts = strs.map(lambda v: Path(v.strip()).suffix.lower() if len(v) < 1024 else "")
+    top_ext = exts.mode().iloc[0] if len(exts) else ""
+    share = float((exts == top_ext).mean())
+    if top_ext and share >= 0.8 and top_ext in IMAGE_EXT | AUDIO_EXT | TIMESERIES_EXT:
+        checked = strs[exts == top_ext].iloc[:20]
+        exist = sum(_exists(v, root) for v in checked)
+        role = Role.IMAGE if top_ext in IMAGE_EXT else Role.AUDIO if top_ext in AUDIO_EXT else Role.TIMESERIES
+        if exist == 0 and top_ext in TIMESERIES_EXT:
+            pass  # '.csv' in a string may be a name, not a file: fall through to the text rules
+        else:
+            return role, (f"{share:.0%} of values end in {top_ext}; {exist}/{len(checked)} sampled files exist "
+                          f"under {root}")
+    values = set(strs.str.strip().str.lower().unique())
+    if values <= _SPLIT_VALUES and {"train"} <= values and len(values) >= 2:
+        return Role.SPLIT, f"values {sorted(values)} name data splits"
+    numeric = pd.to_numeric(strs, errors="coerce")
+    ok = float(numeric.notna().mean())
+    if ok >= 0.95:
+        strays = strs[numeric.isna()].unique()[:3].tolist()
+        why = f"{ok:.0%} of sampled values parse as numbers"
+        if strays:
+            why += f"; stray values such as {strays} will be reported as bad input"
+        return Role.NUMERIC, why
+    nunique = nonnull.astype(str).nunique()
+    words = float(strs.str.split().str.len().mean())
+    if _ID_NAME.search(name) and nunique == n:
+        return Role.ID, f"id-like name and {nunique} distinct values, one per row"
+    if words >= 4:
+        return Role.TEXT, f"free text: mean {words:.1f} words per value, {nunique} distinct values"
+    if nunique == n and n > 50 and words < 4:
+        return Role.ID, f"{nunique} distinct short values, one per row"
+    if nunique > max(50, 0.5 * len(nonnull)):
+        return Role.TEXT, f"{nunique} distinct values in {len(nonnull)} rows (too many for categories)"
+    return Role.CATEGORICAL, f"{nunique} distinct values, mean {words:.1f} words each"
+
+
+def _bytes_of(v) -> bytes:
+    if isinstance(v, dict):
+        v = v.get("bytes") or b""
+    return bytes(v)
+
+
+def _exists(value: str, root: Path) -> bool:
+    try:
+        p = Path(value.strip())
+        return (p if p.is_absolute() else root / p).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def describe_schema(schema: Schema, data, root=None) -> pd.DataFrame:
+    """The inferred schema as a table: column, role, input, why, missing count, example value."""
+    table = read_table(data, root=root)
+    df = table.df
+    owner = {c: spec.name for spec in schema.inputs() for c in spec.columns}
+    rows = []
+    for c, r in schema.roles.items():
+        s = df[c]
+        missing = int(s.map(_is_missing).sum())
+        ex = s.dropna()
+        rows.append({"column": c, "role": r.value, "input": owner.get(c, ""), "why": schema.reasons.get(c, ""),
+                     "missing": missing, "example": _short(ex.iloc[0]) if len(ex) else ""})
+    return pd.DataFrame(rows)
+
+
+def _is_missing(v) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, float) and math.isnan(v):
+        return True
+    if isinstance(v, str) and not v.strip():
+        return True
+    try:
+        return bool(pd.isna(v)) if np.ndim(v) == 0 else False
+    except (TypeError, ValueError):
+        return False
+
+
+def _short(v, n: int = 40) -> str:
+    if isinstance(v, (bytes, bytearray)):
+        return f"<{len(v)} bytes>"
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return f"<sequence of {len(v)}>"
+    s = str(v).replace("\n", " ")
+    return s if len(s) <= n else s[: n - 1] + "…"

@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny table with all five modalities, written to a temporary folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def require_shared_data(name: str) -> Path:
+    """The folder of a real data set; skip when absent, fail when MMFUSE_REQUIRE_REAL_DATA=1."""
+    path = Path(os.environ.get("MMFUSE_SHARED_DATA", SHARED_DATA)) / name
+    if not path.exists():
+        msg = f"real data set {name!r} not found at {path}"
+        if os.environ.get("MMFUSE_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(msg + " (MMFUSE_REQUIRE_REAL_DATA=1 requires it)")
+        pytest.skip(msg)
+    return path
+
+
+def write_png(path: Path, rng, size=(16, 16), mode="L"):
+    from PIL import Image
+
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+
+
+def write_wav(path: Path, rng, sr=8000, seconds=0.25, freq=440.0):
+    import soundfile as sf
+
+    t = np.arange(int(sr * seconds)) / sr
+    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))).astype(np.float32), sr)
+
+
+@pytest.fixture
+def mm_table(tmp_path) -> Path:
+    """A CSV with text, image, audio, timeseries, numeric and categorical columns and a target."""
+    return make_mm_table(tmp_path)
+
+
+def make_mm_table(tmp_path: Path, n: int = 24) -> Path:
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "wav").mkdir()
+    (tmp_path / "ts").mkdir()
+    rows = []
+    words = ["good", "bad", "great", "awful", "fine", "nice", "poor", "okay"]
+    for i in range(n):
+        y = i % 2
+        write_png(tmp_path / "img" / f"{i}.png", rng, size=(20, 16))
+        write_wav(tmp_path / "wav" / f"{i}.wav", rng, freq=300 + 200 * y)
+        pd.DataFrame(rng.standard_normal((30, 3)), columns=["ax", "ay", "az"]).assign(
+            timestamp=np.arange(30)).to_csv(tmp_path / "ts" / f"{i}.csv", index=False)
+        rows.append({"review": " ".join(rng.choice(words, 6)), "photo": f"img/{i}.png", "clip": f"wav/{i}.wav",
+                     "motion": f"ts/{i}.csv", "age": float(rng.integers(18, 70)), "color": ["red", "blue", "green"][i % 3],
+                     "label": ["no", "yes"][y]})
+    df = pd.DataFrame(rows)
+    df.loc[3, "review"] = None
+    df.loc[5, "age"] = None
+    df.loc[7, "photo"] = None
+    df.to_csv(tmp_path / "table.csv", index=False)
+    return tmp_path / "table.csv"
