@@ -1,0 +1,63 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmfuse.errors import InputError
+from mmfuse.preprocessing import (CategoricalPreprocessor, NumericPreprocessor, ReadContext, TabularPreprocessor,
+                                  load_preprocessors, save_preprocessors)
+
+CTX = ReadContext(root=__import__("pathlib").Path("."))
+
+
+def test_numeric_standardize_and_impute_by_hand():
+    p = NumericPreprocessor(["x"]).fit(pd.DataFrame({"x": [1.0, 2.0, 3.0, None]}), CTX)
+    # mean 2, population std sqrt(2/3), median 2
+    s = math.sqrt(2 / 3)
+    assert p.read([3.0], 0, CTX)["num"] == pytest.approx([1 / s, 0.0], rel=1e-6)
+    assert p.read([None], 0, CTX) is None  # every numeric column empty -> input absent
+    q = NumericPreprocessor(["x", "y"]).fit(pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [0.0, 0.0, 6.0]}), CTX)
+    out = q.read([np.nan, 6.0], 0, CTX)["num"]
+    # x missing -> median 2 -> (2 - 2) / s = 0, indicator 1; y: mean 2, std sqrt(8) -> (6 - 2) / sqrt(8)
+    assert out == pytest.approx([0.0, 4 / math.sqrt(8), 1.0, 0.0], rel=1e-6)
+
+
+def test_numeric_robust_uses_median_and_iqr():
+    p = NumericPreprocessor(["x"], robust=True).fit(pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0, 100.0]}), CTX)
+    # median 3, q1 2, q3 4 -> scale 2 / 1.349
+    assert p.read([5.0], 0, CTX)["num"][0] == pytest.approx((5 - 3) / (2 / 1.349), rel=1e-6)
+
+
+def test_inf_and_stray_strings_are_bad_input_naming_row_and_column():
+    p = NumericPreprocessor(["x"]).fit(pd.DataFrame({"x": ["1", "2", "oops"]}), CTX)
+    assert p.median_[0] == 1.5  # the stray string does not poison the statistics
+    with pytest.raises(InputError, match=r"row 7, column 'x': holds 'oops', which is not a number"):
+        p.read(["oops"], 7, CTX)
+    with pytest.raises(InputError, match=r"row 2, column 'x': holds inf, an infinite value"):
+        p.read([float("inf")], 2, CTX)
+    assert p.read(["2.5"], 0, CTX)["num"][1] == 0.0
+
+
+def test_categorical_ids_buckets_min_freq_and_unseen_counts():
+    p = CategoricalPreprocessor(["c"], min_freq=2).fit(pd.DataFrame({"c": ["a", "b", "b", "a", "z", 3.0, "3"]}), CTX)
+    # counts: a=2, b=2, '3'=2 (3.0 and '3' are one category), z=1 -> dropped
+    assert p.vocab_["c"] == ["3", "a", "b"]
+    assert [int(p.read([v], 0, CTX)["cat"][0]) for v in ["3", "a", "b", 3]] == [2, 3, 4, 2]
+    assert p.read(["z"], 0, CTX)["cat"].tolist() == [1] and p.read(["new"], 0, CTX)["cat"].tolist() == [1]
+    assert p.unknown_counts["c"] == 2
+    assert p.read([None], 0, CTX) is None
+    assert p.cardinalities == [5]
+
+
+def test_tabular_combines_and_round_trips(tmp_path):
+    df = pd.DataFrame({"n": [1.0, 3.0], "c": ["x", "y"]})
+    p = TabularPreprocessor(["n", "c"], numeric=["n"], categorical=["c"]).fit(df, CTX)
+    out = p.read([None, "y"], 0, CTX)
+    assert out["num"].tolist() == [0.0, 1.0] and out["cat"].tolist() == [3]  # median 2 == mean 2
+    assert p.read([None, None], 0, CTX) is None
+    save_preprocessors({"tab": p}, tmp_path)
+    q = load_preprocessors(tmp_path)["tab"]
+    for cells in ([1.0, "x"], [None, "q"], [5.0, None]):
+        a, b = p.read(cells, 0, CTX), q.read(cells, 0, CTX)
+        assert all((a[k] == b[k]).all() for k in a)
