@@ -1,14 +1,34 @@
-"""mmfuse: multimodal fusion for tables of text, images, audio, time series, numbers and categories."""
-from .data import BadInputPolicy, InputReport, MultimodalDataset, build_preprocessors, make_loader
-from .encoders import create_encoder, encoder_for, list_encoders, register_encoder
-from .errors import InputError, MmfuseError, NotFittedError, SchemaError
-from .io import Table, read_table
-from .schema import InputSpec, Modality, Role, Schema, describe_schema, infer_schema
-from .windowing import make_windows
+"""mmfuse: multimodal fusion for tables of text, images, audio, time series, numbers and categories.
+
+Names are imported lazily (PEP 562), so ``import mmfuse`` and the command line start fast and
+only what is used gets imported (torch is not loaded by ``mmfuse inspect``).
+"""
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = ["BadInputPolicy", "InputReport", "MultimodalDataset", "build_preprocessors", "make_loader",
-           "create_encoder", "encoder_for", "list_encoders", "register_encoder", "InputError", "MmfuseError",
-           "NotFittedError", "SchemaError", "Table", "read_table", "InputSpec", "Modality", "Role", "Schema",
-           "describe_schema", "infer_schema", "make_windows", "__version__"]
+_EXPORTS = {
+    "BadInputPolicy": "data", "InputReport": "data", "MultimodalDataset": "data", "build_preprocessors": "data",
+    "make_loader": "data",
+    "create_encoder": "encoders", "encoder_for": "encoders", "list_encoders": "encoders",
+    "register_encoder": "encoders",
+    "InputError": "errors", "MmfuseError": "errors", "NotFittedError": "errors", "SchemaError": "errors",
+    "Table": "io", "read_table": "io",
+    "InputSpec": "schema", "Modality": "schema", "Role": "schema", "Schema": "schema",
+    "describe_schema": "schema", "infer_schema": "schema",
+    "make_windows": "windowing",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mmfuse' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

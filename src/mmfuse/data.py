@@ -256,8 +256,9 @@ class MultimodalDataset(Dataset):
         batch = {"inputs": {}, "mask": {}, "row": torch.from_numpy(pos[keep]), "issues": issues}
         for name, (arrays, present) in items.items():
             t = {k: torch.from_numpy(np.ascontiguousarray(a[keep])) for k, a in arrays.items()}
-            batch["inputs"][name] = self.preprocessors[name].batch(t, train=self.train)
-            batch["mask"][name] = torch.from_numpy(present[keep])
+            m = torch.from_numpy(present[keep])
+            batch["inputs"][name] = _zero_absent(self.preprocessors[name].batch(t, train=self.train), m)
+            batch["mask"][name] = m
         if self._y is not None:
             batch["target"] = torch.from_numpy(self._y[pos[keep]])
         return batch
@@ -296,6 +297,15 @@ class MultimodalDataset(Dataset):
             if cache is not None:
                 cache.put(i, item)
         return arrays, status == PRESENT
+
+
+def _zero_absent(x, mask: torch.Tensor):
+    """Absent rows are all zeros after normalization too, so nothing leaks from them."""
+    if isinstance(x, dict):
+        return {k: _zero_absent(v, mask) for k, v in x.items()}
+    if bool(mask.all()):
+        return x
+    return x * mask.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
 
 def _passthrough(batch):

@@ -1,0 +1,119 @@
+"""Every registered encoder goes through the same checks (timm-style: new ones are tested on registration)."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmfuse import MultimodalDataset, build_preprocessors, infer_schema, list_encoders, make_loader, read_table
+from mmfuse.encoders import create_encoder
+from mmfuse.encoders._base import ENCODERS
+from mmfuse.preprocessing import load_preprocessors, save_preprocessors
+
+from conftest import make_mm_table
+
+MODALITY_INPUT = {"text": "review", "image": "photo", "audio": "clip", "tabular": "tabular", "timeseries": "motion"}
+OPTS = {"image": {"size": 16}, "audio": {"sample_rate": 8000, "duration": 0.25, "n_mels": 16},
+        "timeseries": {"length": 16}, "text": {"min_freq": 1, "max_length": 12}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = make_mm_table(tmp_path_factory.mktemp("conf"), n=12)
+    table = read_table(path)
+    schema = infer_schema(table, target="label")
+    preps = build_preprocessors(schema, table, OPTS)
+    ds = MultimodalDataset(table, preps)
+    batch = next(iter(make_loader(ds, batch_size=12)))
+    return table, preps, batch
+
+
+def make(name, preps, seed=0):
+    cls = ENCODERS.get(name)
+    torch.manual_seed(seed)
+    return cls.from_preprocessor(preps[MODALITY_INPUT[cls.modality]])
+
+
+def inputs_for(name, batch):
+    key = MODALITY_INPUT[ENCODERS.get(name).modality]
+    return batch["inputs"][key], batch["mask"][key]
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_shape_no_nan_and_tokens(name, data):
+    _, preps, batch = data
+    enc = make(name, preps).eval()
+    x, mask = inputs_for(name, batch)
+    pooled, tokens, tmask = enc.forward_with_tokens(x, torch.ones_like(mask))
+    assert pooled.shape == (12, enc.output_dim) and torch.isfinite(pooled).all()
+    if enc.has_tokens:
+        assert tokens.dim() == 3 and tokens.shape[0] == 12 and tokens.shape[2] == enc.output_dim
+        assert tmask.shape == tokens.shape[:2] and torch.isfinite(tokens).all()
+    else:
+        assert tokens is None
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_every_parameter_gets_a_gradient(name, data):
+    _, preps, batch = data
+    enc = make(name, preps).train()
+    x, mask = inputs_for(name, batch)
+    pooled, tokens, _ = enc.forward_with_tokens(x, mask)
+    loss = pooled.pow(2).mean() + (tokens.pow(2).mean() if tokens is not None else 0)
+    loss.backward()
+    missing = [n for n, p in enc.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    # padding_idx rows of embeddings get no gradient by design; everything else must
+    assert missing == [], f"parameters without gradient: {missing}"
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_absent_rows_are_zero_and_do_not_affect_present_rows(name, data):
+    _, preps, batch = data
+    enc = make(name, preps).eval()
+    x, _ = inputs_for(name, batch)
+    full = enc(x, torch.ones(12, dtype=torch.bool))
+    mask = torch.tensor([True, False] * 6)
+    part = enc(x, mask)
+    assert (part[~mask] == 0).all()
+    assert torch.allclose(part[mask], full[mask], atol=1e-5)
+    none = enc(x, torch.zeros(12, dtype=torch.bool))
+    assert none.shape == (12, enc.output_dim) and (none == 0).all()
+    p, tok, tm = enc.forward_with_tokens(x, mask)
+    if tok is not None:
+        assert (tok[~mask] == 0).all() and not tm[~mask].any()
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_deterministic_under_a_seed(name, data):
+    _, preps, batch = data
+    x, mask = inputs_for(name, batch)
+    a = make(name, preps, seed=3).train()
+    b = make(name, preps, seed=3).train()
+    torch.manual_seed(7)
+    ya = a(x, mask)
+    torch.manual_seed(7)
+    yb = b(x, mask)
+    assert torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_state_round_trip_of_encoder_and_preprocessor(name, data, tmp_path):
+    table, preps, batch = data
+    key = MODALITY_INPUT[ENCODERS.get(name).modality]
+    enc = make(name, preps).eval()
+    save_file(enc.state_dict(), tmp_path / "enc.safetensors")
+    save_preprocessors({key: preps[key]}, tmp_path)
+    loaded_preps = load_preprocessors(tmp_path)
+    enc2 = make(name, loaded_preps, seed=99).eval()
+    enc2.load_state_dict(load_file(tmp_path / "enc.safetensors"))
+    ds = MultimodalDataset(table, loaded_preps)
+    b2 = next(iter(make_loader(ds, batch_size=12)))
+    x, mask = inputs_for(name, batch)
+    assert torch.equal(enc(x, mask), enc2(b2["inputs"][key], b2["mask"][key]))
+
+
+def test_unknown_encoder_name_suggests():
+    from mmfuse.errors import MmfuseError
+
+    with pytest.raises(MmfuseError, match="unknown encoder 'image_cn'.*Did you mean 'image_cnn'"):
+        create_encoder("image_cn")

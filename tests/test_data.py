@@ -1,0 +1,197 @@
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmfuse import BadInputPolicy, MultimodalDataset, build_preprocessors, infer_schema, make_loader, read_table
+from mmfuse._cache import clear_cache, list_cache
+from mmfuse.errors import InputError, MmfuseError
+from mmfuse.preprocessing import TargetEncoder
+
+OPTS = {"image": {"size": 16}, "audio": {"sample_rate": 8000, "duration": 0.25, "n_mels": 16},
+        "timeseries": {"length": 16}, "text": {"min_freq": 1, "max_length": 12}}
+
+
+def setup(path, **kw):
+    table = read_table(path)
+    schema = infer_schema(table, target="label")
+    preps = build_preprocessors(schema, table, OPTS)
+    target = TargetEncoder("label").fit(table.df)
+    return table, preps, target
+
+
+def test_batches_have_inputs_masks_targets(mm_table):
+    table, preps, target = setup(mm_table)
+    ds = MultimodalDataset(table, preps, target)
+    b = next(iter(make_loader(ds, batch_size=8)))
+    assert set(b["inputs"]) == {"clip", "motion", "photo", "review", "tabular"}
+    assert b["inputs"]["photo"].shape == (8, 1, 16, 16) and b["inputs"]["clip"].shape[:2] == (8, 16)
+    assert b["inputs"]["tabular"]["num"].shape == (8, 2) and b["inputs"]["tabular"]["cat"].shape == (8, 1)
+    assert b["mask"]["review"].tolist() == [True] * 3 + [False] + [True] * 4  # row 3 has no review
+    assert b["mask"]["photo"].tolist() == [True] * 7 + [False]  # row 7 has no photo
+    assert (b["inputs"]["photo"][7] == 0).all() and b["target"].tolist() == [0, 1] * 4
+    assert "issues" not in b
+
+
+def test_workers_give_the_same_batches(mm_table):
+    table, preps, target = setup(mm_table)
+    ds = MultimodalDataset(table, preps, target)
+    a = list(make_loader(ds, batch_size=5, num_workers=0))
+    b = list(make_loader(ds, batch_size=5, num_workers=2))
+    for x, y in zip(a, b):
+        for k in x["inputs"]:
+            xa, ya = x["inputs"][k], y["inputs"][k]
+            if isinstance(xa, dict):
+                assert all(torch.equal(xa[j], ya[j]) for j in xa)
+            else:
+                assert torch.equal(xa, ya)
+
+
+def break_files(tmp_path):
+    (tmp_path / "img" / "2.png").write_bytes(b"not an image")
+    (tmp_path / "wav" / "4.wav").unlink()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_raise_policy_names_row_column_file(mm_table, workers):
+    table, preps, target = setup(mm_table)
+    break_files(mm_table.parent)
+    ds = MultimodalDataset(table, preps, target)
+    with pytest.raises(InputError, match=r"^row 2, column 'photo': file 'img/2.png' is not a readable image"):
+        list(make_loader(ds, batch_size=4, num_workers=workers))
+
+
+def test_skip_policy_drops_rows_and_reports_them(mm_table, tmp_path):
+    table, preps, target = setup(mm_table)
+    break_files(mm_table.parent)
+    ds = MultimodalDataset(table, preps, target, on_bad_input="skip")
+    rows = torch.cat([b["row"] for b in make_loader(ds, batch_size=4, num_workers=2)]).tolist()
+    assert rows == [r for r in range(24) if r not in (2, 4)]
+    assert ds.report.counts() == {"clip": 1, "photo": 1} and ds.report.rows() == [2, 4]
+    assert "2 rows with bad input skipped ('clip': 1, 'photo': 1)" in ds.report.summary()
+    path = ds.report.write(tmp_path / "run")
+    import json
+
+    saved = json.loads(path.read_text())
+    assert saved["rows"] == [2, 4] and saved["counts"] == {"clip": 1, "photo": 1} and len(saved["issues"]) == 2
+
+
+def test_missing_policy_masks_the_input(mm_table):
+    table, preps, target = setup(mm_table)
+    break_files(mm_table.parent)
+    ds = MultimodalDataset(table, preps, target, on_bad_input="missing")
+    b = next(iter(make_loader(ds, batch_size=8)))
+    assert len(b["row"]) == 8 and not b["mask"]["photo"][2] and not b["mask"]["clip"][4] and b["mask"]["clip"][2]
+    assert ds.report.counts() == {"clip": 1, "photo": 1}
+
+
+def test_eager_bad_cells_follow_the_policy(mm_table):
+    table, preps, target = setup(mm_table)
+    df = table.df.copy()
+    df["age"] = df["age"].astype(object)
+    df.loc[6, "age"] = "n/a?"
+    df.loc[8, "age"] = float("inf")
+    with pytest.raises(InputError, match=r"row 6, column 'age': holds 'n/a\?', which is not a number"):
+        MultimodalDataset(read_table(df, root=table.root), preps, target)
+    ds = MultimodalDataset(read_table(df, root=table.root), preps, target, on_bad_input="skip")
+    assert len(ds) == 22 and ds.report.rows() == [6, 8]
+    ds = MultimodalDataset(read_table(df, root=table.root), preps, target, on_bad_input="missing")
+    assert len(ds) == 24 and not ds[6]["mask"]["tabular"][0]
+
+
+def test_unseen_category_is_counted(mm_table):
+    table, preps, target = setup(mm_table)
+    df = table.df.copy()
+    df.loc[0, "color"] = "purple"
+    ds = MultimodalDataset(read_table(df, root=table.root), preps, target)
+    assert ds.report.unknown_categories == {"color": 1} and "unseen categories" in ds.report.summary()
+    assert ds[0]["inputs"]["tabular"]["cat"].tolist() == [[1]]
+
+
+def test_input_absent_from_table_or_every_row(mm_table):
+    table, preps, _ = setup(mm_table)
+    df = table.df.drop(columns=["photo", "label"])
+    df["clip"] = None
+    ds = MultimodalDataset(read_table(df, root=table.root), preps)
+    b = next(iter(make_loader(ds, batch_size=6)))
+    assert not b["mask"]["photo"].any() and not b["mask"]["clip"].any() and "target" not in b
+    assert b["inputs"]["photo"].shape == (6, 1, 16, 16)
+    with pytest.raises(MmfuseError, match="lacks columns"):
+        MultimodalDataset(read_table(table.df.drop(columns=["age"]), root=table.root), preps)
+
+
+def test_missing_target_row(mm_table):
+    table, preps, target = setup(mm_table)
+    df = table.df.copy()
+    df.loc[1, "label"] = None
+    with pytest.raises(InputError, match="row 1, column 'label': has no target value"):
+        MultimodalDataset(read_table(df, root=table.root), preps, target)
+    assert len(MultimodalDataset(read_table(df, root=table.root), preps, target, on_bad_input="skip")) == 23
+
+
+def count_reads(monkeypatch, prep):
+    calls = []
+    orig = prep.read
+
+    def read(cells, row, ctx):
+        calls.append(row)
+        return orig(cells, row, ctx)
+
+    monkeypatch.setattr(prep, "read", read)
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_cache_decodes_each_file_once(mm_table, tmp_path, monkeypatch, kind):
+    table, preps, target = setup(mm_table)
+    calls = count_reads(monkeypatch, preps["photo"])
+    cache = "memory" if kind == "memory" else tmp_path / "cache"
+    ds = MultimodalDataset(table, preps, target, cache=cache)
+    first = torch.cat([b["inputs"]["photo"] for b in make_loader(ds, batch_size=5)])
+    assert len(calls) == 24
+    second = torch.cat([b["inputs"]["photo"] for b in make_loader(ds, batch_size=5, shuffle=True)])
+    assert len(calls) == 24  # nothing decoded again
+    order = torch.cat([b["row"] for b in make_loader(ds, batch_size=5, shuffle=True)])
+    assert torch.equal(first.sum((1, 2, 3)).sort().values, second.sum((1, 2, 3)).sort().values)
+    if kind == "disk":  # a new dataset (a new run) reuses the disk cache
+        ds2 = MultimodalDataset(table, preps, target, cache=cache)
+        list(make_loader(ds2, batch_size=5))
+        assert len(calls) == 24
+
+
+def test_cache_shared_with_workers(mm_table, tmp_path):
+    table, preps, target = setup(mm_table)
+    ds = MultimodalDataset(table, preps, target, cache=tmp_path / "c")
+    a = [b["inputs"]["clip"] for b in make_loader(ds, batch_size=6, num_workers=2)]
+    assert (ds._caches["clip"].status == 1).all()  # filled by the workers
+    b = [b["inputs"]["clip"] for b in make_loader(ds, batch_size=6, num_workers=2)]
+    assert all(torch.allclose(x, y) for x, y in zip(a, b))
+
+
+def test_disk_cache_is_invalidated_by_changed_files_and_settings(mm_table, tmp_path):
+    from conftest import write_png
+
+    table, preps, target = setup(mm_table)
+    cache = tmp_path / "cache"
+    d1 = MultimodalDataset(table, preps, target, cache=cache).cache_dirs["photo"]
+    assert MultimodalDataset(table, preps, target, cache=cache).cache_dirs["photo"] == d1
+    import os
+    import time
+
+    f = mm_table.parent / "img" / "0.png"
+    write_png(f, np.random.default_rng(5), size=(30, 30))
+    os.utime(f, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    d2 = MultimodalDataset(table, preps, target, cache=cache).cache_dirs["photo"]
+    assert d2 != d1
+    preps["photo"].size = 8
+    assert MultimodalDataset(table, preps, target, cache=cache).cache_dirs["photo"] != d2
+    entries = list_cache(cache)
+    assert len(entries) >= 3 and all(e["bytes"] > 0 for e in entries)
+    assert clear_cache(cache) == len(entries) and list_cache(cache) == []
+
+
+def test_policy_names_are_checked():
+    with pytest.raises(MmfuseError, match="unknown bad-input policy 'skipp'.*Did you mean 'skip'"):
+        BadInputPolicy.parse("skipp")
