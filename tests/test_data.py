@@ -195,3 +195,35 @@ def test_disk_cache_is_invalidated_by_changed_files_and_settings(mm_table, tmp_p
 def test_policy_names_are_checked():
     with pytest.raises(MmfuseError, match="unknown bad-input policy 'skipp'.*Did you mean 'skip'"):
         BadInputPolicy.parse("skipp")
+
+
+def test_order_and_augmentation_depend_only_on_seed_and_epoch(mm_table):
+    table, preps, target = setup(mm_table)
+    preps["photo"].augment = ("crop", "flip")
+    ds = MultimodalDataset(table, preps, target, train=True)
+
+    def run(workers, epoch):
+        ld = make_loader(ds, batch_size=5, shuffle=True, num_workers=workers, seed=1)
+        ld.set_epoch(epoch)
+        bs = list(ld)
+        return torch.cat([b["row"] for b in bs]), torch.cat([b["inputs"]["photo"] for b in bs])
+
+    r0, x0 = run(0, 0)
+    r2, x2 = run(2, 0)
+    assert torch.equal(r0, r2) and torch.equal(x0, x2)  # same batches, same augmentation, any workers
+    r1, x1 = run(0, 1)
+    assert not torch.equal(r0, r1) and sorted(r1.tolist()) == list(range(24))
+    ld = make_loader(ds, batch_size=5, shuffle=True, seed=1)
+    first, second = [torch.cat([b["row"] for b in ld]) for _ in range(2)]
+    assert torch.equal(first, r0) and torch.equal(second, r1)  # epochs advance by themselves
+
+
+def test_fully_cached_dataset_skips_the_workers(mm_table):
+    table, preps, target = setup(mm_table)
+    ds = MultimodalDataset(table, preps, target, cache="memory")
+    assert not ds.fully_cached()
+    ld = make_loader(ds, batch_size=6, num_workers=2)
+    cold = list(ld)
+    assert ds.fully_cached()
+    warm = list(ld)
+    assert all(torch.equal(a["inputs"]["clip"], b["inputs"]["clip"]) for a, b in zip(cold, warm))

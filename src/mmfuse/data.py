@@ -235,8 +235,20 @@ class MultimodalDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.__getitems__([i])
 
+    def fully_cached(self) -> bool:
+        """True when every lazy input of every row is in the cache (nothing left to decode)."""
+        lazy = [n for n, p in self.preprocessors.items() if not p.eager and self._cells[n] is not None]
+        return all(n in self._caches and bool((self._caches[n].status[self.positions] != UNKNOWN).all())
+                   for n in lazy)
+
     def __getitems__(self, indices) -> dict:
-        """Build a whole batch at once (torch's DataLoader calls this with a batch of indices)."""
+        """Build a whole batch at once (torch's DataLoader calls this with a batch of indices).
+
+        When ``indices`` carries a ``seed`` (see :class:`EpochBatchSampler`), random
+        augmentation uses it, so a batch is the same in a worker or in the main process.
+        """
+        seed = getattr(indices, "seed", None)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
         pos = self.positions[np.asarray(indices, dtype=np.int64)]
         issues: list[dict] = []
         drop = np.zeros(len(pos), bool)
@@ -257,7 +269,8 @@ class MultimodalDataset(Dataset):
         for name, (arrays, present) in items.items():
             t = {k: torch.from_numpy(np.ascontiguousarray(a[keep])) for k, a in arrays.items()}
             m = torch.from_numpy(present[keep])
-            batch["inputs"][name] = _zero_absent(self.preprocessors[name].batch(t, train=self.train), m)
+            x = self.preprocessors[name].batch(t, train=self.train, generator=gen)
+            batch["inputs"][name] = _zero_absent(x, m)
             batch["mask"][name] = m
         if self._y is not None:
             batch["target"] = torch.from_numpy(self._y[pos[keep]])
@@ -277,6 +290,7 @@ class MultimodalDataset(Dataset):
             status = np.zeros(len(pos), np.uint8)
             arrays = {k: np.zeros((len(pos), *s), d) for k, (s, d) in spec.items()}
             todo = np.arange(len(pos))
+        read, read_at = [], []
         for j in todo:
             i = int(pos[j])
             try:
@@ -290,12 +304,20 @@ class MultimodalDataset(Dataset):
                 continue  # not cached: a fixed file is picked up next time
             if item is None:
                 status[j] = ABSENT
+                if cache is not None:
+                    cache.put(i, None)
             else:
+                read.append(item)
+                read_at.append(j)
+        if read:  # featurize the fresh items as one batch, then store them
+            feats = p.featurize({k: np.stack([it[k] for it in read]) for k in read[0]})
+            for n, j in enumerate(read_at):
+                item = {k: a[n] for k, a in feats.items()}
                 status[j] = PRESENT
                 for k, a in item.items():
                     arrays[k][j] = a
-            if cache is not None:
-                cache.put(i, item)
+                if cache is not None:
+                    cache.put(int(pos[j]), item)
         return arrays, status == PRESENT
 
 
@@ -312,21 +334,70 @@ def _passthrough(batch):
     return batch
 
 
-class MultimodalLoader:
-    """A torch DataLoader over a :class:`MultimodalDataset` that re-raises bad-input errors
-    cleanly and collects skipped/missing cells into ``dataset.report``.
+class SeededBatch(list):
+    """A list of indices with the seed for that batch's random augmentation."""
 
-    Yields batches without the ``issues`` key.
+    seed: int
+
+
+class EpochBatchSampler:
+    """Batches of indices whose order depends only on ``(seed, epoch)``.
+
+    The order (and each batch's augmentation seed) is the same whatever the number of
+    workers, and a run resumed at epoch e sees the same batches as one that never stopped.
+    ``set_epoch`` sets the epoch; otherwise it advances by one at each full pass.
     """
 
-    def __init__(self, dataset: MultimodalDataset, loader: DataLoader):
-        self.dataset, self.loader = dataset, loader
+    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool = False, seed: int = 0):
+        self.n, self.batch_size, self.shuffle, self.drop_last, self.seed = n, batch_size, shuffle, drop_last, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def __iter__(self):
-        for batch in self.loader:
+        epoch = self.epoch
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        for k in range(len(self)):
+            b = SeededBatch(order[k * self.batch_size:(k + 1) * self.batch_size])
+            b.seed = (self.seed * 1_000_003 + epoch) * 100_003 + k
+            yield b
+        self.epoch = epoch + 1
+
+
+class MultimodalLoader:
+    """Iterates a :class:`MultimodalDataset` in batches; re-raises bad-input errors cleanly and
+    collects skipped/missing cells into ``dataset.report``. Yields batches without ``issues``.
+
+    Workers decode files. Once every file is in the cache there is nothing left to decode,
+    and passing batches between processes would only cost time, so a fully cached dataset
+    is iterated in the main process. Batches are identical either way.
+    """
+
+    def __init__(self, dataset: MultimodalDataset, sampler: EpochBatchSampler, num_workers: int = 0,
+                 persistent_workers: bool = False, pin_memory: bool = False):
+        self.dataset, self.sampler = dataset, sampler
+        kw = dict(batch_sampler=sampler, collate_fn=_passthrough, pin_memory=pin_memory)
+        self._main = DataLoader(dataset, num_workers=0, **kw)
+        self._workers = DataLoader(dataset, num_workers=num_workers, persistent_workers=persistent_workers,
+                                   **kw) if num_workers > 0 else None
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        use_workers = self._workers is not None and not self.dataset.fully_cached()
+        for batch in (self._workers if use_workers else self._main):
             if "error" in batch:
                 raise batch["error"]
             for issue in batch.pop("issues"):
@@ -337,13 +408,12 @@ class MultimodalLoader:
 def make_loader(dataset: MultimodalDataset, batch_size: int = 64, shuffle: bool = False, num_workers: int = 0,
                 seed: int = 0, drop_last: bool = False, persistent_workers: bool = False,
                 pin_memory: bool = False) -> MultimodalLoader:
-    """A loader whose batches are built by ``dataset.__getitems__`` (decoding in workers)."""
-    g = torch.Generator()
-    g.manual_seed(seed)
-    dl = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                    collate_fn=_passthrough, generator=g, drop_last=drop_last, pin_memory=pin_memory,
-                    persistent_workers=persistent_workers and num_workers > 0)
-    return MultimodalLoader(dataset, dl)
+    """A loader whose batches are built by ``dataset.__getitems__`` (decoding in workers).
+
+    Batch order and augmentation depend only on ``seed`` and the epoch (see :class:`EpochBatchSampler`).
+    """
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, drop_last, seed)
+    return MultimodalLoader(dataset, sampler, num_workers, persistent_workers, pin_memory)
 
 
 def build_preprocessors(schema, data, options: Mapping[str, dict] | None = None, root=None) -> dict[str, Preprocessor]:

@@ -69,8 +69,13 @@ def test_flac_and_ogg(tmp_path, prep, fmt, ext):
 
 
 def test_batch_gives_normalized_logmel(prep):
-    x = prep.batch({"wave": torch.zeros(3, prep.length)})
+    feats = prep.featurize({"wave": np.zeros((3, prep.length), np.float32)})
+    assert feats["logmel"].shape == (3, 16, prep.n_frames)
+    x = prep.batch({"logmel": torch.from_numpy(feats["logmel"])})
     assert x.shape == (3, 16, prep.n_frames) and torch.isfinite(x).all()
+    # normalization by the training statistics: (m - mean) / std per band
+    expected = (torch.from_numpy(feats["logmel"]) - torch.from_numpy(prep.mean_)[:, None]) / torch.from_numpy(prep.std_)[:, None]
+    assert torch.allclose(x, expected)
 
 
 @pytest.mark.parametrize("case,match", [
@@ -96,5 +101,8 @@ def test_state_round_trip(tmp_path, prep):
     save_preprocessors({"a": prep}, tmp_path / "s")
     q = load_preprocessors(tmp_path / "s")["a"]
     assert q.config() == prep.config() and (q.mean_ == prep.mean_).all()
-    x = torch.randn(2, prep.length)
-    assert torch.equal(q.batch({"wave": x}), prep.batch({"wave": x}))
+    w = {"wave": np.random.default_rng(0).standard_normal((2, prep.length)).astype(np.float32)}
+    fa, fb = prep.featurize(w), q.featurize(w)
+    assert np.array_equal(fa["logmel"], fb["logmel"])
+    x = torch.from_numpy(fa["logmel"])
+    assert torch.equal(q.batch({"logmel": x}), prep.batch({"logmel": x}))

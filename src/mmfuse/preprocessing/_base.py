@@ -90,9 +90,18 @@ class Preprocessor(ABC):
 
     @abstractmethod
     def item_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """Shape and dtype of each array that :meth:`read` returns (for the cache)."""
+        """Shape and dtype of each array of one item as cached and batched (after :meth:`featurize`)."""
 
-    def batch(self, arrays: dict[str, torch.Tensor], train: bool = False):
+    def read_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shape and dtype of what :meth:`read` returns; :meth:`item_spec` is after :meth:`featurize`."""
+        return self.item_spec()
+
+    def featurize(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Deterministic, batched work on freshly read items ``{key: [b, ...]}`` (for example a
+        spectrogram), done once before the result is cached. Identity by default."""
+        return arrays
+
+    def batch(self, arrays: dict[str, torch.Tensor], train: bool = False, generator: torch.Generator | None = None):
         """Turn stacked items ``{key: [B, ...]}`` into the encoder input (a tensor or a dict)."""
         (only,) = arrays.values()
         return only

@@ -170,11 +170,20 @@ class AudioPreprocessor(Preprocessor):
             wave = np.pad(wave, (0, L - len(wave)))
         return {"wave": np.ascontiguousarray(wave, dtype=np.float32)}
 
-    def item_spec(self):
+    def read_spec(self):
         return {"wave": ((self.length,), np.dtype(np.float32))}
 
-    def batch(self, arrays, train=False):
-        m = self.logmel()(arrays["wave"])  # (B, n_mels, T)
+    def item_spec(self):
+        return {"logmel": ((self.n_mels, self.n_frames), np.dtype(np.float32))}
+
+    def featurize(self, arrays):
+        """Batched log-mel of freshly decoded waveforms; this, not the waveform, is cached."""
+        with torch.no_grad():
+            m = self.logmel()(torch.from_numpy(arrays["wave"]))  # (b, n_mels, T)
+        return {"logmel": m.numpy()}
+
+    def batch(self, arrays, train=False, generator=None):
+        m = arrays["logmel"]  # (B, n_mels, T)
         return (m - torch.as_tensor(self.mean_)[:, None]) / torch.as_tensor(self.std_)[:, None]
 
     def extra_state(self):

@@ -162,10 +162,10 @@ class ImagePreprocessor(Preprocessor):
     def item_spec(self):
         return {"image": ((self.channels, self.size, self.size), np.dtype(np.uint8))}
 
-    def batch(self, arrays, train=False):
+    def batch(self, arrays, train=False, generator=None):
         x = arrays["image"].float().div_(255.0)  # (B, C, S, S)
         if train and self.augment:
-            x = augment_images(x, self.augment)
+            x = augment_images(x, self.augment, generator)
         mean = torch.as_tensor(self.mean_).view(1, -1, 1, 1)
         std = torch.as_tensor(self.std_).view(1, -1, 1, 1)
         return (x - mean) / std

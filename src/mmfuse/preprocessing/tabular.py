@@ -208,7 +208,7 @@ class TabularPreprocessor(Preprocessor):
         return {"num": ((2 * len(self.numeric),), np.dtype(np.float32)),
                 "cat": ((len(self.categorical),), np.dtype(np.int64))}
 
-    def batch(self, arrays, train=False):
+    def batch(self, arrays, train=False, generator=None):
         return {"num": arrays["num"], "cat": arrays["cat"]}
 
     def extra_state(self):
