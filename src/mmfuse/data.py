@@ -184,22 +184,22 @@ class MultimodalDataset(Dataset):
         ok = np.ones(n, dtype=bool)
         if target.column not in self.table.df.columns:
             raise MmfuseError(unknown_name_message("target column", target.column, self.table.df.columns))
-        dtype = np.float32 if target.classes_ is None else np.int64
-        y = np.zeros(n, dtype)
         col = self.table.df[[target.column]]
         try:
             return target.transform(col), ok
         except InputError:
-            pass  # find and handle the bad rows one by one
-        for i in range(n):
+            if self.policy is not BadInputPolicy.SKIP:  # a row without a target cannot be 'missing'
+                raise
+        values = []
+        for i in range(n):  # find and drop the bad rows one by one
             try:
-                y[i] = target.transform(col.iloc[i:i + 1])[0]
+                values.append(target.transform(col.iloc[i:i + 1])[0])
             except InputError as e:
-                if self.policy is not BadInputPolicy.SKIP:  # a row without a target cannot be 'missing'
-                    raise
                 self.report.add(e.to_dict())
                 ok[i] = False
-        return y, ok
+                values.append(None)
+        good = next(v for v in values if v is not None)
+        return np.stack([v if v is not None else np.zeros_like(good) for v in values]), ok
 
     def _transform_all(self, name: str, p: Preprocessor):
         n = len(self.table.df)
@@ -383,17 +383,17 @@ class MultimodalLoader:
 
     def __init__(self, dataset: MultimodalDataset, sampler: EpochBatchSampler, num_workers: int = 0,
                  persistent_workers: bool = False, pin_memory: bool = False):
-        self.dataset, self.sampler = dataset, sampler
+        self.dataset, self.batch_sampler = dataset, sampler
         kw = dict(batch_sampler=sampler, collate_fn=_passthrough, pin_memory=pin_memory)
         self._main = DataLoader(dataset, num_workers=0, **kw)
         self._workers = DataLoader(dataset, num_workers=num_workers, persistent_workers=persistent_workers,
                                    **kw) if num_workers > 0 else None
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.batch_sampler)
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        self.batch_sampler.set_epoch(epoch)
 
     def __iter__(self):
         use_workers = self._workers is not None and not self.dataset.fully_cached()

@@ -39,7 +39,14 @@ def list_encoders() -> list[str]:
 def encoder_for(preprocessor, name: str | None = None, **kwargs) -> "Encoder":
     """The encoder for a fitted preprocessor; sizes (vocabulary, channels, ...) come from it."""
     name = name or DEFAULT_ENCODERS[preprocessor.modality]
-    return ENCODERS.get(name).from_preprocessor(preprocessor, **kwargs)
+    cls = ENCODERS.get(name)
+    if cls.modality != preprocessor.modality:
+        from ..errors import MmfuseError
+
+        raise MmfuseError(f"encoder {name!r} is for {cls.modality} inputs, but input {preprocessor.columns} is "
+                          f"{preprocessor.modality}; choose one of "
+                          f"{[n for n in ENCODERS.names() if ENCODERS.get(n).modality == preprocessor.modality]}")
+    return cls.from_preprocessor(preprocessor, **kwargs)
 
 
 def select(x, idx: torch.Tensor):
@@ -72,8 +79,20 @@ class Encoder(nn.Module):
 
     @classmethod
     @abstractmethod
+    def preprocessor_kwargs(cls, preprocessor) -> dict:
+        """Constructor arguments that a fitted preprocessor determines (vocabulary size, channels, ...)."""
+
+    @classmethod
     def from_preprocessor(cls, preprocessor, **kwargs) -> "Encoder":
-        """Build with sizes taken from a fitted preprocessor."""
+        """Build with sizes taken from a fitted preprocessor; ``kwargs`` set the rest."""
+        return cls.from_config({**cls.preprocessor_kwargs(preprocessor), **kwargs})
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Encoder":
+        """Build from constructor arguments and remember them (``init_config``) for bundles."""
+        enc = cls(**config)
+        enc.init_config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+        return enc
 
     def forward(self, x, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, D]``; rows with ``mask == False`` are zeros."""

@@ -33,8 +33,8 @@ class AudioCNN(Encoder):
         self.output_dim = dim
 
     @classmethod
-    def from_preprocessor(cls, preprocessor, **kwargs):
-        return cls(n_mels=preprocessor.n_mels, **kwargs)
+    def preprocessor_kwargs(cls, preprocessor):
+        return dict(n_mels=preprocessor.n_mels)
 
     def encode(self, x):
         f = self.blocks(x.unsqueeze(1))  # (b, W, n_mels/2^k, T/2^k)

@@ -39,8 +39,8 @@ class ImageCNN(Encoder):
         self.output_dim = dim
 
     @classmethod
-    def from_preprocessor(cls, preprocessor, **kwargs):
-        return cls(in_channels=preprocessor.channels, **kwargs)
+    def preprocessor_kwargs(cls, preprocessor):
+        return dict(in_channels=preprocessor.channels)
 
     def encode(self, x):
         f = self.proj(self.blocks(x))  # (b, D, h, w)

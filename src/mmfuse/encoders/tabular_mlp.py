@@ -43,8 +43,8 @@ class TabularMLP(Encoder):
         self.output_dim = dim
 
     @classmethod
-    def from_preprocessor(cls, preprocessor, **kwargs):
-        return cls(n_numeric=preprocessor.n_numeric, cardinalities=preprocessor.cardinalities, **kwargs)
+    def preprocessor_kwargs(cls, preprocessor):
+        return dict(n_numeric=preprocessor.n_numeric, cardinalities=preprocessor.cardinalities)
 
     def encode(self, x):
         parts = [x["num"]] if self.n_numeric else []

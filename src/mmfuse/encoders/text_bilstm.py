@@ -37,8 +37,8 @@ class TextBiLSTM(Encoder):
         self.output_dim = dim
 
     @classmethod
-    def from_preprocessor(cls, preprocessor, **kwargs):
-        return cls(vocab_size=preprocessor.vocab_size, **kwargs)
+    def preprocessor_kwargs(cls, preprocessor):
+        return dict(vocab_size=preprocessor.vocab_size)
 
     def encode(self, x):
         lengths = (x != 0).sum(1).clamp_min(1)  # (b,)

@@ -38,8 +38,8 @@ class TimeseriesCNN(Encoder):
         self.output_dim = dim
 
     @classmethod
-    def from_preprocessor(cls, preprocessor, **kwargs):
-        return cls(in_channels=preprocessor.n_channels, **kwargs)
+    def preprocessor_kwargs(cls, preprocessor):
+        return dict(in_channels=preprocessor.n_channels)
 
     def encode(self, x):
         h = self.blocks(x).transpose(1, 2)  # (b, L', W)

@@ -141,7 +141,7 @@ class AudioPreprocessor(Preprocessor):
             path = resolve_path(file, ctx.root, row=row, column=col, allow_outside_root=ctx.allow_outside_root)
             resolved = str(path)
             if not path.is_file():
-                raise bad(row, col, "does not exist", file, resolved, "fix the path or the data root")
+                raise bad(row, col, "does not exist", file, resolved, "Fix the path, or pass the folder it is relative to as root= (--root)")
             raw = path.read_bytes()
         if not raw:
             raise bad(row, col, "is empty (0 bytes)", file, resolved)

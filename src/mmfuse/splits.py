@@ -1,0 +1,68 @@
+"""Train / validation / test splits: a split column, a group split or a stratified random split."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .errors import SchemaError
+from .schema import Role, Schema
+
+_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
+
+
+def split_rows(df: pd.DataFrame, schema: Schema, val_fraction: float, test_fraction: float, seed: int,
+               stratify: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Row positions per split.
+
+    - A ``split`` column (values train / val / test and synonyms) is used as given.
+    - Else with a ``group`` column, whole groups go to one split (no group in two splits).
+    - Else a random split, stratified by ``stratify`` (class labels) when every class has
+      at least two rows.
+    """
+    split_cols = schema.columns_with(Role.SPLIT)
+    n = len(df)
+    if split_cols:
+        col = split_cols[0]
+        vals = df[col].astype(str).str.strip().str.lower()
+        bad = sorted(set(vals) - set(_NAMES))
+        if bad:
+            first = vals[~vals.isin(list(_NAMES))].index[0]
+            raise SchemaError(f"row {first}, column {col!r}: split value {bad[0]!r} is not one of train, val, test")
+        mapped = vals.map(_NAMES).to_numpy()
+        out = {k: np.flatnonzero(mapped == k) for k in ("train", "val", "test")}
+        if len(out["train"]) == 0:
+            raise SchemaError(f"split column {col!r} has no 'train' rows")
+        return out
+    groups_cols = schema.columns_with(Role.GROUP)
+    rng = np.random.default_rng(seed)
+    if groups_cols:
+        g = df[groups_cols[0]].astype(str).to_numpy()
+        uniq = np.array(sorted(set(g)))
+        rng.shuffle(uniq)
+        n_test = int(round(test_fraction * len(uniq)))
+        n_val = max(1, int(round(val_fraction * len(uniq)))) if val_fraction > 0 else 0
+        if n_test + n_val >= len(uniq):
+            raise SchemaError(f"group column {groups_cols[0]!r} has {len(uniq)} groups, too few for the "
+                              f"val/test fractions {val_fraction}/{test_fraction}")
+        test_g, val_g = set(uniq[:n_test]), set(uniq[n_test:n_test + n_val])
+        split = np.array(["test" if x in test_g else "val" if x in val_g else "train" for x in g])
+        return {k: np.flatnonzero(split == k) for k in ("train", "val", "test")}
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(n)
+    strat = stratify
+    if strat is not None and (strat.ndim != 1 or np.unique(strat, return_counts=True)[1].min() < 3):
+        strat = None
+    out = {"test": np.zeros(0, int)}
+    rest = idx
+    if test_fraction > 0:
+        rest, out["test"] = train_test_split(idx, test_size=test_fraction, random_state=seed,
+                                             stratify=None if strat is None else strat)
+    if val_fraction > 0:
+        frac = val_fraction / (1 - test_fraction)
+        tr, va = train_test_split(rest, test_size=frac, random_state=seed + 1,
+                                  stratify=None if strat is None else strat[rest])
+    else:
+        tr, va = rest, np.zeros(0, int)
+    out.update(train=np.sort(tr), val=np.sort(va), test=np.sort(out["test"]))
+    return out

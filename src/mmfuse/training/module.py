@@ -1,0 +1,168 @@
+"""The LightningModule around a MultimodalModel: one training loop for every strategy and task."""
+from __future__ import annotations
+
+import math
+import random
+
+import lightning as L
+import numpy as np
+import torch
+
+from ..config import ModelConfig, TrainConfig
+from ..tasks import Task, compute_loss, logits_to_proba
+
+
+def quick_metrics(task: Task, logits: torch.Tensor, y: torch.Tensor, loss: float) -> dict:
+    """Validation metrics computed in torch (no scikit-learn on this path)."""
+    out = {"val_loss": loss}
+    if task is Task.REGRESSION:
+        err = logits[:, 0].float() - y.float()
+        out["val_rmse"] = float(err.pow(2).mean().sqrt())
+        return out
+    if task is Task.MULTILABEL:
+        pred = (logits > 0).float()
+        out["val_accuracy"] = float((pred == y).float().mean())
+        tp = (pred * y).sum(0)
+        f1 = 2 * tp / (pred.sum(0) + y.sum(0)).clamp_min(1)
+        out["val_macro_f1"] = float(f1.mean())
+        return out
+    pred = (logits[:, 0] > 0).long() if task is Task.BINARY else logits.argmax(1)
+    k = 2 if task is Task.BINARY else logits.shape[1]
+    cm = torch.bincount(y.long() * k + pred, minlength=k * k).view(k, k).float()  # rows: true
+    tp = cm.diag()
+    f1 = 2 * tp / (cm.sum(0) + cm.sum(1)).clamp_min(1)
+    present = cm.sum(1) > 0
+    out["val_accuracy"] = float(tp.sum() / cm.sum())
+    out["val_macro_f1"] = float(f1[present].mean())
+    return out
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int):
+    """LR multiplier: linear 0 -> 1 over the warm-up, then cosine 1 -> 0."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+class LitMultimodal(L.LightningModule):
+    """Training, validation, optimizer and schedule for a :class:`~mmfuse.model.MultimodalModel`.
+
+    The history of per-epoch metrics and the RNG states are stored in checkpoints, so a run
+    resumed after a crash continues exactly where the last checkpoint left it.
+    """
+
+    def __init__(self, model, task: Task, train_loader, val_loader, tcfg: TrainConfig, mcfg: ModelConfig,
+                 class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.model, self.task, self.tcfg, self.mcfg = model, task, tcfg, mcfg
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.history: list[dict] = []
+        self._train_sum, self._train_n = 0.0, 0
+        self._val: list = []
+
+    def train_dataloader(self):
+        return self.train_loader
+
+    def val_dataloader(self):
+        return self.val_loader
+
+    def loss(self, out: dict, y: torch.Tensor) -> torch.Tensor:
+        kw = dict(class_weights=self.class_weights, regression_loss=self.tcfg.regression_loss)
+        loss = compute_loss(self.task, out["logits"], y, **kw)
+        if "aux" in out and self.mcfg.aux_weight > 0:
+            aux = []
+            for n, lg in out["aux"].items():
+                m = out["masks"][n]
+                if bool(m.any()):
+                    aux.append(compute_loss(self.task, lg[m], y[m], **kw))
+            if aux:
+                loss = loss + self.mcfg.aux_weight * torch.stack(aux).mean()
+        return loss
+
+    def on_train_epoch_start(self):
+        self._train_sum, self._train_n = 0.0, 0
+        self.train_loader.set_epoch(self.current_epoch)
+
+    def training_step(self, batch, batch_idx):
+        out = self.model(batch["inputs"], batch["mask"])
+        loss = self.loss(out, batch["target"])
+        n = len(batch["target"])
+        self._train_sum += float(loss.detach()) * n
+        self._train_n += n
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        return loss
+
+    def on_validation_epoch_start(self):
+        self._val = []
+
+    def validation_step(self, batch, batch_idx):
+        out = self.model(batch["inputs"], batch["mask"])
+        self._val.append((out["logits"].float().cpu(), batch["target"].cpu()))
+
+    def on_validation_epoch_end(self):
+        if not self._val:
+            return
+        logits = torch.cat([v[0] for v in self._val])
+        y = torch.cat([v[1] for v in self._val])
+        loss = float(compute_loss(self.task, logits, y, regression_loss=self.tcfg.regression_loss))
+        metrics = quick_metrics(self.task, logits, y, loss)
+        for k, v in metrics.items():
+            self.log(k, v, prog_bar=k in ("val_loss", "val_accuracy", "val_rmse"))
+        entry = {"epoch": self.current_epoch, "train_loss": self._train_sum / max(1, self._train_n), **metrics,
+                 "lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None}
+        if not self.trainer.sanity_checking:
+            self.history = [h for h in self.history if h["epoch"] != self.current_epoch] + [entry]
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.tcfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.tcfg.lr)
+        total = max(1, self.tcfg.epochs * len(self.train_loader))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total, int(self.tcfg.warmup * total)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- exact resume -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["mmfuse"] = {
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": _numpy_state(),
+            "python_rng": _python_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("mmfuse", {})
+        self.history = list(state.get("history", []))
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+            np.random.set_state(_numpy_from(state["numpy_rng"]))
+            random.setstate(_python_from(state["python_rng"]))
+
+
+def _numpy_state():
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _numpy_from(d):
+    return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["gauss"])
+
+
+def _python_state():
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _python_from(d):
+    return (d["version"], tuple(int(x) for x in d["internal"].tolist()), d["gauss"])

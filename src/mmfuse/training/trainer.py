@@ -1,0 +1,96 @@
+"""Lightning Trainer setup: callbacks, logging, precision, resume."""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig, TrainConfig
+from ..tasks import Task
+from .checkpoint_io import SafetensorsCheckpointIO, load_checkpoint_file
+from .module import LitMultimodal
+
+MONITOR = {Task.REGRESSION: ("val_loss", "min")}
+
+
+def monitor_for(task: Task) -> tuple[str, str]:
+    """Early stopping and best-checkpoint selection watch the validation loss."""
+    return MONITOR.get(task, ("val_loss", "min"))
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    if precision != "auto":
+        return precision
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, mcfg: ModelConfig, run_dir: Path,
+                class_weights: torch.Tensor | None = None, resume: bool = False, callbacks=()) -> dict:
+    """Train with AdamW + cosine warm-up, early stopping and best-checkpoint selection.
+
+    Checkpoints (safetensors, no pickle) go to ``run_dir/checkpoints``: ``last.ckpt`` after
+    every epoch and ``best.ckpt``. With ``resume=True`` training continues from ``last.ckpt``.
+    The model ends holding the best epoch's weights.
+
+    Returns:
+        ``{"history": [...], "best_epoch": int, "best_score": float, "epochs_run": int, "stopped_early": bool}``
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    monitor, mode = monitor_for(task)
+    lit = LitMultimodal(model, task, train_loader, val_loader, tcfg, mcfg, class_weights)
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                           save_last=True, enable_version_counter=False)
+    early = EarlyStopping(monitor=monitor, mode=mode, patience=tcfg.patience)
+    logger = False
+    if tcfg.log == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(str(run_dir), name="logs", version="")
+    elif tcfg.log == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        logger = CSVLogger(str(run_dir), name="logs", version="")
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    L.seed_everything(tcfg.seed, workers=True, verbose=False)
+    accelerator = "gpu" if tcfg.accelerator == "auto" and torch.cuda.is_available() else (
+        "cpu" if tcfg.accelerator == "auto" else tcfg.accelerator)
+    trainer = L.Trainer(
+        max_epochs=tcfg.epochs, accelerator=accelerator, devices=1,
+        precision=resolve_precision(tcfg.precision, accelerator),
+        gradient_clip_val=tcfg.grad_clip or None, callbacks=[early, best, *callbacks], logger=logger,
+        enable_progress_bar=tcfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
+        max_time=datetime.timedelta(seconds=tcfg.max_time) if tcfg.max_time else None,
+        default_root_dir=str(run_dir), plugins=[SafetensorsCheckpointIO()], deterministic="warn",
+        log_every_n_steps=max(1, min(10, len(train_loader))))
+    last = ckpt_dir / "last.ckpt"
+    ckpt_path = str(last) if resume and last.exists() else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*is an invalid type.*")
+        warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)`.*")
+        trainer.fit(lit, ckpt_path=ckpt_path)
+    best_path = best.best_model_path
+    if best_path and os.path.exists(best_path):
+        state = load_checkpoint_file(best_path)["state_dict"]
+        lit.load_state_dict(state)
+    best_entry = None
+    if lit.history:
+        key = monitor
+        pick = min if mode == "min" else max
+        best_entry = pick(lit.history, key=lambda h: h[key])
+    return {"history": lit.history, "best_epoch": best_entry["epoch"] if best_entry else None,
+            "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
+            "monitor": monitor, "epochs_run": trainer.current_epoch,
+            "stopped_early": bool(early.stopped_epoch), "interrupted": trainer.interrupted}
