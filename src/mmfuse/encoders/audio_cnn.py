@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ._base import Encoder, register_encoder
-from .image_cnn import conv_block
+from .image_cnn import conv_block, init_conv
 
 
 @register_encoder("audio_cnn")
@@ -31,6 +31,7 @@ class AudioCNN(Encoder):
         self.proj = nn.Linear(widths[-1], dim)
         self.drop = nn.Dropout(dropout)
         self.output_dim = dim
+        init_conv(self)
 
     @classmethod
     def preprocessor_kwargs(cls, preprocessor):

@@ -8,15 +8,26 @@ from ._base import Encoder, register_encoder
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    # GroupNorm, not BatchNorm: statistics never mix rows (absent rows are not even encoded)
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.GroupNorm(min(8, c_out), c_out),
+    # BatchNorm trains several times faster here than GroupNorm; it is safe with missing
+    # inputs because absent rows never reach the encoder, so they never enter its statistics.
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
                          nn.ReLU(inplace=True), nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-                         nn.GroupNorm(min(8, c_out), c_out), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+
+def init_conv(module: nn.Module) -> None:
+    """He initialization for ReLU conv nets (as torchvision's ResNets); PyTorch's default
+    under-scales deep ReLU stacks and training then idles for epochs before it starts."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 @register_encoder("image_cnn")
 class ImageCNN(Encoder):
-    """Conv blocks (two 3x3 convs, GroupNorm, ReLU, 2x2 max-pool each), then a 1x1 projection.
+    """Conv blocks (two 3x3 convs, BatchNorm, ReLU, 2x2 max-pool each), then a 1x1 projection.
 
     Input ``(B, C, S, S)``; tokens are the final feature map's cells ``(B, (S/2^k)^2, D)``,
     pooled is their mean.
@@ -37,6 +48,7 @@ class ImageCNN(Encoder):
         self.proj = nn.Conv2d(widths[-1], dim, 1)
         self.drop = nn.Dropout(dropout)
         self.output_dim = dim
+        init_conv(self)
 
     @classmethod
     def preprocessor_kwargs(cls, preprocessor):

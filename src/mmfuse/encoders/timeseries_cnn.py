@@ -5,11 +5,12 @@ import torch
 from torch import nn
 
 from ._base import Encoder, register_encoder
+from .image_cnn import init_conv
 
 
 @register_encoder("timeseries_cnn")
 class TimeseriesCNN(Encoder):
-    """``(Conv1d k=5, GroupNorm, ReLU, MaxPool 2) x n``, optionally a bidirectional GRU, then Linear.
+    """``(Conv1d k=5, BatchNorm, ReLU, MaxPool 2) x n``, optionally a bidirectional GRU, then Linear.
 
     Input ``(B, C, L)``; tokens ``(B, L / 2^n, D)``; pooled = mean over time.
 
@@ -28,7 +29,7 @@ class TimeseriesCNN(Encoder):
         super().__init__()
         chans, blocks = [in_channels, *widths], []
         for a, b in zip(chans[:-1], chans[1:]):
-            blocks += [nn.Conv1d(a, b, 5, padding=2, bias=False), nn.GroupNorm(min(8, b), b), nn.ReLU(inplace=True),
+            blocks += [nn.Conv1d(a, b, 5, padding=2, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True),
                        nn.MaxPool1d(2, ceil_mode=True)]
         self.blocks = nn.Sequential(*blocks)
         self.gru = nn.GRU(widths[-1], widths[-1] // 2, batch_first=True, bidirectional=True) if gru else None
@@ -36,6 +37,7 @@ class TimeseriesCNN(Encoder):
         self.proj = nn.Linear(width, dim)
         self.drop = nn.Dropout(dropout)
         self.output_dim = dim
+        init_conv(self)
 
     @classmethod
     def preprocessor_kwargs(cls, preprocessor):
