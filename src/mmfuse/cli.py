@@ -65,6 +65,208 @@ def inspect(
         typer.echo(f"schema written to {save_schema}")
 
 
+def _load_config(path: Optional[Path]) -> dict:
+    """A YAML/JSON file of MultimodalPredictor arguments (``model:``, ``train:``, ``preprocessing:``, ...)."""
+    if path is None:
+        return {}
+    from .errors import MmfuseError
+
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        d = yaml.safe_load(text) or {}
+    else:
+        import json
+
+        d = json.loads(text)
+    if not isinstance(d, dict):
+        raise MmfuseError(f"config file {path} must hold a mapping of MultimodalPredictor arguments")
+    return d
+
+
+@app.command()
+def fit(
+    data: Path = typer.Argument(..., help="Training table (.csv, .tsv, .parquet, .jsonl)."),
+    target: str = typer.Option(..., "--target", "-t", help="Target column."),
+    fusion: Optional[str] = typer.Option(None, "--fusion", "-f", help="Fusion strategy (see `mmfuse fusions`)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings (model, train, ...)."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder (checkpoints, report, bundle)."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation table (default: split off the data)."),
+    test: Optional[Path] = typer.Option(None, "--test", help="Test table (default: split off the data)."),
+    task: Optional[str] = typer.Option(None, "--task", help="binary, multiclass, multilabel or regression."),
+    column: List[str] = typer.Option([], "--column", "-c", help="Override a role: NAME=ROLE (repeatable)."),
+    group: List[str] = typer.Option([], "--group", "-g", help="Read columns as one input: NAME=COL1,COL2."),
+    input_: List[str] = typer.Option([], "--input", help="Use only these inputs (repeatable)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers."),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="Stop training after this many seconds."),
+    on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+):
+    """Train a model on a table; writes checkpoints, metrics.json, report.md, plots and bundle/ to --out."""
+    from .api import MultimodalPredictor
+    from .schema import parse_column_overrides
+
+    cfg = _load_config(config)
+    if fusion:
+        cfg["fusion"] = fusion
+    cfg.setdefault("train", {})
+    cfg["train"] = dict(cfg["train"] or {})
+    cfg["train"].setdefault("test_fraction", 0.1 if test is None else 0.0)
+    for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "num_workers": workers,
+                 "max_time": max_time}.items():
+        if v is not None:
+            cfg["train"][k] = v
+    cfg["train"]["progress"] = progress
+    columns = {**cfg.pop("columns", {}), **parse_column_overrides(column)}
+    groups = {**cfg.pop("groups", {}), **_parse_groups(group)}
+    m = MultimodalPredictor(target=target, task=task or cfg.pop("task", None), columns=columns, groups=groups,
+                            inputs=list(input_) or cfg.pop("inputs", None), out=out, on_bad_input=on_bad_input,
+                            root=root, allow_outside_root=allow_outside_root, resume=resume, **cfg)
+    m.fit(data, val=val, test=test)
+    _print_metrics(m.metrics_)
+    typer.echo(f"run folder: {out} (report.md, metrics.json, bundle/)")
+
+
+def _print_metrics(metrics: dict) -> None:
+    for split in ("val", "test"):
+        mm = metrics.get(split)
+        if mm:
+            keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "f1_positive", "roc_auc", "pr_auc",
+                                "log_loss", "ece", "mae", "rmse", "r2", "subset_accuracy") if k in mm]
+            typer.echo(f"{split}: " + ", ".join(f"{k} {mm[k]:.4f}" for k in keys))
+    if metrics.get("bad_input"):
+        typer.echo(f"bad input: {metrics['bad_input']}")
+
+
+@app.command()
+def evaluate(
+    bundle: Path = typer.Argument(..., help="Bundle folder written by fit."),
+    data: Path = typer.Argument(..., help="Labelled table."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics.json and report.md here."),
+    contribution: bool = typer.Option(True, "--contribution/--no-contribution", help="Measure each input's contribution."),
+    on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+):
+    """Metrics of a bundle on a labelled table."""
+    from .api import evaluate_predictor
+    from .bundle import Predictor
+
+    pred = Predictor.load(bundle)
+    m = evaluate_predictor(pred, _table(data, root), contribution=contribution, on_bad_input=on_bad_input)
+    _print_metrics({"test": m})
+    c = m.get("contribution")
+    if c:
+        typer.echo(f"contribution ({c['metric']}; all inputs {c['all']:.4f}): " + ", ".join(
+            f"{n}: without {c['without'][n]:.4f}, alone {c['only'][n]:.4f}" for n in c["without"]))
+    if out:
+        from .evaluation import write_report
+
+        write_report(out, {"test": m, "contribution": c, "task": pred.task.value,
+                           "fusion": pred.config["model"]["model"]["fusion"], "inputs": pred.model.names},
+                     pred.target.classes_)
+        typer.echo(f"report written to {out}")
+
+
+def _table(data: Path, root):
+    from .io import read_table
+
+    return read_table(data, root=root)
+
+
+@app.command()
+def predict(
+    bundle: Path = typer.Argument(..., help="Bundle folder written by fit."),
+    data: Path = typer.Argument(..., help="Table to predict on; inputs may be absent or empty."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (.csv, .parquet or .jsonl)."),
+    proba: bool = typer.Option(True, "--proba/--no-proba", help="Add a probability column per class."),
+    on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Rows per batch."),
+):
+    """Predict with a bundle; writes the table's row ids, the prediction and class probabilities."""
+    import numpy as np
+    import pandas as pd
+
+    from .bundle import Predictor
+    from .tasks import Task, logits_to_proba
+
+    pred = Predictor.load(bundle)
+    table = _table(data, root)
+    z, rows = pred.logits(table, batch_size=batch_size, on_bad_input=on_bad_input)
+    p = logits_to_proba(pred.task, z).numpy()
+    res = pd.DataFrame({"row": table.df.index.to_numpy()[rows]})
+    if pred.task is Task.REGRESSION:
+        res["prediction"] = pred.target.inverse_regression(p)
+    elif pred.task is Task.MULTILABEL:
+        labels = pred.target.labels()
+        res["prediction"] = ["|".join(map(str, labels[r >= 0.5])) for r in p]
+    else:
+        res["prediction"] = pred.target.labels()[p.argmax(1)]
+    if proba and pred.task is not Task.REGRESSION:
+        for j, c in enumerate(pred.target.classes_):
+            res[f"proba_{c}"] = p[:, j]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        res.to_parquet(out, index=False)
+    elif out.suffix in (".jsonl", ".ndjson"):
+        res.to_json(out, orient="records", lines=True)
+    else:
+        res.to_csv(out, index=False)
+    skipped = len(table.df) - len(res)
+    typer.echo(f"{len(res)} predictions written to {out}" + (f"; {skipped} rows skipped as bad input "
+                                                               f"({pred.last_report.summary()})" if skipped else ""))
+
+
+@app.command()
+def fusions():
+    """List the fusion strategies, one line each."""
+    from .fusion import describe_fusions
+
+    for name, line in describe_fusions().items():
+        typer.echo(f"{name:16s} {line}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder."),
+    epochs: int = typer.Option(12, "--epochs", help="Maximum epochs per model."),
+    fusion: List[str] = typer.Option([], "--fusion", help="Only these fusions (default: all)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+):
+    """Offline demo: one model per single input and one per fusion on built-in data; prints a comparison."""
+    import time
+
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    from .demo import run_demo
+
+    t0 = time.perf_counter()
+    rows = run_demo(out, epochs=epochs, fusions=list(fusion) or None, seed=seed, echo=typer.echo)
+    table = RichTable(title=f"mmfuse demo: predict the digit (test split, {time.perf_counter() - t0:.0f} s in all)")
+    for c in ("model", "inputs", "fusion", "accuracy", "macro-F1", "train s"):
+        table.add_column(c)
+    best_single = max((r for r in rows if r["fusion"] == "none"), key=lambda r: r["accuracy"])
+    for r in rows:
+        table.add_row(r["model"], ", ".join(r["inputs"]), r["fusion"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
+                      f"{r['train_seconds']:.1f}")
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+    fused = [r for r in rows if r["fusion"] != "none"]
+    if fused:
+        best = max(fused, key=lambda r: r["accuracy"])
+        typer.echo(f"best fusion: {best['fusion']} {best['accuracy']:.3f} vs best single input "
+                   f"({', '.join(best_single['inputs'])}) {best_single['accuracy']:.3f}")
+    typer.echo(f"comparison.json and per-model runs written to {out}")
+
+
 @cache_app.command("ls")
 def cache_ls(directory: Optional[Path] = typer.Option(None, "--dir", help="Cache folder (default ~/.cache/mmfuse).")):
     """List cache entries with their sizes."""

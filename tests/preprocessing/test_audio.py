@@ -106,3 +106,15 @@ def test_state_round_trip(tmp_path, prep):
     assert np.array_equal(fa["logmel"], fb["logmel"])
     x = torch.from_numpy(fa["logmel"])
     assert torch.equal(q.batch({"logmel": x}), prep.batch({"logmel": x}))
+
+
+@pytest.mark.parametrize("orig,new", [(8000, 16000), (44100, 16000), (16000, 8000)])
+def test_resample_keeps_a_tone_and_gives_the_right_length(orig, new):
+    from mmfuse.preprocessing.audio import resample
+
+    f = 440.0
+    x = np.sin(2 * np.pi * f * np.arange(orig) / orig)  # 1 s
+    y = resample(x, orig, new)
+    assert len(y) == new
+    expected = np.sin(2 * np.pi * f * np.arange(new) / new)
+    assert np.abs(y[200:-200] - expected[200:-200]).max() < 0.01  # away from the edges

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import math
 import struct
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,30 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0
     up = (freqs[None] - lo) / np.maximum(mid - lo, 1e-9)
     down = (hi - freqs[None]) / np.maximum(hi - mid, 1e-9)
     return np.clip(np.minimum(up, down), 0, None).astype(np.float32)
+
+
+def resample(wave: np.ndarray, orig_sr: int, new_sr: int, taps: int = 6, rolloff: float = 0.99) -> np.ndarray:
+    """Band-limited polyphase resampling with a Hann-windowed sinc (as in torchaudio and libsamplerate).
+
+    With ``g = gcd(orig, new)``, ``o = orig / g``, ``n = new / g``, each of the n output phases
+    is a sinc low-pass at ``min(o, n) * rolloff`` (relative to the slower rate), ``taps`` zero
+    crossings wide, applied with stride o. Output length: ``ceil(len * new / orig)``.
+    """
+    g = math.gcd(int(orig_sr), int(new_sr))
+    o, n = int(orig_sr) // g, int(new_sr) // g
+    base = min(o, n) * rolloff
+    width = math.ceil(taps * o / base)
+    idx = torch.arange(-width, width + o, dtype=torch.float64)[None, None] / o
+    t = (torch.arange(0, -n, -1, dtype=torch.float64)[:, None, None] / n + idx) * base
+    t = t.clamp(-taps, taps)
+    window = torch.cos(t * math.pi / taps / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t) * window * (base / o)  # (n, 1, K)
+    x = torch.from_numpy(np.asarray(wave, np.float64))[None, None]  # (1, 1, L)
+    x = torch.nn.functional.pad(x, (width, width + o))
+    y = torch.nn.functional.conv1d(x, kernel, stride=o)  # (1, n, frames)
+    y = y.transpose(1, 2).reshape(-1)
+    return y[: math.ceil(n * len(wave) / o)].numpy().astype(np.float32)
 
 
 class LogMel(torch.nn.Module):
@@ -158,10 +181,7 @@ class AudioPreprocessor(Preprocessor):
             raise bad(row, col, "holds NaN or infinite samples", file, resolved)
         wave = data.mean(axis=1)  # mono
         if sr != self.sample_rate:
-            from scipy.signal import resample_poly
-
-            frac = Fraction(self.sample_rate, sr).limit_denominator(1000)
-            wave = resample_poly(wave, frac.numerator, frac.denominator).astype(np.float32)
+            wave = resample(wave, sr, self.sample_rate)
         L = self.length
         if len(wave) >= L:
             start = 0 if self.crop == "start" else (len(wave) - L) // 2
