@@ -60,6 +60,10 @@ class Fusion(nn.Module):
         self.input_dims = {n: int(input_dims[n]) for n in self.names}
         self.output_dim = dim
 
+    def masked(self, feats: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict:
+        """Features with absent rows zeroed, so nothing leaks from them whatever an encoder returned."""
+        return {n: feats[n] * masks[n].unsqueeze(1).to(feats[n].dtype) for n in self.names}
+
     def stack_masks(self, masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``(B, M)`` float presence matrix in sorted input order."""
         return torch.stack([masks[n] for n in self.names], dim=1).float()

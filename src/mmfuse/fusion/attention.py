@@ -39,6 +39,7 @@ class AttentionFusion(Fusion):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, feats, masks, tokens=None):
+        feats = self.masked(feats, masks)
         B = feats[self.names[0]].shape[0]
         seq, pad = [self.cls.expand(B, 1, -1)], [torch.zeros(B, 1, dtype=torch.bool, device=self.cls.device)]
         for i, n in enumerate(self.names):

@@ -27,6 +27,7 @@ class ConcatFusion(Fusion):
                                  nn.Linear(hidden, dim))
 
     def forward(self, feats, masks, tokens=None):
+        feats = self.masked(feats, masks)
         p = self.stack_masks(masks)  # (B, M)
         parts = [self.proj[n](feats[n]) * p[:, i:i + 1] for i, n in enumerate(self.names)]
         return self.mlp(torch.cat(parts + [p], dim=1))  # (B, D)

@@ -61,6 +61,7 @@ class CrossAttentionFusion(Fusion):
         return self.proj[n](feats[n]).unsqueeze(1), ~masks[n].unsqueeze(1)
 
     def forward(self, feats, masks, tokens=None):
+        feats = self.masked(feats, masks)
         seqs = {n: self._seq(n, feats, masks, tokens) for n in self.names}
         p = self.stack_masks(masks)  # (B, M)
         pooled = []

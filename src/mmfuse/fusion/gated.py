@@ -23,6 +23,7 @@ class GatedFusion(Fusion):
         self.gate = nn.Linear(sum(self.input_dims.values()), len(self.names) * dim)
 
     def forward(self, feats, masks, tokens=None):
+        feats = self.masked(feats, masks)
         B = feats[self.names[0]].shape[0]
         h = torch.stack([torch.tanh(self.proj[n](feats[n])) for n in self.names], dim=1)  # (B, M, D)
         g = self.gate(torch.cat([feats[n] for n in self.names], dim=1)).view(B, len(self.names), -1)  # (B, M, D)

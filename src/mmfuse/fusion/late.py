@@ -50,6 +50,7 @@ class LateFusion(Fusion):
         return torch.stack([self.heads[n](feats[n]) for n in self.names], dim=1)  # (B, M, K)
 
     def forward(self, feats, masks, tokens=None):
+        feats = self.masked(feats, masks)
         y = self.per_input_logits(feats)  # (B, M, K)
         p = self.stack_masks(masks)  # (B, M)
         if self.stacker is not None:

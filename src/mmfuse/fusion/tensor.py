@@ -45,6 +45,7 @@ class TensorFusion(Fusion):
         return z
 
     def forward(self, feats, masks, tokens=None):
+        feats = self.masked(feats, masks)
         return self.mlp(self.outer(feats, masks))
 
 
@@ -71,6 +72,7 @@ class LowRankFusion(Fusion):
         nn.init.xavier_normal_(self.rank_weights)
 
     def forward(self, feats, masks, tokens=None):
+        feats = self.masked(feats, masks)
         prod = None
         for n in self.names:
             zm = _with_one(feats[n] * masks[n].unsqueeze(1).float())  # (B, D_m+1)

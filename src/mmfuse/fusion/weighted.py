@@ -47,6 +47,7 @@ class WeightedFusion(Fusion):
         return {n: float(v) for n, v in zip(self.names, w.detach())}
 
     def forward(self, feats, masks, tokens=None):
+        feats = self.masked(feats, masks)
         h = torch.stack([self.proj[n](feats[n]) for n in self.names], dim=1)  # (B, M, D)
         w = self.fixed if self.fixed is not None else torch.softmax(self.logits, 0)  # (M,)
         wp = w[None] * self.stack_masks(masks)  # (B, M)
