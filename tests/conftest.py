@@ -64,3 +64,22 @@ def make_mm_table(tmp_path: Path, n: int = 24) -> Path:
     df.loc[7, "photo"] = None
     df.to_csv(tmp_path / "table.csv", index=False)
     return tmp_path / "table.csv"
+
+
+def make_tabular_text_table(n: int = 160, seed: int = 0, task: str = "multiclass") -> pd.DataFrame:
+    """A learnable table: numbers, a category and a short text, with the target depending on all three."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    cat = rng.choice(["u", "v", "w"], n)
+    word = rng.choice(["alpha", "beta"], n)
+    text = [f"the item is {w} today" for w in word]
+    if task == "regression":
+        y = 3 * x1 - 2 * x2 + (cat == "u") * 2.0 + (word == "alpha") * 1.5 + rng.normal(0, 0.1, n)
+    elif task == "binary":
+        y = np.where(x1 + (word == "alpha") * 1.5 - 0.75 > 0, "pos", "neg")
+    elif task == "multilabel":
+        y = ["|".join(l for l, on in (("big", x1 > 0), ("alpha", w == "alpha"), ("u", c == "u")) if on) or "none"
+             for w, c, x1 in zip(word, cat, x1)]
+    else:
+        y = np.where(word == "alpha", 0, 2) + (x1 > 0).astype(int)  # 4 classes: text and numbers are both needed
+    return pd.DataFrame({"x1": x1, "x2": x2, "cat": cat, "note": text, "y": y})

@@ -29,7 +29,8 @@ def test_errors_are_one_line_with_exit_code_2_and_debug_shows_traceback(mm_table
 
 
 def test_help_for_every_command():
-    for cmd in ([], ["inspect"], ["cache"], ["cache", "ls"], ["cache", "clear"]):
+    for cmd in ([], ["inspect"], ["fit"], ["evaluate"], ["predict"], ["fusions"], ["demo"], ["cache"], ["cache", "ls"],
+                ["cache", "clear"]):
         r = run(*cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout
 
@@ -40,3 +41,39 @@ def test_cache_ls_and_clear(tmp_path):
     r = run("cache", "ls", "--dir", tmp_path)
     assert "x/abc\t3 rows" in r.stdout and "1 entries" in r.stdout
     assert "removed 1 entries" in run("cache", "clear", "--dir", tmp_path).stdout
+
+
+def test_fit_predict_evaluate_end_to_end(tmp_path):
+    import pandas as pd
+
+    from conftest import make_mm_table
+
+    path = make_mm_table(tmp_path, n=40)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("preprocessing:\n  image: {size: 16}\n  audio: {sample_rate: 8000, duration: 0.25, n_mels: 16}\n"
+                   "  timeseries: {length: 16}\n  text: {min_freq: 1}\nmodel:\n  dim: 32\ntrain:\n  batch_size: 16\n")
+    r = run("fit", path, "--target", "label", "--fusion", "late", "--epochs", "2", "--config", cfg, "--out",
+            tmp_path / "run", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "test: accuracy" in r.stdout and (tmp_path / "run" / "bundle" / "config.json").exists()
+    r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    p = pd.read_csv(tmp_path / "p.csv")
+    assert list(p.columns) == ["row", "prediction", "proba_no", "proba_yes"] and len(p) == 40
+    r = run("evaluate", tmp_path / "run" / "bundle", path, "--out", tmp_path / "eval")
+    assert r.returncode == 0, r.stderr
+    assert "contribution (accuracy" in r.stdout and (tmp_path / "eval" / "metrics.json").exists()
+    # a broken file: one clear line naming row, column and file, exit code 2
+    (tmp_path / "img" / "5.png").write_bytes(b"junk")
+    r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "p2.csv")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("error: row 5, column 'photo': file 'img/5.png' is not a readable image")
+    r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "p3.csv", "--on-bad-input", "skip")
+    assert r.returncode == 0 and "39 predictions" in r.stdout and "1 rows skipped" in r.stdout
+
+
+def test_fusions_lists_every_strategy():
+    r = run("fusions")
+    from mmfuse.fusion import list_fusions
+
+    assert [l.split()[0] for l in r.stdout.splitlines()] == list_fusions()

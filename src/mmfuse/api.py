@@ -181,6 +181,7 @@ class MultimodalPredictor:
         metrics = {"task": target.task.value, "fusion": mcfg.fusion, "inputs": sorted(preps), "classes": target.classes_,
                    "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
                    "monitor": result["monitor"], "train_seconds": train_seconds, "history": result["history"],
+                   "resumed_from_epoch": result["resumed_from_epoch"],
                    "rows": {"train": len(ds_tr), "val": len(ds_va), "test": len(te_df)}}
         metrics["val"] = _strip(compute_metrics(self.predictor_, ds_va))
         eval_ds = ds_va

@@ -76,6 +76,7 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
         log_every_n_steps=max(1, min(10, len(train_loader))))
     last = ckpt_dir / "last.ckpt"
     ckpt_path = str(last) if resume and last.exists() else None
+    resumed_from = load_checkpoint_file(last)["epoch"] if ckpt_path else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*is an invalid type.*")
@@ -93,4 +94,5 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
     return {"history": lit.history, "best_epoch": best_entry["epoch"] if best_entry else None,
             "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
             "monitor": monitor, "epochs_run": trainer.current_epoch,
-            "stopped_early": bool(early.stopped_epoch), "interrupted": trainer.interrupted}
+            "stopped_early": bool(early.stopped_epoch), "interrupted": trainer.interrupted,
+            "resumed_from_epoch": resumed_from}

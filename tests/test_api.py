@@ -1,0 +1,120 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmfuse.api import MultimodalPredictor
+from mmfuse.errors import MmfuseError, NotFittedError
+
+from conftest import make_mm_table, make_tabular_text_table
+
+FAST = dict(progress=False, log=None, batch_size=32, dim=32, head_hidden=32, contribution=False)
+SMALL_PREP = {"image": {"size": 16}, "audio": {"sample_rate": 8000, "duration": 0.25, "n_mels": 16},
+              "timeseries": {"length": 16}, "text": {"min_freq": 1, "max_length": 12}}
+
+
+def test_fit_save_load_predict_all_modalities_with_absent_inputs(tmp_path):
+    path = make_mm_table(tmp_path, n=40)
+    m = MultimodalPredictor(target="label", fusion="attention", epochs=2, preprocessing=SMALL_PREP,
+                            out=tmp_path / "run", **FAST)
+    m.fit(path, test=path)
+    assert set(m.metrics_["inputs"]) == {"clip", "motion", "photo", "review", "tabular"}
+    assert (tmp_path / "run" / "bundle" / "model.safetensors").exists()
+    proba = m.predict_proba(path)
+    assert proba.shape == (40, 2) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    loaded = MultimodalPredictor.load(tmp_path / "run" / "bundle")
+    assert np.allclose(loaded.predict_proba(path), proba, atol=1e-6)
+    assert set(loaded.predict(path)) <= {"no", "yes"}
+    # absent from the table entirely, and empty in some rows
+    df = pd.read_csv(path).drop(columns=["photo", "clip", "label"])
+    df.loc[:9, "review"] = None
+    from mmfuse.io import read_table
+
+    p2 = loaded.predict_proba(read_table(df, root=tmp_path))
+    assert p2.shape == (40, 2) and np.isfinite(p2).all()
+
+
+@pytest.mark.parametrize("task,fusion", [("binary", "gated"), ("multiclass", "concat"), ("multilabel", "late"),
+                                         ("regression", "low_rank")])
+def test_each_task_learns(task, fusion):
+    df = make_tabular_text_table(240, task=task)
+    test = make_tabular_text_table(120, seed=1, task=task)
+    m = MultimodalPredictor(target="y", fusion=fusion, task=task, epochs=25, lr=3e-3, patience=25, **FAST)
+    m.fit(df)
+    res = m.evaluate(test)
+    if task == "regression":
+        assert res["r2"] > 0.8, res
+        pred = m.predict(test)
+        assert np.abs(pred - test["y"]).mean() == pytest.approx(res["mae"], rel=1e-5)
+    elif task == "multilabel":
+        assert res["micro_f1"] > 0.8, res
+        assert all(isinstance(p, list) for p in m.predict(test))
+    else:
+        assert res["accuracy"] > 0.85, res
+        assert {"report", "balanced_accuracy", "log_loss", "ece", "macro_f1"} <= set(res)
+        assert ("roc_auc" in res and "pr_auc" in res) if task == "binary" else "roc_auc_ovr_macro" in res
+    if task == "multiclass":
+        assert set(np.unique(m.predict(test))) <= {0, 1, 2, 3}  # integer labels come back as integers
+
+
+def test_same_seed_same_metrics():
+    df = make_tabular_text_table(160)
+    runs = [MultimodalPredictor(target="y", fusion="concat", epochs=3, modality_dropout=0.2, **FAST).fit(df)
+            for _ in range(2)]
+    assert runs[0].history_ == runs[1].history_
+    assert runs[0].metrics_["val"]["accuracy"] == runs[1].metrics_["val"]["accuracy"]
+
+
+def test_modality_dropout_aux_losses_and_class_weights_run(tmp_path):
+    df = make_tabular_text_table(160)
+    m = MultimodalPredictor(target="y", fusion="weighted", epochs=3, modality_dropout=0.3, aux_weight=0.5,
+                            class_weight="balanced", **FAST).fit(df)
+    assert m.predictor_.model.aux_heads is not None and len(m.history_) == 3
+
+
+def test_contribution_is_reported(tmp_path):
+    df = make_tabular_text_table(200)
+    m = MultimodalPredictor(target="y", fusion="concat", epochs=15, lr=3e-3, out=tmp_path / "r",
+                            **{**FAST, "contribution": True})
+    m.fit(df, test=make_tabular_text_table(100, seed=2))
+    c = m.metrics_["contribution"]
+    assert set(c["without"]) == set(c["only"]) == {"note", "tabular"} and c["split"] == "test"
+    assert c["all"] > max(c["only"].values())  # both inputs are needed for this target
+    for f in ("metrics.json", "report.md", "learning_curves.png", "confusion_matrix.png", "contribution.png"):
+        assert (tmp_path / "r" / f).exists(), f
+    assert "modality contribution" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_parameter_errors_name_parameter_allowed_and_received():
+    df = make_tabular_text_table(40)
+    with pytest.raises(MmfuseError, match=r"parameter 'fusion' must be one of \[.*'gated'.*\], got 'gatd'"):
+        MultimodalPredictor(target="y", fusion="gatd").fit(df)
+    with pytest.raises(MmfuseError, match=r"parameter 'epochs' must be an integer >= 1, got 0"):
+        MultimodalPredictor(target="y", epochs=0).fit(df)
+    with pytest.raises(MmfuseError, match=r"parameter 'modality_dropout' must be a number in \[0, 1\), got 1.5"):
+        MultimodalPredictor(target="y", modality_dropout=1.5).fit(df)
+    with pytest.raises(MmfuseError, match=r"unknown parameter of MultimodalPredictor 'epoch'.*Did you mean 'epochs'"):
+        MultimodalPredictor(target="y", epoch=3).fit(df)
+    with pytest.raises(MmfuseError, match=r"unknown input 'photo'"):
+        MultimodalPredictor(target="y", inputs=["photo"]).fit(df)
+    with pytest.raises(NotFittedError):
+        MultimodalPredictor(target="y").predict(df)
+
+
+def test_group_split_and_split_column():
+    from mmfuse.schema import infer_schema
+    from mmfuse.splits import split_rows
+
+    df = make_tabular_text_table(120)
+    df["who"] = np.repeat(np.arange(30), 4)
+    s = infer_schema(df, target="y", overrides={"who": "group"})
+    parts = split_rows(df, s, 0.2, 0.2, seed=0)
+    groups = {k: set(df["who"].iloc[v]) for k, v in parts.items()}
+    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"])
+    assert sum(len(v) for v in parts.values()) == 120
+    df["fold"] = ["train"] * 100 + ["validation"] * 10 + ["test"] * 10
+    s = infer_schema(df, target="y")
+    parts = split_rows(df, s, 0.5, 0.5, seed=0)
+    assert [len(parts[k]) for k in ("train", "val", "test")] == [100, 10, 10]
+    df.loc[3, "fold"] = "holdout"
+    with pytest.raises(MmfuseError, match="row 3, column 'fold': split value 'holdout'"):
+        split_rows(df, infer_schema(df, target="y", overrides={"fold": "split"}), 0.1, 0.1, seed=0)

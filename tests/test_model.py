@@ -1,0 +1,39 @@
+import torch
+
+from mmfuse.encoders import create_encoder
+from mmfuse.fusion import create_fusion
+from mmfuse.model import Head, MultimodalModel
+
+
+def tiny_model(p=0.0, aux=False):
+    enc = {"a": create_encoder("tabular_mlp", n_numeric=2, dim=8), "b": create_encoder("tabular_mlp", n_numeric=3, dim=8)}
+    fusion = create_fusion("concat", {"a": 8, "b": 8}, dim=8)
+    aux_heads = {"a": torch.nn.Linear(8, 3), "b": torch.nn.Linear(8, 3)} if aux else None
+    return MultimodalModel(enc, fusion, Head(8, 3, 8), aux_heads, modality_dropout=p)
+
+
+def inputs(B=64):
+    return ({"a": {"num": torch.randn(B, 4)}, "b": {"num": torch.randn(B, 6)}},
+            {"a": torch.ones(B, dtype=torch.bool), "b": torch.rand(B) > 0.3})
+
+
+def test_modality_dropout_drops_but_keeps_one_input_per_row():
+    torch.manual_seed(0)
+    m = tiny_model(p=0.9).train()
+    x, masks = inputs()
+    out = m(x, masks)["masks"]
+    kept = torch.stack([out["a"], out["b"]], 1)
+    assert kept.any(1).all()  # every row keeps at least one input
+    assert (kept.sum() < masks["a"].sum() + masks["b"].sum())  # but inputs were dropped
+    assert not (out["b"] & ~masks["b"]).any()  # nothing absent comes back
+    m.eval()
+    assert torch.equal(m(x, masks)["masks"]["b"], masks["b"])  # no dropout at evaluation
+
+
+def test_absent_argument_and_aux_heads():
+    m = tiny_model(aux=True).eval()
+    x, masks = inputs(8)
+    out = m(x, masks, absent=["b"])
+    assert not out["masks"]["b"].any() and out["logits"].shape == (8, 3) and set(out["aux"]) == {"a", "b"}
+    only_a = m({"a": x["a"]}, {"a": masks["a"]})  # input b not given at all
+    assert torch.allclose(only_a["logits"], out["logits"])
