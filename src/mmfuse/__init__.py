@@ -17,6 +17,8 @@ _EXPORTS = {
     "InputSpec": "schema", "Modality": "schema", "Role": "schema", "Schema": "schema",
     "describe_schema": "schema", "infer_schema": "schema",
     "make_windows": "windowing",
+    "MultimodalPredictor": "api", "Predictor": "bundle", "ModelConfig": "config", "TrainConfig": "config",
+    "create_fusion": "fusion", "list_fusions": "fusion", "register_fusion": "fusion",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
