@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 import time
@@ -10,7 +9,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from ._registry import unknown_name_message
 from .config import ModelConfig, TrainConfig, from_dict
@@ -183,11 +181,11 @@ class MultimodalPredictor:
                    "monitor": result["monitor"], "train_seconds": train_seconds, "history": result["history"],
                    "resumed_from_epoch": result["resumed_from_epoch"],
                    "rows": {"train": len(ds_tr), "val": len(ds_va), "test": len(te_df)}}
-        metrics["val"] = _strip(compute_metrics(self.predictor_, ds_va))
+        metrics["val"] = compute_metrics(self.predictor_, ds_va)
         eval_ds = ds_va
         if len(te_df):
             ds_te = MultimodalDataset(te_df, preps, target, cache=cache, **kw)
-            metrics["test"] = _strip(compute_metrics(self.predictor_, ds_te))
+            metrics["test"] = compute_metrics(self.predictor_, ds_te)
             eval_ds = ds_te
         if self.contribution and len(preps) > 1:
             metrics["contribution"] = modality_contribution(self.predictor_, eval_ds)
@@ -252,7 +250,7 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
     from .evaluation import compute_metrics, modality_contribution
 
     ds = MultimodalDataset(data, predictor.preprocessors, predictor.target, on_bad_input=on_bad_input, root=root)
-    out = _strip(compute_metrics(predictor, ds))
+    out = compute_metrics(predictor, ds)
     if contribution and len(predictor.model.names) > 1:
         out["contribution"] = modality_contribution(predictor, ds)
     if ds.report.issues or ds.report.unknown_categories:
@@ -260,13 +258,7 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
     return out
 
 
-def _strip(m: dict) -> dict:
-    return m
-
-
 def _only(schema, specs):
-    from .schema import Schema
-
     return _SpecView(schema, specs)
 
 

@@ -69,20 +69,9 @@ def _load_config(path: Optional[Path]) -> dict:
     """A YAML/JSON file of MultimodalPredictor arguments (``model:``, ``train:``, ``preprocessing:``, ...)."""
     if path is None:
         return {}
-    from .errors import MmfuseError
+    from .io import read_mapping_file
 
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        d = yaml.safe_load(text) or {}
-    else:
-        import json
-
-        d = json.loads(text)
-    if not isinstance(d, dict):
-        raise MmfuseError(f"config file {path} must hold a mapping of MultimodalPredictor arguments")
-    return d
+    return read_mapping_file(path, "config file")
 
 
 @app.command()

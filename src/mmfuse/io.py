@@ -134,6 +134,23 @@ def resolve_path(value: str, root: Path, *, row=None, column: str | None = None,
     return full
 
 
+def read_mapping_file(path: str | os.PathLike, what: str) -> dict:
+    """A YAML (``.yaml``/``.yml``) or JSON file that must hold a mapping."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        d = yaml.safe_load(text) or {}
+    else:
+        import json
+
+        d = json.loads(text)
+    if not isinstance(d, dict):
+        raise SchemaError(f"{what} {path} must hold a mapping, got {type(d).__name__}")
+    return d
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file so that readers see the old or the new content, never a partial file."""
     path = Path(path)

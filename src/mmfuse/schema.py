@@ -179,16 +179,9 @@ class Schema:
 
 def load_overrides(path: str | os.PathLike) -> dict:
     """Read a YAML/JSON schema file: ``{target: y, columns: {col: role}, groups: {name: [cols]}}``."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    from .io import read_mapping_file
 
-        d = yaml.safe_load(text) or {}
-    else:
-        d = json.loads(text)
-    if not isinstance(d, dict):
-        raise SchemaError(f"schema file {path} must hold a mapping with keys 'columns', 'groups', 'target'")
+    d = read_mapping_file(path, "schema file")
     unknown = set(d) - {"columns", "groups", "target", "reasons"}
     if unknown:
         raise SchemaError(f"schema file {path}: unknown keys {sorted(unknown)}; allowed: columns, groups, target")
