@@ -10,14 +10,46 @@ from .fusion import FUSIONS, create_fusion
 from .model import Head, MultimodalModel
 
 
+HF_PREP_KEYS = ("model", "revision", "pooling", "max_length", "duration")
+HF_ENC_KEYS = ("train", "last_n")
+
+
+def encoder_options(cfg: ModelConfig, name: str, modality: str) -> dict:
+    """An input's encoder settings: its modality's entry, overridden by its own."""
+    return {**cfg.encoders.get(modality, {}), **cfg.encoders.get(name, {})}
+
+
+def hf_preprocessing(cfg: ModelConfig, name: str, modality: str, cache: bool) -> dict | None:
+    """Preprocessor arguments for an input whose encoder is a Hugging Face model, else None.
+
+    A frozen backbone with the cache on is run once, inside preprocessing (``embed=True``)."""
+    opts = encoder_options(cfg, name, modality)
+    if opts.get("name") != "hf":
+        return None
+    from .errors import MmfuseError
+
+    if "model" not in opts:
+        raise MmfuseError(f"encoder of input {name!r}: 'hf' needs model=<hub id or local folder>")
+    unknown = set(opts) - set(HF_PREP_KEYS) - set(HF_ENC_KEYS) - {"name", "cache"}
+    if unknown:
+        raise MmfuseError(f"encoder of input {name!r}: unknown hf settings {sorted(unknown)}; "
+                          f"known: {sorted(HF_PREP_KEYS + HF_ENC_KEYS + ('cache',))}")
+    out = {k: opts[k] for k in HF_PREP_KEYS if k in opts}
+    out["embed"] = opts.get("train", "full") == "frozen" and opts.get("cache", True) and cache
+    return out
+
+
 def build_model(preps: dict, n_outputs: int, cfg: ModelConfig) -> tuple[MultimodalModel, dict]:
     """The model for these inputs, and the JSON spec that rebuilds it (for bundles)."""
     encoders, enc_spec = {}, {}
     for name in sorted(preps):
         p = preps[name]
-        opts = dict(cfg.encoders.get(p.modality, {}))
-        opts.update(cfg.encoders.get(name, {}))
+        opts = encoder_options(cfg, name, p.modality)
         enc_name = opts.pop("name", DEFAULT_ENCODERS[p.modality])
+        if enc_name == "hf":
+            opts = {k: v for k, v in opts.items() if k in HF_ENC_KEYS}
+            if getattr(p, "embed", False):
+                enc_name, opts = "precomputed", {}
         if "dim" in _init_args(ENCODERS.get(enc_name)):
             opts.setdefault("dim", cfg.dim)
         enc = encoder_for(p, enc_name, **opts)
@@ -43,9 +75,11 @@ def assemble(enc_spec: dict, encoders: dict, n_outputs: int, cfg: ModelConfig) -
     return model, spec
 
 
-def model_from_spec(spec: dict) -> MultimodalModel:
-    """Rebuild the (untrained) model from :func:`build_model`'s spec; weights are loaded separately."""
-    encoders = {n: ENCODERS.get(e["name"]).from_config(e["config"]) for n, e in spec["encoders"].items()}
+def model_from_spec(spec: dict, resolve=lambda c: c) -> MultimodalModel:
+    """Rebuild the (untrained) model from :func:`build_model`'s spec; weights are loaded separately.
+
+    ``resolve`` may rewrite each encoder's config (a bundle points backbones at its own folder)."""
+    encoders = {n: ENCODERS.get(e["name"]).from_config(resolve(e["config"])) for n, e in spec["encoders"].items()}
     cfg = ModelConfig(**spec["model"])
     return assemble(spec["encoders"], encoders, spec["n_outputs"], cfg)[0]
 

@@ -156,7 +156,11 @@ class MultimodalPredictor:
         if len(va_df) == 0:
             raise MmfuseError("no validation rows: pass val=..., add a split column, or set val_fraction > 0")
         target.fit(tr_df)
-        preps = build_preprocessors(_only(schema, specs), read_table(tr_df, root=table.root), self.preprocessing)
+        from ._build import hf_preprocessing
+
+        hf = {s.name: hf_preprocessing(mcfg, s.name, s.modality.value, tcfg.cache is not None) for s in specs}
+        preps = build_preprocessors(_only(schema, specs), read_table(tr_df, root=table.root), self.preprocessing,
+                                    hf={k: v for k, v in hf.items() if v})
         run_dir = Path(self.out) if self.out else Path(tempfile.mkdtemp(prefix="mmfuse_run_"))
         run_dir.mkdir(parents=True, exist_ok=True)
         cache = tcfg.cache
@@ -224,15 +228,18 @@ class MultimodalPredictor:
         return evaluate_predictor(self.predictor_, data, contribution=contribution, on_bad_input=on_bad_input,
                                   root=self.root)
 
-    def save(self, path) -> Path:
-        """Write a bundle folder (``model.safetensors`` + ``config.json``), atomically."""
+    def save(self, path, embed_backbones: bool = False) -> Path:
+        """Write a bundle folder (``model.safetensors`` + ``config.json``), atomically.
+
+        ``embed_backbones`` copies pretrained backbones into the bundle (standalone)."""
         from .bundle import save_bundle
 
         self._check()
         extra = {"metrics": {k: v for k, v in getattr(self, "metrics_", {}).items() if k != "history"},
                  "training": getattr(self, "_train_cfg", None)}
         p = self.predictor_
-        return save_bundle(path, p.model, p.preprocessors, p.target, p.schema, p.config["model"], extra)
+        return save_bundle(path, p.model, p.preprocessors, p.target, p.schema, p.config["model"], extra,
+                           embed_backbones=embed_backbones)
 
     @classmethod
     def load(cls, path) -> "MultimodalPredictor":

@@ -22,12 +22,22 @@ __all__ = ["Predictor", "save_bundle", "BUNDLE_FORMAT"]
 BUNDLE_FORMAT = 1  # bump on any incompatible change of config.json or of the tensor names
 
 
-def save_bundle(path: str | os.PathLike, model, preps: dict, target, schema, spec: dict, extra: dict | None = None) -> Path:
+BUNDLE_REF = "@bundle/"
+
+
+def save_bundle(path: str | os.PathLike, model, preps: dict, target, schema, spec: dict, extra: dict | None = None,
+                embed_backbones: bool = False) -> Path:
     """Write a bundle atomically: everything goes to a temporary folder that is then renamed.
 
     ``model.safetensors`` holds the model's weights (``model/...``) and the preprocessors'
     arrays (``prep/<input>/...``); ``config.json`` holds the schema, the preprocessors' state,
     the model spec, the label names, versions and ``extra`` (metrics, training settings).
+
+    Pretrained backbones are recorded by id or path, revision and fingerprint. Fine-tuned
+    backbone weights are always in ``model.safetensors``; frozen ones are left out and loaded
+    from their id/path, unless ``embed_backbones`` copies every backbone (weights, config,
+    tokenizer/processor, via ``save_pretrained``) into ``backbones/<input>/``, which makes the
+    bundle standalone.
     """
     from safetensors.torch import save_file
 
@@ -38,17 +48,24 @@ def save_bundle(path: str | os.PathLike, model, preps: dict, target, schema, spe
     tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    import copy
+
+    spec = copy.deepcopy(spec)
+    backbones, skip = _backbones(model, preps, tmp if embed_backbones else None, spec)
+    tensors = {f"model/{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
+               if not any(k.startswith(s) for s in skip)}
     prep_meta = {}
     for name, p in sorted(preps.items()):
         meta, arrays = p.get_state()
+        if name in backbones and backbones[name]["in_bundle"]:
+            meta["config"]["model"] = backbones[name]["model_in_bundle"]
         prep_meta[name] = meta
         for k, a in arrays.items():
             tensors[f"prep/{name}/{k}"] = torch.from_numpy(np.ascontiguousarray(a))
     save_file(tensors, str(tmp / "model.safetensors"))
     config = {"format": BUNDLE_FORMAT, "mmfuse_version": __version__, "torch_version": torch.__version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "schema": schema.to_dict(), "target": target.to_dict(),
-              "preprocessors": prep_meta, "model": spec, **(extra or {})}
+              "preprocessors": prep_meta, "model": spec, "backbones": backbones, **(extra or {})}
     (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
     if path.exists():  # replace an older bundle: move it aside first, so a crash leaves one of the two
         old = path.parent / f".{path.name}.old{os.getpid()}"
@@ -60,6 +77,38 @@ def save_bundle(path: str | os.PathLike, model, preps: dict, target, schema, spe
     return path
 
 
+def _backbones(model, preps: dict, tmp: Path | None, spec: dict) -> tuple[dict, list[str]]:
+    """Record each pretrained backbone; copy it into the bundle when ``tmp`` is given.
+    Returns the records and the state-dict prefixes to leave out (frozen, not copied)."""
+    from .hf import fingerprint
+
+    out, skip = {}, []
+    for name, p in preps.items():
+        if not hasattr(p, "fingerprint_"):
+            continue
+        enc = model.encoders[name]
+        frozen = not any(q.requires_grad for q in enc.parameters()) if hasattr(enc, "backbone") else True
+        rec = {"model": p.model, "revision": p.revision, "fingerprint": fingerprint(p.model, p.revision, mtimes=False),
+               "train": getattr(enc, "train_mode", "frozen (cached embeddings)"), "in_bundle": tmp is not None}
+        if tmp is not None:
+            folder = tmp / "backbones" / _safe(name)
+            backbone = enc.backbone if hasattr(enc, "backbone") else p.backbone
+            backbone.save_pretrained(folder)
+            p.processor.save_pretrained(folder)
+            rec["model_in_bundle"] = BUNDLE_REF + f"backbones/{_safe(name)}"
+            if hasattr(enc, "backbone"):
+                spec["encoders"][name]["config"]["model"] = rec["model_in_bundle"]
+        elif hasattr(enc, "backbone") and frozen:
+            skip.append(f"encoders.{name}.backbone.")
+        rec["weights_in_model_file"] = hasattr(enc, "backbone") and (tmp is not None or not frozen)
+        out[name] = rec
+    return out, skip
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def _json_default(o):
     if isinstance(o, (np.generic,)):
         return o.item()
@@ -68,6 +117,21 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _check_backbones(backbones: dict, path: Path) -> None:
+    """A backbone loaded from outside the bundle must be the one the model was trained with."""
+    from .hf import fingerprint
+
+    for name, b in backbones.items():
+        if b.get("in_bundle"):
+            continue
+        now = fingerprint(b["model"], b.get("revision"), mtimes=False)
+        if now != b["fingerprint"]:
+            raise MmfuseError(f"bundle {path}: input {name!r} was trained with backbone {b['model']!r} "
+                              f"(fingerprint {b['fingerprint']}), but what is there now differs ({now}). Restore "
+                              "that model, retrain, or save bundles with embed_backbones=True to keep the backbone "
+                              "inside them")
 
 
 class Predictor:
@@ -101,15 +165,34 @@ class Predictor:
                               f"this mmfuse reads format {BUNDLE_FORMAT}. Load it with the mmfuse version that wrote it, "
                               "or retrain")
         tensors = load_file(str(path / "model.safetensors"))
+        backbones = config.get("backbones", {})
+        _check_backbones(backbones, path)
+
+        def resolve(d: dict) -> dict:
+            m = d.get("model")
+            if isinstance(m, str) and m.startswith(BUNDLE_REF):
+                d = {**d, "model": str(path.resolve() / m[len(BUNDLE_REF):])}
+            return d
+
         preps = {}
         for name, meta in config["preprocessors"].items():
             arrays = {k.split("/", 2)[2]: v.numpy() for k, v in tensors.items() if k.startswith(f"prep/{name}/")}
-            preps[name] = Preprocessor.from_state(meta, arrays)
-        model = model_from_spec(config["model"])
+            preps[name] = Preprocessor.from_state({**meta, "config": resolve(meta["config"])}, arrays)
+        model = model_from_spec(config["model"], resolve)
         state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-        model.load_state_dict(state, strict=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        allowed = tuple(f"encoders.{n}.backbone." for n, b in backbones.items() if not b.get("weights_in_model_file"))
+        bad = [k for k in missing if not k.startswith(allowed)] + list(unexpected)
+        if bad:
+            raise MmfuseError(f"bundle {path}: model.safetensors does not match the model in config.json "
+                              f"(e.g. {bad[:3]}); the bundle is damaged")
         return cls(model, preps, TargetEncoder.from_dict(config["target"]), Schema.from_dict(config["schema"]), config,
                    path)
+
+    def save(self, path, embed_backbones: bool = False) -> Path:
+        extra = {k: v for k, v in self.config.items() if k in ("metrics", "training")}
+        return save_bundle(path, self.model, self.preprocessors, self.target, self.schema, self.config["model"], extra,
+                           embed_backbones=embed_backbones)
 
     @property
     def classes_(self) -> list | None:

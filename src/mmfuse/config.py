@@ -19,7 +19,9 @@ class ModelConfig:
         fusion: A registered fusion name (``mmfuse fusions`` lists them).
         fusion_kwargs: Extra arguments of that fusion (e.g. ``{"weights": [0.7, 0.3]}``).
         dim: Width D of the fused representation (and of each encoder's output unless set).
-        encoders: Per input name or modality, ``{"name": encoder, **kwargs}``.
+        encoders: Per input name or modality, ``{"name": encoder, **kwargs}``; for a pretrained
+            model ``{"name": "hf", "model": id_or_folder, "train": "frozen"|"full"|"last",
+            "last_n": 2, "pooling": "mean", "max_length": 128, "cache": True}``.
         head_hidden: Hidden width of the prediction head.
         dropout: Dropout in the head.
         modality_dropout: Probability of dropping each input of each row in training.
@@ -44,6 +46,9 @@ class TrainConfig:
         epochs: Maximum epochs.
         batch_size: Rows per batch.
         lr: Peak learning rate of AdamW.
+        backbone_lr: Peak learning rate of fine-tuned pretrained backbones (lower than ``lr``).
+        layer_decay: Layer-wise learning-rate decay for backbones: layer i of L gets
+            ``backbone_lr * layer_decay^(L-1-i)`` (1.0: the same rate for every layer).
         weight_decay: AdamW weight decay (not applied to biases and norms).
         warmup: Fraction of the steps with a linear warm-up before the cosine decay.
         grad_clip: Clip the gradient norm to this (0 disables).
@@ -64,6 +69,8 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
+    backbone_lr: float = 3e-5
+    layer_decay: float = 1.0
     weight_decay: float = 1e-2
     warmup: float = 0.05
     grad_clip: float = 1.0

@@ -158,10 +158,11 @@ class MultimodalDataset(Dataset):
             for name, p in self.preprocessors.items():
                 if p.eager or self._cells[name] is None:
                     continue
-                if str(cache) == "memory":
+                if str(cache) == "memory" and not getattr(p, "prefers_disk_cache", False):
                     self._caches[name] = ItemCache(n, p.item_spec())
-                else:
-                    d = Path(cache) / name.replace("/", "_") / self._key(p, name)
+                else:  # embeddings of frozen backbones persist across runs
+                    base = default_cache_dir() / "embeddings" if str(cache) == "memory" else Path(cache)
+                    d = base / name.replace("/", "_") / self._key(p, name)
                     self.cache_dirs[name] = d
                     self._caches[name] = ItemCache(n, p.item_spec(), d)
 
@@ -416,7 +417,8 @@ def make_loader(dataset: MultimodalDataset, batch_size: int = 64, shuffle: bool 
     return MultimodalLoader(dataset, sampler, num_workers, persistent_workers, pin_memory)
 
 
-def build_preprocessors(schema, data, options: Mapping[str, dict] | None = None, root=None) -> dict[str, Preprocessor]:
+def build_preprocessors(schema, data, options: Mapping[str, dict] | None = None, root=None,
+                        hf: Mapping[str, dict] | None = None) -> dict[str, Preprocessor]:
     """Create and fit the built-in preprocessor of every input of ``schema`` on ``data``.
 
     Args:
@@ -425,6 +427,8 @@ def build_preprocessors(schema, data, options: Mapping[str, dict] | None = None,
         options: Keyword arguments per input name or per modality name, for example
             ``{"image": {"size": 32}, "Review Text": {"max_length": 200}}``; an input's own
             entry wins over its modality's.
+        hf: Input name -> Hugging Face preprocessing (``{"model": ..., "embed": bool}``) for
+            inputs whose encoder is a pretrained model; their own preprocessing replaces the built-in one.
     """
     from .preprocessing import default_preprocessor
 
@@ -434,5 +438,8 @@ def build_preprocessors(schema, data, options: Mapping[str, dict] | None = None,
     out = {}
     for spec in schema.inputs():
         kw = {**options.get(spec.modality.value, {}), **options.get(spec.name, {})}
-        out[spec.name] = default_preprocessor(spec, schema, **kw).fit(table.df, ctx)
+        hf_kw = (hf or {}).get(spec.name)
+        if hf_kw:
+            kw = {k: v for k, v in kw.items() if k in ("max_length", "duration")}
+        out[spec.name] = default_preprocessor(spec, schema, hf=hf_kw, **kw).fit(table.df, ctx)
     return out

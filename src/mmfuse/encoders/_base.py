@@ -40,7 +40,7 @@ def encoder_for(preprocessor, name: str | None = None, **kwargs) -> "Encoder":
     """The encoder for a fitted preprocessor; sizes (vocabulary, channels, ...) come from it."""
     name = name or DEFAULT_ENCODERS[preprocessor.modality]
     cls = ENCODERS.get(name)
-    if cls.modality != preprocessor.modality:
+    if cls.modality not in ("any", preprocessor.modality):
         from ..errors import MmfuseError
 
         raise MmfuseError(f"encoder {name!r} is for {cls.modality} inputs, but input {preprocessor.columns} is "

@@ -6,21 +6,32 @@ from .tabular import CategoricalPreprocessor, NumericPreprocessor, TabularPrepro
 from .target import TargetEncoder, Task, infer_task
 from .text import TextPreprocessor
 from .timeseries import TimeseriesPreprocessor
+from .hf import HFAudioPreprocessor, HFImagePreprocessor, HFTextPreprocessor
 
 __all__ = ["PREPROCESSORS", "Preprocessor", "ReadContext", "is_missing", "load_preprocessors", "save_preprocessors",
            "AudioPreprocessor", "LogMel", "mel_filterbank", "ImagePreprocessor", "CategoricalPreprocessor",
            "NumericPreprocessor", "TabularPreprocessor", "TargetEncoder", "Task", "infer_task", "TextPreprocessor",
-           "TimeseriesPreprocessor", "default_preprocessor"]
+           "TimeseriesPreprocessor", "default_preprocessor", "HFAudioPreprocessor", "HFImagePreprocessor",
+           "HFTextPreprocessor"]
 
 
-def default_preprocessor(spec, schema, **options) -> Preprocessor:
-    """The built-in preprocessor for an input (:class:`~mmfuse.schema.InputSpec`).
+def default_preprocessor(spec, schema, hf: dict | None = None, **options) -> Preprocessor:
+    """The preprocessor for an input (:class:`~mmfuse.schema.InputSpec`).
 
-    ``options`` are passed to its constructor (for example ``size=32`` for images).
+    ``options`` are passed to its constructor (for example ``size=32`` for images). With ``hf``
+    (``{"model": id_or_path, "embed": bool, ...}``) a Hugging Face model's own preprocessing
+    replaces the built-in one.
     """
+    from ..errors import MmfuseError
     from ..schema import Modality, Role
 
     m = spec.modality
+    if hf:
+        cls = {Modality.TEXT: HFTextPreprocessor, Modality.IMAGE: HFImagePreprocessor,
+               Modality.AUDIO: HFAudioPreprocessor}.get(m)
+        if cls is None:
+            raise MmfuseError(f"input {spec.name!r} is {m.value}; Hugging Face encoders take text, image or audio")
+        return cls(spec.columns, **{**options, **hf})
     if m is Modality.TEXT:
         return TextPreprocessor(spec.columns, **options)
     if m is Modality.IMAGE:

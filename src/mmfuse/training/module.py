@@ -119,14 +119,25 @@ class LitMultimodal(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.history = [h for h in self.history if h["epoch"] != self.current_epoch] + [entry]
 
-    def configure_optimizers(self):
-        decay, no_decay = [], []
+    def param_groups(self) -> list[dict]:
+        """AdamW groups: backbones at ``backbone_lr`` (with layer-wise decay), the rest at ``lr``;
+        no weight decay on biases and norms."""
+        scale_of: dict[int, float] = {}
+        for enc in self.model.encoders.values():
+            if hasattr(enc, "trainable_groups"):
+                for params, scale, _ in enc.trainable_groups(self.tcfg.layer_decay):
+                    for p in params:
+                        scale_of[id(p)] = scale * self.tcfg.backbone_lr / self.tcfg.lr
+        groups: dict[tuple, list] = {}
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.tcfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.tcfg.lr)
+            wd = 0.0 if p.ndim <= 1 or name.endswith(".bias") else self.tcfg.weight_decay
+            groups.setdefault((scale_of.get(id(p), 1.0), wd), []).append(p)
+        return [{"params": ps, "lr": self.tcfg.lr * s, "weight_decay": wd} for (s, wd), ps in sorted(groups.items())]
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.param_groups(), lr=self.tcfg.lr)
         total = max(1, self.tcfg.epochs * len(self.train_loader))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total, int(self.tcfg.warmup * total)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

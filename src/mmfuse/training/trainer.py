@@ -75,11 +75,16 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
         default_root_dir=str(run_dir), plugins=[SafetensorsCheckpointIO()], deterministic="warn",
         log_every_n_steps=max(1, min(10, len(train_loader))))
     last = ckpt_dir / "last.ckpt"
+    if not resume and ckpt_dir.exists():  # a new run in an old folder starts from nothing
+        import shutil
+
+        shutil.rmtree(ckpt_dir)
     ckpt_path = str(last) if resume and last.exists() else None
     resumed_from = load_checkpoint_file(last)["epoch"] if ckpt_path else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*is an invalid type.*")
+        warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen backbones stay in eval
         warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)`.*")
         trainer.fit(lit, ckpt_path=ckpt_path)
     best_path = best.best_model_path

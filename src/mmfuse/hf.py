@@ -1,0 +1,180 @@
+"""Loading Hugging Face models and processors by hub id or local path (the ``hf`` extra).
+
+Everything here imports ``transformers`` lazily, and turns "cannot reach the hub" into one
+clear error instead of a long retry loop.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import MmfuseError, require
+
+__all__ = ["load_backbone", "load_processor", "fingerprint", "backbone_forward", "layer_list", "resolve_model_path"]
+
+
+def resolve_model_path(model: str) -> str:
+    """A local folder as an absolute path; anything else is taken as a hub id."""
+    p = Path(os.path.expanduser(model))
+    return str(p.resolve()) if p.exists() else model
+
+
+def _offline_error(model: str, err: Exception | None = None) -> MmfuseError:
+    return MmfuseError(
+        f"cannot load Hugging Face model {model!r}: it is not a local folder, and the hub cannot be reached "
+        "(this machine is offline) or has no such id. Point to a local folder that holds the model "
+        "(config.json and weights, e.g. written with save_pretrained), or set HF_HUB_OFFLINE=1 with the model in "
+        f"your Hugging Face cache{f' ({type(err).__name__}: {str(err).splitlines()[0][:200]})' if err else ''}")
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    try:
+        socket.setdefaulttimeout(timeout)
+        socket.getaddrinfo("huggingface.co", 443)
+        return True
+    except OSError:
+        return False
+    finally:
+        socket.setdefaulttimeout(None)
+
+
+def _quiet():
+    """transformers' load reports and progress bars are noise in a training log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _from_pretrained(factory, model: str, revision: str | None, **kw):
+    """Local folders and cached hub ids load offline; a hub id is fetched only when the hub answers."""
+    _quiet()
+    local = Path(model).exists()
+    try:
+        return factory.from_pretrained(model, revision=revision, local_files_only=True, **kw)
+    except (OSError, ValueError) as e:
+        if local or os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+            if local:
+                raise MmfuseError(f"cannot load Hugging Face model from folder {model!r}: {e}") from None
+            raise _offline_error(model, e) from None
+    try:
+        return factory.from_pretrained(model, revision=revision, **kw)
+    except OSError as e:
+        raise _offline_error(model, e) from None
+
+
+def model_config(model: str, revision: str | None = None):
+    transformers = require("transformers", "hf")
+    return _from_pretrained(transformers.AutoConfig, model, revision)
+
+
+def model_type(model: str, revision: str | None = None) -> str:
+    return model_config(model, revision).model_type
+
+
+def load_backbone(model: str, modality: str, revision: str | None = None) -> nn.Module:
+    """The backbone for one modality: CLIP-style dual encoders give their text or vision tower
+    (with projection), encoder-decoder audio models (Whisper) their encoder, others ``AutoModel``."""
+    transformers = require("transformers", "hf")
+    kind = model_type(model, revision)
+    if kind == "clip":
+        cls = transformers.CLIPTextModelWithProjection if modality == "text" else transformers.CLIPVisionModelWithProjection
+        return _from_pretrained(cls, model, revision)
+    m = _from_pretrained(transformers.AutoModel, model, revision)
+    if getattr(m.config, "is_encoder_decoder", False) and hasattr(m, "get_encoder"):
+        return m.get_encoder()
+    return m
+
+
+def load_processor(model: str, modality: str, revision: str | None = None):
+    transformers = require("transformers", "hf")
+    factory = {"text": transformers.AutoTokenizer, "image": transformers.AutoImageProcessor,
+               "audio": transformers.AutoFeatureExtractor}[modality]
+    return _from_pretrained(factory, model, revision)
+
+
+def fingerprint(model: str, revision: str | None = None, mtimes: bool = True) -> str:
+    """Identifies the exact weights: the folder's files (name, size and, with ``mtimes``,
+    modification time) for a local path or the snapshot (commit) folder of a cached hub id.
+    Without ``mtimes`` a copied folder keeps its fingerprint (used to check bundles)."""
+    path = Path(model)
+    if not path.exists():
+        if path.is_absolute() or model.count("/") > 1:
+            raise MmfuseError(f"backbone folder {model!r} does not exist (any more); restore it, or keep backbones "
+                              "inside bundles with embed_backbones=True")
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(model, "config.json", revision=revision)
+            path = Path(found).parent if isinstance(found, str) else None
+        except Exception:  # not in the local hub cache: the id and revision alone identify it
+            path = None
+    h = hashlib.sha256(f"{model if mtimes else ''}@{revision}".encode())
+    if path is not None and path.exists():
+        if mtimes:
+            h.update(str(path.resolve()).encode())
+        for f in sorted(path.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns if mtimes else ''}".encode())
+    return h.hexdigest()[:16]
+
+
+def output_dim(backbone: nn.Module) -> int:
+    cfg = backbone.config
+    for k in ("projection_dim", "hidden_size", "d_model"):
+        if getattr(cfg, k, None):
+            if k == "projection_dim" and not hasattr(backbone, "text_projection") and not hasattr(backbone, "visual_projection"):
+                continue
+            return int(getattr(cfg, k))
+    raise MmfuseError(f"cannot tell the output width of {type(backbone).__name__}")
+
+
+def backbone_forward(backbone: nn.Module, inputs: dict, pooling: str = "auto"):
+    """Run a backbone; ``(pooled [B, D], tokens [B, T, D] | None, token_mask [B, T] | None)``.
+
+    Pooling: ``auto`` (projected embeddings of CLIP-style models, else the pooler output, else
+    mean), ``cls`` (first token), ``mean`` (masked mean) or ``last`` (last non-padding token).
+    """
+    out = backbone(**inputs)
+    hidden = getattr(out, "last_hidden_state", None)
+    mask = inputs.get("attention_mask")
+    tok_mask = None
+    if hidden is not None:
+        if mask is not None and mask.shape[1] == hidden.shape[1]:
+            tok_mask = mask.bool()
+        else:
+            tok_mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+    if pooling == "auto":
+        for k in ("text_embeds", "image_embeds"):
+            if getattr(out, k, None) is not None:
+                return getattr(out, k), hidden, tok_mask
+        if getattr(out, "pooler_output", None) is not None:
+            return out.pooler_output, hidden, tok_mask
+        pooling = "mean"
+    if pooling == "cls":
+        return hidden[:, 0], hidden, tok_mask
+    if pooling == "last":
+        idx = tok_mask.long().sum(1).clamp_min(1) - 1
+        return hidden[torch.arange(len(hidden), device=hidden.device), idx], hidden, tok_mask
+    m = tok_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1), hidden, tok_mask
+
+
+def layer_list(backbone: nn.Module) -> nn.ModuleList:
+    """The backbone's stack of transformer layers: its largest ``nn.ModuleList``."""
+    best, size = None, -1
+    for _, mod in backbone.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            n = sum(p.numel() for p in mod.parameters())
+            if n > size:
+                best, size = mod, n
+    if best is None:
+        raise MmfuseError(f"{type(backbone).__name__} has no layer list; use train='frozen' or 'full'")
+    return best

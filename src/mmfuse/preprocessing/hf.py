@@ -1,0 +1,208 @@
+"""Preprocessing for Hugging Face encoders: their tokenizer, image processor or feature extractor.
+
+With ``embed=True`` (a frozen backbone), the backbone itself runs in :meth:`featurize`: the
+dataset then caches one embedding per row (on disk, keyed on the model, its weights, these
+settings and the data), and training never touches the backbone again.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._base import PREPROCESSORS, Preprocessor, ReadContext, is_missing
+from .audio import AudioPreprocessor
+from .image import ImagePreprocessor
+
+
+class _HFBase(Preprocessor):
+    """Shared: model id/path, revision, pooling, embed mode, the lazily loaded processor/backbone."""
+
+    _config_keys = ("model", "revision", "pooling", "embed", "fingerprint_")
+    prefers_disk_cache = property(lambda self: self.embed)
+
+    def __init__(self, columns, model: str, revision: str | None = None, pooling: str = "auto", embed: bool = False,
+                 fingerprint_: str | None = None):
+        from ..hf import resolve_model_path
+
+        super().__init__(columns)
+        self.model, self.revision, self.pooling, self.embed = resolve_model_path(model), revision, pooling, embed
+        self.fingerprint_ = fingerprint_
+        self._processor = self._backbone = None
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            from ..hf import load_processor
+
+            self._processor = load_processor(self.model, self.modality, self.revision)
+        return self._processor
+
+    @property
+    def backbone(self):
+        if self._backbone is None:
+            from ..hf import load_backbone
+
+            self._backbone = load_backbone(self.model, self.modality, self.revision).eval()
+            for p in self._backbone.parameters():
+                p.requires_grad_(False)
+        return self._backbone
+
+    def __getstate__(self):  # processors and backbones are reloaded in each worker
+        d = dict(self.__dict__)
+        d["_processor"] = d["_backbone"] = None
+        return d
+
+    def _fit_common(self, df, ctx):
+        from ..hf import fingerprint
+
+        self.fingerprint_ = fingerprint(self.model, self.revision)
+        sample = None
+        for idx, row in df[self.columns].iterrows():
+            try:
+                sample = self._raw_read(list(row), idx, ctx)
+            except Exception:
+                continue
+            if sample is not None:
+                break
+        if sample is None:
+            from ..errors import MmfuseError
+
+            raise MmfuseError(f"input {self.columns}: no readable value in the training rows")
+        self.raw_spec_ = {k: (list(v.shape), str(v.dtype)) for k, v in sample.items()}
+        if self.embed:
+            emb = self.featurize({k: v[None] for k, v in sample.items()})["embedding"]
+            self.embedding_dim_ = int(emb.shape[1])
+        super().fit(df, ctx)
+
+    def read(self, cells, row, ctx):
+        return self._raw_read(cells, row, ctx)
+
+    def read_spec(self):
+        return {k: (tuple(s), np.dtype(d)) for k, (s, d) in self.raw_spec_.items()}
+
+    def item_spec(self):
+        if self.embed:
+            return {"embedding": ((self.embedding_dim_,), np.dtype(np.float32))}
+        return self.read_spec()
+
+    @torch.no_grad()
+    def featurize(self, arrays):
+        if not self.embed:
+            return arrays
+        from ..hf import backbone_forward
+
+        pooled, _, _ = backbone_forward(self.backbone, {k: torch.from_numpy(v) for k, v in arrays.items()}, self.pooling)
+        return {"embedding": pooled.float().numpy()}
+
+    def batch(self, arrays, train=False, generator=None):
+        if self.embed:
+            return arrays["embedding"]
+        return dict(arrays)
+
+    def extra_state(self):
+        meta = {"raw_spec": self.raw_spec_}
+        if self.embed:
+            meta["embedding_dim"] = self.embedding_dim_
+        return meta, {}
+
+    def load_extra_state(self, meta, arrays):
+        self.raw_spec_ = {k: (list(s), d) for k, (s, d) in meta["raw_spec"].items()}
+        if "embedding_dim" in meta:
+            self.embedding_dim_ = meta["embedding_dim"]
+
+
+@PREPROCESSORS.register("hf_text")
+class HFTextPreprocessor(_HFBase):
+    """The model's tokenizer: ``input_ids`` and ``attention_mask``, padded to ``max_length``.
+    Several columns are joined with the tokenizer's separator token."""
+
+    modality = "text"
+    _config_keys = _HFBase._config_keys + ("max_length",)
+
+    def __init__(self, columns, model: str, max_length: int = 128, **kw):
+        super().__init__(columns, model, **kw)
+        self.max_length = max_length
+
+    def fit(self, df: pd.DataFrame, ctx: ReadContext):
+        from ..hf import model_config
+
+        cfg = model_config(self.model, self.revision)
+        cfg = getattr(cfg, "text_config", cfg)
+        limits = [getattr(self.processor, "model_max_length", None), getattr(cfg, "max_position_embeddings", None)]
+        limits = [int(x) for x in limits if x and x < 10**6]
+        if limits and self.max_length > min(limits):
+            self.max_length = min(limits)  # longer inputs than the model's positions cannot be encoded
+        self._fit_common(df, ctx)
+        return self
+
+    def _raw_read(self, cells, row, ctx):
+        from .text import _as_text
+
+        parts = [_as_text(v, row, c) for c, v in zip(self.columns, cells) if not is_missing(v)]
+        if not parts:
+            return None
+        sep = f" {self.processor.sep_token} " if getattr(self.processor, "sep_token", None) else " "
+        enc = self.processor(sep.join(parts), truncation=True, max_length=self.max_length, padding="max_length",
+                             return_tensors="np")
+        return {"input_ids": enc["input_ids"][0].astype(np.int64),
+                "attention_mask": enc["attention_mask"][0].astype(np.int64)}
+
+
+@PREPROCESSORS.register("hf_image")
+class HFImagePreprocessor(_HFBase):
+    """Images decoded and checked like the built-in image input, then the model's image processor
+    (resize, crop, normalize) gives ``pixel_values``."""
+
+    modality = "image"
+    _config_keys = _HFBase._config_keys + ("max_pixels", "min_size")
+
+    def __init__(self, columns, model: str, max_pixels: int = 89_478_485, min_size: int = 8, **kw):
+        super().__init__(columns, model, **kw)
+        self.max_pixels, self.min_size = max_pixels, min_size
+
+    def fit(self, df, ctx):
+        self._fit_common(df, ctx)
+        return self
+
+    def _raw_read(self, cells, row, ctx):
+        from PIL import ImageOps
+
+        (v,) = cells
+        if is_missing(v) if not isinstance(v, dict) else not (v.get("bytes") or v.get("path")):
+            return None
+        dec = ImagePreprocessor(self.columns, max_pixels=self.max_pixels, min_size=self.min_size)
+        im = dec._open(v, row, ctx)
+        im.info.pop("_mmfuse_where", None)
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        pix = self.processor(images=im, return_tensors="np")["pixel_values"][0]
+        return {"pixel_values": np.ascontiguousarray(pix, dtype=np.float32)}
+
+
+@PREPROCESSORS.register("hf_audio")
+class HFAudioPreprocessor(_HFBase):
+    """Audio decoded like the built-in input, resampled to the rate the model expects, padded or
+    cropped to ``duration`` seconds, then the model's feature extractor."""
+
+    modality = "audio"
+    _config_keys = _HFBase._config_keys + ("duration",)
+
+    def __init__(self, columns, model: str, duration: float = 2.0, **kw):
+        super().__init__(columns, model, **kw)
+        self.duration = duration
+
+    def fit(self, df, ctx):
+        self._fit_common(df, ctx)
+        return self
+
+    @property
+    def sample_rate(self) -> int:
+        return int(getattr(self.processor, "sampling_rate", 16000))
+
+    def _raw_read(self, cells, row, ctx):
+        dec = AudioPreprocessor(self.columns, sample_rate=self.sample_rate, duration=self.duration)
+        item = dec.read(cells, row, ctx)
+        if item is None:
+            return None
+        feats = self.processor(item["wave"], sampling_rate=self.sample_rate, return_tensors="np")
+        return {k: np.ascontiguousarray(v[0]) for k, v in feats.items() if k in ("input_values", "input_features")}

@@ -1,0 +1,163 @@
+"""Hugging Face encoders with tiny random models, loaded through the same path as a user's local folder."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmfuse.api import MultimodalPredictor
+from mmfuse.errors import MmfuseError
+
+import hf_fixtures as H
+from conftest import make_mm_table
+
+FAST = dict(progress=False, log=None, batch_size=8, dim=16, head_hidden=16, contribution=False, epochs=2)
+PREP = {"image": {"size": 16}, "audio": {"sample_rate": 8000, "duration": 0.25, "n_mels": 16},
+        "timeseries": {"length": 16}, "text": {"min_freq": 1}}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hf")
+    return {"bert": H.tiny_bert(d / "bert"), "vit": H.tiny_vit(d / "vit"), "clip": H.tiny_clip(d / "clip"),
+            "wav2vec2": H.tiny_wav2vec2(d / "w2v")}
+
+
+@pytest.fixture
+def table(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMFUSE_CACHE_DIR", str(tmp_path / "cache"))
+    return make_mm_table(tmp_path, n=24)
+
+
+def fit(table, encoders, tmp_path, inputs=None, **kw):
+    m = MultimodalPredictor(target="label", fusion="concat", preprocessing=PREP, model={"encoders": encoders},
+                            inputs=inputs, out=tmp_path / "run", **{**FAST, **kw})
+    return m.fit(table, test=table)
+
+
+@pytest.mark.parametrize("case", ["text-bert-frozen-cached", "image-vit-full", "clip-text-and-image", "audio-wav2vec2-last"])
+def test_fit_save_load_predict_each_modality(case, models, table, tmp_path):
+    enc = {"text-bert-frozen-cached": {"review": {"name": "hf", "model": str(models["bert"]), "train": "frozen",
+                                                  "pooling": "mean", "max_length": 12}},
+           "image-vit-full": {"photo": {"name": "hf", "model": str(models["vit"]), "train": "full"}},
+           "clip-text-and-image": {"review": {"name": "hf", "model": str(models["clip"]), "train": "frozen",
+                                              "cache": False, "max_length": 12},
+                                   "photo": {"name": "hf", "model": str(models["clip"]), "train": "full"}},
+           "audio-wav2vec2-last": {"clip": {"name": "hf", "model": str(models["wav2vec2"]), "train": "last",
+                                            "last_n": 1, "duration": 0.5}}}[case]
+    m = fit(table, enc, tmp_path, inputs=list(enc) + ["tabular"])
+    kinds = {n: type(e).__name__ for n, e in m.predictor_.model.encoders.items()}
+    for n in enc:
+        assert kinds[n] == ("PrecomputedEmbedding" if case.endswith("frozen-cached") else "HFEncoder")
+    proba = m.predict_proba(table)
+    m.save(tmp_path / "b")
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert set(cfg["backbones"]) == set(enc)
+    assert all(b["model"] == enc[n]["model"] and b["fingerprint"] for n, b in cfg["backbones"].items())
+    loaded = MultimodalPredictor.load(tmp_path / "b")
+    assert np.allclose(loaded.predict_proba(table), proba, atol=1e-5)
+
+
+def test_frozen_weights_do_not_change(models, table, tmp_path):
+    from mmfuse.hf import load_backbone
+
+    enc = {"review": {"name": "hf", "model": str(models["bert"]), "train": "frozen", "cache": False}}
+    m = fit(table, enc, tmp_path, inputs=["review", "tabular"], epochs=3)
+    after = m.predictor_.model.encoders["review"].backbone.state_dict()
+    before = load_backbone(str(models["bert"]), "text").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    head = [p for n, p in m.predictor_.model.named_parameters() if n.startswith("fusion.")]
+    assert head and all(p.requires_grad for p in head)
+
+
+def test_last_n_layers_train_exactly_those_layers(models, table, tmp_path):
+    from mmfuse.hf import load_backbone
+
+    enc = {"review": {"name": "hf", "model": str(models["bert"]), "train": "last", "last_n": 1}}
+    m = fit(table, enc, tmp_path, inputs=["review", "tabular"], epochs=3, backbone_lr=1e-2)
+    after = m.predictor_.model.encoders["review"].backbone.state_dict()
+    before = load_backbone(str(models["bert"]), "text").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("encoder.layer.1.") for k in changed)
+    trainable = {n for n, p in m.predictor_.model.encoders["review"].backbone.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in before if n.startswith("encoder.layer.1.")}
+
+
+def test_backbone_lr_and_layer_decay_groups(models):
+    from mmfuse.config import ModelConfig, TrainConfig
+    from mmfuse.encoders.hf import HFEncoder
+    from mmfuse.fusion import create_fusion
+    from mmfuse.model import Head, MultimodalModel
+    from mmfuse.training.module import LitMultimodal
+
+    enc = HFEncoder(str(models["bert"]), "text", train="full")
+    model = MultimodalModel({"t": enc}, create_fusion("concat", {"t": 16}, dim=8), Head(8, 2, 8))
+    lit = LitMultimodal(model, None, [], [], TrainConfig(lr=1e-3, backbone_lr=1e-4, layer_decay=0.5), ModelConfig())
+    lrs = {}
+    for g in lit.param_groups():
+        for p in g["params"]:
+            lrs[id(p)] = g["lr"]
+    bb = dict(enc.backbone.named_parameters())
+    assert lrs[id(bb["encoder.layer.1.output.dense.weight"])] == pytest.approx(1e-4)  # top layer
+    assert lrs[id(bb["encoder.layer.0.output.dense.weight"])] == pytest.approx(0.5e-4)  # one below
+    assert lrs[id(bb["embeddings.word_embeddings.weight"])] == pytest.approx(0.25e-4)  # below every layer
+    assert lrs[id(next(model.fusion.parameters()))] == pytest.approx(1e-3)
+
+
+def test_embedding_cache_hit_and_invalidation(models, table, tmp_path, monkeypatch):
+    from mmfuse.preprocessing.hf import HFTextPreprocessor
+
+    calls = []
+    orig = HFTextPreprocessor.featurize
+
+    def counting(self, arrays):
+        if self.embed:
+            calls.append(len(next(iter(arrays.values()))))
+        return orig(self, arrays)
+
+    monkeypatch.setattr(HFTextPreprocessor, "featurize", counting)
+    enc = {"review": {"name": "hf", "model": str(models["bert"]), "train": "frozen", "max_length": 12}}
+    entries = lambda: {e.name for e in (tmp_path / "cache" / "embeddings" / "review").iterdir()}
+    fit(table, enc, tmp_path, inputs=["review", "tabular"])
+    first, n_first = entries(), sum(calls)
+    assert len(first) == 3 and n_first > 0  # train, val and test rows, each embedded once
+    calls.clear()
+    fit(table, enc, tmp_path, inputs=["review", "tabular"])
+    assert sum(c for c in calls if c > 1) == 0 and entries() == first  # hit: the backbone never ran on the data
+    df = pd.read_csv(table)
+    df.loc[0, "review"] = "love the dress"
+    df.to_csv(table, index=False)
+    fit(table, enc, tmp_path, inputs=["review", "tabular"])
+    assert len(entries()) > 3  # changed data: new entries
+    n = len(entries())
+    fit(table, {"review": {**enc["review"], "max_length": 10}}, tmp_path, inputs=["review", "tabular"])
+    assert len(entries()) > n  # changed settings: new entries
+
+
+def test_offline_hub_id_is_one_clear_error(table, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = {"review": {"name": "hf", "model": "some-org/not-downloaded-model"}}
+    with pytest.raises(MmfuseError, match="cannot load Hugging Face model 'some-org/not-downloaded-model'.*offline.*"
+                                          "local folder.*HF_HUB_OFFLINE=1"):
+        fit(table, enc, tmp_path, inputs=["review"])
+
+
+def test_bundle_embeds_frozen_backbones_on_request(models, table, tmp_path):
+    src = tmp_path / "bert_copy"
+    shutil.copytree(models["bert"], src)
+    enc = {"review": {"name": "hf", "model": str(src), "train": "frozen", "cache": False}}
+    m = fit(table, enc, tmp_path, inputs=["review", "tabular"])
+    proba = m.predict_proba(table)
+    m.save(tmp_path / "plain")
+    m.save(tmp_path / "standalone", embed_backbones=True)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "plain" / "model.safetensors"), "pt") as f:
+        assert not any(".backbone." in k for k in f.keys())  # frozen weights are referenced, not copied
+    assert (tmp_path / "standalone" / "backbones" / "review" / "model.safetensors").exists()
+    shutil.rmtree(src)
+    assert np.allclose(MultimodalPredictor.load(tmp_path / "standalone").predict_proba(table), proba, atol=1e-5)
+    with pytest.raises(MmfuseError, match="backbone folder .*bert_copy' does not exist.*embed_backbones=True"):
+        MultimodalPredictor.load(tmp_path / "plain")
