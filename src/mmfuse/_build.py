@@ -11,7 +11,7 @@ from .model import Head, MultimodalModel
 
 
 HF_PREP_KEYS = ("model", "revision", "pooling", "max_length", "duration")
-HF_ENC_KEYS = ("train", "last_n")
+HF_ENC_KEYS = ("train", "last_n", "lora_r", "lora_alpha", "lora_dropout")
 
 
 def encoder_options(cfg: ModelConfig, name: str, modality: str) -> dict:
@@ -50,8 +50,8 @@ def build_model(preps: dict, n_outputs: int, cfg: ModelConfig) -> tuple[Multimod
             opts = {k: v for k, v in opts.items() if k in HF_ENC_KEYS}
             if getattr(p, "embed", False):
                 enc_name, opts = "precomputed", {}
-        if "dim" in _init_args(ENCODERS.get(enc_name)):
-            opts.setdefault("dim", cfg.dim)
+        if enc_name not in ("hf", "precomputed") and "dim" in _init_args(ENCODERS.get(enc_name)):
+            opts.setdefault("dim", cfg.dim)  # pretrained and cached widths are the backbone's own
         enc = encoder_for(p, enc_name, **opts)
         encoders[name] = enc
         enc_spec[name] = {"name": enc_name, "config": enc.init_config}

@@ -13,7 +13,7 @@ from mmfuse.errors import MmfuseError
 import hf_fixtures as H
 from conftest import make_mm_table
 
-FAST = dict(progress=False, log=None, batch_size=8, dim=16, head_hidden=16, contribution=False, epochs=2)
+FAST = dict(progress=False, log=None, batch_size=8, dim=24, head_hidden=16, contribution=False, epochs=2)  # dim differs from every backbone width
 PREP = {"image": {"size": 16}, "audio": {"sample_rate": 8000, "duration": 0.25, "n_mels": 16},
         "timeseries": {"length": 16}, "text": {"min_freq": 1}}
 
@@ -161,3 +161,19 @@ def test_bundle_embeds_frozen_backbones_on_request(models, table, tmp_path):
     assert np.allclose(MultimodalPredictor.load(tmp_path / "standalone").predict_proba(table), proba, atol=1e-5)
     with pytest.raises(MmfuseError, match="backbone folder .*bert_copy' does not exist.*embed_backbones=True"):
         MultimodalPredictor.load(tmp_path / "plain")
+
+
+def test_lora_trains_only_adapters_and_round_trips(models, table, tmp_path):
+    from mmfuse.hf import load_backbone
+
+    enc = {"review": {"name": "hf", "model": str(models["bert"]), "train": "lora", "lora_r": 2}}
+    m = fit(table, enc, tmp_path, inputs=["review", "tabular"], epochs=2, backbone_lr=1e-2)
+    bb = m.predictor_.model.encoders["review"].backbone
+    trainable = [n for n, p in bb.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    base = load_backbone(str(models["bert"]), "text").state_dict()
+    merged = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in bb.state_dict().items()
+              if "lora_" not in k}
+    assert all(torch.equal(base[k], merged[k]) for k in base)  # the pretrained weights themselves are untouched
+    m.save(tmp_path / "b")
+    assert np.allclose(MultimodalPredictor.load(tmp_path / "b").predict_proba(table), m.predict_proba(table), atol=1e-5)

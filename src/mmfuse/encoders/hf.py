@@ -7,7 +7,7 @@ from torch import nn
 from ..errors import MmfuseError
 from ._base import Encoder, register_encoder
 
-TRAIN_MODES = ("frozen", "full", "last")
+TRAIN_MODES = ("frozen", "full", "last", "lora")
 
 
 class _AnyModality:
@@ -26,16 +26,19 @@ class HFEncoder(Encoder):
         modality: ``text``, ``image`` or ``audio``.
         revision: Hub revision (branch, tag or commit).
         pooling: ``auto``, ``cls``, ``mean`` or ``last``.
-        train: ``frozen`` (no gradient, always in eval mode), ``full`` or ``last`` (only the last
+        train: ``frozen`` (no gradient, always in eval mode), ``full``, ``last`` (only the last
             ``last_n`` layers of the backbone's layer stack train; embeddings, other layers,
-            final norms and pooler stay frozen).
+            final norms and pooler stay frozen) or ``lora`` (low-rank adapters on every linear
+            layer of the backbone, Hu et al. 2021, through ``peft``: ``pip install 'mmfuse[lora]'``).
         last_n: Layers trained with ``train="last"``.
+        lora_r, lora_alpha, lora_dropout: LoRA rank, scaling and dropout.
     """
 
     modality = "any"
 
     def __init__(self, model: str, modality: str, revision: str | None = None, pooling: str = "auto",
-                 train: str = "full", last_n: int = 1):
+                 train: str = "full", last_n: int = 1, lora_r: int = 8, lora_alpha: int = 16,
+                 lora_dropout: float = 0.05):
         super().__init__()
         from ..hf import layer_list, load_backbone, output_dim
 
@@ -56,8 +59,15 @@ class HFEncoder(Encoder):
             self.backbone.requires_grad_(False)
             for layer in list(layers)[-last_n:]:
                 layer.requires_grad_(True)
+        if train == "lora":
+            from ..errors import require
+
+            peft = require("peft", "lora")
+            cfg = peft.LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                  target_modules="all-linear")
+            self.backbone = peft.get_peft_model(self.backbone, cfg)
         self.backbone.train(train != "frozen")  # from_pretrained returns eval mode; fine-tuning wants dropout
-        if train in ("last", "full"):
+        if train in ("last", "full", "lora"):
             try:
                 self._layers = layer_list(self.backbone)
             except MmfuseError:
