@@ -118,3 +118,16 @@ def test_group_split_and_split_column():
     df.loc[3, "fold"] = "holdout"
     with pytest.raises(MmfuseError, match="row 3, column 'fold': split value 'holdout'"):
         split_rows(df, infer_schema(df, target="y", overrides={"fold": "split"}), 0.1, 0.1, seed=0)
+
+
+def test_best_checkpoint_is_restored_and_max_time_stops():
+    df = make_tabular_text_table(200)
+    m = MultimodalPredictor(target="y", fusion="concat", epochs=12, lr=3e-2, patience=3, **FAST).fit(df)
+    best = m.metrics_["best_epoch"]
+    losses = [h["val_loss"] for h in m.history_]
+    assert best == int(np.argmin(losses))
+    # the model kept is the best epoch's, not the last one's
+    assert m.metrics_["val"]["accuracy"] == pytest.approx(m.history_[best]["val_accuracy"])
+    assert m.metrics_["val"]["log_loss"] == pytest.approx(losses[best], rel=1e-4)
+    t = MultimodalPredictor(target="y", fusion="concat", epochs=500, max_time=2, patience=500, **FAST).fit(df)
+    assert 0 < len(t.history_) < 500
