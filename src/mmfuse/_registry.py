@@ -52,3 +52,13 @@ def unknown_name_message(kind: str, name, known) -> str:
     if close:
         msg += f". Did you mean {close[0]!r}?"
     return msg
+
+
+def parse_enum(enum_cls, value, what: str):
+    """``enum_cls(value)`` or an MmfuseError that lists the allowed values and suggests one."""
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        raise MmfuseError(unknown_name_message(what, value, [m.value for m in enum_cls])) from None

@@ -159,8 +159,8 @@ class MultimodalPredictor:
         from ._build import hf_preprocessing
 
         hf = {s.name: hf_preprocessing(mcfg, s.name, s.modality.value, tcfg.cache is not None) for s in specs}
-        preps = build_preprocessors(_only(schema, specs), read_table(tr_df, root=table.root), self.preprocessing,
-                                    hf={k: v for k, v in hf.items() if v})
+        preps = build_preprocessors(schema, read_table(tr_df, root=table.root), self.preprocessing,
+                                    hf={k: v for k, v in hf.items() if v}, inputs={s.name for s in specs})
         run_dir = Path(self.out) if self.out else Path(tempfile.mkdtemp(prefix="mmfuse_run_"))
         run_dir.mkdir(parents=True, exist_ok=True)
         cache = tcfg.cache
@@ -263,21 +263,6 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
     if ds.report.issues or ds.report.unknown_categories:
         out["bad_input"] = ds.report.to_dict()
     return out
-
-
-def _only(schema, specs):
-    return _SpecView(schema, specs)
-
-
-class _SpecView:
-    """A schema restricted to some inputs (what build_preprocessors needs)."""
-
-    def __init__(self, schema, specs):
-        self._schema, self._specs = schema, specs
-        self.roles = schema.roles
-
-    def inputs(self):
-        return self._specs
 
 
 def _class_weights(setting, y, target):

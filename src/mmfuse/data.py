@@ -50,10 +50,9 @@ class BadInputPolicy(str, Enum):
 
     @classmethod
     def parse(cls, v) -> "BadInputPolicy":
-        try:
-            return cls(v)
-        except ValueError:
-            raise MmfuseError(unknown_name_message("bad-input policy", v, [p.value for p in cls])) from None
+        from ._registry import parse_enum
+
+        return parse_enum(cls, v, "bad-input policy")
 
 
 @dataclass
@@ -418,7 +417,7 @@ def make_loader(dataset: MultimodalDataset, batch_size: int = 64, shuffle: bool 
 
 
 def build_preprocessors(schema, data, options: Mapping[str, dict] | None = None, root=None,
-                        hf: Mapping[str, dict] | None = None) -> dict[str, Preprocessor]:
+                        hf: Mapping[str, dict] | None = None, inputs=None) -> dict[str, Preprocessor]:
     """Create and fit the built-in preprocessor of every input of ``schema`` on ``data``.
 
     Args:
@@ -429,6 +428,7 @@ def build_preprocessors(schema, data, options: Mapping[str, dict] | None = None,
             entry wins over its modality's.
         hf: Input name -> Hugging Face preprocessing (``{"model": ..., "embed": bool}``) for
             inputs whose encoder is a pretrained model; their own preprocessing replaces the built-in one.
+        inputs: Only these input names (default: all of the schema's inputs).
     """
     from .preprocessing import default_preprocessor
 
@@ -437,6 +437,8 @@ def build_preprocessors(schema, data, options: Mapping[str, dict] | None = None,
     ctx = ReadContext(table.root)
     out = {}
     for spec in schema.inputs():
+        if inputs is not None and spec.name not in inputs:
+            continue
         kw = {**options.get(spec.modality.value, {}), **options.get(spec.name, {})}
         hf_kw = (hf or {}).get(spec.name)
         if hf_kw:

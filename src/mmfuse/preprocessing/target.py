@@ -19,12 +19,9 @@ class Task(str, Enum):
 
     @classmethod
     def parse(cls, v) -> "Task":
-        from .._registry import unknown_name_message
+        from .._registry import parse_enum
 
-        try:
-            return cls(v)
-        except ValueError:
-            raise MmfuseError(unknown_name_message("task", v, [t.value for t in cls])) from None
+        return parse_enum(cls, v, "task")
 
 
 def infer_task(y: pd.Series, max_classes: int = 100) -> Task:
