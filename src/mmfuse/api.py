@@ -16,9 +16,6 @@ from .errors import MmfuseError, NotFittedError
 
 __all__ = ["MultimodalPredictor"]
 
-_SHORTCUTS_MODEL = ("fusion_kwargs", "dim", "modality_dropout", "aux_weight")
-_SHORTCUTS_TRAIN = ("epochs", "batch_size", "lr", "seed", "patience", "max_time", "num_workers", "cache",
-                    "class_weight", "val_fraction", "test_fraction", "progress", "log")
 
 
 class MultimodalPredictor:
@@ -68,7 +65,7 @@ class MultimodalPredictor:
         mcfg, tcfg = dataclasses.replace(mcfg), dataclasses.replace(tcfg)
         mcfg.fusion = self.fusion
         for k, v in self.shortcuts.items():
-            if k in _SHORTCUTS_MODEL or k in {f.name for f in dataclasses.fields(ModelConfig)}:
+            if k in {f.name for f in dataclasses.fields(ModelConfig)}:
                 setattr(mcfg, k, v)
             elif k in {f.name for f in dataclasses.fields(TrainConfig)}:
                 setattr(tcfg, k, v)
