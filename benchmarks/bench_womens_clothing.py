@@ -131,7 +131,10 @@ def main():
     ap.add_argument("--fusions", default="concat,gated,weighted,late,attention")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "mmfuse_wc")
     ap.add_argument("--finetune", action="store_true",
-                    help="instead: fine-tune the last 2 layers for 1 epoch (concat fusion) and add the rows")
+                    help="instead: fine-tune the last 2 layers for 1 epoch and add (or replace) the rows")
+    ap.add_argument("--targets", default="Recommended IND,Rating", help="with --finetune: the tasks to run")
+    ap.add_argument("--text-only", action="store_true", help="with --finetune: also the text-only model")
+    ap.add_argument("--ft-fusions", default="concat", help="with --finetune: the fusions to fine-tune ('' for none)")
     args = ap.parse_args()
     if args.finetune:
         return finetune(args)
@@ -159,19 +162,21 @@ def main():
 
 
 def finetune(args):
-    """Fine-tuning on 2 CPU cores: the last 2 of MiniLM's 6 layers, one epoch, concat fusion."""
+    """Fine-tuning on 2 CPU cores: the last 2 of MiniLM's 6 layers, one epoch, concat fusion (and text only).
+
+    Rows are merged into the results file: a row for the same task, model and backbone is replaced."""
     t = table(args.data)
     out = json.loads(args.out.read_text())
-    rows = []
-    for target in ("Recommended IND", "Rating"):
-        t0 = time.perf_counter()
-        rows += run_task(t, target, ["concat"], args.work / "finetune", train="last", last_n=2, epochs=1,
-                         text_only=False)
-        out["finetuned"] = rows
-        out["finetune_command"] = "python benchmarks/bench_womens_clothing.py --finetune"
+    for target in [x for x in args.targets.split(",") if x]:
+        new = run_task(t, target, [f for f in args.ft_fusions.split(",") if f], args.work / "finetune", train="last", last_n=2, epochs=1,
+                       text_only=args.text_only)
+        key = lambda r: (r["task"], r["model"], r.get("backbone"))  # noqa: E731
+        done = {key(r) for r in new}
+        out["finetuned"] = [r for r in out.get("finetuned", []) if key(r) not in done] + new
+        out["finetune_command"] = ("python benchmarks/bench_womens_clothing.py --finetune "
+                                   "[--targets 'Recommended IND,Rating'] [--text-only] [--ft-fusions concat]")
         args.out.write_text(json.dumps(out, indent=2))
     print(f"written to {args.out}")
-
 
 if __name__ == "__main__":
     main()

@@ -60,6 +60,10 @@ def test_fit_predict_evaluate_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     p = pd.read_csv(tmp_path / "p.csv")
     assert list(p.columns) == ["row", "prediction", "proba_no", "proba_yes"] and len(p) == 40
+    # predict leaves with os._exit after writing: the file and the message must be complete
+    r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "p.parquet")
+    assert r.returncode == 0 and r.stdout.strip().endswith("40 predictions written to " + str(tmp_path / "p.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "p.parquet"), p, check_dtype=False, atol=1e-6)
     r = run("evaluate", tmp_path / "run" / "bundle", path, "--out", tmp_path / "eval")
     assert r.returncode == 0, r.stderr
     assert "contribution (accuracy" in r.stdout and (tmp_path / "eval" / "metrics.json").exists()
