@@ -65,3 +65,78 @@ def tiny_wav2vec2(folder: Path) -> Path:
                                  vocab_size=10)).save_pretrained(folder)
     Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=False).save_pretrained(folder)
     return folder
+
+
+def _image_processor(folder: Path, size: int = 16):
+    from transformers import ViTImageProcessor
+
+    ViTImageProcessor(size={"height": size, "width": size}).save_pretrained(folder)
+
+
+def tiny_resnet(folder: Path) -> Path:
+    from transformers import ResNetConfig, ResNetModel
+    import torch
+
+    torch.manual_seed(0)
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                             downsample_in_first_stage=False)).save_pretrained(folder)
+    _image_processor(folder, 32)
+    return folder
+
+
+def tiny_convnext(folder: Path) -> Path:
+    from transformers import ConvNextConfig, ConvNextModel
+    import torch
+
+    torch.manual_seed(0)
+    ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)).save_pretrained(folder)
+    _image_processor(folder, 32)
+    return folder
+
+
+def tiny_dinov2(folder: Path) -> Path:
+    from transformers import Dinov2Config, Dinov2Model
+    import torch
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                             mlp_ratio=2)).save_pretrained(folder)
+    _image_processor(folder, 16)
+    return folder
+
+
+def tiny_hubert(folder: Path) -> Path:
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+    import torch
+
+    torch.manual_seed(0)
+    HubertModel(HubertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                             conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_feat_extract_layers=2,
+                             num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, vocab_size=10)).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=False).save_pretrained(folder)
+    return folder
+
+
+def tiny_ast(folder: Path) -> Path:
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
+    import torch
+
+    torch.manual_seed(0)
+    ASTModel(ASTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, patch_size=16,
+                       frequency_stride=16, time_stride=16, max_length=32, num_mel_bins=32)).save_pretrained(folder)
+    ASTFeatureExtractor(num_mel_bins=32, max_length=32, sampling_rate=16000).save_pretrained(folder)
+    return folder
+
+
+def tiny_whisper(folder: Path) -> Path:
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+    import torch
+
+    torch.manual_seed(0)
+    WhisperModel(WhisperConfig(vocab_size=64, num_mel_bins=16, d_model=16, encoder_layers=2, decoder_layers=1,
+                               encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                               decoder_ffn_dim=32, max_source_positions=50, max_target_positions=16,
+                               pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                               decoder_start_token_id=1)).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=16, chunk_length=1, sampling_rate=16000).save_pretrained(folder)  # 100 frames
+    return folder

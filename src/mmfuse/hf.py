@@ -133,6 +133,8 @@ def output_dim(backbone: nn.Module) -> int:
             if k == "projection_dim" and not hasattr(backbone, "text_projection") and not hasattr(backbone, "visual_projection"):
                 continue
             return int(getattr(cfg, k))
+    if getattr(cfg, "hidden_sizes", None):  # convolutional backbones (ResNet, ConvNeXt): the last stage's width
+        return int(cfg.hidden_sizes[-1])
     raise MmfuseError(f"cannot tell the output width of {type(backbone).__name__}")
 
 
@@ -144,6 +146,8 @@ def backbone_forward(backbone: nn.Module, inputs: dict, pooling: str = "auto"):
     """
     out = backbone(**inputs)
     hidden = getattr(out, "last_hidden_state", None)
+    if hidden is not None and hidden.dim() == 4:  # a feature map [B, C, H, W] (ResNet, ConvNeXt): H*W tokens
+        hidden = hidden.flatten(2).transpose(1, 2)
     mask = inputs.get("attention_mask")
     tok_mask = None
     if hidden is not None:
@@ -156,7 +160,7 @@ def backbone_forward(backbone: nn.Module, inputs: dict, pooling: str = "auto"):
             if getattr(out, k, None) is not None:
                 return getattr(out, k), hidden, tok_mask
         if getattr(out, "pooler_output", None) is not None:
-            return out.pooler_output, hidden, tok_mask
+            return out.pooler_output.flatten(1), hidden, tok_mask  # ResNet pools to [B, C, 1, 1]
         pooling = "mean"
     if pooling == "cls":
         return hidden[:, 0], hidden, tok_mask

@@ -60,6 +60,40 @@ def test_fit_save_load_predict_each_modality(case, models, table, tmp_path):
     assert np.allclose(loaded.predict_proba(table), proba, atol=1e-5)
 
 
+@pytest.mark.parametrize("family,column,train", [("resnet", "photo", "full"), ("convnext", "photo", "last"),
+                                                  ("dinov2", "photo", "frozen"), ("hubert", "clip", "last"),
+                                                  ("ast", "clip", "frozen"), ("whisper", "clip", "full")])
+def test_more_image_and_audio_families(family, column, train, table, tmp_path):
+    """Convolutional (ResNet, ConvNeXt: feature maps, no hidden_size), DINOv2, HuBERT, AST (spectrogram
+    patches) and the Whisper encoder (taken out of the encoder-decoder), through a user's local-folder path."""
+    from mmfuse.hf import backbone_forward, load_backbone, load_processor, output_dim
+
+    path = getattr(H, f"tiny_{family}")(tmp_path / family)
+    enc = {column: {"name": "hf", "model": str(path), "train": train, **({"last_n": 1} if train == "last" else {}),
+                    **({"duration": 0.5} if column == "clip" else {})}}
+    m = fit(table, enc, tmp_path, inputs=[column, "tabular"], epochs=1)
+    proba = m.predict_proba(table)
+    assert proba.shape == (24, 2) and np.isfinite(proba).all()
+    m.save(tmp_path / "b")
+    assert np.allclose(MultimodalPredictor.load(tmp_path / "b").predict_proba(table), proba, atol=1e-5)
+    modality = "image" if column == "photo" else "audio"
+    bb, proc = load_backbone(str(path), modality), load_processor(str(path), modality)
+    if family == "whisper":
+        assert type(bb).__name__ == "WhisperEncoder"
+    rng = np.random.default_rng(0)
+    if modality == "image":
+        from PIL import Image
+
+        x = proc(images=[Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)) for _ in range(2)],
+                 return_tensors="pt")
+    else:
+        x = proc([rng.normal(size=8000).astype(np.float32) for _ in range(2)], sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        pooled, tokens, tok_mask = backbone_forward(bb, dict(x), "auto")
+    assert pooled.shape == (2, output_dim(bb)) and tokens.shape[0] == 2 and tokens.shape[2] == output_dim(bb)
+    assert tok_mask.shape == tokens.shape[:2]
+
+
 def test_frozen_weights_do_not_change(models, table, tmp_path):
     from mmfuse.hf import load_backbone
 
