@@ -77,8 +77,9 @@ def run_task(t, target: str, fusions, out: Path, train: str = "frozen", last_n: 
     return rows
 
 
-def cache_speed(t, n_rows: int = 2000) -> dict:
-    """Seconds per training epoch with and without the embedding cache, same rows, same model."""
+def cache_speed(t, n_rows: int | None = 2000, no_cache_epochs: int = 2, cache_epochs: int = 3) -> dict:
+    """Seconds per training epoch with and without the embedding cache, same rows, same model
+    (``n_rows=None``: every training row)."""
     import torch
     import torch.nn.functional as F
 
@@ -88,6 +89,7 @@ def cache_speed(t, n_rows: int = 2000) -> dict:
     from mmfuse.preprocessing import TargetEncoder
 
     df = t.df[t.df["split"] == "train"].iloc[:n_rows]
+    print(f"cache speed on {len(df)} training rows", flush=True)
     sub = read_table(df, root=t.root)
     schema = infer_schema(sub, target="Recommended IND", overrides={"Clothing ID": "ignore"},
                           groups={"review": ["Title", "Review Text"]})
@@ -106,7 +108,7 @@ def cache_speed(t, n_rows: int = 2000) -> dict:
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
         loader = make_loader(ds, 64, shuffle=True, seed=SEED)
         epochs = []
-        for epoch in range(3 if use_cache else 2):
+        for epoch in range(cache_epochs if use_cache else no_cache_epochs):
             t0 = time.perf_counter()
             model.train()
             for b in loader:
@@ -134,10 +136,21 @@ def main():
                     help="instead: fine-tune the last 2 layers for 1 epoch and add (or replace) the rows")
     ap.add_argument("--targets", default="Recommended IND,Rating", help="with --finetune: the tasks to run")
     ap.add_argument("--text-only", action="store_true", help="with --finetune: also the text-only model")
+    ap.add_argument("--cache-speed-full", action="store_true",
+                    help="instead: time an epoch with and without the cache on every training row, and add it")
+    ap.add_argument("--ft-train", default="last", choices=["last", "full"],
+                    help="with --finetune: train the last 2 layers, or the whole backbone")
     ap.add_argument("--ft-fusions", default="concat", help="with --finetune: the fusions to fine-tune ('' for none)")
     args = ap.parse_args()
     if args.finetune:
         return finetune(args)
+    if args.cache_speed_full:
+        out = json.loads(args.out.read_text())
+        out["cache_speed_full"] = cache_speed(table(args.data), None, no_cache_epochs=1, cache_epochs=2)
+        out["cache_speed_full_command"] = "python benchmarks/bench_womens_clothing.py --cache-speed-full"
+        print(json.dumps(out["cache_speed_full"]), flush=True)
+        args.out.write_text(json.dumps(out, indent=2))
+        return
     import torch
 
     from _env import environment
@@ -162,19 +175,20 @@ def main():
 
 
 def finetune(args):
-    """Fine-tuning on 2 CPU cores: the last 2 of MiniLM's 6 layers, one epoch, concat fusion (and text only).
+    """Fine-tuning on 2 CPU cores for one epoch: the last 2 of MiniLM's 6 layers or all of it; concat fusion
+    (and text only).
 
     Rows are merged into the results file: a row for the same task, model and backbone is replaced."""
     t = table(args.data)
     out = json.loads(args.out.read_text())
     for target in [x for x in args.targets.split(",") if x]:
-        new = run_task(t, target, [f for f in args.ft_fusions.split(",") if f], args.work / "finetune", train="last", last_n=2, epochs=1,
+        new = run_task(t, target, [f for f in args.ft_fusions.split(",") if f], args.work / "finetune", train=args.ft_train, last_n=2, epochs=1,
                        text_only=args.text_only)
         key = lambda r: (r["task"], r["model"], r.get("backbone"))  # noqa: E731
         done = {key(r) for r in new}
         out["finetuned"] = [r for r in out.get("finetuned", []) if key(r) not in done] + new
         out["finetune_command"] = ("python benchmarks/bench_womens_clothing.py --finetune "
-                                   "[--targets 'Recommended IND,Rating'] [--text-only] [--ft-fusions concat]")
+                                   "[--targets 'Recommended IND,Rating'] [--text-only] [--ft-fusions concat] [--ft-train last|full]")
         args.out.write_text(json.dumps(out, indent=2))
     print(f"written to {args.out}")
 
