@@ -228,7 +228,7 @@ def fusions():
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder."),
-    epochs: int = typer.Option(10, "--epochs", help="Maximum epochs per model."),
+    epochs: int = typer.Option(8, "--epochs", help="Maximum epochs per model."),
     fusion: List[str] = typer.Option([], "--fusion", help="Only these fusions (default: all)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ):

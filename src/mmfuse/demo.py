@@ -79,7 +79,7 @@ DEMO_MODEL = {"dim": 64, "head_hidden": 64,
                            "text": {"embed_dim": 32, "hidden": 32}, "timeseries": {"widths": [32, 32]}}}
 
 
-def run_demo(out: str | Path = "runs/demo", epochs: int = 10, fusions=None, seed: int = 0, progress: bool = False,
+def run_demo(out: str | Path = "runs/demo", epochs: int = 8, fusions=None, seed: int = 0, progress: bool = False,
              echo=print) -> list[dict]:
     """Train one model per single input and one per fusion strategy; write ``comparison.json``.
 
