@@ -181,16 +181,19 @@ def finetune(args):
     Rows are merged into the results file: a row for the same task, model and backbone is replaced."""
     t = table(args.data)
     out = json.loads(args.out.read_text())
+    out["finetune_command"] = ("python benchmarks/bench_womens_clothing.py --finetune "
+                               "[--targets 'Recommended IND,Rating'] [--text-only] [--ft-fusions concat] "
+                               "[--ft-train last|full]")
+    fusions = [f for f in args.ft_fusions.split(",") if f]
     for target in [x for x in args.targets.split(",") if x]:
-        new = run_task(t, target, [f for f in args.ft_fusions.split(",") if f], args.work / "finetune", train=args.ft_train, last_n=2, epochs=1,
+        new = run_task(t, target, fusions, args.work / "finetune", train=args.ft_train, last_n=2, epochs=1,
                        text_only=args.text_only)
-        key = lambda r: (r["task"], r["model"], r.get("backbone"))  # noqa: E731
-        done = {key(r) for r in new}
-        out["finetuned"] = [r for r in out.get("finetuned", []) if key(r) not in done] + new
-        out["finetune_command"] = ("python benchmarks/bench_womens_clothing.py --finetune "
-                                   "[--targets 'Recommended IND,Rating'] [--text-only] [--ft-fusions concat] [--ft-train last|full]")
+        done = {(r["task"], r["model"], r["backbone"]) for r in new}
+        out["finetuned"] = [r for r in out.get("finetuned", []) if (r["task"], r["model"], r["backbone"]) not in done]
+        out["finetuned"] += new
         args.out.write_text(json.dumps(out, indent=2))
     print(f"written to {args.out}")
+
 
 if __name__ == "__main__":
     main()

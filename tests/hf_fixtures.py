@@ -54,17 +54,27 @@ def tiny_clip(folder: Path) -> Path:
     return folder
 
 
-def tiny_wav2vec2(folder: Path) -> Path:
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+# wav2vec2 and HuBERT share their architecture's settings and feature extractor
+SPEECH_CONFIG = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+                     conv_stride=(5, 4), conv_kernel=(10, 8), num_feat_extract_layers=2, num_conv_pos_embeddings=8,
+                     num_conv_pos_embedding_groups=2, vocab_size=10)
+
+
+def _speech_model(folder: Path, model_cls, config_cls) -> Path:
+    from transformers import Wav2Vec2FeatureExtractor
     import torch
 
     torch.manual_seed(0)
-    Wav2Vec2Model(Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                                 conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_feat_extract_layers=2,
-                                 num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
-                                 vocab_size=10)).save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=False).save_pretrained(folder)
+    model_cls(config_cls(**SPEECH_CONFIG)).save_pretrained(folder)
+    extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=False)
+    extractor.save_pretrained(folder)
     return folder
+
+
+def tiny_wav2vec2(folder: Path) -> Path:
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    return _speech_model(folder, Wav2Vec2Model, Wav2Vec2Config)
 
 
 def _image_processor(folder: Path, size: int = 16):
@@ -106,15 +116,9 @@ def tiny_dinov2(folder: Path) -> Path:
 
 
 def tiny_hubert(folder: Path) -> Path:
-    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
-    import torch
+    from transformers import HubertConfig, HubertModel
 
-    torch.manual_seed(0)
-    HubertModel(HubertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                             conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_feat_extract_layers=2,
-                             num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, vocab_size=10)).save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=False).save_pretrained(folder)
-    return folder
+    return _speech_model(folder, HubertModel, HubertConfig)
 
 
 def tiny_ast(folder: Path) -> Path:
