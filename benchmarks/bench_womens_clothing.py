@@ -39,23 +39,33 @@ def table(data: Path):
     return womens_clothing_table(data / "womens-clothing")
 
 
+TABULAR = ["Rating", "Age", "Positive Feedback Count", "Division Name", "Department Name", "Class Name"]
+
+
 def run_task(t, target: str, fusions, out: Path, train: str = "frozen", last_n: int = 2, epochs: int = 30,
-             text_only: bool = True) -> list[dict]:
+             text_only: bool = True, all_text: bool = False) -> list[dict]:
+    """``all_text``: the review input also carries the tabular columns, written first as
+    ``Name: value`` (so truncation cuts the review, not them); they stay in the tabular input too."""
     from mmfuse.api import MultimodalPredictor
 
     ignore = {"Clothing ID": "ignore"}
     if target == "Rating":
         ignore["Recommended IND"] = "ignore"
-    enc = {"review": {"name": "hf", "model": minilm(), "train": train, "pooling": "mean", "max_length": 128}}
+    review = ["Title", "Review Text"]
+    if all_text:
+        review = [c for c in TABULAR if c not in ignore and c != target] + review
+    enc = {"review": {"name": "hf", "model": minilm(), "train": train, "pooling": "mean",
+                      "max_length": 160 if all_text else 128}}
     if train == "last":
         enc["review"]["last_n"] = last_n
-    common = dict(target=target, columns=ignore, groups={"review": ["Title", "Review Text"]},
+    common = dict(target=target, columns=ignore, groups={"review": review},
                   model={"encoders": enc, "dim": 128, "head_hidden": 128, "dropout": 0.2},
                   epochs=epochs, batch_size=256 if train == "frozen" else 32, lr=1e-3, backbone_lr=5e-5, patience=5,
                   seed=SEED, progress=False, log="csv", contribution=False)
-    runs = [("text only", ["review"], "concat")] if text_only else []
-    runs += [("tabular only", ["tabular"], "concat")] if train == "frozen" else []
-    runs += [(f"fusion {f}", None, f) for f in fusions]
+    prefix = "all columns as text" if all_text else ""
+    runs = [(prefix + " only" if all_text else "text only", ["review"], "concat")] if text_only else []
+    runs += [("tabular only", ["tabular"], "concat")] if train == "frozen" and not all_text else []
+    runs += [(f"{prefix} + tabular, fusion {f}" if all_text else f"fusion {f}", None, f) for f in fusions]
     rows = []
     for name, inputs, fusion in runs:
         t0 = time.perf_counter()
@@ -64,6 +74,7 @@ def run_task(t, target: str, fusions, out: Path, train: str = "frozen", last_n: 
         m.fit(t)
         te = m.metrics_["test"]
         row = {"task": target, "model": name, "backbone": train if train != "last" else f"last {last_n} layers",
+               "epochs": epochs,
                "fusion": fusion if inputs is None else "none", "epochs_run": m.metrics_["epochs_run"],
                "fit_seconds": round(time.perf_counter() - t0, 1), "train_seconds": round(m.metrics_["train_seconds"], 1),
                "best_epoch": m.metrics_["best_epoch"], "test_rows": te["n"]}
@@ -141,6 +152,9 @@ def main():
     ap.add_argument("--ft-train", default="last", choices=["last", "full"],
                     help="with --finetune: train the last 2 layers, or the whole backbone")
     ap.add_argument("--ft-fusions", default="concat", help="with --finetune: the fusions to fine-tune ('' for none)")
+    ap.add_argument("--ft-epochs", type=int, default=1, help="with --finetune: epochs")
+    ap.add_argument("--all-text", action="store_true",
+                    help="with --finetune: write the tabular columns into the review text too ('Name: value')")
     args = ap.parse_args()
     if args.finetune:
         return finetune(args)
@@ -175,21 +189,24 @@ def main():
 
 
 def finetune(args):
-    """Fine-tuning on 2 CPU cores for one epoch: the last 2 of MiniLM's 6 layers or all of it; concat fusion
-    (and text only).
+    """Fine-tuning on 2 CPU cores: the last 2 of MiniLM's 6 layers or all of it, ``--ft-epochs`` epochs;
+    concat fusion (and text only), optionally with every column written into the text.
 
     Rows are merged into the results file: a row for the same task, model and backbone is replaced."""
     t = table(args.data)
     out = json.loads(args.out.read_text())
     out["finetune_command"] = ("python benchmarks/bench_womens_clothing.py --finetune "
                                "[--targets 'Recommended IND,Rating'] [--text-only] [--ft-fusions concat] "
-                               "[--ft-train last|full]")
+                               "[--ft-train last|full] [--ft-epochs N] [--all-text]")
     fusions = [f for f in args.ft_fusions.split(",") if f]
     for target in [x for x in args.targets.split(",") if x]:
-        new = run_task(t, target, fusions, args.work / "finetune", train=args.ft_train, last_n=2, epochs=1,
-                       text_only=args.text_only)
-        done = {(r["task"], r["model"], r["backbone"]) for r in new}
-        out["finetuned"] = [r for r in out.get("finetuned", []) if (r["task"], r["model"], r["backbone"]) not in done]
+        new = run_task(t, target, fusions, args.work / "finetune", train=args.ft_train, last_n=2, epochs=args.ft_epochs,
+                       text_only=args.text_only, all_text=args.all_text)
+        for r in new:
+            r["command"] = " ".join(["python benchmarks/bench_womens_clothing.py"] + sys.argv[1:])
+        key = lambda r: (r["task"], r["model"], r["backbone"], r.get("epochs", 1))  # noqa: E731
+        done = {key(r) for r in new}
+        out["finetuned"] = [r for r in out.get("finetuned", []) if key(r) not in done]
         out["finetuned"] += new
         args.out.write_text(json.dumps(out, indent=2))
     print(f"written to {args.out}")

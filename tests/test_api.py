@@ -131,3 +131,20 @@ def test_best_checkpoint_is_restored_and_max_time_stops():
     assert m.metrics_["val"]["log_loss"] == pytest.approx(losses[best], rel=1e-4)
     t = MultimodalPredictor(target="y", fusion="concat", epochs=500, max_time=2, patience=500, **FAST).fit(df)
     assert 0 < len(t.history_) < 500
+
+
+def test_all_columns_as_text_lets_a_text_model_use_them(tmp_path):
+    """A category written into the text group reaches a text-only model; save and load keep it."""
+    def table(n, seed):
+        df = make_tabular_text_table(n, seed=seed)
+        df["y"] = (df["note"].str.contains("alpha")).astype(int) + 2 * (df["cat"] == "u")
+        return df
+
+    df, test = table(200, 0), table(100, 1)
+    kw = dict(target="y", epochs=8, lr=3e-3, **FAST)
+    plain = MultimodalPredictor(groups={"text": ["note"]}, inputs=["text"], **kw).fit(df)
+    m = MultimodalPredictor(groups={"text": ["cat", "note"]}, inputs=["text"], out=tmp_path / "run", **kw).fit(df)
+    assert m.metrics_["inputs"] == ["text"]
+    assert plain.evaluate(test)["accuracy"] < 0.75 < 0.95 < m.evaluate(test)["accuracy"]
+    loaded = MultimodalPredictor.load(tmp_path / "run" / "bundle")
+    assert np.allclose(loaded.predict_proba(test), m.predict_proba(test), atol=1e-6)

@@ -227,3 +227,34 @@ def test_fully_cached_dataset_skips_the_workers(mm_table):
     assert ds.fully_cached()
     warm = list(ld)
     assert all(torch.equal(a["inputs"]["clip"], b["inputs"]["clip"]) for a, b in zip(cold, warm))
+
+
+def test_group_by_length_batches_similar_lengths_and_stays_seeded():
+    from mmfuse.data import EpochBatchSampler
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 500, size=1000)
+
+    def epochs(**kw):
+        s = EpochBatchSampler(1000, 10, shuffle=True, seed=3, **kw)
+        return [list(s) for _ in range(2)]
+
+    grouped, plain = epochs(lengths=lengths, group_size=20), epochs()
+    for batches in grouped:
+        assert sorted(i for b in batches for i in b) == list(range(1000))  # every row once per epoch
+    spread = lambda bs: np.mean([np.ptp(lengths[b]) for b in bs])  # noqa: E731
+    assert spread(grouped[0]) < spread(plain[0]) / 5  # short texts batched with short ones
+    assert grouped == epochs(lengths=lengths, group_size=20)  # same seed, same batches
+    assert grouped[0] != grouped[1]  # a new order each epoch
+    assert [len(b) for b in grouped[0]].count(10) == 100
+    with pytest.raises(ValueError, match="lengths has 3 entries for 1000 rows"):
+        EpochBatchSampler(1000, 10, shuffle=True, lengths=[1, 2, 3])
+
+
+def test_text_lengths_count_characters_of_text_inputs(mm_table):
+    table, preps, target = setup(mm_table)
+    ds = MultimodalDataset(table, preps, target)
+    want = [0 if not isinstance(v, str) or not v.strip() else len(v) for v in table.df["review"]]
+    assert ds.text_lengths().tolist() == want
+    ld = make_loader(ds, batch_size=5, shuffle=True, group_by_length=True)
+    assert sorted(torch.cat([b["row"] for b in ld]).tolist()) == list(range(len(ds)))

@@ -69,6 +69,8 @@ def test_bad_roles_groups_and_target_are_clear_errors(mm_table):
         infer_schema(mm_table, target="lable")
     with pytest.raises(SchemaError, match="mixes roles"):
         infer_schema(mm_table, groups={"g": ["review", "photo"]})
+    with pytest.raises(SchemaError, match="mixes roles"):
+        infer_schema(mm_table, groups={"g": ["photo", "age"]})
     with pytest.raises(SchemaError, match="cannot be grouped"):
         infer_schema(mm_table, overrides={"review": "image"}, groups={"g": ["review", "photo"]})
     with pytest.raises(SchemaError, match="--column expects NAME=ROLE"):
@@ -132,3 +134,24 @@ def test_inspect_womens_clothing():
                      "Rating": "numeric", "Recommended IND": "target", "Positive Feedback Count": "numeric",
                      "Division Name": "categorical", "Department Name": "categorical", "Class Name": "categorical",
                      "split": "split"}
+
+
+def test_text_group_with_numeric_and_categorical_columns(mm_table):
+    s = infer_schema(mm_table, target="label", groups={"all_text": ["age", "review", "color"]})
+    inputs = {i.name: (i.modality, i.columns) for i in s.inputs()}
+    assert inputs["all_text"] == (Modality.TEXT, ("age", "review", "color"))
+    assert inputs["tabular"] == (Modality.TABULAR, ("age", "color"))  # still there: choose with inputs=[...]
+    assert "review" not in inputs
+    from mmfuse import build_preprocessors
+
+    p = build_preprocessors(s, mm_table, inputs={"all_text"})["all_text"]
+    assert p.labeled == ["age", "color"]
+
+
+def test_split_column_found_when_a_split_is_rare_or_sorted_last():
+    n = 300
+    df = pd.DataFrame({"x": np.arange(n, dtype=float),
+                       "fold": ["train"] * 200 + ["val"] * 50 + ["test"] * 50})
+    assert infer_schema(df).roles["fold"] is Role.SPLIT
+    df["fold"] = ["train"] * (n - 1) + ["test"]
+    assert infer_schema(df).roles["fold"] is Role.SPLIT

@@ -164,8 +164,11 @@ class MultimodalPredictor:
         kw = dict(on_bad_input=self.on_bad_input, allow_outside_root=self.allow_outside_root, root=table.root)
         ds_tr = MultimodalDataset(tr_df, preps, target, cache=cache, train=True, **kw)
         ds_va = MultimodalDataset(va_df, preps, target, cache=cache, **kw)
+        group = tcfg.group_by_length
+        if group is None:  # a trained text backbone: padding would cost real compute
+            group = any(type(p).registry_name == "hf_text" and not p.embed for p in preps.values())
         tr_loader = make_loader(ds_tr, tcfg.batch_size, shuffle=True, num_workers=tcfg.num_workers, seed=tcfg.seed,
-                                persistent_workers=True)
+                                persistent_workers=True, group_by_length=group)
         va_loader = make_loader(ds_va, max(tcfg.batch_size, 256), num_workers=tcfg.num_workers,
                                 persistent_workers=True)
         torch.manual_seed(tcfg.seed)

@@ -59,6 +59,9 @@ class TrainConfig:
         seed: Seed for weights, data order, augmentation and splits.
         num_workers: DataLoader workers decoding files.
         cache: ``memory``, a folder, or None.
+        group_by_length: Batch training texts of similar length together, so that fine-tuned
+            text backbones spend less time on padding (None: on when a pretrained text
+            backbone is trained, off otherwise).
         class_weight: None, ``balanced`` or a list of per-class weights.
         regression_loss: ``mse`` or ``huber``.
         val_fraction, test_fraction: Split sizes when the table has no split column.
@@ -81,6 +84,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     cache: Optional[str] = "memory"
+    group_by_length: Optional[bool] = None
     class_weight: Any = None
     regression_loss: str = "mse"
     val_fraction: float = 0.1

@@ -31,6 +31,7 @@ from ._cache import ABSENT, PRESENT, UNKNOWN, ItemCache, cache_key, default_cach
 from .errors import InputError, MmfuseError
 from .io import Table, atomic_write_text, read_table
 from .preprocessing import Preprocessor, ReadContext, TargetEncoder
+from .preprocessing._base import is_missing
 from ._registry import unknown_name_message
 
 __all__ = ["BadInputPolicy", "InputReport", "MultimodalDataset", "MultimodalLoader", "make_loader",
@@ -235,6 +236,19 @@ class MultimodalDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.__getitems__([i])
 
+    def text_lengths(self) -> np.ndarray:
+        """Characters of text per row, summed over the text inputs (0 without any): a cheap
+        stand-in for the token count, used to batch texts of similar length together."""
+        out = np.zeros(len(self.positions), dtype=np.int64)
+        for name, p in self.preprocessors.items():
+            cells = self._cells[name]
+            if p.modality != "text" or cells is None:
+                continue
+            for col in cells:
+                out += np.fromiter((0 if is_missing(v) else len(str(v)) for v in col[self.positions]),
+                                   dtype=np.int64, count=len(self.positions))
+        return out
+
     def fully_cached(self) -> bool:
         """True when every lazy input of every row is in the cache (nothing left to decode)."""
         lazy = [n for n, p in self.preprocessors.items() if not p.eager and self._cells[n] is not None]
@@ -346,10 +360,20 @@ class EpochBatchSampler:
     The order (and each batch's augmentation seed) is the same whatever the number of
     workers, and a run resumed at epoch e sees the same batches as one that never stopped.
     ``set_epoch`` sets the epoch; otherwise it advances by one at each full pass.
+
+    With ``lengths`` (one per row) and ``shuffle``, rows of similar length share a batch: the
+    shuffled rows are cut into chunks of ``group_size`` batches, each chunk is sorted by length
+    and cut into batches, and the batches are shuffled. Batches of short texts then carry little
+    padding (see :func:`mmfuse.hf.trim_padding`) while each epoch's batches stay random.
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool = False, seed: int = 0):
+    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool = False, seed: int = 0,
+                 lengths=None, group_size: int = 50):
         self.n, self.batch_size, self.shuffle, self.drop_last, self.seed = n, batch_size, shuffle, drop_last, seed
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"lengths has {len(lengths)} entries for {n} rows")
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.group_size = group_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -360,13 +384,23 @@ class EpochBatchSampler:
 
     def __iter__(self):
         epoch = self.epoch
+        bs = self.batch_size
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        for k in range(len(self)):
-            b = SeededBatch(order[k * self.batch_size:(k + 1) * self.batch_size])
+        batches = [order[k * bs:(k + 1) * bs] for k in range(len(self))]
+        if self.shuffle and self.lengths is not None:
+            chunk = bs * self.group_size
+            grouped = []
+            for c in range(0, len(order), chunk):
+                part = sorted(order[c:c + chunk], key=lambda i: -self.lengths[i])
+                grouped.extend(part)
+            batches = [grouped[k * bs:(k + 1) * bs] for k in range(len(self))]
+            batches = [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
+        for k, idx in enumerate(batches):
+            b = SeededBatch(idx)
             b.seed = (self.seed * 1_000_003 + epoch) * 100_003 + k
             yield b
         self.epoch = epoch + 1
@@ -407,12 +441,15 @@ class MultimodalLoader:
 
 def make_loader(dataset: MultimodalDataset, batch_size: int = 64, shuffle: bool = False, num_workers: int = 0,
                 seed: int = 0, drop_last: bool = False, persistent_workers: bool = False,
-                pin_memory: bool = False) -> MultimodalLoader:
+                pin_memory: bool = False, group_by_length: bool = False) -> MultimodalLoader:
     """A loader whose batches are built by ``dataset.__getitems__`` (decoding in workers).
 
     Batch order and augmentation depend only on ``seed`` and the epoch (see :class:`EpochBatchSampler`).
+    ``group_by_length``: with ``shuffle``, put texts of similar length in one batch
+    (:meth:`MultimodalDataset.text_lengths`), so that less compute goes to padding.
     """
-    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, drop_last, seed)
+    lengths = dataset.text_lengths() if group_by_length and shuffle else None
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, drop_last, seed, lengths=lengths)
     return MultimodalLoader(dataset, sampler, num_workers, persistent_workers, pin_memory)
 
 

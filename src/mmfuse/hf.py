@@ -138,12 +138,31 @@ def output_dim(backbone: nn.Module) -> int:
     raise MmfuseError(f"cannot tell the output width of {type(backbone).__name__}")
 
 
+def trim_padding(inputs: dict) -> dict:
+    """Drop the trailing columns that are padding in every row of the batch.
+
+    Tokenizers pad to ``max_length``; a batch of short texts then spends most of its compute on
+    padding. Only trailing all-padding columns go, so every real token keeps its position and the
+    result is the same (attention never looks at padding)."""
+    mask = inputs.get("attention_mask")
+    if mask is None or mask.dim() != 2 or mask.shape[1] == 0:
+        return inputs
+    used = mask.bool().any(0)
+    keep = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
+    if keep == mask.shape[1]:
+        return inputs
+    T = mask.shape[1]
+    return {k: v[:, :keep] if torch.is_tensor(v) and v.dim() >= 2 and v.shape[:2] == (mask.shape[0], T) else v
+            for k, v in inputs.items()}
+
+
 def backbone_forward(backbone: nn.Module, inputs: dict, pooling: str = "auto"):
     """Run a backbone; ``(pooled [B, D], tokens [B, T, D] | None, token_mask [B, T] | None)``.
 
     Pooling: ``auto`` (projected embeddings of CLIP-style models, else the pooler output, else
     mean), ``cls`` (first token), ``mean`` (masked mean) or ``last`` (last non-padding token).
     """
+    inputs = trim_padding(inputs)
     out = backbone(**inputs)
     hidden = getattr(out, "last_hidden_state", None)
     if hidden is not None and hidden.dim() == 4:  # a feature map [B, C, H, W] (ResNet, ConvNeXt): H*W tokens

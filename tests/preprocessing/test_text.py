@@ -52,3 +52,19 @@ def test_state_round_trip(tmp_path):
     q = load_preprocessors(tmp_path)["t"]
     assert q.vocab_ == p.vocab_ and q.config() == p.config()
     assert (q.read(["a c q"], 0, CTX)["tokens"] == p.read(["a c q"], 0, CTX)["tokens"]).all()
+
+
+def test_numeric_and_categorical_columns_of_a_text_group_are_written_as_name_value(tmp_path):
+    from mmfuse.preprocessing.text import render_cells
+
+    cols, labeled = ["title", "Age", "Size", "Price"], ["Age", "Size", "Price"]
+    assert render_cells(["Nice", 34.0, "M", 12.5], cols, labeled) == ["Nice", "Age: 34", "Size: M", "Price: 12.5"]
+    assert render_cells([None, float("nan"), "S", 1 / 3], cols, labeled) == ["Size: S", "Price: 0.333333"]
+    df = pd.DataFrame({"title": ["Nice", None], "Age": [34.0, None], "Size": ["M", "S"], "Price": [1.0, 2.0]})
+    p = TextPreprocessor(cols, min_freq=1, max_length=12, labeled=labeled).fit(df, CTX)
+    ids = p.read(["Nice", 34.0, None, None], 0, CTX)["tokens"]
+    assert [p.vocab_[i] for i in ids if i] == ["nice", "<sep>", "age", ":", "34"]
+    assert p.read([None, None, "S", None], 1, CTX) is not None  # a row with only labeled cells is present
+    save_preprocessors({"t": p}, tmp_path)
+    q = load_preprocessors(tmp_path)["t"]
+    assert q.labeled == labeled and (q.read(["Nice", 34.0, None, None], 0, CTX)["tokens"] == ids).all()

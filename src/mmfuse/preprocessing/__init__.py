@@ -26,6 +26,11 @@ def default_preprocessor(spec, schema, hf: dict | None = None, **options) -> Pre
     from ..schema import Modality, Role
 
     m = spec.modality
+    if m is Modality.TEXT:  # numeric/categorical columns of a text group are written as 'Name: value'
+        roles = spec.roles(schema)
+        labeled = [c for c in spec.columns if roles[c] in (Role.NUMERIC, Role.CATEGORICAL)]
+        if labeled:
+            options = {**options, "labeled": labeled}
     if hf:
         cls = {Modality.TEXT: HFTextPreprocessor, Modality.IMAGE: HFImagePreprocessor,
                Modality.AUDIO: HFAudioPreprocessor}.get(m)

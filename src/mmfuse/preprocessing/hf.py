@@ -115,14 +115,16 @@ class _HFBase(Preprocessor):
 @PREPROCESSORS.register("hf_text")
 class HFTextPreprocessor(_HFBase):
     """The model's tokenizer: ``input_ids`` and ``attention_mask``, padded to ``max_length``.
-    Several columns are joined with the tokenizer's separator token."""
+    Several columns are joined with the tokenizer's separator token; numeric and categorical
+    columns of the group (``labeled``) are written as ``Name: value``."""
 
     modality = "text"
-    _config_keys = _HFBase._config_keys + ("max_length",)
+    _config_keys = _HFBase._config_keys + ("max_length", "labeled")
 
-    def __init__(self, columns, model: str, max_length: int = 128, **kw):
+    def __init__(self, columns, model: str, max_length: int = 128, labeled=(), **kw):
         super().__init__(columns, model, **kw)
         self.max_length = max_length
+        self.labeled = list(labeled)  # numeric/categorical columns written as 'Name: value'
 
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
         from ..hf import model_config
@@ -137,9 +139,9 @@ class HFTextPreprocessor(_HFBase):
         return self
 
     def _raw_read(self, cells, row, ctx):
-        from .text import _as_text
+        from .text import render_cells
 
-        parts = [_as_text(v, row, c) for c, v in zip(self.columns, cells) if not is_missing(v)]
+        parts = render_cells(cells, self.columns, self.labeled, row)
         if not parts:
             return None
         sep = f" {self.processor.sep_token} " if getattr(self.processor, "sep_token", None) else " "

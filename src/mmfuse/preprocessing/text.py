@@ -26,16 +26,19 @@ class TextPreprocessor(Preprocessor):
         min_freq: Words seen fewer times in training become ``<unk>``.
         max_vocab: Keep at most this many words (most frequent first).
         max_length: Tokens kept per row (``[max_length]`` int64 output, 0-padded).
+        labeled: Columns written as ``Name: value`` (the numeric and categorical columns of a
+            text group, see :func:`render_cells`).
     """
 
     modality = "text"
     eager = True
-    _config_keys = ("lowercase", "min_freq", "max_vocab", "max_length")
+    _config_keys = ("lowercase", "min_freq", "max_vocab", "max_length", "labeled")
 
     def __init__(self, columns, lowercase: bool = True, min_freq: int = 2, max_vocab: int = 30000,
-                 max_length: int = 128):
+                 max_length: int = 128, labeled=()):
         super().__init__(columns)
         self.lowercase, self.min_freq, self.max_vocab, self.max_length = lowercase, min_freq, max_vocab, max_length
+        self.labeled = list(labeled)
 
     def tokenize(self, text: str) -> list[str]:
         return _TOKEN.findall(text.lower() if self.lowercase else text)
@@ -45,7 +48,7 @@ class TextPreprocessor(Preprocessor):
         for c in self.columns:
             for v in df[c]:
                 if not is_missing(v):
-                    counts.update(self.tokenize(_as_text(v)))
+                    counts.update(self.tokenize(render_cell(v, c, self.labeled)))
         words = sorted((w for w, n in counts.items() if n >= self.min_freq), key=lambda w: (-counts[w], w))
         self.vocab_ = [PAD, UNK, SEP] + words[: self.max_vocab]
         self._index = {w: i for i, w in enumerate(self.vocab_)}
@@ -56,7 +59,7 @@ class TextPreprocessor(Preprocessor):
         return len(self.vocab_)
 
     def read(self, cells, row, ctx):
-        parts = [self.tokenize(_as_text(v, row, c)) for c, v in zip(self.columns, cells) if not is_missing(v)]
+        parts = [self.tokenize(t) for t in render_cells(cells, self.columns, self.labeled, row)]
         if not parts:
             return None
         ids: list[int] = []
@@ -88,3 +91,20 @@ def _as_text(v, row=None, column=None) -> str:
             raise bad(row, column, f"is not valid UTF-8 text: byte 0x{bytes(v)[e.start]:02x} at offset {e.start}",
                       hint="decode the bytes to str before passing the table, or fix the encoding") from None
     return str(v)
+
+
+def render_cell(v, column: str, labeled=(), row=None) -> str:
+    """One cell as text: ``Name: value`` for the labeled (numeric/categorical) columns, whole
+    numbers without a trailing ``.0``; the text itself otherwise."""
+    if column not in labeled:
+        return _as_text(v, row, column)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        v = int(v)
+    elif isinstance(v, (float, np.floating)):
+        v = f"{float(v):.6g}"
+    return f"{column}: {_as_text(v, row, column)}"
+
+
+def render_cells(cells, columns, labeled=(), row=None) -> list[str]:
+    """The present cells of a row as texts, in column order (missing cells left out)."""
+    return [render_cell(v, c, labeled, row) for c, v in zip(columns, cells) if not is_missing(v)]
