@@ -247,6 +247,8 @@ def test_group_by_length_batches_similar_lengths_and_stays_seeded():
     assert grouped == epochs(lengths=lengths, group_size=20)  # same seed, same batches
     assert grouped[0] != grouped[1]  # a new order each epoch
     assert [len(b) for b in grouped[0]].count(10) == 100
+    dropped = list(EpochBatchSampler(1000, 30, shuffle=True, drop_last=True, lengths=lengths))
+    assert len(dropped) == 33 and {len(b) for b in dropped} == {30}
     with pytest.raises(ValueError, match="lengths has 3 entries for 1000 rows"):
         EpochBatchSampler(1000, 10, shuffle=True, lengths=[1, 2, 3])
 

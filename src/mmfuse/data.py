@@ -390,6 +390,7 @@ class EpochBatchSampler:
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
+        order = order[:len(self) * bs]  # drop_last drops random rows, before any grouping
         batches = [order[k * bs:(k + 1) * bs] for k in range(len(self))]
         if self.shuffle and self.lengths is not None:
             chunk = bs * self.group_size
