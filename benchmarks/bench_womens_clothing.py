@@ -20,6 +20,7 @@ import argparse
 import importlib.resources
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -155,7 +156,12 @@ def main():
     ap.add_argument("--ft-epochs", type=int, default=1, help="with --finetune: epochs")
     ap.add_argument("--all-text", action="store_true",
                     help="with --finetune: write the tabular columns into the review text too ('Name: value')")
+    ap.add_argument("--thresholds", action="store_true",
+                    help="instead: for the kept fine-tuned Recommended IND bundles, choose the F1 threshold on "
+                         "the validation rows and add the test F1 at it")
     args = ap.parse_args()
+    if args.thresholds:
+        return thresholds(args)
     if args.finetune:
         return finetune(args)
     if args.cache_speed_full:
@@ -203,13 +209,56 @@ def finetune(args):
         new = run_task(t, target, fusions, args.work / "finetune", train=args.ft_train, last_n=2, epochs=args.ft_epochs,
                        text_only=args.text_only, all_text=args.all_text)
         for r in new:
-            r["command"] = " ".join(["python benchmarks/bench_womens_clothing.py"] + sys.argv[1:])
+            r["command"] = shlex.join(["python", "benchmarks/bench_womens_clothing.py"] + sys.argv[1:])
         key = lambda r: (r["task"], r["model"], r["backbone"], r.get("epochs", 1))  # noqa: E731
         done = {key(r) for r in new}
         out["finetuned"] = [r for r in out.get("finetuned", []) if key(r) not in done]
         out["finetuned"] += new
         args.out.write_text(json.dumps(out, indent=2))
     print(f"written to {args.out}")
+
+
+def thresholds(args):
+    """The decision threshold chosen on the validation rows (``decision_threshold="f1"``), applied after
+    the fact to the fine-tuned bundles still in ``--work``: the weights do not depend on it, so this is
+    what training with that setting gives. Rows whose bundle was overwritten by a later run are listed."""
+    import numpy as np
+
+    from mmfuse.api import MultimodalPredictor
+    from mmfuse.evaluation import choose_threshold, classification_metrics
+    from mmfuse.tasks import Task
+
+    t = table(args.data)
+    out = json.loads(args.out.read_text())
+    val, test = t.df[t.df["split"] == "val"], t.df[t.df["split"] == "test"]
+    res, missing = [], []
+    for r in out.get("finetuned", []):
+        if r["task"] != "Recommended IND":
+            continue
+        d = args.work / "finetune" / "Recommended_IND" / r["model"].replace(" ", "_") / "bundle"
+        cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else None
+        train = cfg and cfg["model"]["model"]["encoders"]["review"].get("train")
+        want = "last" if r["backbone"].startswith("last") else r["backbone"]
+        if not cfg or train != want or cfg["training"]["epochs"] != r.get("epochs", 1):
+            missing.append(f"{r['model']} ({r['backbone']}, {r.get('epochs', 1)} epochs)")
+            continue
+        m = MultimodalPredictor.load(d)
+        pos = m.classes_.index(1) if 1 in m.classes_ else 1
+        yv = (val["Recommended IND"] == m.classes_[pos]).to_numpy().astype(int)
+        yt = (test["Recommended IND"] == m.classes_[pos]).to_numpy().astype(int)
+        thr = choose_threshold(m.predict_proba(val.drop(columns=["Recommended IND"]), root=t.root), yv, "f1")
+        te = classification_metrics(m.predict_proba(test.drop(columns=["Recommended IND"]), root=t.root), yt,
+                                    m.classes_, Task.BINARY, threshold=thr)
+        row = {"model": r["model"], "backbone": r["backbone"], "epochs": r.get("epochs", 1), "threshold": thr,
+               "f1_positive": round(te["f1_positive"], 4), "accuracy": round(te["accuracy"], 4),
+               "pr_auc": round(te["pr_auc"], 4), "f1_positive_at_0.5": round(te["at_0.5"]["f1_positive"], 4)
+               if "at_0.5" in te else round(te["f1_positive"], 4)}
+        res.append(row)
+        print(json.dumps(row), flush=True)
+    out["finetuned_f1_threshold"] = {"command": "python benchmarks/bench_womens_clothing.py --thresholds",
+                                     "rows": res, "bundles_not_kept": missing}
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"written to {args.out}; not kept: {missing}")
 
 
 if __name__ == "__main__":

@@ -148,3 +148,26 @@ def test_all_columns_as_text_lets_a_text_model_use_them(tmp_path):
     assert plain.evaluate(test)["accuracy"] < 0.75 < 0.95 < m.evaluate(test)["accuracy"]
     loaded = MultimodalPredictor.load(tmp_path / "run" / "bundle")
     assert np.allclose(loaded.predict_proba(test), m.predict_proba(test), atol=1e-6)
+
+
+def test_decision_threshold_tuned_on_validation_saved_and_used(tmp_path):
+    from mmfuse.evaluation import choose_threshold
+
+    df, val = make_tabular_text_table(200, task="binary"), make_tabular_text_table(80, seed=2, task="binary")
+    test = make_tabular_text_table(120, seed=1, task="binary")
+    m = MultimodalPredictor(target="y", epochs=3, decision_threshold="balanced_accuracy", out=tmp_path / "run",
+                            **FAST).fit(df, val=val, test=test)
+    thr = m.metrics_["decision_threshold"]
+    assert thr != 0.5  # this seed's model is better served by another threshold, so the test can tell
+    y_val = (val["y"] == m.classes_[1]).to_numpy().astype(int)
+    assert thr == choose_threshold(m.predict_proba(val), y_val, "balanced_accuracy")  # chosen on validation rows
+    assert m.metrics_["test"]["threshold"] == thr == m.predictor_.threshold
+    proba = m.predict_proba(test)
+    assert (m.predict(test) == np.where(proba[:, 1] >= thr, "pos", "neg")).all()
+    assert (m.predict(test, threshold=0.5) == np.where(proba[:, 1] >= 0.5, "pos", "neg")).all()
+    loaded = MultimodalPredictor.load(tmp_path / "run" / "bundle")
+    assert loaded.predictor_.threshold == thr and (loaded.predict(test) == m.predict(test)).all()
+    with pytest.raises(MmfuseError, match="decision_threshold applies to binary targets; 'y' is multiclass"):
+        MultimodalPredictor(target="y", epochs=1, decision_threshold="f1", **FAST).fit(make_tabular_text_table(80))
+    with pytest.raises(MmfuseError, match="between 0 and 1 or a metric name"):
+        MultimodalPredictor(target="y", epochs=1, decision_threshold=1.5, **FAST).fit(df)

@@ -53,13 +53,17 @@ def test_fit_predict_evaluate_end_to_end(tmp_path):
     cfg.write_text("preprocessing:\n  image: {size: 16}\n  audio: {sample_rate: 8000, duration: 0.25, n_mels: 16}\n"
                    "  timeseries: {length: 16}\n  text: {min_freq: 1}\nmodel:\n  dim: 32\ntrain:\n  batch_size: 16\n")
     r = run("fit", path, "--target", "label", "--fusion", "late", "--epochs", "2", "--config", cfg, "--out",
-            tmp_path / "run", "--no-progress")
+            tmp_path / "run", "--no-progress", "--decision-threshold", "0.3")
     assert r.returncode == 0, r.stderr
     assert "test: accuracy" in r.stdout and (tmp_path / "run" / "bundle" / "config.json").exists()
     r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "p.csv")
     assert r.returncode == 0, r.stderr
     p = pd.read_csv(tmp_path / "p.csv")
     assert list(p.columns) == ["row", "prediction", "proba_no", "proba_yes"] and len(p) == 40
+    import json
+
+    assert json.loads((tmp_path / "run" / "bundle" / "config.json").read_text())["decision_threshold"] == 0.3
+    assert ((p["prediction"] == "yes") == (p["proba_yes"] >= 0.3)).all()  # the bundle's decision threshold
     # predict leaves with os._exit after writing: the file and the message must be complete
     r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "p.parquet")
     assert r.returncode == 0 and r.stdout.strip().endswith("40 predictions written to " + str(tmp_path / "p.parquet"))

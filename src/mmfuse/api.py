@@ -153,6 +153,9 @@ class MultimodalPredictor:
         if len(va_df) == 0:
             raise MmfuseError("no validation rows: pass val=..., add a split column, or set val_fraction > 0")
         target.fit(tr_df)
+        if tcfg.decision_threshold is not None and target.task.value != "binary":
+            raise MmfuseError(f"decision_threshold applies to binary targets; {target.column!r} is "
+                              f"{target.task.value}: leave it unset")
         from ._build import hf_preprocessing
 
         hf = {s.name: hf_preprocessing(mcfg, s.name, s.modality.value, tcfg.cache is not None) for s in specs}
@@ -185,6 +188,9 @@ class MultimodalPredictor:
                    "monitor": result["monitor"], "train_seconds": train_seconds, "history": result["history"],
                    "resumed_from_epoch": result["resumed_from_epoch"],
                    "rows": {"train": len(ds_tr), "val": len(ds_va), "test": len(te_df)}}
+        threshold = _decision_threshold(tcfg.decision_threshold, self.predictor_, ds_va)
+        if threshold is not None:
+            self.predictor_.config["decision_threshold"] = metrics["decision_threshold"] = threshold
         metrics["val"] = compute_metrics(self.predictor_, ds_va)
         eval_ds = ds_va
         if len(te_df):
@@ -235,9 +241,9 @@ class MultimodalPredictor:
         from .bundle import save_bundle
 
         self._check()
-        extra = {"metrics": {k: v for k, v in getattr(self, "metrics_", {}).items() if k != "history"},
-                 "training": getattr(self, "_train_cfg", None)}
         p = self.predictor_
+        extra = {"metrics": {k: v for k, v in getattr(self, "metrics_", {}).items() if k != "history"},
+                 "training": getattr(self, "_train_cfg", None), "decision_threshold": p.config.get("decision_threshold")}
         return save_bundle(path, p.model, p.preprocessors, p.target, p.schema, p.config["model"], extra,
                            embed_backbones=embed_backbones)
 
@@ -250,6 +256,23 @@ class MultimodalPredictor:
         obj.predictor_, obj.schema_, obj.classes_, obj.task_ = pred, pred.schema, pred.target.classes_, pred.target.task
         obj.metrics_ = pred.config.get("metrics", {})
         return obj
+
+
+def _decision_threshold(setting, predictor, val_ds) -> float | None:
+    """A binary task's decision threshold: the number given, or the one that maximizes the named
+    metric on the validation rows."""
+    from .evaluation import choose_threshold
+    from .tasks import logits_to_proba
+
+    if setting is None:
+        return None
+    if isinstance(setting, str):
+        z, rows = predictor.logits(None, dataset=val_ds)
+        return choose_threshold(logits_to_proba(predictor.target.task, z).numpy(), val_ds._y[rows], setting)
+    if isinstance(setting, bool) or not isinstance(setting, (int, float)) or not 0 < setting < 1:
+        raise MmfuseError(f"decision_threshold must be a probability between 0 and 1 or a metric name "
+                          f"(f1, balanced_accuracy, accuracy, mcc), got {setting!r}")
+    return float(setting)
 
 
 def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise", root=None) -> dict:

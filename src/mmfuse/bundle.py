@@ -145,6 +145,11 @@ class Predictor:
         self.model, self.preprocessors, self.target, self.schema = model.eval(), preps, target, schema
         self.config, self.path = config, path
 
+    @property
+    def threshold(self) -> float:
+        """Binary tasks: the positive class's probability from which :meth:`predict` says positive."""
+        return float(self.config.get("decision_threshold") or 0.5)
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Predictor":
         """Load a bundle folder. Refuses bundles of another format version with a clear message."""
@@ -190,7 +195,7 @@ class Predictor:
                    path)
 
     def save(self, path, embed_backbones: bool = False) -> Path:
-        extra = {k: v for k, v in self.config.items() if k in ("metrics", "training")}
+        extra = {k: v for k, v in self.config.items() if k in ("metrics", "training", "decision_threshold")}
         return save_bundle(path, self.model, self.preprocessors, self.target, self.schema, self.config["model"], extra,
                            embed_backbones=embed_backbones)
 
@@ -232,8 +237,11 @@ class Predictor:
         p = logits_to_proba(self.target.task, z).numpy()
         return self.target.inverse_regression(p) if self.target.task is Task.REGRESSION else p
 
-    def predict(self, data, threshold: float = 0.5, **kw) -> np.ndarray:
-        """Labels (strings from training, in their original order), label lists (multilabel) or values."""
+    def predict(self, data, threshold: float | None = None, **kw) -> np.ndarray:
+        """Labels (strings from training, in their original order), label lists (multilabel) or values.
+
+        ``threshold``: binary and multilabel tasks label a class present from this probability
+        (default: the bundle's decision threshold for binary tasks, 0.5 otherwise)."""
         from .tasks import Task
 
         p = self.predict_proba(data, **kw)
@@ -242,5 +250,8 @@ class Predictor:
             return p
         classes = self.target.labels()
         if task is Task.MULTILABEL:
-            return np.array([list(classes[row >= threshold]) for row in p], dtype=object)
+            return np.array([list(classes[row >= (0.5 if threshold is None else threshold)]) for row in p],
+                            dtype=object)
+        if task is Task.BINARY:
+            return classes[(p[:, 1] >= (self.threshold if threshold is None else threshold)).astype(int)]
         return classes[p.argmax(1)]

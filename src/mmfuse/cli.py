@@ -94,6 +94,9 @@ def fit(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers."),
     max_time: Optional[float] = typer.Option(None, "--max-time", help="Stop training after this many seconds."),
+    decision_threshold: Optional[str] = typer.Option(
+        None, "--decision-threshold", help="Binary targets: a probability, or f1, balanced_accuracy, accuracy or "
+                                           "mcc to choose it on the validation rows."),
     on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
@@ -110,8 +113,13 @@ def fit(
     cfg.setdefault("train", {})
     cfg["train"] = dict(cfg["train"] or {})
     cfg["train"].setdefault("test_fraction", 0.1 if test is None else 0.0)
+    if decision_threshold is not None:
+        try:
+            decision_threshold = float(decision_threshold)
+        except ValueError:
+            pass  # a metric name
     for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "num_workers": workers,
-                 "max_time": max_time}.items():
+                 "max_time": max_time, "decision_threshold": decision_threshold}.items():
         if v is not None:
             cfg["train"][k] = v
     cfg["train"]["progress"] = progress

@@ -64,6 +64,10 @@ class TrainConfig:
             backbone is trained, off otherwise).
         class_weight: None, ``balanced`` or a list of per-class weights.
         regression_loss: ``mse`` or ``huber``.
+        decision_threshold: Binary tasks: the probability of the positive class from which a row
+            is labelled positive. A number, or a metric (``f1``, ``balanced_accuracy``,
+            ``accuracy``, ``mcc``) to choose the threshold that maximizes it on the validation rows
+            (test rows are never used); None: 0.5.
         val_fraction, test_fraction: Split sizes when the table has no split column.
         log: ``tensorboard``, ``csv`` or None.
         progress: Show Lightning's progress bar.
@@ -87,6 +91,7 @@ class TrainConfig:
     group_by_length: Optional[bool] = None
     class_weight: Any = None
     regression_loss: str = "mse"
+    decision_threshold: Any = None
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     log: Optional[str] = "tensorboard"

@@ -8,7 +8,7 @@ import numpy as np
 
 from .tasks import Task
 
-__all__ = ["classification_metrics", "regression_metrics", "expected_calibration_error", "compute_metrics",
+__all__ = ["choose_threshold", "binary_labels", "classification_metrics", "regression_metrics", "expected_calibration_error", "compute_metrics",
            "modality_contribution", "write_report", "plot_learning_curves", "plot_confusion", "plot_contribution"]
 
 
@@ -25,9 +25,39 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(ece)
 
 
-def classification_metrics(proba: np.ndarray, y: np.ndarray, classes: list, task: Task) -> dict:
+def binary_labels(proba: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Class ids of a binary task: 1 where the positive class's probability reaches ``threshold``."""
+    return (proba[:, 1] >= threshold).astype(np.int64)
+
+
+THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy", "mcc")
+
+
+def choose_threshold(proba: np.ndarray, y: np.ndarray, metric: str = "f1") -> float:
+    """The decision threshold of a binary task that maximizes ``metric`` on these rows.
+
+    Candidates: 0.01, 0.02, ..., 0.99; among equally good ones, the closest to 0.5."""
+    from sklearn import metrics as M
+
+    from .errors import MmfuseError
+
+    score = {"f1": lambda t, p: M.f1_score(t, p, zero_division=0), "accuracy": M.accuracy_score,
+             "balanced_accuracy": M.balanced_accuracy_score, "mcc": M.matthews_corrcoef}.get(metric)
+    if score is None:
+        raise MmfuseError(f"decision_threshold: unknown metric {metric!r}; give a number or one of "
+                          f"{', '.join(THRESHOLD_METRICS)}")
+    grid = np.round(np.arange(1, 100) / 100, 2)
+    values = np.array([score(y, binary_labels(proba, t)) for t in grid])
+    best = np.flatnonzero(values >= values.max() - 1e-12)
+    return float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]])
+
+
+def classification_metrics(proba: np.ndarray, y: np.ndarray, classes: list, task: Task,
+                           threshold: float = 0.5) -> dict:
     """Report (per class P/R/F1, macro/micro/weighted), accuracy, balanced accuracy, ROC-AUC, PR-AUC,
-    log loss and ECE. ``proba``: ``(N, K)``; ``y``: class ids (or multi-hot for multilabel)."""
+    log loss and ECE. ``proba``: ``(N, K)``; ``y``: class ids (or multi-hot for multilabel).
+    Binary labels come from ``threshold``; when it is not 0.5, ``at_0.5`` holds the label
+    metrics at 0.5 too."""
     from sklearn import metrics as M
 
     names = [str(c) for c in classes]
@@ -42,7 +72,7 @@ def classification_metrics(proba: np.ndarray, y: np.ndarray, classes: list, task
             out["roc_auc_macro"] = float(M.roc_auc_score(y, proba, average="macro"))
             out["pr_auc_macro"] = float(M.average_precision_score(y, proba, average="macro"))
         return out
-    pred = proba.argmax(1)
+    pred = binary_labels(proba, threshold) if task is Task.BINARY else proba.argmax(1)
     labels = list(range(len(classes)))
     out = {"accuracy": float(M.accuracy_score(y, pred)),
            "balanced_accuracy": float(M.balanced_accuracy_score(y, pred)),
@@ -58,6 +88,12 @@ def classification_metrics(proba: np.ndarray, y: np.ndarray, classes: list, task
             out["roc_auc"] = float(M.roc_auc_score(y, proba[:, 1]))
             out["pr_auc"] = float(M.average_precision_score(y, proba[:, 1]))
         out["f1_positive"] = float(M.f1_score(y, pred, pos_label=1, zero_division=0))
+        out["threshold"] = float(threshold)
+        if threshold != 0.5:
+            half = binary_labels(proba, 0.5)
+            out["at_0.5"] = {"accuracy": float(M.accuracy_score(y, half)),
+                             "balanced_accuracy": float(M.balanced_accuracy_score(y, half)),
+                             "f1_positive": float(M.f1_score(y, half, pos_label=1, zero_division=0))}
     elif len(present) == len(classes):
         out["roc_auc_ovr_macro"] = float(M.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=labels))
         onehot = np.eye(len(classes))[y]
@@ -88,7 +124,7 @@ def compute_metrics(predictor, dataset, absent=()) -> dict:
         pred = target.inverse_regression(z[:, 0].numpy())
         return {**regression_metrics(pred, target.inverse_regression(y)), "n": int(len(y))}
     proba = logits_to_proba(target.task, z).numpy()
-    return {**classification_metrics(proba, y, target.classes_, target.task), "n": int(len(y))}
+    return {**classification_metrics(proba, y, target.classes_, target.task, predictor.threshold), "n": int(len(y))}
 
 
 def modality_contribution(predictor, dataset) -> dict:
