@@ -223,6 +223,7 @@ def thresholds(args):
     the fact to the fine-tuned bundles still in ``--work``: the weights do not depend on it, so this is
     what training with that setting gives. Rows whose bundle was overwritten by a later run are listed."""
     import numpy as np
+    from sklearn.metrics import auc, precision_recall_curve
 
     from mmfuse.api import MultimodalPredictor
     from mmfuse.evaluation import choose_threshold, classification_metrics
@@ -243,16 +244,22 @@ def thresholds(args):
             missing.append(f"{r['model']} ({r['backbone']}, {r.get('epochs', 1)} epochs)")
             continue
         m = MultimodalPredictor.load(d)
-        pos = m.classes_.index(1) if 1 in m.classes_ else 1
-        yv = (val["Recommended IND"] == m.classes_[pos]).to_numpy().astype(int)
-        yt = (test["Recommended IND"] == m.classes_[pos]).to_numpy().astype(int)
+        assert [str(c) for c in m.classes_] == ["0", "1"], m.classes_
+        pos = 1
+        yv, yt = val["Recommended IND"].to_numpy().astype(int), test["Recommended IND"].to_numpy().astype(int)
         thr = choose_threshold(m.predict_proba(val.drop(columns=["Recommended IND"]), root=t.root), yv, "f1")
-        te = classification_metrics(m.predict_proba(test.drop(columns=["Recommended IND"]), root=t.root), yt,
-                                    m.classes_, Task.BINARY, threshold=thr)
+        pt = m.predict_proba(test.drop(columns=["Recommended IND"]), root=t.root)
+        te = classification_metrics(pt, yt, m.classes_, Task.BINARY, threshold=thr)
+        # as Multimodal-Toolkit's evaluation.py reports them: the best F1 over every threshold of the
+        # test rows' own precision-recall curve (an oracle threshold), and the trapezoidal PR-AUC
+        prec, rec, _ = precision_recall_curve(yt, pt[:, pos])
+        f = np.nan_to_num(2 * prec * rec / (prec + rec))
         row = {"model": r["model"], "backbone": r["backbone"], "epochs": r.get("epochs", 1), "threshold": thr,
                "f1_positive": round(te["f1_positive"], 4), "accuracy": round(te["accuracy"], 4),
                "pr_auc": round(te["pr_auc"], 4), "f1_positive_at_0.5": round(te["at_0.5"]["f1_positive"], 4)
-               if "at_0.5" in te else round(te["f1_positive"], 4)}
+               if "at_0.5" in te else round(te["f1_positive"], 4),
+               "as_multimodal_toolkit": {"f1_best_test_threshold": round(float(f.max()), 4),
+                                         "pr_auc_trapezoid": round(float(auc(rec, prec)), 4)}}
         res.append(row)
         print(json.dumps(row), flush=True)
     out["finetuned_f1_threshold"] = {"command": "python benchmarks/bench_womens_clothing.py --thresholds",
