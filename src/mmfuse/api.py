@@ -169,7 +169,9 @@ class MultimodalPredictor:
         ds_va = MultimodalDataset(va_df, preps, target, cache=cache, **kw)
         group = tcfg.group_by_length
         if group is None:  # a trained text backbone: padding would cost real compute
-            group = any(type(p).registry_name == "hf_text" and not p.embed for p in preps.values())
+            from .preprocessing import HFTextPreprocessor
+
+            group = any(isinstance(p, HFTextPreprocessor) and not p.embed for p in preps.values())
         tr_loader = make_loader(ds_tr, tcfg.batch_size, shuffle=True, num_workers=tcfg.num_workers, seed=tcfg.seed,
                                 persistent_workers=True, group_by_length=group)
         va_loader = make_loader(ds_va, max(tcfg.batch_size, 256), num_workers=tcfg.num_workers,
@@ -261,7 +263,7 @@ class MultimodalPredictor:
 def _decision_threshold(setting, predictor, val_ds) -> float | None:
     """A binary task's decision threshold: the number given, or the one that maximizes the named
     metric on the validation rows."""
-    from .evaluation import choose_threshold
+    from .evaluation import THRESHOLD_METRICS, choose_threshold
     from .tasks import logits_to_proba
 
     if setting is None:
@@ -271,7 +273,7 @@ def _decision_threshold(setting, predictor, val_ds) -> float | None:
         return choose_threshold(logits_to_proba(predictor.target.task, z).numpy(), val_ds._y[rows], setting)
     if isinstance(setting, bool) or not isinstance(setting, (int, float)) or not 0 < setting < 1:
         raise MmfuseError(f"decision_threshold must be a probability between 0 and 1 or a metric name "
-                          f"(f1, balanced_accuracy, accuracy, mcc), got {setting!r}")
+                          f"({', '.join(THRESHOLD_METRICS)}), got {setting!r}")
     return float(setting)
 
 

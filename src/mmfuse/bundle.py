@@ -253,5 +253,7 @@ class Predictor:
             return np.array([list(classes[row >= (0.5 if threshold is None else threshold)]) for row in p],
                             dtype=object)
         if task is Task.BINARY:
-            return classes[(p[:, 1] >= (self.threshold if threshold is None else threshold)).astype(int)]
+            from .evaluation import binary_labels
+
+            return classes[binary_labels(p, self.threshold if threshold is None else threshold)]
         return classes[p.argmax(1)]

@@ -391,14 +391,13 @@ class EpochBatchSampler:
         else:
             order = list(range(self.n))
         order = order[:len(self) * bs]  # drop_last drops random rows, before any grouping
-        batches = [order[k * bs:(k + 1) * bs] for k in range(len(self))]
-        if self.shuffle and self.lengths is not None:
+        grouped = self.shuffle and self.lengths is not None
+        if grouped:
             chunk = bs * self.group_size
-            grouped = []
-            for c in range(0, len(order), chunk):
-                part = sorted(order[c:c + chunk], key=lambda i: -self.lengths[i])
-                grouped.extend(part)
-            batches = [grouped[k * bs:(k + 1) * bs] for k in range(len(self))]
+            order = [i for c in range(0, len(order), chunk)
+                     for i in sorted(order[c:c + chunk], key=lambda i: -self.lengths[i])]
+        batches = [order[k * bs:(k + 1) * bs] for k in range(len(self))]
+        if grouped:
             batches = [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
         for k, idx in enumerate(batches):
             b = SeededBatch(idx)

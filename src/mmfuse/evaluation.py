@@ -8,8 +8,8 @@ import numpy as np
 
 from .tasks import Task
 
-__all__ = ["choose_threshold", "binary_labels", "classification_metrics", "regression_metrics", "expected_calibration_error", "compute_metrics",
-           "modality_contribution", "write_report", "plot_learning_curves", "plot_confusion", "plot_contribution"]
+__all__ = ["choose_threshold", "binary_labels", "classification_metrics", "regression_metrics",
+           "expected_calibration_error", "compute_metrics", "modality_contribution", "write_report", "plot_learning_curves", "plot_confusion", "plot_contribution"]
 
 
 def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
