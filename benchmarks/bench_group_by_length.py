@@ -50,8 +50,8 @@ def main():
             target="Recommended IND", columns={"Clothing ID": "ignore"}, groups={"review": ["Title", "Review Text"]},
             inputs=["review"], epochs=1, batch_size=32, lr=1e-3, backbone_lr=5e-5, seed=SEED, progress=False,
             log=None, contribution=False, group_by_length=group, root=t.root,
-            model={"encoders": {"review": {"name": "hf", "model": model, "train": "full", "pooling": "mean",
-                                           "max_length": 128}}},
+            encoders={"review": {"name": "hf", "model": model, "train": "full", "pooling": "mean",
+                                 "max_length": 128}},
             out=Path(tempfile.mkdtemp(prefix="mmfuse_gbl_")))
         t0 = time.perf_counter()
         m.fit(sub)

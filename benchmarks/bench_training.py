@@ -26,43 +26,40 @@ EPOCHS = 8
 
 
 def setup(work: Path):
+    """The demo table through mmfuse's public fit steps: first 80% of rows to train, last 20% to validate."""
     import torch
 
-    from mmfuse import MultimodalDataset, build_preprocessors, infer_schema, make_loader, read_table
-    from mmfuse._build import build_model
+    from mmfuse import Splits, build_model, fit_preprocessors, fit_target, make_datasets, read_table, select_inputs
     from mmfuse.config import ModelConfig, TrainConfig
     from mmfuse.demo import DEMO_MODEL, DEMO_PREPROCESSING, make_demo_table
-    from mmfuse.preprocessing import TargetEncoder
 
     path = make_demo_table(work / "data")
     table = read_table(path)
-    schema = infer_schema(table, target="digit")
+    schema, inputs = select_inputs(table, "digit")
     n = len(table.df)
-    tr, va = table.df.iloc[: int(0.8 * n)], table.df.iloc[int(0.8 * n):]
-    preps = build_preprocessors(schema, read_table(tr, root=table.root), DEMO_PREPROCESSING)
-    target = TargetEncoder("digit").fit(tr)
-    ds_tr = MultimodalDataset(tr, preps, target, cache="memory", root=table.root, train=True)
-    ds_va = MultimodalDataset(va, preps, target, cache="memory", root=table.root)
-    tl = make_loader(ds_tr, 64, shuffle=True, seed=SEED)
-    vl = make_loader(ds_va, 256)
-    for _ in tl:  # fill the caches: both loops then measure training, not decoding
-        pass
-    for _ in vl:
-        pass
+    splits = Splits(table.df.iloc[: int(0.8 * n)], table.df.iloc[int(0.8 * n):], table.df.iloc[:0], table.root,
+                    "first 80% / last 20%")
     mcfg = ModelConfig(fusion="concat", **DEMO_MODEL)
     tcfg = TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, patience=EPOCHS + 1, log=None, progress=False,
-                       seed=SEED)
+                       seed=SEED, cache="memory")
+    task = fit_target(splits.train, "digit", tcfg=tcfg)
+    preps = fit_preprocessors(schema, inputs, splits.train, table.root, mcfg, tcfg, DEMO_PREPROCESSING)
+    data = make_datasets(splits, preps, task, tcfg)
+    for _ in data.train_loader:  # fill the caches: both loops then measure training, not decoding
+        pass
+    for _ in data.val_loader:
+        pass
 
     def fresh_model():
         torch.manual_seed(SEED)
-        return build_model(preps, target.n_outputs, mcfg)[0]
+        return build_model(preps, task.n_outputs, mcfg)[0]
 
-    return table, preps, target, tl, vl, mcfg, tcfg, fresh_model, len(ds_tr)
+    return task, data, mcfg, tcfg, fresh_model, len(data.train)
 
 
-def hand_loop(model, tl, vl, tcfg):
+def hand_loop(model, task, tl, vl, tcfg):
+    """A minimal PyTorch loop: the task's loss, AdamW, the same schedule and clipping, one validation pass."""
     import torch
-    import torch.nn.functional as F
 
     from mmfuse.training.module import cosine_with_warmup
 
@@ -73,7 +70,7 @@ def hand_loop(model, tl, vl, tcfg):
         model.train()
         tl.set_epoch(epoch)
         for b in tl:
-            loss = F.cross_entropy(model(b["inputs"], b["mask"])["logits"], b["target"])
+            loss = task.loss(model(b["inputs"], b["mask"])["logits"], b["target"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
@@ -86,17 +83,16 @@ def hand_loop(model, tl, vl, tcfg):
 
 
 def bench_loop(work: Path) -> dict:
-    from mmfuse.tasks import Task
-    from mmfuse.training import train_model
+    from mmfuse import train
 
-    table, preps, target, tl, vl, mcfg, tcfg, fresh_model, n_train = setup(work)
+    task, data, mcfg, tcfg, fresh_model, n_train = setup(work)
     res = {}
     for rep in range(2):  # alternate, report the better of two runs of each
         t0 = time.perf_counter()
-        hand_loop(fresh_model(), tl, vl, tcfg)
+        hand_loop(fresh_model(), task, data.train_loader, data.val_loader, tcfg)
         res.setdefault("hand", []).append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        train_model(fresh_model(), Task.MULTICLASS, tl, vl, tcfg, mcfg, work / f"run{rep}")
+        train(fresh_model(), task, data, mcfg, tcfg, work / f"run{rep}")
         res.setdefault("mmfuse", []).append(time.perf_counter() - t0)
     hand, mm = min(res["hand"]), min(res["mmfuse"])
     return {"epochs": EPOCHS, "train_rows": n_train, "hand_seconds": round(hand, 2), "mmfuse_seconds": round(mm, 2),
@@ -108,13 +104,11 @@ def bench_predict(work: Path) -> dict:
     import numpy as np
     import pandas as pd
 
-    from mmfuse.api import MultimodalPredictor
-    from mmfuse.bundle import Predictor
+    from mmfuse import MultimodalPredictor, Predictor, read_table
     from mmfuse.demo import DEMO_MODEL, DEMO_PREPROCESSING, make_demo_table
-    from mmfuse.io import read_table
 
     path = make_demo_table(work / "data")
-    m = MultimodalPredictor(target="digit", fusion="concat", preprocessing=DEMO_PREPROCESSING, model=DEMO_MODEL,
+    m = MultimodalPredictor(target="digit", fusion="concat", preprocessing=DEMO_PREPROCESSING, **DEMO_MODEL,
                             epochs=2, progress=False, log=None, contribution=False)
     m.fit(path)
     m.save(work / "bundle")

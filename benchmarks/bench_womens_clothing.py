@@ -60,7 +60,7 @@ def run_task(t, target: str, fusions, out: Path, train: str = "frozen", last_n: 
     if train == "last":
         enc["review"]["last_n"] = last_n
     common = dict(target=target, columns=ignore, groups={"review": review},
-                  model={"encoders": enc, "dim": 128, "head_hidden": 128, "dropout": 0.2},
+                  encoders=enc, dim=128, head_hidden=128, dropout=0.2,
                   epochs=epochs, batch_size=256 if train == "frozen" else 32, lr=1e-3, backbone_lr=5e-5, patience=5,
                   seed=SEED, progress=False, log="csv", contribution=False)
     prefix = "all columns as text" if all_text else ""
@@ -93,39 +93,36 @@ def cache_speed(t, n_rows: int | None = 2000, no_cache_epochs: int = 2, cache_ep
     """Seconds per training epoch with and without the embedding cache, same rows, same model
     (``n_rows=None``: every training row)."""
     import torch
-    import torch.nn.functional as F
 
-    from mmfuse import MultimodalDataset, build_preprocessors, infer_schema, make_loader, read_table
-    from mmfuse._build import build_model, hf_preprocessing
-    from mmfuse.config import ModelConfig
-    from mmfuse.preprocessing import TargetEncoder
+    from mmfuse import Splits, build_model, fit_preprocessors, fit_target, make_datasets, read_table, select_inputs
+    from mmfuse.config import ModelConfig, TrainConfig
 
     df = t.df[t.df["split"] == "train"].iloc[:n_rows]
     print(f"cache speed on {len(df)} training rows", flush=True)
     sub = read_table(df, root=t.root)
-    schema = infer_schema(sub, target="Recommended IND", overrides={"Clothing ID": "ignore"},
-                          groups={"review": ["Title", "Review Text"]})
+    schema, inputs = select_inputs(sub, "Recommended IND", columns={"Clothing ID": "ignore"},
+                                   groups={"review": ["Title", "Review Text"]})
     mcfg = ModelConfig(fusion="concat", dim=128, encoders={"review": {"name": "hf", "model": minilm(), "train": "frozen",
                                                                       "pooling": "mean", "max_length": 128}})
-    target = TargetEncoder("Recommended IND").fit(df)
+    splits = Splits(df, df.iloc[:64], df.iloc[:0], t.root, "training rows")
     res = {"rows": len(df)}
     for mode in ("no_cache", "cache"):
         use_cache = mode == "cache"
-        hf = {"review": hf_preprocessing(mcfg, "review", "text", cache=use_cache)}
-        preps = build_preprocessors(schema, sub, hf=hf)
         cache_dir = Path(tempfile.mkdtemp(prefix="mmfuse_emb_")) if use_cache else None
-        ds = MultimodalDataset(sub, preps, target, cache=cache_dir)
+        tcfg = TrainConfig(batch_size=64, seed=SEED, cache=str(cache_dir) if use_cache else None)
+        task = fit_target(df, "Recommended IND", tcfg=tcfg)
+        preps = fit_preprocessors(schema, inputs, df, t.root, mcfg, tcfg)
+        data = make_datasets(splits, preps, task, tcfg)
         torch.manual_seed(SEED)
-        model, _ = build_model(preps, target.n_outputs, mcfg)
+        model, _ = build_model(preps, task.n_outputs, mcfg)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        loader = make_loader(ds, 64, shuffle=True, seed=SEED)
+        loader = data.train_loader
         epochs = []
         for epoch in range(cache_epochs if use_cache else no_cache_epochs):
             t0 = time.perf_counter()
             model.train()
             for b in loader:
-                loss = F.binary_cross_entropy_with_logits(model(b["inputs"], b["mask"])["logits"][:, 0],
-                                                          b["target"].float())
+                loss = task.loss(model(b["inputs"], b["mask"])["logits"], b["target"])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -225,9 +222,7 @@ def thresholds(args):
     import numpy as np
     from sklearn.metrics import auc, precision_recall_curve
 
-    from mmfuse.api import MultimodalPredictor
-    from mmfuse.evaluation import choose_threshold, classification_metrics
-    from mmfuse.tasks import Task
+    from mmfuse import MultimodalPredictor
 
     t = table(args.data)
     out = json.loads(args.out.read_text())
@@ -247,9 +242,13 @@ def thresholds(args):
         assert [str(c) for c in m.classes_] == ["0", "1"], m.classes_
         pos = 1
         yv, yt = val["Recommended IND"].to_numpy().astype(int), test["Recommended IND"].to_numpy().astype(int)
-        thr = choose_threshold(m.predict_proba(val.drop(columns=["Recommended IND"]), root=t.root), yv, "f1")
-        pt = m.predict_proba(test.drop(columns=["Recommended IND"]), root=t.root)
-        te = classification_metrics(pt, yt, m.classes_, Task.BINARY, threshold=thr)
+        task, pred = m.task_, m.predictor_
+        zv, _ = pred.logits(val.drop(columns=["Recommended IND"]), root=t.root)
+        task.set_threshold("f1", zv, yv)  # what decision_threshold="f1" does after training
+        thr = task.threshold
+        zt, _ = pred.logits(test.drop(columns=["Recommended IND"]), root=t.root)
+        te = task.metrics(zt, yt)
+        pt = task.decode(zt).proba
         # as Multimodal-Toolkit's evaluation.py reports them: the best F1 over every threshold of the
         # test rows' own precision-recall curve (an oracle threshold), and the trapezoidal PR-AUC
         prec, rec, _ = precision_recall_curve(yt, pt[:, pos])

@@ -86,14 +86,17 @@ def test_contribution_is_reported(tmp_path):
 
 def test_parameter_errors_name_parameter_allowed_and_received():
     df = make_tabular_text_table(40)
-    with pytest.raises(MmfuseError, match=r"parameter 'fusion' must be one of \[.*'gated'.*\], got 'gatd'"):
+    with pytest.raises(MmfuseError, match=r"setting 'fusion' must be a registered fusion \(.*gated.*\); got 'gatd'. "
+                                          r"Did you mean 'gated'\?"):
         MultimodalPredictor(target="y", fusion="gatd").fit(df)
-    with pytest.raises(MmfuseError, match=r"parameter 'epochs' must be an integer >= 1, got 0"):
+    with pytest.raises(MmfuseError, match=r"setting 'epochs' must be an integer >= 1; got 0"):
         MultimodalPredictor(target="y", epochs=0).fit(df)
-    with pytest.raises(MmfuseError, match=r"parameter 'modality_dropout' must be a number in \[0, 1\), got 1.5"):
+    with pytest.raises(MmfuseError, match=r"setting 'modality_dropout' must be a number in \[0, 1\); got 1.5"):
         MultimodalPredictor(target="y", modality_dropout=1.5).fit(df)
+    with pytest.raises(MmfuseError, match=r"setting 'regression_loss' must be one of 'mse', 'huber'; got 'l1'"):
+        MultimodalPredictor(target="y", regression_loss="l1").fit(df)
     with pytest.raises(MmfuseError, match=r"unknown parameter of MultimodalPredictor 'epoch'.*Did you mean 'epochs'"):
-        MultimodalPredictor(target="y", epoch=3).fit(df)
+        MultimodalPredictor(target="y", epoch=3)
     with pytest.raises(MmfuseError, match=r"unknown input 'photo'"):
         MultimodalPredictor(target="y", inputs=["photo"]).fit(df)
     with pytest.raises(NotFittedError):
@@ -151,7 +154,7 @@ def test_all_columns_as_text_lets_a_text_model_use_them(tmp_path):
 
 
 def test_decision_threshold_tuned_on_validation_saved_and_used(tmp_path):
-    from mmfuse.evaluation import choose_threshold
+    from mmfuse.tasks import choose_threshold
 
     df, val = make_tabular_text_table(200, task="binary"), make_tabular_text_table(80, seed=2, task="binary")
     test = make_tabular_text_table(120, seed=1, task="binary")
@@ -160,14 +163,110 @@ def test_decision_threshold_tuned_on_validation_saved_and_used(tmp_path):
     thr = m.metrics_["decision_threshold"]
     assert thr != 0.5  # this seed's model is better served by another threshold, so the test can tell
     y_val = (val["y"] == m.classes_[1]).to_numpy().astype(int)
-    assert thr == choose_threshold(m.predict_proba(val), y_val, "balanced_accuracy")  # chosen on validation rows
+    assert thr == choose_threshold(m.predict_proba(val)[:, 1], y_val, "balanced_accuracy")  # chosen on validation rows
     assert m.metrics_["test"]["threshold"] == thr == m.predictor_.threshold
     proba = m.predict_proba(test)
     assert (m.predict(test) == np.where(proba[:, 1] >= thr, "pos", "neg")).all()
     assert (m.predict(test, threshold=0.5) == np.where(proba[:, 1] >= 0.5, "pos", "neg")).all()
     loaded = MultimodalPredictor.load(tmp_path / "run" / "bundle")
     assert loaded.predictor_.threshold == thr and (loaded.predict(test) == m.predict(test)).all()
-    with pytest.raises(MmfuseError, match="decision_threshold applies to binary targets; 'y' is multiclass"):
+    with pytest.raises(MmfuseError, match="decision_threshold applies to binary and multilabel targets; 'y' is multiclass"):
         MultimodalPredictor(target="y", epochs=1, decision_threshold="f1", **FAST).fit(make_tabular_text_table(80))
-    with pytest.raises(MmfuseError, match="between 0 and 1 or a metric name"):
+    with pytest.raises(MmfuseError, match=r"setting 'decision_threshold' must be None, a probability in \(0, 1\)"):
         MultimodalPredictor(target="y", epochs=1, decision_threshold=1.5, **FAST).fit(df)
+
+
+def test_get_params_set_params_and_sklearn_clone_see_every_setting():
+    from sklearn.base import clone
+
+    from mmfuse.config import ModelConfig, TrainConfig
+
+    m = MultimodalPredictor(target="y", fusion="gated", lr=3e-3, encoders={"text": {"hidden": 16}})
+    params = m.get_params()
+    import dataclasses
+
+    for f in dataclasses.fields(ModelConfig) + dataclasses.fields(TrainConfig):
+        assert f.name in params, f.name  # no setting hides in **kwargs
+    c = clone(m)
+    assert c is not m and c.get_params()["lr"] == 3e-3 and c.fusion == "gated"
+    assert c.encoders == {"text": {"hidden": 16}}
+    c.set_params(lr=1e-2, dropout=0.3)
+    mcfg, tcfg = c.configs()
+    assert tcfg.lr == 1e-2 and mcfg.dropout == 0.3 and mcfg.fusion == "gated" and m.lr == 3e-3
+    with pytest.raises(MmfuseError, match="Did you mean 'dropout'"):
+        c.set_params(dropuot=0.1)
+    assert "fusion='gated'" in repr(m) and "epochs" not in repr(m)
+
+
+def test_config_files_are_checked_like_python_arguments():
+    m = MultimodalPredictor.from_config({"fusion": "late", "model": {"dim": 16}, "train": {"epochs": 2}}, target="y")
+    mcfg, tcfg = m.configs()
+    assert (mcfg.fusion, mcfg.dim, tcfg.epochs) == ("late", 16, 2)
+    with pytest.raises(MmfuseError, match=r"unknown train setting 'epoch'.*Did you mean 'epochs'"):
+        MultimodalPredictor.from_config({"train": {"epoch": 2}}, target="y")
+    with pytest.raises(MmfuseError, match=r"setting 'batch_size' must be an integer >= 1; got 'big'"):
+        MultimodalPredictor.from_config({"train": {"batch_size": "big"}}, target="y").configs()
+    with pytest.raises(MmfuseError, match=r"unknown config key 'fusoin'.*Did you mean 'fusion'"):
+        MultimodalPredictor.from_config({"fusoin": "late"}, target="y")
+
+
+def test_files_outside_the_root_are_read_in_fit_predict_and_the_cli_only_when_allowed(tmp_path):
+    """Images at absolute paths outside the table's folder: fit, predict, predict_proba, evaluate and
+    the CLI all honour allow_outside_root (predict used to drop it)."""
+    import subprocess
+    import sys
+
+    from conftest import write_png
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "table").mkdir()
+    rows = []
+    for i in range(40):
+        write_png(tmp_path / "elsewhere" / f"{i}.png", rng, size=(8, 8))
+        rows.append({"photo": str(tmp_path / "elsewhere" / f"{i}.png"), "x": float(i % 2), "y": ["a", "b"][i % 2]})
+    path = tmp_path / "table" / "t.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    kw = dict(target="y", epochs=1, preprocessing={"image": {"size": 8}}, **FAST)
+    with pytest.raises(MmfuseError, match="outside the data root"):
+        MultimodalPredictor(**kw).fit(path)
+    m = MultimodalPredictor(allow_outside_root=True, out=tmp_path / "run", **kw).fit(path)
+    assert len(m.predict(path)) == 40 and m.predict_proba(path).shape == (40, 2)
+    assert m.evaluate(path)["n"] == 40
+    cli = [sys.executable, "-m", "mmfuse.cli"]
+    bundle = str(tmp_path / "run" / "bundle")
+    r = subprocess.run(cli + ["predict", bundle, str(path), "--out", str(tmp_path / "p.csv")], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "outside the data root" in r.stderr
+    for cmd in (["predict", bundle, str(path), "--out", str(tmp_path / "p.csv")], ["evaluate", bundle, str(path)]):
+        r = subprocess.run(cli + cmd + ["--allow-outside-root"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+
+
+def test_rows_with_a_blank_target_are_left_out_counted_and_listed(tmp_path):
+    df = make_tabular_text_table(120)
+    df["y"] = df["y"].astype(object)
+    df.loc[[3, 50, 77], "y"] = [None, "", float("nan")]
+    with pytest.warns(UserWarning, match="3 rows with a blank target 'y' were left out"):
+        m = MultimodalPredictor(target="y", epochs=1, out=tmp_path / "run", **FAST).fit(df)
+    assert m.splits_["blank_target"] == {"train": [3, 50, 77]}
+    assert sum(m.splits_["rows"].values()) == 117
+    assert "left out for a blank target: 3 rows (3, 50, 77)" in (tmp_path / "run" / "report.md").read_text()
+    ev = m.evaluate(df)
+    assert ev["n"] == 117 and ev["blank_target_rows"] == [3, 50, 77]
+    assert len(m.predict(df)) == 120  # prediction needs no target
+
+
+def test_skip_policy_predictions_stay_aligned_with_the_input(tmp_path):
+    from conftest import make_mm_table
+
+    path = make_mm_table(tmp_path, n=24)
+    m = MultimodalPredictor(target="label", epochs=1, preprocessing=SMALL_PREP, **FAST).fit(path)
+    (tmp_path / "img" / "4.png").write_bytes(b"junk")
+    pred = m.predict(path, on_bad_input="skip")
+    proba = m.predict_proba(path, on_bad_input="skip")
+    assert len(pred) == 24 and pred[4] is None and all(p is not None for i, p in enumerate(pred) if i != 4)
+    assert np.isnan(proba[4]).all() and not np.isnan(np.delete(proba, 4, axis=0)).any()
+    assert m.predictor_.skipped_rows() == [4]
+    frame = m.predictor_.predict_frame(path, on_bad_input="skip")
+    assert frame["skipped"].notna().tolist() == [i == 4 for i in range(24)]

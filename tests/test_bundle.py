@@ -7,7 +7,7 @@ import pytest
 
 from mmfuse.api import MultimodalPredictor
 from mmfuse.bundle import Predictor
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import BundleError, MmfuseError
 
 from conftest import make_tabular_text_table
 
@@ -60,3 +60,148 @@ def test_prediction_path_imports_no_training_stack(bundle):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def names_table(text: str, number: str, category: str, n: int = 48):
+    """A text, a numeric and a categorical column under the given names, and a learnable target y."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    word = rng.choice(["alpha", "beta"], n)
+    x = rng.normal(size=n)
+    return pd.DataFrame({text: [f"the item is {w}" for w in word], number: x, category: rng.choice(["u", "v"], n),
+                         "y": np.where((word == "alpha") ^ (x > 0), "p", "q")})
+
+
+@pytest.mark.parametrize("text,number,category", [
+    ("Review.Text", "type", "a/b"),  # R's dotted name, an nn.Module attribute, a slash
+    ("review/text", "a/b", "c"),  # slashes only: the model was built, but its bundle could not be loaded
+])
+def test_inputs_named_like_any_column_round_trip_through_a_bundle(text, number, category, tmp_path):
+    df = names_table(text, number, category)
+    m = MultimodalPredictor(target="y", fusion="cross_attention", epochs=1, out=tmp_path / "run",
+                            groups={number: [number], category: [category]}, progress=False, log=None,
+                            contribution=False, dim=16, head_hidden=16, batch_size=16, aux_weight=0.1)
+    m.fit(df)
+    names = sorted([text, number, category])
+    assert m.predictor_.model.names == names
+    proba = m.predict_proba(df)
+    m.save(tmp_path / "b")
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert sorted(cfg["preprocessors"]) == sorted(cfg["model"]["encoders"]) == names  # the user's spelling
+    loaded = Predictor.load(tmp_path / "b")
+    assert loaded.model.names == names
+    assert np.array_equal(loaded.predict_proba(df), proba)
+    assert sorted(m.evaluate(df, contribution=True)["contribution"]["without"]) == names
+
+
+def test_preprocessors_of_inputs_a_and_a_slash_b_keep_their_own_arrays(tmp_path):
+    import pandas as pd
+
+    from mmfuse import build_preprocessors
+    from mmfuse.preprocessing import load_preprocessors, save_preprocessors
+    from mmfuse.schema import Role, Schema
+
+    df = pd.DataFrame({"a": [1.0, 2.0, 3.0], "a/b": [10.0, 20.0, 40.0], "y": [0, 1, 0]})
+    schema = Schema({"a": Role.NUMERIC, "a/b": Role.NUMERIC, "y": Role.TARGET}, groups={"a": ["a"], "a/b": ["a/b"]})
+    preps = build_preprocessors(schema, df)
+    save_preprocessors(preps, tmp_path)
+    loaded = load_preprocessors(tmp_path)
+    assert sorted(loaded) == ["a", "a/b"]
+    for name in preps:
+        (meta, arrays), (meta2, arrays2) = preps[name].get_state(), loaded[name].get_state()
+        assert meta == meta2 and sorted(arrays) == sorted(arrays2)
+        assert all(np.array_equal(arrays[k], arrays2[k]) for k in arrays)
+    assert loaded["a/b"].get_state()[1]["num.median"].tolist() == [20.0]  # not a's 2.0
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _edit_config(edit):
+    def apply(folder):
+        cfg = json.loads((folder / "config.json").read_text())
+        edit(cfg)
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return apply
+
+
+def _edit_tensors(edit):
+    def apply(folder):
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(folder / "model.safetensors"))
+        edit(tensors)
+        save_file(tensors, str(folder / "model.safetensors"))
+    return apply
+
+
+def _reshape_first_matrix(tensors):
+    import torch
+
+    key = next(k for k, v in sorted(tensors.items()) if k.startswith("model/") and v.ndim == 2)
+    tensors[key] = torch.zeros(3, 3)
+
+
+DAMAGE = [
+    ("truncated config.json", lambda d: _cut(d / "config.json"),
+     r"config\.json is not valid JSON \(line \d+, column \d+: .*\); it may be truncated"),
+    ("image as config.json", lambda d: (d / "config.json").write_bytes(PNG), r"config\.json is not text"),
+    ("list as config.json", lambda d: (d / "config.json").write_text("[1, 2]"),
+     "config.json holds a JSON list, not an object"),
+    ("config.json without preprocessors", _edit_config(lambda c: c.pop("preprocessors")),
+     "config.json lacks 'preprocessors'"),
+    ("config.json without format", _edit_config(lambda c: c.pop("format")), "config.json lacks 'format'"),
+    ("model spec is a list", _edit_config(lambda c: c.update(model=[])),
+     "config.json has a list, not an object, as 'model'"),
+    ("a key missing deep inside", _edit_config(lambda c: next(iter(c["preprocessors"].values())).pop("config")),
+     "config.json or model.safetensors lacks 'config'"),
+    ("truncated model.safetensors", lambda d: _cut(d / "model.safetensors"),
+     r"model\.safetensors cannot be read \(.*\); it may be truncated"),
+    ("CSV as model.safetensors", lambda d: (d / "model.safetensors").write_text("a,b\n1,2\n"),
+     r"model\.safetensors cannot be read"),
+    ("a tensor of the wrong shape", _edit_tensors(_reshape_first_matrix),
+     r"model\.safetensors does not match the model in config\.json \(size mismatch for .*torch\.Size\(\[3, 3\]\)"),
+    ("a preprocessor array missing",
+     _edit_tensors(lambda t: t.pop(next(k for k in sorted(t) if k.startswith("prep/")))),
+     "config.json or model.safetensors lacks '"),
+]
+
+
+@pytest.mark.parametrize("damage, message", [d[1:] for d in DAMAGE], ids=[d[0] for d in DAMAGE])
+def test_damaged_bundle_is_named_damaged_in_one_line(bundle, tmp_path, damage, message):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle / "bundle", copy)
+    damage(copy)
+    with pytest.raises(BundleError, match=message) as e:
+        Predictor.load(copy)
+    msg = str(e.value)
+    assert msg.startswith(f"bundle {str(copy)!r} is damaged: ") and msg.endswith("or retrain") and "\n" not in msg
+
+
+def test_a_folder_that_is_not_a_bundle_says_what_to_pass(bundle, tmp_path):
+    import shutil
+
+    with pytest.raises(BundleError, match=r"bundle folder '.*nope' does not exist"):
+        Predictor.load(tmp_path / "nope")
+    with pytest.raises(BundleError, match=r"config\.json' is a file, not a bundle folder; pass the folder it is in, "
+                                          r"'.*bundle'"):
+        Predictor.load(bundle / "bundle" / "config.json")
+    with pytest.raises(BundleError, match=r"data\.csv' is a file, not a bundle folder"):
+        Predictor.load(bundle / "data.csv")
+    with pytest.raises(BundleError, match=r"is a run folder, not a bundle; did you mean '.*/bundle'\?"):
+        Predictor.load(bundle)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="is not an mmfuse bundle: it has no config.json and model.safetensors"):
+        Predictor.load(tmp_path / "empty")
+    hf = tmp_path / "hf"  # another library's model folder holds files of the same names
+    shutil.copytree(bundle / "bundle", hf)
+    (hf / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 8}))
+    with pytest.raises(BundleError, match="not an mmfuse bundle: its config.json has no 'format' nor 'mmfuse_version'"):
+        Predictor.load(hf)

@@ -62,12 +62,23 @@ def test_fit_predict_evaluate_end_to_end(tmp_path):
     assert list(p.columns) == ["row", "prediction", "proba_no", "proba_yes"] and len(p) == 40
     import json
 
-    assert json.loads((tmp_path / "run" / "bundle" / "config.json").read_text())["decision_threshold"] == 0.3
+    cfg_path = tmp_path / "run" / "bundle" / "config.json"
+    config = json.loads(cfg_path.read_text())
+    assert config["target"]["threshold"] == 0.3
     assert ((p["prediction"] == "yes") == (p["proba_yes"] >= 0.3)).all()  # the bundle's decision threshold
+    # a threshold that puts half the rows on each side must flip rows that argmax (0.5) labels otherwise
+    t = round(float(p["proba_yes"].median()), 4)
+    config["target"]["threshold"] = t
+    cfg_path.write_text(json.dumps(config))
+    r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "pt.csv")
+    assert r.returncode == 0, r.stderr
+    pt = pd.read_csv(tmp_path / "pt.csv")
+    assert ((pt["prediction"] == "yes") == (pt["proba_yes"] >= t)).all()
+    assert ((pt["prediction"] == "yes") != (pt["proba_yes"] >= 0.5)).any()  # the data exercises the threshold
     # predict leaves with os._exit after writing: the file and the message must be complete
     r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "p.parquet")
     assert r.returncode == 0 and r.stdout.strip().endswith("40 predictions written to " + str(tmp_path / "p.parquet"))
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "p.parquet"), p, check_dtype=False, atol=1e-6)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "p.parquet"), pt, check_dtype=False, atol=1e-6)
     r = run("evaluate", tmp_path / "run" / "bundle", path, "--out", tmp_path / "eval")
     assert r.returncode == 0, r.stderr
     assert "contribution (accuracy" in r.stdout and (tmp_path / "eval" / "metrics.json").exists()
@@ -78,6 +89,10 @@ def test_fit_predict_evaluate_end_to_end(tmp_path):
     assert r.stderr.startswith("error: row 5, column 'photo': file 'img/5.png' is not a readable image")
     r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "p3.csv", "--on-bad-input", "skip")
     assert r.returncode == 0 and "39 predictions" in r.stdout and "1 rows skipped" in r.stdout
+    p3 = pd.read_csv(tmp_path / "p3.csv")  # aligned with the input: the skipped row is there, marked
+    assert len(p3) == 40 and p3["row"].tolist() == list(range(40))
+    assert p3["skipped"].notna().tolist() == [i == 5 for i in range(40)] and pd.isna(p3.loc[5, "prediction"])
+    assert "photo" in p3.loc[5, "skipped"] and (p3.drop(index=5)["prediction"] == pt.drop(index=5)["prediction"]).all()
 
 
 def test_fusions_lists_every_strategy():

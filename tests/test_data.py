@@ -8,7 +8,7 @@ import torch
 from mmfuse import BadInputPolicy, MultimodalDataset, build_preprocessors, infer_schema, make_loader, read_table
 from mmfuse._cache import clear_cache, list_cache
 from mmfuse.errors import InputError, MmfuseError
-from mmfuse.preprocessing import TargetEncoder
+from mmfuse.tasks import BinaryTask
 
 OPTS = {"image": {"size": 16}, "audio": {"sample_rate": 8000, "duration": 0.25, "n_mels": 16},
         "timeseries": {"length": 16}, "text": {"min_freq": 1, "max_length": 12}}
@@ -18,7 +18,7 @@ def setup(path, **kw):
     table = read_table(path)
     schema = infer_schema(table, target="label")
     preps = build_preprocessors(schema, table, OPTS)
-    target = TargetEncoder("label").fit(table.df)
+    target = BinaryTask("label").fit(table.df)
     return table, preps, target
 
 
@@ -149,12 +149,14 @@ def test_cache_decodes_each_file_once(mm_table, tmp_path, monkeypatch, kind):
     calls = count_reads(monkeypatch, preps["photo"])
     cache = "memory" if kind == "memory" else tmp_path / "cache"
     ds = MultimodalDataset(table, preps, target, cache=cache)
-    first = torch.cat([b["inputs"]["photo"] for b in make_loader(ds, batch_size=5)])
+    first = torch.cat([b["inputs"]["photo"] for b in make_loader(ds, batch_size=5)])  # rows 0..23 in order
     assert len(calls) == 24
-    second = torch.cat([b["inputs"]["photo"] for b in make_loader(ds, batch_size=5, shuffle=True)])
+    shuffled = list(make_loader(ds, batch_size=5, shuffle=True))
     assert len(calls) == 24  # nothing decoded again
-    order = torch.cat([b["row"] for b in make_loader(ds, batch_size=5, shuffle=True)])
-    assert torch.equal(first.sum((1, 2, 3)).sort().values, second.sum((1, 2, 3)).sort().values)
+    order = torch.cat([b["row"] for b in shuffled])
+    second = torch.cat([b["inputs"]["photo"] for b in shuffled])
+    assert not torch.equal(order, torch.arange(24))  # the rows did come in another order...
+    assert torch.equal(second, first[order])  # ...and each one got its own cached image
     if kind == "disk":  # a new dataset (a new run) reuses the disk cache
         ds2 = MultimodalDataset(table, preps, target, cache=cache)
         list(make_loader(ds2, batch_size=5))
@@ -260,3 +262,101 @@ def test_text_lengths_count_characters_of_text_inputs(mm_table):
     assert ds.text_lengths().tolist() == want
     ld = make_loader(ds, batch_size=5, shuffle=True, group_by_length=True)
     assert sorted(torch.cat([b["row"] for b in ld]).tolist()) == list(range(len(ds)))
+
+
+def bad_table(mm_table):
+    """The test table with good, missing and bad cells in eager and lazy inputs: row 2's image
+    is not an image, row 4's audio file is gone, row 6's age is not a number; row 3 has no
+    review and row 7 no photo."""
+    table, preps, target = setup(mm_table)
+    break_files(mm_table.parent)
+    df = table.df.copy()
+    df["age"] = df["age"].astype(object)
+    df.loc[6, "age"] = "n/a?"
+    return read_table(df, root=table.root), preps, target
+
+
+def read_all(table, preps, target, eager: bool, policy: str):
+    for p in preps.values():
+        p.eager = eager  # every input read the eager way, or every one the lazy way
+    ds = MultimodalDataset(table, preps, target, on_bad_input=policy)
+    batches = list(make_loader(ds, batch_size=5))
+
+    def cat(xs):
+        return {k: cat([x[k] for x in xs]) for k in xs[0]} if isinstance(xs[0], dict) else torch.cat(xs)
+
+    out = {k: cat([b[k] for b in batches]) for k in ("inputs", "mask", "row", "target")}
+    report = ds.report.to_dict()
+    report["issues"] = sorted(report["issues"], key=lambda i: (i["row"], i["column"]))
+    return out, report
+
+
+def assert_same(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k])
+    else:
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("policy", ["skip", "missing"])
+def test_eager_and_lazy_reading_agree(mm_table, policy, monkeypatch):
+    monkeypatch.setattr("mmfuse.data._FEATURIZE_AT_MOST", 7)  # eager reading featurizes 24 rows in 4 parts
+    table, preps, target = bad_table(mm_table)
+    eager, eager_report = read_all(table, preps, target, True, policy)
+    lazy, lazy_report = read_all(table, preps, target, False, policy)
+    assert_same(eager, lazy)
+    assert eager_report == lazy_report
+    assert eager_report["counts"] == {"age": 1, "clip": 1, "photo": 1} and eager_report["rows"] == [2, 4, 6]
+    rows = eager["row"].tolist()
+    if policy == "skip":
+        assert rows == [r for r in range(24) if r not in (2, 4, 6)]
+    else:
+        assert rows == list(range(24))
+        absent = lambda name: [r for r, m in zip(rows, eager["mask"][name].tolist()) if not m]  # noqa: E731
+        assert absent("photo") == [2, 7] and absent("clip") == [4] and absent("review") == [3]
+        assert absent("tabular") == [6]  # the whole input, though its other column (color) is fine
+
+
+def test_eager_and_lazy_reading_raise_the_same_error(mm_table):
+    table, preps, target = setup(mm_table)
+    (mm_table.parent / "img" / "2.png").write_bytes(b"not an image")  # the one bad cell
+    for eager in (True, False):
+        with pytest.raises(InputError, match=r"^row 2, column 'photo': file 'img/2.png' is not a readable image"):
+            read_all(table, preps, target, eager, "raise")
+
+
+def test_fit_reads_files_outside_the_root_only_when_allowed(tmp_path):
+    import soundfile as sf
+    from PIL import Image
+
+    from mmfuse.schema import Role, Schema
+
+    outside, root = tmp_path / "elsewhere", tmp_path / "root"
+    outside.mkdir(), root.mkdir()
+    for i in range(3):
+        Image.new("L", (16, 16), 51).save(outside / f"{i}.png")  # every pixel 51 / 255 = 0.2
+        sf.write(outside / f"{i}.wav", np.zeros(2000, np.float32), 8000)  # silence: log(0 + 1e-6) in every band
+    df = pd.DataFrame({"photo": [str(outside / f"{i}.png") for i in range(3)],
+                       "clip": [str(outside / f"{i}.wav") for i in range(3)]})
+    schema = Schema({"photo": Role.IMAGE, "clip": Role.AUDIO})
+    table = read_table(df, root=root)
+    for name in ("photo", "clip"):
+        with pytest.raises(MmfuseError, match=rf"^no value of column '{name}' could be read while fitting \(3 tried; "
+                                              rf"is outside the data root {root}: 3\)\. First failure: row 0.*"
+                                              r"allow_outside_root=True \(--allow-outside-root\)"):
+            build_preprocessors(schema, table, OPTS, inputs={name})
+    preps = build_preprocessors(schema, table, OPTS, allow_outside_root=True)
+    assert preps["photo"].channels == 1 and preps["photo"].mean_.tolist() == pytest.approx([0.2])
+    assert preps["photo"].std_.tolist() == pytest.approx([1e-3])  # no spread: the floor
+    assert preps["clip"].mean_ == pytest.approx(np.full(16, np.log(1e-6)), rel=1e-5)
+    assert preps["clip"].std_ == pytest.approx(np.full(16, 1e-3))
+
+
+def test_unknown_preprocessing_option_is_a_clear_error(mm_table):
+    table = read_table(mm_table)
+    schema = infer_schema(table, target="label")
+    with pytest.raises(MmfuseError, match=r"input 'photo': unknown ImagePreprocessor option 'sise'.*"
+                                          r"Did you mean 'size'"):
+        build_preprocessors(schema, table, {"image": {"sise": 32}})

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from mmfuse.errors import InputError, SchemaError
-from mmfuse.io import read_table, resolve_path
+from mmfuse.io import read_mapping_file, read_table, resolve_path
 
 
 @pytest.fixture
@@ -73,3 +73,123 @@ def test_path_escaping_root_is_refused_unless_allowed(tmp_path):
         resolve_path("/etc/passwd", root)
     assert resolve_path("../../etc/passwd", root, allow_outside_root=True) == (root / "../../etc/passwd").resolve()
     assert resolve_path("sub/a.png", root) == root.resolve() / "sub" / "a.png"
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+
+
+BROKEN_TABLES = [
+    ("empty.csv", b"", r"'.*empty.csv' is empty \(0 bytes\)"),
+    ("blank.csv", b"\n \n", "holds only blank lines"),
+    ("extra.csv", b"a,b,y\n1,2,p\n3,4,q,5\n",
+     r", line 3: has 4 fields but the header has 3\. Put quotes around fields"),
+    # every row one field too long: pandas would silently make the first column the index
+    ("shifted.csv", b"a,y\n1,2,p\n3,4,q\n", r", line 2: has 3 fields but the header has 2"),
+    # the row that is too long has a quoted field spanning lines 3 and 4: it starts on line 3
+    ("multiline.csv", b'a,y\n1,p\n2,"q\nr",5\n', r", line 3: has 3 fields"),
+    ("unclosed.csv", b'a,y\n1,"p\n2,q\n', r"a quoted field is never closed .*opening quote"),
+    ("image.csv", PNG, r"is not a CSV file: its content looks like a PNG image\. Pass the table itself"),
+    ("array.csv", b'[\n {"a": 1, "y": "p"}\n]\n', r"is not a CSV file: its content looks like JSON\. .*\.jsonl"),
+    ("lines.csv", b'{"a": 1, "y": "p"}\n{"a": 2, "y": "q"}\n', r"looks like JSON Lines\. Rename it to \.jsonl"),
+    ("table.parquet", b"a,y\n1,p\n", r"is not a Parquet file: its content looks like CSV text\. Rename it to \.csv"),
+    ("cut.parquet", None, r"is a damaged or truncated Parquet file .*Copy or export it again"),
+    ("empty.parquet", b"", r"is empty \(0 bytes\)"),
+    ("noise.jsonl", bytes(range(256)) * 4, r"is not a JSON Lines file: its content looks like binary data"),
+    ("bad.jsonl", b'{"a": 1}\n{"a": 2\n', r", line 2: is not valid JSON \(Expecting ',' delimiter at column 8\)"),
+    ("list.jsonl", b'{"a": 1}\n[1, 2]\n', r", line 2: holds a JSON list, not an object"),
+    ("book.xlsx", b"PK\x03\x04" + bytes(50), r"unknown table format '\.xlsx'; save the sheet as CSV"),
+    ("noext", b"a,y\n1,p\n", r"unknown table format ''; its content looks like CSV text: rename it to \.csv"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BROKEN_TABLES, ids=[c[0] for c in BROKEN_TABLES])
+def test_broken_table_files_are_one_line_errors_naming_file_line_and_fix(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:  # a real Parquet file cut in half
+        pd.DataFrame({"a": range(2000)}).to_parquet(path)
+        content = path.read_bytes()[:1000]
+    path.write_bytes(content)
+    with pytest.raises(SchemaError, match=message) as e:
+        read_table(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_folder_instead_of_table_names_a_table_inside(tmp_path):
+    (tmp_path / "data.csv").mkdir()
+    (tmp_path / "data.csv" / "train.csv").write_text("a\n1\n")
+    with pytest.raises(SchemaError, match=r"data.csv' is a folder, not a table file\. Pass a table file in it, "
+                                          r"e\.g\. '.*train\.csv'"):
+        read_table(tmp_path / "data.csv")
+
+
+def test_os_and_unexpected_library_errors_are_translated(tmp_path, monkeypatch):
+    path = tmp_path / "t.csv"
+    path.write_text("a\n1\n")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(path), "read_bytes", denied)
+    with pytest.raises(SchemaError, match=r"'.*t\.csv' cannot be read: Permission denied\. Check that you may read it"):
+        read_table(path)
+    monkeypatch.undo()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something\ndeep inside")
+
+    monkeypatch.setattr(pd, "read_csv", broken)
+    with pytest.raises(SchemaError, match=r"'.*t\.csv' cannot be read as CSV \(something deep inside\)"):
+        read_table(path)
+
+
+def test_bom_and_semicolon_or_tab_separated_csv(tmp_path):
+    (tmp_path / "semi.csv").write_bytes("\ufeffa;b;y\n1;2;p\n3;4;q\n".encode("utf-8"))
+    t = read_table(tmp_path / "semi.csv")
+    assert list(t.df.columns) == ["a", "b", "y"] and t.df["b"].tolist() == [2, 4] and t.df["y"].tolist() == ["p", "q"]
+    (tmp_path / "tabs.csv").write_text("a\tb\n1\tx, y\n")
+    assert read_table(tmp_path / "tabs.csv").df.to_dict("records") == [{"a": 1, "b": "x, y"}]
+    # a header with braces is still CSV, and a trailing separator on every row is tolerated
+    (tmp_path / "c.csv").write_text("{id},y\n1,p,\n2,q,\n")
+    assert read_table(tmp_path / "c.csv").df.to_dict("records") == [{"{id}": 1, "y": "p"}, {"{id}": 2, "y": "q"}]
+
+
+def test_utf16_file_and_unknown_encoding_say_what_to_pass(tmp_path):
+    (tmp_path / "u.csv").write_bytes("a\n1\n".encode("utf-16"))
+    with pytest.raises(InputError, match=r"is not valid utf-8: .*UTF-16 text: pass encoding='utf-16'"):
+        read_table(tmp_path / "u.csv")
+    assert read_table(tmp_path / "u.csv", encoding="utf-16").df["a"].tolist() == [1]
+    with pytest.raises(SchemaError, match="unknown text encoding 'klingon'"):
+        read_table(tmp_path / "u.csv", encoding="klingon")
+
+
+BROKEN_MAPPINGS = [
+    ("bad.yaml", "train:\n  epochs: 2\n bad: 1\n",
+     r"'.*bad\.yaml', line 3, column 2: not valid YAML \(.*\); fix that line"),
+    ("bad.json", '{"train": {"epochs": 2,}}', r"'.*bad\.json', line 1, column 24: not valid JSON \(Expecting property"),
+    ("list.yml", "- a\n- b\n", r"must hold a mapping .*got a list"),
+    ("latin.yaml", b"a: caf\xe9\n", r"'.*latin\.yaml' is not UTF-8 text .*saved as UTF-8"),
+    ("missing.yaml", None, r"'.*missing\.yaml' does not exist"),
+    ("folder.yaml", "DIR", r"'.*folder\.yaml' cannot be read: Is a directory"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BROKEN_MAPPINGS, ids=[c[0] for c in BROKEN_MAPPINGS])
+def test_broken_mapping_files_name_the_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content == "DIR":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(SchemaError, match=message) as e:
+        read_mapping_file(path, "config file")
+    assert str(e.value).startswith("config file") and "\n" not in str(e.value)
+
+
+def test_mapping_files_empty_and_valid(tmp_path):
+    (tmp_path / "e.json").write_text("")
+    (tmp_path / "e.YAML").write_text("# nothing yet\n")
+    (tmp_path / "ok.yaml").write_text("\ufefftrain: {epochs: 2}\n")
+    assert read_mapping_file(tmp_path / "e.json", "x") == {} and read_mapping_file(tmp_path / "e.YAML", "x") == {}
+    assert read_mapping_file(tmp_path / "ok.yaml", "x") == {"train": {"epochs": 2}}

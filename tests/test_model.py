@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from mmfuse.encoders import create_encoder
-from mmfuse.fusion import create_fusion
+from mmfuse.fusion import FUSIONS, create_fusion, list_fusions
 from mmfuse.model import Head, MultimodalModel
 
 
@@ -37,3 +38,31 @@ def test_absent_argument_and_aux_heads():
     assert not out["masks"]["b"].any() and out["logits"].shape == (8, 3) and set(out["aux"]) == {"a", "b"}
     only_a = m({"a": x["a"]}, {"a": masks["a"]})  # input b not given at all
     assert torch.allclose(only_a["logits"], out["logits"])
+
+
+NAMES = ["Review.Text", "type", "training", "a/b", "a_b", "x->y"]  # R's dotted names, nn.Module attributes, ...
+
+
+@pytest.mark.parametrize("fusion", list_fusions())
+def test_any_column_name_can_name_an_input(fusion):
+    """Names that are not valid module names build, run, round-trip their weights and stay as spelled."""
+    def build(seed):
+        torch.manual_seed(seed)
+        enc = {n: create_encoder("tabular_mlp", n_numeric=1, dim=8) for n in NAMES}
+        logits = FUSIONS.get(fusion).produces_logits
+        f = create_fusion(fusion, {n: 8 for n in NAMES}, dim=3 if logits else 8,
+                          **({"rank_dim": 2} if fusion == "tensor" else {}))
+        return MultimodalModel(enc, f, None if logits else Head(8, 3, 8), {n: torch.nn.Linear(8, 3) for n in NAMES})
+
+    m = build(0).eval()
+    x = {n: {"num": torch.randn(4, 2)} for n in NAMES}
+    masks = {n: torch.tensor([True, True, False, True]) for n in NAMES}
+    out = m(x, masks, absent=["type"])
+    assert m.names == sorted(NAMES) and list(m.encoders) == sorted(NAMES) and list(m.fusion.names) == sorted(NAMES)
+    assert set(out["aux"]) == set(NAMES) and set(out["masks"]) == set(NAMES) and not out["masks"]["type"].any()
+    assert torch.isfinite(out["logits"]).all()
+    if fusion == "cross_attention":  # a block per ordered pair: no two pairs share a key
+        assert len(m.fusion.blocks) == len(NAMES) * (len(NAMES) - 1)
+    other = build(1).eval()
+    other.load_state_dict(m.state_dict())
+    assert torch.equal(other(x, masks, absent=["type"])["logits"], out["logits"])

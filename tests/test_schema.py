@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -155,3 +156,32 @@ def test_split_column_found_when_a_split_is_rare_or_sorted_last():
     assert infer_schema(df).roles["fold"] is Role.SPLIT
     df["fold"] = ["train"] * (n - 1) + ["test"]
     assert infer_schema(df).roles["fold"] is Role.SPLIT
+
+
+# --- "is this cell missing?": one answer for inspect and for training ------------------------
+
+MISSING_CASES = [
+    (None, True), (float("nan"), True), (np.float32("nan"), True), (pd.NA, True), (pd.NaT, True),
+    ("", True), (" \t\n", True), (b"", True), (bytearray(), True), ([], True), ((), True),
+    (np.array([]), True), ({"bytes": None, "path": None}, True), ({}, True),
+    ("x", False), ("nan", False), (0, False), (0.0, False), (False, False), (b"ok", False), ([1.0], False),
+    (np.array([np.nan]), False), ({"bytes": None, "path": "a.png"}, False),
+]
+
+
+@pytest.mark.parametrize("value,missing", MISSING_CASES, ids=[repr(v) for v, _ in MISSING_CASES])
+def test_missing_cells_agree_between_inspect_and_training(value, missing):
+    from mmfuse import MultimodalDataset
+    from mmfuse.preprocessing import ReadContext, TextPreprocessor, is_missing
+
+    assert is_missing(value) is missing
+    df = pd.DataFrame({"t": pd.Series([value, "some words here"], dtype=object)})
+    # inspect: the missing count, and a column of only such cells is ignored as all missing
+    schema = Schema({"t": Role.TEXT})
+    assert describe_schema(schema, df).loc[0, "missing"] == int(missing)
+    alone = infer_schema(pd.DataFrame({"t": pd.Series([value, value], dtype=object)}))
+    assert (alone.reasons["t"] == "every value is missing") is missing
+    # training: the dataset's presence mask of that row
+    prep = TextPreprocessor(["t"], min_freq=1).fit(df, ReadContext(Path(".")))
+    b = MultimodalDataset(df, {"t": prep})[0]
+    assert b["mask"]["t"].tolist() == [not missing]

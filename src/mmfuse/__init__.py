@@ -17,7 +17,11 @@ _EXPORTS = {
     "InputSpec": "schema", "Modality": "schema", "Role": "schema", "Schema": "schema",
     "describe_schema": "schema", "infer_schema": "schema",
     "make_windows": "windowing",
-    "MultimodalPredictor": "api", "Predictor": "bundle", "ModelConfig": "config", "TrainConfig": "config",
+    "MultimodalPredictor": "api", "Predictor": "bundle", "evaluate_predictor": "api",
+    "Task": "tasks", "create_task": "tasks", "fit_task": "tasks", "list_tasks": "tasks", "register_task": "tasks",
+    "select_inputs": "pipeline", "infer_task_of": "pipeline", "split_table": "pipeline", "fit_target": "pipeline", "fit_preprocessors": "pipeline",
+    "make_datasets": "pipeline", "build_model": "pipeline", "train": "pipeline", "choose_threshold_and_score": "pipeline",
+    "fit_fingerprint": "pipeline", "Splits": "pipeline", "FitData": "pipeline", "ModelConfig": "config", "TrainConfig": "config",
     "create_fusion": "fusion", "list_fusions": "fusion", "register_fusion": "fusion",
 }
 

@@ -65,9 +65,12 @@ def _init_args(cls) -> set:
 
 
 def assemble(enc_spec: dict, encoders: dict, n_outputs: int, cfg: ModelConfig) -> tuple[MultimodalModel, dict]:
+    """The model from built encoders: the fusion is sized by their pooled and token widths."""
     dims = {n: e.output_dim for n, e in encoders.items()}
+    token_dims = {n: e.token_dim for n, e in encoders.items() if e.has_tokens}
     fcls = FUSIONS.get(cfg.fusion)
-    fusion = create_fusion(cfg.fusion, dims, dim=n_outputs if fcls.produces_logits else cfg.dim, **cfg.fusion_kwargs)
+    fusion = create_fusion(cfg.fusion, dims, dim=n_outputs if fcls.produces_logits else cfg.dim, token_dims=token_dims,
+                           **cfg.fusion_kwargs)
     head = None if fcls.produces_logits else Head(cfg.dim, n_outputs, cfg.head_hidden, cfg.dropout)
     aux = {n: nn.Linear(d, n_outputs) for n, d in dims.items()} if cfg.aux_weight > 0 else None
     model = MultimodalModel(encoders, fusion, head, aux, cfg.modality_dropout)

@@ -4,8 +4,9 @@ Every preprocessor returns arrays of a fixed shape, so the cache for an input is
 ``[N, *shape]`` per key plus a status byte per row (0 = not decoded yet, 1 = decoded,
 2 = absent). Workers fill it as they decode; later epochs slice it instead of decoding.
 The disk cache lives in a folder named by a hash of the preprocessor configuration and
-state and of every cell (with each file's size and modification time), so a changed file,
-row or setting never reuses a stale entry.
+state, of every cell (with each file's size and modification time, also for ``{"bytes": ...,
+"path": ...}`` cells) and of the mmfuse, torch and transformers versions, so a changed file,
+row, setting or library never reuses a stale entry.
 """
 from __future__ import annotations
 
@@ -87,19 +88,44 @@ class ItemCache:
         return d
 
 
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries whose code shapes a cached item (``None`` when not installed).
+
+    transformers is looked up in the package metadata, not imported (importing it is slow).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        transformers = version("transformers")
+    except PackageNotFoundError:
+        transformers = None
+    return {"mmfuse": __version__, "torch": str(torch.__version__), "transformers": transformers}
+
+
 def cache_key(parts) -> str:
-    """A stable hash of JSON-able parts (configuration, state, cells with file stats)."""
+    """A stable hash of JSON-able parts (configuration, state, cells with file stats) and of
+    :func:`library_versions`: an upgrade of mmfuse, torch or transformers starts a new entry."""
     h = hashlib.sha256()
-    h.update(json.dumps(parts, sort_keys=True, default=str).encode())
+    h.update(json.dumps({"parts": parts, "versions": library_versions()}, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
 
 
 def file_stamp(value, root: Path):
-    """What a cache key records of a cell: the value, and for an existing file its size and mtime."""
+    """What a cache key records of a cell: the value, and for an existing file its size and mtime.
+
+    A ``{"bytes": ..., "path": ...}`` cell (Hugging Face datasets' image and audio columns)
+    is stamped field by field, so its path also records the file's size and mtime.
+    """
     if isinstance(value, (bytes, bytearray, memoryview)):
         return hashlib.sha256(bytes(value)).hexdigest()[:16]
+    if isinstance(value, dict):
+        return {str(k): file_stamp(v, root) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
         return hashlib.sha256(np.asarray(value, dtype=np.float64).tobytes()).hexdigest()[:16]
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     if isinstance(value, str):
         p = Path(value)
         p = p if p.is_absolute() else root / p

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import MmfuseError
+from ._names import safe_key
+from .errors import BundleError, MmfuseError
 
 __all__ = ["Predictor", "save_bundle", "BUNDLE_FORMAT"]
 
@@ -30,8 +31,9 @@ def save_bundle(path: str | os.PathLike, model, preps: dict, target, schema, spe
     """Write a bundle atomically: everything goes to a temporary folder that is then renamed.
 
     ``model.safetensors`` holds the model's weights (``model/...``) and the preprocessors'
-    arrays (``prep/<input>/...``); ``config.json`` holds the schema, the preprocessors' state,
-    the model spec, the label names, versions and ``extra`` (metrics, training settings).
+    arrays (``prep/<key>/...``, the input's :func:`~mmfuse._names.safe_key`); ``config.json``
+    holds the schema, the preprocessors' state, the model spec, the label names, versions and
+    ``extra`` (metrics, training settings), all under the input names themselves.
 
     Pretrained backbones are recorded by id or path, revision and fingerprint. Fine-tuned
     backbone weights are always in ``model.safetensors``; frozen ones are left out and loaded
@@ -61,7 +63,7 @@ def save_bundle(path: str | os.PathLike, model, preps: dict, target, schema, spe
             meta["config"]["model"] = backbones[name]["model_in_bundle"]
         prep_meta[name] = meta
         for k, a in arrays.items():
-            tensors[f"prep/{name}/{k}"] = torch.from_numpy(np.ascontiguousarray(a))
+            tensors[f"prep/{safe_key(name)}/{k}"] = torch.from_numpy(np.ascontiguousarray(a))
     save_file(tensors, str(tmp / "model.safetensors"))
     config = {"format": BUNDLE_FORMAT, "mmfuse_version": __version__, "torch_version": torch.__version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "schema": schema.to_dict(), "target": target.to_dict(),
@@ -99,14 +101,21 @@ def _backbones(model, preps: dict, tmp: Path | None, spec: dict) -> tuple[dict, 
             if hasattr(enc, "backbone"):
                 spec["encoders"][name]["config"]["model"] = rec["model_in_bundle"]
         elif hasattr(enc, "backbone") and frozen:
-            skip.append(f"encoders.{name}.backbone.")
+            skip.append(f"encoders.{safe_key(name)}.backbone.")
         rec["weights_in_model_file"] = hasattr(enc, "backbone") and (tmp is not None or not frozen)
         out[name] = rec
     return out, skip
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    """A folder name for an input: the name itself where it is one, else a cleaned name and a hash
+    of the name (so ``a/b`` and ``a_b`` get different folders)."""
+    clean = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    if clean == name and name.strip("."):
+        return name
+    import hashlib
+
+    return f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def _json_default(o):
@@ -134,6 +143,97 @@ def _check_backbones(backbones: dict, path: Path) -> None:
                               "inside them")
 
 
+_CONFIG_KEYS = ("schema", "target", "preprocessors", "model")  # the parts load() builds from config.json
+
+
+def _damaged(path: Path, what: str) -> BundleError:
+    return BundleError(f"bundle {str(path)!r} is damaged: {what}. Copy the bundle again from where it was saved, "
+                       "or retrain")
+
+
+def _read_bundle(path: Path) -> tuple[dict, dict]:
+    """A bundle folder's ``config.json`` (checked: a mapping of this format version, with every
+    part) and ``model.safetensors`` tensors. Every failure of the OS, json or safetensors is a
+    one-line :class:`BundleError` naming the bundle and what to do."""
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise BundleError(f"bundle folder {str(path)!r} does not exist (resolved to {path.resolve()}); pass the "
+                          "bundle/ folder of a run, or a folder written by save()")
+    if not path.is_dir():
+        hint = (f"pass the folder it is in, {str(path.parent)!r}" if path.name in ("config.json", "model.safetensors")
+                else "pass the bundle folder, which holds config.json and model.safetensors")
+        raise BundleError(f"{str(path)!r} is a file, not a bundle folder; {hint}")
+    cfg_path, st_path = path / "config.json", path / "model.safetensors"
+    if not cfg_path.is_file() or not st_path.is_file():
+        if (path / "bundle" / "config.json").is_file():
+            raise BundleError(f"{str(path)!r} is a run folder, not a bundle; did you mean {str(path / 'bundle')!r}?")
+        lacks = " and ".join(p.name for p in (cfg_path, st_path) if not p.is_file())
+        raise BundleError(f"{str(path)!r} is not an mmfuse bundle: it has no {lacks}. Pass the bundle/ folder of a "
+                          "run, or a folder written by save()")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise _damaged(path, f"config.json is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                             "it may be truncated") from e
+    except UnicodeDecodeError as e:
+        raise _damaged(path, "config.json is not text (another kind of file is in its place)") from e
+    except OSError as e:
+        raise BundleError(f"bundle {str(path)!r}: config.json cannot be read ({e.strerror or e}); check that you "
+                          "may read it") from e
+    if not isinstance(config, dict):
+        raise _damaged(path, f"config.json holds a JSON {type(config).__name__}, not an object")
+    if "format" not in config and "mmfuse_version" not in config:
+        raise BundleError(f"{str(path)!r} is not an mmfuse bundle: its config.json has no 'format' nor "
+                          "'mmfuse_version' (another library's model folder?). Pass the bundle/ folder of an "
+                          "mmfuse run")
+    if "format" not in config:
+        raise _damaged(path, "config.json lacks 'format'")
+    fmt = config["format"]
+    if fmt != BUNDLE_FORMAT:
+        raise BundleError(f"bundle {str(path)!r} has format {fmt!r} (written by mmfuse "
+                          f"{config.get('mmfuse_version')}); "
+                          f"this mmfuse reads format {BUNDLE_FORMAT}. Load it with the mmfuse version that wrote it, "
+                          "or retrain")
+    for key in _CONFIG_KEYS:
+        if not isinstance(config.get(key), dict):
+            what = "lacks" if key not in config else f"has a {type(config[key]).__name__}, not an object, as"
+            raise _damaged(path, f"config.json {what} {key!r}")
+    try:
+        tensors = load_file(str(st_path))
+    except Exception as e:  # safetensors raises its own SafetensorError (truncated file, another format) or OSError
+        raise _damaged(path, f"model.safetensors cannot be read ({' '.join(str(e).split())}); it may be truncated "
+                             "or another kind of file") from e
+    return config, tensors
+
+
+def _damaged_if_inconsistent(load):
+    """Wrap :meth:`Predictor.load`: a bundle whose files read well but do not fit together (a key
+    missing deep in config.json, a tensor of the wrong shape) is reported as damaged, in one line,
+    instead of a KeyError or RuntimeError from deep inside the building code."""
+    import functools
+
+    @functools.wraps(load)
+    def wrapper(cls, path, *args, **kwargs):
+        try:
+            return load(cls, path, *args, **kwargs)
+        except MmfuseError:
+            raise
+        except RuntimeError as e:  # torch: size mismatch in load_state_dict
+            if "state_dict" not in str(e):
+                raise
+            detail = next((line.strip() for line in str(e).splitlines() if "mismatch" in line), str(e).strip())
+            detail = " ".join(detail.split()).rstrip(".")
+            raise _damaged(Path(path), f"model.safetensors does not match the model in config.json ({detail})") from e
+        except KeyError as e:
+            raise _damaged(Path(path), f"config.json or model.safetensors lacks {e.args[0]!r}") from e
+        except (TypeError, ValueError, IndexError, AttributeError) as e:
+            raise _damaged(Path(path), "config.json and model.safetensors do not describe a model this mmfuse can "
+                                       f"build ({type(e).__name__}: {' '.join(str(e).split())})") from e
+
+    return wrapper
+
+
 class Predictor:
     """A loaded bundle that predicts on new tables.
 
@@ -146,30 +246,26 @@ class Predictor:
         self.config, self.path = config, path
 
     @property
-    def threshold(self) -> float:
-        """Binary tasks: the positive class's probability from which :meth:`predict` says positive."""
-        return float(self.config.get("decision_threshold") or 0.5)
+    def threshold(self):
+        """The task's decision threshold: a probability (binary), one per label (multilabel), or None."""
+        return self.target.threshold
 
     @classmethod
+    @_damaged_if_inconsistent
     def load(cls, path: str | os.PathLike) -> "Predictor":
-        """Load a bundle folder. Refuses bundles of another format version with a clear message."""
-        from safetensors.torch import load_file
+        """Load a bundle folder. Refuses bundles of another format version with a clear message.
 
+        Raises:
+            BundleError: one line naming the bundle, when the folder is missing, is not a bundle
+                (a run folder gets "did you mean runs/x/bundle?"), or is damaged.
+        """
         from ._build import model_from_spec
-        from .preprocessing import Preprocessor, TargetEncoder
+        from .preprocessing import Preprocessor
+        from .tasks import task_from_dict
         from .schema import Schema
 
         path = Path(path)
-        cfg_path = path / "config.json"
-        if not cfg_path.is_file() or not (path / "model.safetensors").is_file():
-            raise MmfuseError(f"{path} is not an mmfuse bundle (expected config.json and model.safetensors in it)")
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        fmt = config.get("format")
-        if fmt != BUNDLE_FORMAT:
-            raise MmfuseError(f"bundle {path} has format {fmt!r} (written by mmfuse {config.get('mmfuse_version')}); "
-                              f"this mmfuse reads format {BUNDLE_FORMAT}. Load it with the mmfuse version that wrote it, "
-                              "or retrain")
-        tensors = load_file(str(path / "model.safetensors"))
+        config, tensors = _read_bundle(path)
         backbones = config.get("backbones", {})
         _check_backbones(backbones, path)
 
@@ -181,21 +277,22 @@ class Predictor:
 
         preps = {}
         for name, meta in config["preprocessors"].items():
-            arrays = {k.split("/", 2)[2]: v.numpy() for k, v in tensors.items() if k.startswith(f"prep/{name}/")}
+            prefix = f"prep/{safe_key(name)}/"
+            arrays = {k[len(prefix):]: v.numpy() for k, v in tensors.items() if k.startswith(prefix)}
             preps[name] = Preprocessor.from_state({**meta, "config": resolve(meta["config"])}, arrays)
         model = model_from_spec(config["model"], resolve)
         state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        allowed = tuple(f"encoders.{n}.backbone." for n, b in backbones.items() if not b.get("weights_in_model_file"))
+        allowed = tuple(f"encoders.{safe_key(n)}.backbone." for n, b in backbones.items()
+                        if not b.get("weights_in_model_file"))
         bad = [k for k in missing if not k.startswith(allowed)] + list(unexpected)
         if bad:
-            raise MmfuseError(f"bundle {path}: model.safetensors does not match the model in config.json "
-                              f"(e.g. {bad[:3]}); the bundle is damaged")
-        return cls(model, preps, TargetEncoder.from_dict(config["target"]), Schema.from_dict(config["schema"]), config,
+            raise _damaged(path, f"model.safetensors does not match the model in config.json (e.g. {bad[:3]})")
+        return cls(model, preps, task_from_dict(config["target"], config.get("decision_threshold")), Schema.from_dict(config["schema"]), config,
                    path)
 
     def save(self, path, embed_backbones: bool = False) -> Path:
-        extra = {k: v for k, v in self.config.items() if k in ("metrics", "training", "decision_threshold")}
+        extra = {k: v for k, v in self.config.items() if k in ("metrics", "training")}
         return save_bundle(path, self.model, self.preprocessors, self.target, self.schema, self.config["model"], extra,
                            embed_backbones=embed_backbones)
 
@@ -205,7 +302,8 @@ class Predictor:
 
     @property
     def task(self):
-        return self.target.task
+        """The fitted :class:`~mmfuse.tasks.Task`: it turns logits into probabilities and labels."""
+        return self.target
 
     def _dataset(self, data, on_bad_input="raise", root=None, allow_outside_root=False):
         from .data import MultimodalDataset
@@ -215,45 +313,84 @@ class Predictor:
 
     @torch.no_grad()
     def logits(self, data, batch_size: int = 256, absent=(), on_bad_input="raise", root=None, num_workers: int = 0,
-               dataset=None) -> tuple[torch.Tensor, np.ndarray]:
-        """Raw outputs ``[N, K]`` and the table positions they belong to (rows skipped by policy are left out)."""
+               dataset=None, allow_outside_root: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+        """Raw outputs ``[N, K]`` and the table positions they belong to (rows skipped by policy are left
+        out; :attr:`last_report` lists them)."""
         from .data import make_loader
 
-        ds = dataset if dataset is not None else self._dataset(data, on_bad_input, root)
+        ds = dataset if dataset is not None else self._dataset(data, on_bad_input, root, allow_outside_root)
         outs, rows = [], []
         for b in make_loader(ds, batch_size=batch_size, num_workers=num_workers):
             outs.append(self.model(b["inputs"], b["mask"], absent=absent)["logits"].float())
             rows.append(b["row"])
-        if not outs:
-            raise MmfuseError("no rows to predict on (every row was skipped as bad input)")
         self.last_report = ds.report
+        if not outs:
+            raise MmfuseError("no rows to predict on (every row was skipped as bad input: "
+                              f"{ds.report.summary()})" if len(ds.table.df) else "the table has no rows to predict on")
         return torch.cat(outs), torch.cat(rows).numpy()
 
+    def decode(self, data, threshold=None, **kw):
+        """The one call behind every prediction (``predict``, ``predict_proba``, ``predict_frame``, the CLI):
+        the task's :class:`~mmfuse.tasks.Decoded` of the rows that were read, their table positions, and
+        the number of rows in the table."""
+        from .io import read_table
+
+        table = read_table(data, root=kw.get("root")) if kw.get("dataset") is None else kw["dataset"].table
+        z, rows = self.logits(table, **kw)
+        kept = np.zeros(len(table.df), bool)
+        kept[rows] = True
+        self.last_skipped = table.df.index[~kept].tolist()
+        return self.target.decode(z, threshold), rows, len(table.df)
+
+    def predict_frame(self, data, proba: bool = True, threshold=None, **kw):
+        """A DataFrame aligned with the input, one row per input row: ``row`` (the table's row id),
+        ``prediction`` and ``proba_<class>`` columns, and ``skipped`` (the reason, for rows the
+        ``skip`` policy left out; their predictions are empty)."""
+        from .io import read_table
+
+        table = read_table(data, root=kw.get("root"))
+        decoded, rows, n = self.decode(table, threshold, **kw)
+        out = pd.DataFrame({"row": table.df.index.to_numpy()})
+        for name, values in self.target.output_columns(decoded, proba).items():
+            out[name] = _aligned(values, rows, n)
+        if len(rows) < n:
+            reasons = {}
+            for issue in self.last_report.issues.values():
+                reasons.setdefault(str(issue.get("row")), f"{issue.get('column')}: {issue.get('reason')}")
+            ids = table.df.index.to_numpy()
+            kept = np.zeros(n, bool)
+            kept[rows] = True
+            out["skipped"] = [None if kept[i] else reasons.get(str(ids[i]), "bad input") for i in range(n)]
+        return out
+
+    def skipped_rows(self) -> list:
+        """Row ids that the last prediction skipped as bad input (``on_bad_input="skip"``)."""
+        return list(getattr(self, "last_skipped", []))
+
     def predict_proba(self, data, **kw) -> np.ndarray:
-        """Class probabilities ``[N, K]`` (columns in :attr:`classes_` order); for regression, the values."""
-        from .tasks import Task, logits_to_proba
+        """Class probabilities ``[N, K]`` (columns in :attr:`classes_` order); for regression, the values.
+        One row per input row: rows skipped as bad input are NaN (see :meth:`skipped_rows`)."""
+        decoded, rows, n = self.decode(data, **kw)
+        return _aligned(decoded.proba, rows, n)
 
-        z, _ = self.logits(data, **kw)
-        p = logits_to_proba(self.target.task, z).numpy()
-        return self.target.inverse_regression(p) if self.target.task is Task.REGRESSION else p
+    def predict(self, data, threshold=None, **kw) -> np.ndarray:
+        """Labels (as in training), label lists (multilabel) or values, one per input row (None or NaN
+        for rows skipped as bad input; see :meth:`skipped_rows`).
 
-    def predict(self, data, threshold: float | None = None, **kw) -> np.ndarray:
-        """Labels (strings from training, in their original order), label lists (multilabel) or values.
+        ``threshold``: overrides the task's decision threshold (binary: a probability; multilabel:
+        one, or one per label)."""
+        decoded, rows, n = self.decode(data, threshold, **kw)
+        return _aligned(decoded.labels, rows, n)
 
-        ``threshold``: binary and multilabel tasks label a class present from this probability
-        (default: the bundle's decision threshold for binary tasks, 0.5 otherwise)."""
-        from .tasks import Task
 
-        p = self.predict_proba(data, **kw)
-        task = self.target.task
-        if task is Task.REGRESSION:
-            return p
-        classes = self.target.labels()
-        if task is Task.MULTILABEL:
-            return np.array([list(classes[row >= (0.5 if threshold is None else threshold)]) for row in p],
-                            dtype=object)
-        if task is Task.BINARY:
-            from .evaluation import binary_labels
-
-            return classes[binary_labels(p, self.threshold if threshold is None else threshold)]
-        return classes[p.argmax(1)]
+def _aligned(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """``values`` of the rows at positions ``rows``, spread over all ``n`` rows (NaN or None elsewhere)."""
+    values = np.asarray(values) if not isinstance(values, np.ndarray) else values
+    if len(rows) == n and (rows == np.arange(n)).all():
+        return values
+    if values.dtype.kind == "f":
+        out = np.full((n, *values.shape[1:]), np.nan, values.dtype)
+    else:
+        out = np.empty((n, *values.shape[1:]), dtype=object)
+    out[rows] = values
+    return out

@@ -108,28 +108,29 @@ def fit(
     from .schema import parse_column_overrides
 
     cfg = _load_config(config)
-    if fusion:
-        cfg["fusion"] = fusion
-    cfg.setdefault("train", {})
-    cfg["train"] = dict(cfg["train"] or {})
-    cfg["train"].setdefault("test_fraction", 0.1 if test is None else 0.0)
     if decision_threshold is not None:
         try:
             decision_threshold = float(decision_threshold)
         except ValueError:
             pass  # a metric name
-    for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "num_workers": workers,
-                 "max_time": max_time, "decision_threshold": decision_threshold}.items():
-        if v is not None:
-            cfg["train"][k] = v
-    cfg["train"]["progress"] = progress
-    columns = {**cfg.pop("columns", {}), **parse_column_overrides(column)}
-    groups = {**cfg.pop("groups", {}), **_parse_groups(group)}
-    m = MultimodalPredictor(target=target, task=task or cfg.pop("task", None), columns=columns, groups=groups,
-                            inputs=list(input_) or cfg.pop("inputs", None), out=out, on_bad_input=on_bad_input,
-                            root=root, allow_outside_root=allow_outside_root, resume=resume, **cfg)
+    flags = {"fusion": fusion, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+             "num_workers": workers, "max_time": max_time, "decision_threshold": decision_threshold, "task": task,
+             "inputs": list(input_) or None, "root": root}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if test is not None:
+        overrides["test_fraction"] = 0.0
+    cfg["columns"] = {**(cfg.get("columns") or {}), **parse_column_overrides(column)}
+    cfg["groups"] = {**(cfg.get("groups") or {}), **_parse_groups(group)}
+    m = MultimodalPredictor.from_config(cfg, target=target, out=out, on_bad_input=on_bad_input,
+                                        allow_outside_root=allow_outside_root, resume=resume, progress=progress,
+                                        **overrides)
     m.fit(data, val=val, test=test)
     _print_metrics(m.metrics_)
+    blank = m.splits_["blank_target"]
+    if blank:
+        rows = [r for v in blank.values() for r in v]
+        typer.echo(f"left out {len(rows)} rows with a blank target {target!r}: {', '.join(map(str, rows[:20]))}"
+                   f"{', ...' if len(rows) > 20 else ''} (all listed in {out / 'metrics.json'})")
     typer.echo(f"run folder: {out} (report.md, metrics.json, bundle/)")
 
 
@@ -152,13 +153,15 @@ def evaluate(
     contribution: bool = typer.Option(True, "--contribution/--no-contribution", help="Measure each input's contribution."),
     on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
 ):
     """Metrics of a bundle on a labelled table."""
     from .api import evaluate_predictor
     from .bundle import Predictor
 
     pred = Predictor.load(bundle)
-    m = evaluate_predictor(pred, _table(data, root), contribution=contribution, on_bad_input=on_bad_input)
+    m = evaluate_predictor(pred, _table(data, root), contribution=contribution, on_bad_input=on_bad_input,
+                           allow_outside_root=allow_outside_root)
     _print_metrics({"test": m})
     c = m.get("contribution")
     if c:
@@ -167,7 +170,7 @@ def evaluate(
     if out:
         from .evaluation import write_report
 
-        write_report(out, {"test": m, "contribution": c, "task": pred.task.value,
+        write_report(out, {"test": m, "contribution": c, "task": pred.task.name,
                            "fusion": pred.config["model"]["model"]["fusion"], "inputs": pred.model.names},
                      pred.target.classes_)
         typer.echo(f"report written to {out}")
@@ -188,29 +191,16 @@ def predict(
     on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Rows per batch."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
 ):
-    """Predict with a bundle; writes the table's row ids, the prediction and class probabilities."""
-    import numpy as np
-    import pandas as pd
-
+    """Predict with a bundle; writes one line per input row: its row id, the prediction, class
+    probabilities, and (with --on-bad-input skip) why a row was skipped."""
     from .bundle import Predictor
-    from .tasks import Task, logits_to_proba
 
     pred = Predictor.load(bundle)
     table = _table(data, root)
-    z, rows = pred.logits(table, batch_size=batch_size, on_bad_input=on_bad_input)
-    p = logits_to_proba(pred.task, z).numpy()
-    res = pd.DataFrame({"row": table.df.index.to_numpy()[rows]})
-    if pred.task is Task.REGRESSION:
-        res["prediction"] = pred.target.inverse_regression(p)
-    elif pred.task is Task.MULTILABEL:
-        labels = pred.target.labels()
-        res["prediction"] = ["|".join(map(str, labels[r >= 0.5])) for r in p]
-    else:
-        res["prediction"] = pred.target.labels()[p.argmax(1)]
-    if proba and pred.task is not Task.REGRESSION:
-        for j, c in enumerate(pred.target.classes_):
-            res[f"proba_{c}"] = p[:, j]
+    res = pred.predict_frame(table, proba=proba, batch_size=batch_size, on_bad_input=on_bad_input, root=root,
+                             allow_outside_root=allow_outside_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         res.to_parquet(out, index=False)
@@ -218,9 +208,10 @@ def predict(
         res.to_json(out, orient="records", lines=True)
     else:
         res.to_csv(out, index=False)
-    skipped = len(table.df) - len(res)
-    typer.echo(f"{len(res)} predictions written to {out}" + (f"; {skipped} rows skipped as bad input "
-                                                               f"({pred.last_report.summary()})" if skipped else ""))
+    skipped = pred.skipped_rows()
+    typer.echo(f"{len(res) - len(skipped)} predictions written to {out}" + (
+        f"; {len(skipped)} rows skipped as bad input, marked in its 'skipped' column "
+        f"({pred.last_report.summary()})" if skipped else ""))
     _state["fast_exit"] = True  # every file is written and closed; nothing runs in the background
 
 
@@ -285,8 +276,23 @@ def cache_clear(directory: Optional[Path] = typer.Option(None, "--dir", help="Ca
     typer.echo(f"removed {clear_cache(directory)} entries")
 
 
+def _error_line(e: Exception) -> str:
+    """An error as one line; an OS error names its file and says what to check."""
+    from .errors import MmfuseError
+
+    msg = str(e)
+    if isinstance(e, OSError) and not isinstance(e, MmfuseError) and e.filename is not None:
+        msg = f"{str(e.filename)!r}: {e.strerror or e}"
+        if isinstance(e, PermissionError):
+            msg += "; check its permissions"
+        elif isinstance(e, FileNotFoundError):
+            msg += "; check the path"
+    return " ".join(line.strip() for line in msg.splitlines() if line.strip())
+
+
 def main(argv=None) -> None:
-    """Entry point: mmfuse errors become one line on stderr and exit code 2 (``--debug`` for tracebacks)."""
+    """Entry point: mmfuse errors, and OS errors on the files named, become one line on stderr and exit
+    code 2 (``--debug`` for tracebacks)."""
     from .errors import MmfuseError
 
     args = sys.argv[1:] if argv is None else list(argv)
@@ -298,15 +304,10 @@ def main(argv=None) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
-    except MmfuseError as e:
+    except (MmfuseError, OSError) as e:  # OSError: a file the user named cannot be read or written
         if "--debug" in args:
             raise
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except FileNotFoundError as e:
-        if "--debug" in args:
-            raise
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {_error_line(e)}", err=True)
         sys.exit(2)
     except SystemExit:
         raise

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .errors import MmfuseError
 
-__all__ = ["ModelConfig", "TrainConfig", "from_dict"]
+__all__ = ["ModelConfig", "TrainConfig", "from_dict", "validate", "CONSTRAINTS"]
 
 
 @dataclass
@@ -99,6 +100,11 @@ class TrainConfig:
 
 
 def from_dict(cls, d: dict | None, where: str):
+    """Build a config dataclass from a mapping, rejecting unknown keys with a did-you-mean, and validate it."""
+    return validate(_build(cls, d, where))
+
+
+def _build(cls, d, where):
     """Build a config dataclass, rejecting unknown keys with a did-you-mean."""
     d = dict(d or {})
     names = {f.name for f in dataclasses.fields(cls)}
@@ -108,3 +114,98 @@ def from_dict(cls, d: dict | None, where: str):
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise MmfuseError(f"unknown {where} setting {k!r}{hint} Known: {', '.join(sorted(names))}")
     return cls(**d)
+
+
+# --- validation: allowed values as data, checked in one place -------------------------------------
+class _Check:
+    """One constraint: ``ok(value) -> bool`` and its description for the error message."""
+
+    def __init__(self, ok, allowed: str, choices=()):
+        self.ok, self.allowed, self.choices = ok, allowed, [c for c in choices if isinstance(c, str)]
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int(lo=None):
+    return _Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo),
+                  "an integer" + (f" >= {lo}" if lo is not None else ""))
+
+
+def _real(lo=None, hi=None, lo_open=False, hi_open=False, none=False):
+    def ok(v):
+        if v is None:
+            return none
+        return (_num(v) and (lo is None or (v > lo if lo_open else v >= lo))
+                and (hi is None or (v < hi if hi_open else v <= hi)))
+
+    rng = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}" \
+          f"{')' if hi_open or hi is None else ']'}"
+    return _Check(ok, f"a number in {rng}" + (" or None" if none else ""))
+
+
+def _one_of(*values):
+    return _Check(lambda v: v in values, "one of " + ", ".join(repr(v) for v in values), values)
+
+
+def _fusion():
+    from .fusion import list_fusions
+
+    return _Check(lambda v: v in list_fusions(), "a registered fusion (" + ", ".join(list_fusions()) + ")",
+                  list_fusions())
+
+
+def _class_weight(v) -> bool:
+    return v is None or v == "balanced" or (isinstance(v, (list, tuple)) and all(_num(x) and x > 0 for x in v))
+
+
+def _threshold(v) -> bool:
+    from .tasks import THRESHOLD_METRICS
+
+    one = lambda x: _num(x) and 0 < x < 1  # noqa: E731
+    return v is None or v in THRESHOLD_METRICS or one(v) or (isinstance(v, (list, tuple)) and all(map(one, v)))
+
+
+CONSTRAINTS = {
+    "fusion": _fusion, "fusion_kwargs": lambda: _Check(lambda v: isinstance(v, dict), "a mapping"),
+    "dim": lambda: _int(1), "encoders": lambda: _Check(lambda v: isinstance(v, dict), "a mapping"),
+    "head_hidden": lambda: _int(1), "dropout": lambda: _real(0, 1, hi_open=True),
+    "modality_dropout": lambda: _real(0, 1, hi_open=True), "aux_weight": lambda: _real(0),
+    "epochs": lambda: _int(1), "batch_size": lambda: _int(1), "lr": lambda: _real(0, lo_open=True),
+    "backbone_lr": lambda: _real(0, lo_open=True), "layer_decay": lambda: _real(0, 1, lo_open=True),
+    "weight_decay": lambda: _real(0), "warmup": lambda: _real(0, 1, hi_open=True), "grad_clip": lambda: _real(0),
+    "patience": lambda: _int(0), "max_time": lambda: _real(0, lo_open=True, none=True),
+    "precision": lambda: _one_of("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"),
+    "accelerator": lambda: _one_of("auto", "cpu", "gpu", "cuda", "mps"), "seed": lambda: _int(0),
+    "num_workers": lambda: _int(0),
+    "cache": lambda: _Check(lambda v: v is None or isinstance(v, (str, os.PathLike)), "None, 'memory' or a folder"),
+    "group_by_length": lambda: _one_of(None, True, False),
+    "class_weight": lambda: _Check(_class_weight, "None, 'balanced' or a list of positive numbers, one per class"),
+    "regression_loss": lambda: _one_of("mse", "huber"),
+    "decision_threshold": lambda: _Check(_threshold, "None, a probability in (0, 1), a list of them (multilabel), "
+                                                     "or one of 'f1', 'balanced_accuracy', 'accuracy', 'mcc'"),
+    "val_fraction": lambda: _real(0, 1, hi_open=True), "test_fraction": lambda: _real(0, 1, hi_open=True),
+    "log": lambda: _one_of(None, "tensorboard", "csv"), "progress": lambda: _one_of(True, False),
+}
+
+
+def validate(cfg):
+    """Check every field of a :class:`ModelConfig` or :class:`TrainConfig` against :data:`CONSTRAINTS`.
+
+    Every entry path (Python, command line, config file) ends here. Returns ``cfg``.
+
+    Raises:
+        MmfuseError: naming the setting, the allowed values and the value received.
+    """
+    for f in dataclasses.fields(cfg):
+        check = CONSTRAINTS[f.name]()
+        v = getattr(cfg, f.name)
+        if not check.ok(v):
+            close = difflib.get_close_matches(v, check.choices, n=1, cutoff=0.5) if isinstance(v, str) else []
+            hint = f". Did you mean {close[0]!r}?" if close else ""
+            raise MmfuseError(f"setting {f.name!r} must be {check.allowed}; got {v!r}{hint}")
+    if isinstance(cfg, TrainConfig) and cfg.val_fraction + cfg.test_fraction >= 1:
+        raise MmfuseError(f"settings 'val_fraction' + 'test_fraction' must be < 1 (rows are left for training); "
+                          f"got {cfg.val_fraction} + {cfg.test_fraction}")
+    return cfg

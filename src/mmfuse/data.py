@@ -20,17 +20,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from ._cache import ABSENT, PRESENT, UNKNOWN, ItemCache, cache_key, default_cache_dir, file_stamp
+from ._cache import PRESENT, UNKNOWN, ItemCache, cache_key, default_cache_dir, file_stamp
 from .errors import InputError, MmfuseError
 from .io import Table, atomic_write_text, read_table
-from .preprocessing import Preprocessor, ReadContext, TargetEncoder
+from .preprocessing import Preprocessor, ReadContext
+from .tasks import Task
 from .preprocessing._base import is_missing
 from ._registry import unknown_name_message
 
@@ -104,7 +105,7 @@ class MultimodalDataset(Dataset):
     Args:
         data: A table, DataFrame or path.
         preprocessors: Input name -> fitted preprocessor.
-        target: A fitted :class:`TargetEncoder`, or None (prediction).
+        target: A fitted :class:`Task`, or None (prediction).
         on_bad_input: ``raise``, ``skip`` or ``missing`` (see :class:`BadInputPolicy`).
         cache: ``None``, ``"memory"`` (shared memory, this process and its workers) or a
             folder for a disk cache reused across runs.
@@ -113,7 +114,7 @@ class MultimodalDataset(Dataset):
         root: Folder for relative paths (defaults to the table's folder).
     """
 
-    def __init__(self, data, preprocessors: Mapping[str, Preprocessor], target: TargetEncoder | None = None, *,
+    def __init__(self, data, preprocessors: Mapping[str, Preprocessor], target: Task | None = None, *,
                  on_bad_input: str | BadInputPolicy = "raise", cache: str | os.PathLike | None = None,
                  allow_outside_root: bool = False, train: bool = False, root=None):
         self.table: Table = read_table(data, root=root)
@@ -139,13 +140,16 @@ class MultimodalDataset(Dataset):
             self._y, ok = self._read_target(target)
             keep &= ok
 
-        # eager inputs: transform every row now
+        # eager inputs: read every row now
         self._eager: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
         for name, p in self.preprocessors.items():
             if p.eager:
-                arrays, present, ok = self._transform_all(name, p)
-                self._eager[name] = (arrays, present)
-                keep &= ok
+                issues: list[dict] = []
+                r = self._read_rows(name, np.arange(n), issues)
+                for issue in issues:
+                    self.report.add(issue)
+                self._eager[name] = (r.arrays, r.present)
+                keep &= ~r.drop
             if hasattr(p, "unknown_counts"):
                 self.report.unknown_categories.update(p.unknown_counts)
                 p.unknown_counts.clear()
@@ -180,7 +184,7 @@ class MultimodalDataset(Dataset):
         return cache_key({"prep": meta, "arrays": {k: np.asarray(a).tolist() for k, a in arrays.items()},
                           "root": str(self.table.root), "cells": stamps})
 
-    def _read_target(self, target: TargetEncoder):
+    def _read_target(self, target: Task):
         n = len(self.table.df)
         ok = np.ones(n, dtype=bool)
         if target.column not in self.table.df.columns:
@@ -202,28 +206,45 @@ class MultimodalDataset(Dataset):
         good = next(v for v in values if v is not None)
         return np.stack([v if v is not None else np.zeros_like(good) for v in values]), ok
 
-    def _transform_all(self, name: str, p: Preprocessor):
-        n = len(self.table.df)
-        spec = p.item_spec()
-        arrays = {k: np.zeros((n, *s), d) for k, (s, d) in spec.items()}
-        present, ok = np.zeros(n, bool), np.ones(n, bool)
-        cells = self._cells[name]
-        if cells is None:
-            return arrays, present, ok
-        for i in range(n):
+    def _read_rows(self, name: str, rows: np.ndarray, issues: list[dict]) -> "_Rows":
+        """Read and featurize input ``name`` at table positions ``rows``, applying the bad-input
+        policy. This is the one place where cells are read: for eager inputs every row when the
+        data set is built, for lazy ones a batch's uncached rows (in a worker).
+
+        Under ``raise`` a bad cell's :class:`InputError` propagates; under ``skip`` and
+        ``missing`` it is appended to ``issues`` and the input is absent in that row (and the
+        row is dropped under ``skip``).
+        """
+        p, cells = self.preprocessors[name], self._cells[name]
+        b = len(rows)
+        arrays = {k: np.zeros((b, *s), d) for k, (s, d) in p.item_spec().items()}
+        present, bad = np.zeros(b, bool), np.zeros(b, bool)
+        read, read_at = [], []
+
+        def flush():  # featurize the fresh items as one batch
+            feats = p.featurize({k: np.stack([it[k] for it in read]) for k in read[0]})
+            for k, a in feats.items():
+                arrays[k][read_at] = a
+            present[read_at] = True
+            read.clear(), read_at.clear()
+
+        for j, i in enumerate(rows if cells is not None else ()):  # no columns: absent in every row
             try:
                 item = p.read([c[i] for c in cells], self._row_ids[i], self.ctx)
             except InputError as e:
                 if self.policy is BadInputPolicy.RAISE:
                     raise
-                self.report.add(e.to_dict())
-                ok[i] = self.policy is not BadInputPolicy.SKIP
+                issues.append(e.to_dict())
+                bad[j] = True
                 continue
             if item is not None:
-                present[i] = True
-                for k, a in item.items():
-                    arrays[k][i] = a
-        return arrays, present, ok
+                read.append(item)
+                read_at.append(j)
+                if len(read) == _FEATURIZE_AT_MOST:
+                    flush()
+        if read:
+            flush()
+        return _Rows(arrays, present, bad, bad & (self.policy is BadInputPolicy.SKIP))
 
     # --- torch Dataset ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -267,13 +288,13 @@ class MultimodalDataset(Dataset):
         issues: list[dict] = []
         drop = np.zeros(len(pos), bool)
         items: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
-        for name, p in self.preprocessors.items():
+        for name in self.preprocessors:
             if name in self._eager:
                 arrays, present = self._eager[name]
                 items[name] = ({k: a[pos] for k, a in arrays.items()}, present[pos])
                 continue
             try:
-                items[name] = self._read_lazy(name, p, pos, issues, drop)
+                items[name] = self._read_lazy(name, pos, issues, drop)
             except InputError as e:  # policy 'raise'
                 if get_worker_info() is None:
                     raise
@@ -290,49 +311,39 @@ class MultimodalDataset(Dataset):
             batch["target"] = torch.from_numpy(self._y[pos[keep]])
         return batch
 
-    def _read_lazy(self, name, p, pos, issues, drop):
-        spec = p.item_spec()
+    def _read_lazy(self, name, pos, issues, drop):
+        """A batch of a lazy input at table positions ``pos``: cached rows from the cache, the
+        others read by :meth:`_read_rows` and then cached (bad cells are not cached, so a
+        fixed file is picked up next time, and a skipped row is skipped again)."""
         cache = self._caches.get(name)
-        cells = self._cells[name]
-        if cells is None:
-            return {k: np.zeros((len(pos), *s), d) for k, (s, d) in spec.items()}, np.zeros(len(pos), bool)
-        if cache is not None:
-            status = cache.status[pos]
-            arrays = cache.get(pos)
-            todo = np.flatnonzero(status == UNKNOWN)
-        else:
-            status = np.zeros(len(pos), np.uint8)
-            arrays = {k: np.zeros((len(pos), *s), d) for k, (s, d) in spec.items()}
-            todo = np.arange(len(pos))
-        read, read_at = [], []
-        for j in todo:
-            i = int(pos[j])
-            try:
-                item = p.read([c[i] for c in cells], self._row_ids[i], self.ctx)
-            except InputError as e:
-                if self.policy is BadInputPolicy.RAISE:
-                    raise
-                issues.append(e.to_dict())
-                status[j] = ABSENT
-                drop[j] |= self.policy is BadInputPolicy.SKIP
-                continue  # not cached: a fixed file is picked up next time
-            if item is None:
-                status[j] = ABSENT
-                if cache is not None:
-                    cache.put(i, None)
-            else:
-                read.append(item)
-                read_at.append(j)
-        if read:  # featurize the fresh items as one batch, then store them
-            feats = p.featurize({k: np.stack([it[k] for it in read]) for k in read[0]})
-            for n, j in enumerate(read_at):
-                item = {k: a[n] for k, a in feats.items()}
-                status[j] = PRESENT
-                for k, a in item.items():
-                    arrays[k][j] = a
-                if cache is not None:
-                    cache.put(int(pos[j]), item)
-        return arrays, status == PRESENT
+        if cache is None:
+            r = self._read_rows(name, pos, issues)
+            drop |= r.drop
+            return r.arrays, r.present
+        status, arrays = cache.status[pos], cache.get(pos)
+        todo = np.flatnonzero(status == UNKNOWN)
+        r = self._read_rows(name, pos[todo], issues)
+        drop[todo] |= r.drop
+        present = status == PRESENT
+        present[todo] = r.present
+        for k, a in r.arrays.items():
+            arrays[k][todo] = a
+        for j, t in enumerate(todo):
+            if not r.bad[j]:
+                cache.put(int(pos[t]), {k: a[j] for k, a in r.arrays.items()} if r.present[j] else None)
+        return arrays, present
+
+
+_FEATURIZE_AT_MOST = 4096  # items featurized together: bounds the extra memory of reading every row eagerly
+
+
+class _Rows(NamedTuple):
+    """What :meth:`MultimodalDataset._read_rows` read for ``b`` rows of one input."""
+
+    arrays: dict[str, np.ndarray]  # {key: [b, ...]}, zeros where the input is absent
+    present: np.ndarray  # bool [b]: the input is there
+    bad: np.ndarray  # bool [b]: the cell could not be read (its issue was recorded)
+    drop: np.ndarray  # bool [b]: the row leaves the data set (a bad cell under 'skip')
 
 
 def _zero_absent(x, mask: torch.Tensor):
@@ -454,7 +465,8 @@ def make_loader(dataset: MultimodalDataset, batch_size: int = 64, shuffle: bool 
 
 
 def build_preprocessors(schema, data, options: Mapping[str, dict] | None = None, root=None,
-                        hf: Mapping[str, dict] | None = None, inputs=None) -> dict[str, Preprocessor]:
+                        hf: Mapping[str, dict] | None = None, inputs=None,
+                        allow_outside_root: bool = False) -> dict[str, Preprocessor]:
     """Create and fit the built-in preprocessor of every input of ``schema`` on ``data``.
 
     Args:
@@ -466,12 +478,19 @@ def build_preprocessors(schema, data, options: Mapping[str, dict] | None = None,
         hf: Input name -> Hugging Face preprocessing (``{"model": ..., "embed": bool}``) for
             inputs whose encoder is a pretrained model; their own preprocessing replaces the built-in one.
         inputs: Only these input names (default: all of the schema's inputs).
+        allow_outside_root: Read files whose paths resolve outside the data root (as the
+            data set that trains on these rows must then do too).
+
+    Raises:
+        MmfuseError: for an input of which no value could be read (see
+            :func:`~mmfuse.preprocessing._base.read_for_fit`): fitting never falls back to
+            made-up statistics.
     """
     from .preprocessing import default_preprocessor
 
     table = read_table(data, root=root)
     options = dict(options or {})
-    ctx = ReadContext(table.root)
+    ctx = ReadContext(table.root, allow_outside_root)
     out = {}
     for spec in schema.inputs():
         if inputs is not None and spec.name not in inputs:

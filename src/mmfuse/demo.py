@@ -96,7 +96,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 8, fusions=None, seed:
     table_path = make_demo_table(out / "data", seed=seed)
     echo(f"demo data: {table_path} ({time.perf_counter() - t0:.1f} s)")
     inputs = [s.name for s in infer_schema(read_table(table_path), target="digit").inputs()]
-    common = dict(target="digit", preprocessing=DEMO_PREPROCESSING, model=DEMO_MODEL, epochs=epochs, batch_size=64,
+    common = dict(target="digit", preprocessing=DEMO_PREPROCESSING, **DEMO_MODEL, epochs=epochs, batch_size=64,
                   lr=3e-3, patience=4, seed=seed, progress=progress, val_fraction=0.15, test_fraction=0.2,
                   log="csv", cache=str(out / "cache"))
     runs = [(f"only {n}", [n], "concat") for n in inputs]

@@ -5,7 +5,7 @@ callers can catch it as a built-in. The command line prints these as one line.
 """
 from __future__ import annotations
 
-__all__ = ["MmfuseError", "InputError", "SchemaError", "NotFittedError", "MissingDependencyError"]
+__all__ = ["MmfuseError", "InputError", "SchemaError", "BundleError", "NotFittedError", "MissingDependencyError"]
 
 
 class MmfuseError(ValueError):
@@ -13,7 +13,12 @@ class MmfuseError(ValueError):
 
 
 class SchemaError(MmfuseError):
-    """A table or schema cannot be used as given (missing target, duplicate columns, ...)."""
+    """A table, schema or settings file cannot be used as given (missing target, duplicate
+    columns, a file that is empty, damaged or of another format, ...)."""
+
+
+class BundleError(MmfuseError):
+    """A bundle folder cannot be loaded: it is missing, not a bundle, damaged or of another format version."""
 
 
 class InputError(MmfuseError):

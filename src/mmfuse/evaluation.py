@@ -6,133 +6,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .tasks import Task
-
-__all__ = ["choose_threshold", "binary_labels", "classification_metrics", "regression_metrics",
-           "expected_calibration_error", "compute_metrics", "modality_contribution", "write_report", "plot_learning_curves", "plot_confusion", "plot_contribution"]
-
-
-def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """ECE (Guo et al. 2017): ``Σ_b |B_b|/N · |acc(B_b) − conf(B_b)|`` over equal-width confidence bins."""
-    conf = proba.max(1)
-    correct = (proba.argmax(1) == y).astype(float)
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inb = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
-        if inb.any():
-            ece += inb.mean() * abs(correct[inb].mean() - conf[inb].mean())
-    return float(ece)
-
-
-def binary_labels(proba: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Class ids of a binary task: 1 where the positive class's probability reaches ``threshold``."""
-    return (proba[:, 1] >= threshold).astype(np.int64)
-
-
-THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy", "mcc")
-
-
-def choose_threshold(proba: np.ndarray, y: np.ndarray, metric: str = "f1") -> float:
-    """The decision threshold of a binary task that maximizes ``metric`` on these rows.
-
-    Candidates: 0.01, 0.02, ..., 0.99; among equally good ones, the closest to 0.5."""
-    from sklearn import metrics as M
-
-    from .errors import MmfuseError
-
-    score = {"f1": lambda t, p: M.f1_score(t, p, zero_division=0), "accuracy": M.accuracy_score,
-             "balanced_accuracy": M.balanced_accuracy_score, "mcc": M.matthews_corrcoef}.get(metric)
-    if score is None:
-        raise MmfuseError(f"decision_threshold: unknown metric {metric!r}; give a number or one of "
-                          f"{', '.join(THRESHOLD_METRICS)}")
-    grid = np.round(np.arange(1, 100) / 100, 2)
-    values = np.array([score(y, binary_labels(proba, t)) for t in grid])
-    best = np.flatnonzero(values >= values.max() - 1e-12)
-    return float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]])
-
-
-def classification_metrics(proba: np.ndarray, y: np.ndarray, classes: list, task: Task,
-                           threshold: float = 0.5) -> dict:
-    """Report (per class P/R/F1, macro/micro/weighted), accuracy, balanced accuracy, ROC-AUC, PR-AUC,
-    log loss and ECE. ``proba``: ``(N, K)``; ``y``: class ids (or multi-hot for multilabel).
-    Binary labels come from ``threshold``; when it is not 0.5, ``at_0.5`` holds the label
-    metrics at 0.5 too."""
-    from sklearn import metrics as M
-
-    names = [str(c) for c in classes]
-    if task is Task.MULTILABEL:
-        pred = (proba >= 0.5).astype(int)
-        out = {"report": M.classification_report(y, pred, target_names=names, output_dict=True, zero_division=0),
-               "subset_accuracy": float(M.accuracy_score(y, pred)),
-               "macro_f1": float(M.f1_score(y, pred, average="macro", zero_division=0)),
-               "micro_f1": float(M.f1_score(y, pred, average="micro", zero_division=0))}
-        ok = y.sum(0) > 0
-        if ok.all() and (y.sum(0) < len(y)).all():
-            out["roc_auc_macro"] = float(M.roc_auc_score(y, proba, average="macro"))
-            out["pr_auc_macro"] = float(M.average_precision_score(y, proba, average="macro"))
-        return out
-    pred = binary_labels(proba, threshold) if task is Task.BINARY else proba.argmax(1)
-    labels = list(range(len(classes)))
-    out = {"accuracy": float(M.accuracy_score(y, pred)),
-           "balanced_accuracy": float(M.balanced_accuracy_score(y, pred)),
-           "macro_f1": float(M.f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
-           "report": M.classification_report(y, pred, labels=labels, target_names=names, output_dict=True,
-                                             zero_division=0),
-           "log_loss": float(M.log_loss(y, np.clip(proba, 1e-7, 1), labels=labels)),
-           "ece": expected_calibration_error(proba, y),
-           "confusion_matrix": M.confusion_matrix(y, pred, labels=labels).tolist()}
-    present = np.unique(y)
-    if task is Task.BINARY:
-        if len(present) == 2:
-            out["roc_auc"] = float(M.roc_auc_score(y, proba[:, 1]))
-            out["pr_auc"] = float(M.average_precision_score(y, proba[:, 1]))
-        out["f1_positive"] = float(M.f1_score(y, pred, pos_label=1, zero_division=0))
-        out["threshold"] = float(threshold)
-        if threshold != 0.5:
-            half = binary_labels(proba, 0.5)
-            out["at_0.5"] = {"accuracy": float(M.accuracy_score(y, half)),
-                             "balanced_accuracy": float(M.balanced_accuracy_score(y, half)),
-                             "f1_positive": float(M.f1_score(y, half, pos_label=1, zero_division=0))}
-    elif len(present) == len(classes):
-        out["roc_auc_ovr_macro"] = float(M.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=labels))
-        onehot = np.eye(len(classes))[y]
-        out["pr_auc_macro"] = float(M.average_precision_score(onehot, proba, average="macro"))
-    return out
-
-
-def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict:
-    from sklearn import metrics as M
-
-    return {"mae": float(M.mean_absolute_error(y, pred)), "rmse": float(np.sqrt(M.mean_squared_error(y, pred))),
-            "r2": float(M.r2_score(y, pred))}
-
-
-def headline(task: Task) -> str:
-    """The single metric used to compare models."""
-    return {Task.REGRESSION: "rmse", Task.MULTILABEL: "macro_f1"}.get(task, "accuracy")
+__all__ = ["compute_metrics", "modality_contribution", "write_report", "plot_learning_curves", "plot_confusion",
+           "plot_contribution"]
 
 
 def compute_metrics(predictor, dataset, absent=()) -> dict:
-    """Metrics of a :class:`~mmfuse.bundle.Predictor` on a dataset that carries targets."""
-    from .tasks import logits_to_proba
-
+    """Metrics of a :class:`~mmfuse.bundle.Predictor` on a dataset that carries targets (the task's
+    :meth:`~mmfuse.tasks.Task.metrics`); ``absent`` inputs are masked in every row."""
     z, rows = predictor.logits(None, dataset=dataset, absent=absent)
-    y = dataset._y[rows]
-    target = predictor.target
-    if target.task is Task.REGRESSION:
-        pred = target.inverse_regression(z[:, 0].numpy())
-        return {**regression_metrics(pred, target.inverse_regression(y)), "n": int(len(y))}
-    proba = logits_to_proba(target.task, z).numpy()
-    return {**classification_metrics(proba, y, target.classes_, target.task, predictor.threshold), "n": int(len(y))}
+    return predictor.target.metrics(z, dataset._y[rows])
 
 
 def modality_contribution(predictor, dataset) -> dict:
-    """The test metric with all inputs, with each input removed (masked in every row), and with each alone."""
-    key = headline(predictor.target.task)
+    """The task's headline metric with all inputs, with each input removed (masked in every row), and
+    with each alone."""
+    key = predictor.target.headline
     names = predictor.model.names
     full = compute_metrics(predictor, dataset)[key]
-    out = {"metric": key, "all": full, "without": {}, "only": {}}
+    out = {"metric": key, "higher_is_better": predictor.target.higher_is_better, "all": full, "without": {},
+           "only": {}}
     for n in names:
         out["without"][n] = compute_metrics(predictor, dataset, absent=[n])[key]
         out["only"][n] = compute_metrics(predictor, dataset, absent=[m for m in names if m != n])[key]
@@ -220,7 +112,15 @@ def write_report(run_dir: Path, metrics: dict, classes: list | None = None) -> N
     lines = [f"# mmfuse run report", "", f"- task: {metrics.get('task')}", f"- fusion: {metrics.get('fusion')}",
              f"- inputs: {', '.join(metrics.get('inputs', []))}",
              f"- best epoch: {metrics.get('best_epoch')} of {metrics.get('epochs_run')}",
-             f"- training time: {metrics.get('train_seconds', 0):.1f} s", ""]
+             f"- training time: {metrics.get('train_seconds', 0):.1f} s"]
+    if metrics.get("rows"):
+        lines.append(f"- rows: " + ", ".join(f"{k} {v}" for k, v in metrics["rows"].items())
+                     + (f" ({metrics['split_source']})" if metrics.get("split_source") else ""))
+    if metrics.get("blank_target_rows"):
+        rows = [r for v in metrics["blank_target_rows"].values() for r in v]
+        lines.append(f"- left out for a blank target: {len(rows)} rows ({', '.join(map(str, rows[:20]))}"
+                     f"{', ...' if len(rows) > 20 else ''})")
+    lines.append("")
     for split in ("val", "test"):
         m = metrics.get(split)
         if not m:
@@ -228,6 +128,8 @@ def write_report(run_dir: Path, metrics: dict, classes: list | None = None) -> N
         lines += [f"## {split}", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in m.items() if isinstance(v, float)]
         lines.append("")
+        if m.get("absent_classes"):
+            lines += [f"Classes absent from these rows, left out of macro-F1: {', '.join(m['absent_classes'])}", ""]
         if "report" in m:
             lines += ["| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
             for c, r in m["report"].items():

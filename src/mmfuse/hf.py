@@ -127,11 +127,18 @@ def fingerprint(model: str, revision: str | None = None, mtimes: bool = True) ->
 
 
 def output_dim(backbone: nn.Module) -> int:
+    """Width of the pooled output with ``pooling="auto"``: a CLIP tower's projection, else :func:`token_dim`."""
+    proj = getattr(backbone.config, "projection_dim", None)
+    if proj and (hasattr(backbone, "text_projection") or hasattr(backbone, "visual_projection")):
+        return int(proj)
+    return token_dim(backbone)
+
+
+def token_dim(backbone: nn.Module) -> int:
+    """Width of the last hidden states, the tokens (and the pooled output of ``cls``, ``mean``, ``last``)."""
     cfg = backbone.config
-    for k in ("projection_dim", "hidden_size", "d_model"):
+    for k in ("hidden_size", "d_model"):
         if getattr(cfg, k, None):
-            if k == "projection_dim" and not hasattr(backbone, "text_projection") and not hasattr(backbone, "visual_projection"):
-                continue
             return int(getattr(cfg, k))
     if getattr(cfg, "hidden_sizes", None):  # convolutional backbones (ResNet, ConvNeXt): the last stage's width
         return int(cfg.hidden_sizes[-1])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Union
 
 import pandas as pd
 
-from .errors import InputError, SchemaError
+from .errors import InputError, MmfuseError, SchemaError
 
 __all__ = ["Table", "read_table", "resolve_path", "atomic_write_bytes", "atomic_write_text"]
 
@@ -48,12 +49,17 @@ def read_table(data: TableLike, root: str | os.PathLike | None = None, encoding:
 
     Args:
         data: A path to a ``.csv``, ``.tsv``, ``.parquet`` or ``.jsonl`` file, a DataFrame, or a Table.
+            A ``.csv`` file whose header holds no comma but semicolons (or tabs) is read with
+            that separator; a UTF-8 byte order mark is dropped.
         root: Folder that relative paths in cells are resolved against. Defaults to the
             table file's folder, or the current directory for a DataFrame.
         encoding: Text encoding of CSV/TSV/JSONL files.
 
     Raises:
-        SchemaError: for an empty table, duplicate column names or an unknown format.
+        SchemaError: for a missing, empty, unreadable or damaged file, a file whose content is
+            not its extension's format, a row with more fields than the header (naming the
+            line), duplicate column names or an unknown format. Every failure of the parsing
+            libraries (pandas, pyarrow, json, the OS) is turned into this one-line error.
         InputError: for a file that is not valid text in ``encoding``, naming the line.
     """
     if isinstance(data, Table):
@@ -65,17 +71,54 @@ def read_table(data: TableLike, root: str | os.PathLike | None = None, encoding:
         table = Table(df, Path(root or os.getcwd()).resolve())
     else:
         path = Path(data)
-        if not path.exists():
-            raise SchemaError(f"table file {str(path)!r} does not exist (resolved to {path.resolve()})")
-        fmt = _SUFFIXES.get(path.suffix.lower())
-        if fmt is None:
-            raise SchemaError(f"cannot read {str(path)!r}: unknown table format {path.suffix!r}; "
-                              f"use one of {', '.join(sorted(_SUFFIXES))}")
-        df = _read_file(path, fmt, encoding)
+        df = _read_path(path, encoding)
         table = Table(df, Path(root).resolve() if root else path.resolve().parent, str(path))
     if len(table.df.columns) == 0 or len(table.df) == 0:
-        raise SchemaError(f"table {table.source} is empty ({len(table.df)} rows, {len(table.df.columns)} columns)")
+        raise SchemaError(f"table {table.source} is empty ({len(table.df)} rows, {len(table.df.columns)} columns); "
+                          "it needs a header line and at least one row")
     return table
+
+
+_FORMAT_NAMES = {"csv": "CSV", "tsv": "TSV", "parquet": "Parquet", "jsonl": "JSON Lines"}
+_OTHER_FORMAT_HINTS = {
+    ".xlsx": "save the sheet as CSV (in Excel: File > Save As > CSV UTF-8) and pass the .csv",
+    ".xls": "save the sheet as CSV (in Excel: File > Save As > CSV UTF-8) and pass the .csv",
+    ".json": "write it as JSON Lines (one JSON object per line) named .jsonl, e.g. "
+             "pandas.read_json(path).to_json('t.jsonl', orient='records', lines=True)",
+    ".gz": "decompress it first (gunzip FILE) and pass the table inside",
+    ".zip": "unzip it first and pass the table inside",
+}
+
+
+def _table_error(path: Path, reason: str, hint: str, line: int | None = None) -> SchemaError:
+    """``table file 'x.csv' reason. hint`` (``table file 'x.csv', line N: reason. hint``) as one line."""
+    where = f", line {line}:" if line is not None else ""
+    return SchemaError(f"table file {str(path)!r}{where} {reason}. {hint}")
+
+
+def _read_path(path: Path, encoding: str) -> pd.DataFrame:
+    """Read a table file. Whatever its libraries raise becomes a one-line SchemaError naming the file."""
+    try:
+        if not path.exists():
+            raise SchemaError(f"table file {str(path)!r} does not exist (resolved to {path.resolve()})")
+        if path.is_dir():
+            found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _SUFFIXES)
+            hint = (f"Pass a table file in it, e.g. {str(path / found[0])!r}" if found
+                    else f"Pass a {', '.join(sorted(_SUFFIXES))} file")
+            raise _table_error(path, "is a folder, not a table file", hint)
+        fmt = _SUFFIXES.get(path.suffix.lower())
+        if fmt is None:
+            hint = _OTHER_FORMAT_HINTS.get(path.suffix.lower()) or _content_hint(path) or \
+                f"use one of {', '.join(sorted(_SUFFIXES))}"
+            raise SchemaError(f"cannot read {str(path)!r}: unknown table format {path.suffix!r}; {hint}")
+        if path.stat().st_size == 0:
+            raise _table_error(path, "is empty (0 bytes)", "Write a header line and at least one row into it, "
+                                                           "or pass another file")
+        return _read_file(path, fmt, encoding)
+    except MmfuseError:
+        raise
+    except Exception as e:  # any other failure of pandas, pyarrow, csv, json or the OS: say it in one line
+        raise _translate(e, path, _SUFFIXES.get(path.suffix.lower(), "csv")) from e
 
 
 def _read_file(path: Path, fmt: str, encoding: str) -> pd.DataFrame:
@@ -86,28 +129,193 @@ def _read_file(path: Path, fmt: str, encoding: str) -> pd.DataFrame:
         _check_columns(names, str(path))
         return pd.read_parquet(path)
     raw = path.read_bytes()
+    kind, ext = _sniff(raw[:4096]) or ("", None)
+    if _foreign(kind, ext, fmt):
+        raise _table_error(path, f"is not a {_FORMAT_NAMES[fmt]} file: its content looks like {kind}",
+                           _rename_hint(kind, ext))
     text = _decode(raw, path, encoding)
+    if not text.strip():
+        raise _table_error(path, "holds only blank lines", "Write a header line and at least one row into it, "
+                                                           "or pass another file")
     if fmt == "jsonl":
-        df = pd.read_json(io.StringIO(text), lines=True, dtype=False)
-        return df
-    sep = "\t" if fmt == "tsv" else ","
+        return _read_jsonl(text, path)
+    return _read_csv(text, path, "\t" if fmt == "tsv" else ",", sniff_separator=fmt == "csv")
+
+
+def _read_csv(text: str, path: Path, sep: str, sniff_separator: bool) -> pd.DataFrame:
+    """CSV/TSV text to a DataFrame; a row with more fields than the header is refused, naming its line."""
+    import warnings
+
     header = next(csv.reader(io.StringIO(text), delimiter=sep), [])
+    if sniff_separator and len(header) == 1:  # "a;b;c" (Excel in many locales) or tabs in a .csv
+        sep = next((s for s in (";", "\t") if s in header[0]), sep)
+        header = next(csv.reader(io.StringIO(text), delimiter=sep), [])
     _check_columns(header, str(path))
-    # keep_default_na: empty cells and 'NA'/'NaN' become missing; everything else is kept as
-    # written and typed later by the schema (so a stray string in a numeric column is reported).
-    return pd.read_csv(io.StringIO(text), sep=sep, low_memory=False)
+    try:
+        # index_col=False: rows with one field too many must not silently turn the first column
+        # into the index; pandas then warns instead, and that warning is made an error here.
+        # keep_default_na: empty cells and 'NA'/'NaN' become missing; everything else is kept as
+        # written and typed later by the schema (so a stray string in a numeric column is reported).
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(io.StringIO(text), sep=sep, low_memory=False, index_col=False)
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
+        long_row = _first_long_row(text, sep, len(header))
+        if long_row is None:
+            raise
+        line, n = long_row
+        shown = {",": "','", ";": "';'", "\t": "a tab"}[sep]
+        raise _table_error(path, f"has {n} fields but the header has {len(header)}",
+                           f"Put quotes around fields that contain {shown} (\"a{sep.strip()} b\"), "
+                           "or fix that row", line=line) from e
+
+
+def _first_long_row(text: str, sep: str, n_header: int) -> tuple[int, int] | None:
+    """(line where the first row with more than ``n_header`` fields starts, its number of fields).
+    Rows whose extra fields are empty (a trailing separator, which pandas tolerates) come last."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    start, found = 1, None
+    try:
+        for fields in reader:
+            if len(fields) > n_header:
+                if any(f.strip() for f in fields[n_header:]):
+                    return start, len(fields)
+                found = found or (start, len(fields))
+            start = reader.line_num + 1
+    except csv.Error:  # e.g. a field over csv.field_size_limit(): let pandas' own message speak
+        pass
+    return found
+
+
+def _read_jsonl(text: str, path: Path) -> pd.DataFrame:
+    """JSON Lines text to a DataFrame; a line that is not a JSON object is refused, naming it."""
+    try:
+        df = pd.read_json(io.StringIO(text), lines=True, dtype=False)
+    except Exception as e:  # pandas does not say which line (ValueError, or TypeError for mixed lines)
+        df, error = None, e
+    if df is None or not all(isinstance(c, str) for c in df.columns):  # int columns: lines are not objects
+        for i, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                reason = f"is not valid JSON ({e.msg} at column {e.colno})"
+            else:
+                if isinstance(value, dict):
+                    continue
+                reason = f"holds a JSON {type(value).__name__}, not an object"
+            raise _table_error(path, reason, "JSON Lines needs one JSON object per line, like "
+                                             '{"text": "a", "label": 1}', line=i)
+        if df is None:
+            raise error
+    return df
+
+
+_MAGIC = {b"PAR1": ("Parquet", "parquet"), b"\x89PNG": ("a PNG image", None), b"\xff\xd8\xff": ("a JPEG image", None),
+          b"GIF8": ("a GIF image", None), b"PK\x03\x04": ("a ZIP archive (an .xlsx workbook is one)", None),
+          b"\xd0\xcf\x11\xe0": ("an old Office file (.xls?)", None), b"%PDF": ("a PDF document", None),
+          b"\x1f\x8b": ("gzip-compressed data", None), b"RIFF": ("a RIFF file (WAV audio?)", None),
+          b"SQLite format 3": ("an SQLite database", None)}
+_BINARY_KINDS = {k for k, _ in _MAGIC.values()} | {"binary data"}
+
+
+def _sniff(head: bytes) -> tuple[str, str | None] | None:
+    """What a file's first bytes look like: (description, table format or None), or None when unsure."""
+    for magic, found in _MAGIC.items():
+        if head.startswith(magic):
+            return found
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return None  # UTF-16 text: decoding names the encoding to pass
+    if b"\0" in head:
+        return "binary data", None
+    first = head.decode("utf-8", "replace").lstrip("\ufeff \t\r\n").split("\n", 1)[0].strip()
+    if first in ("{", "["):  # the start of an indented JSON document
+        return "JSON", None
+    if first.startswith(("{", "[")):
+        try:
+            return ("JSON Lines", "jsonl") if isinstance(json.loads(first), dict) else ("JSON", None)
+        except json.JSONDecodeError:
+            pass  # a header such as "{id},name" is CSV
+    if "\t" in first:
+        return "tab-separated text", "tsv"
+    if "," in first or ";" in first:
+        return "CSV text", "csv"
+    return None
+
+
+def _foreign(kind: str, ext: str | None, fmt: str) -> bool:
+    """Whether content sniffed as ``kind`` (table format ``ext``) is not of format ``fmt``.
+    A .csv may hold tab- or semicolon-separated text: the reader finds the separator."""
+    if ext is not None:
+        return ext != fmt and (fmt, ext) != ("csv", "tsv")
+    return kind in _BINARY_KINDS or (kind == "JSON" and fmt != "jsonl")
+
+
+def _rename_hint(kind: str, ext: str | None) -> str:
+    """What to do with a file whose content (``kind``, table format ``ext``) is not its extension's format."""
+    if ext is not None:
+        return f"Rename it to .{ext}, or pass the right file"
+    if kind == "JSON":
+        return "mmfuse reads JSON as JSON Lines: one JSON object per line, in a .jsonl file"
+    return "Pass the table itself (a .csv, .tsv, .parquet or .jsonl file)"
+
+
+def _content_hint(path: Path) -> str | None:
+    """'its content looks like CSV text: rename it to .csv' for a file of an unknown extension."""
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        kind, ext = _sniff(f.read(4096)) or ("", None)
+    return f"its content looks like {kind}: rename it to .{ext}" if ext else None
+
+
+def _translate(e: Exception, path: Path, fmt: str) -> SchemaError:
+    """A library's exception while reading ``path`` as ``fmt``, as one line naming the file and the fix."""
+    if isinstance(e, OSError) and e.errno is not None:  # the OS: permissions, a folder, a vanished file ...
+        hint = ("Check that you may read it" if isinstance(e, PermissionError)
+                else "Check the path, and that the file can be read")
+        return _table_error(path, f"cannot be read: {e.strerror}", hint)
+    detail = " ".join(str(e).split()).rstrip(".") or type(e).__name__
+    if isinstance(e, pd.errors.EmptyDataError):
+        return _table_error(path, "is empty (no columns in it)", "Write a header line and at least one row into it, "
+                                                                 "or pass another file")
+    try:
+        with open(path, "rb") as f:
+            kind, ext = _sniff(f.read(4096)) or ("", None)
+    except OSError:
+        kind, ext = "", None
+    name = _FORMAT_NAMES[fmt]
+    if fmt == "parquet" and ext == "parquet":
+        return _table_error(path, f"is a damaged or truncated Parquet file ({detail})", "Copy or export it again")
+    if _foreign(kind, ext, fmt):
+        return _table_error(path, f"is not a {name} file: its content looks like {kind}", _rename_hint(kind, ext))
+    if fmt in ("csv", "tsv") and "EOF inside string" in detail:
+        return _table_error(path, f"cannot be read as {name}: a quoted field is never closed ({detail})",
+                            'Check that every opening quote " has its closing quote')
+    return _table_error(path, f"cannot be read as {name} ({detail})", f"Check that it is a valid {name} file, "
+                                                                        "or export it again")
 
 
 def _decode(raw: bytes, path: Path, encoding: str) -> str:
+    """The text of a file; a UTF-8 byte order mark is dropped. Names the line of the first bad byte."""
+    if encoding.lower().replace("-", "").replace("_", "") == "utf8":
+        encoding = "utf-8-sig"
     try:
         return raw.decode(encoding)
+    except LookupError:
+        raise SchemaError(f"cannot read {str(path)!r}: unknown text encoding {encoding!r}; "
+                          "use e.g. utf-8, latin-1 or utf-16") from None
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         bad = raw[e.start:e.end].hex(" ")
+        shown = "utf-8" if encoding == "utf-8-sig" else encoding
+        hint = ("The file is UTF-16 text: pass encoding='utf-16' (--encoding utf-16)"
+                if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else
+                "Re-save the file as UTF-8, or pass encoding='latin-1' (--encoding latin-1) if that is its real "
+                "encoding")
         raise InputError(row=None, column=None, file=str(path),
-                         reason=f"is not valid {encoding}: byte(s) 0x{bad} on line {line}",
-                         hint="Re-save the file as UTF-8, or pass encoding='latin-1' (--encoding latin-1) "
-                              "if that is its real encoding") from None
+                         reason=f"is not valid {shown}: byte(s) 0x{bad} on line {line}", hint=hint) from None
 
 
 def _check_columns(names: list[str], source: str) -> None:
@@ -135,19 +343,47 @@ def resolve_path(value: str, root: Path, *, row=None, column: str | None = None,
 
 
 def read_mapping_file(path: str | os.PathLike, what: str) -> dict:
-    """A YAML (``.yaml``/``.yml``) or JSON file that must hold a mapping."""
+    """A YAML (``.yaml``/``.yml``) or JSON file that must hold a mapping; an empty file is ``{}``.
+
+    Raises:
+        SchemaError: one line naming the file (and the line, for a syntax error) when it is
+            missing, unreadable, not UTF-8, not valid YAML/JSON or not a mapping.
+    """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
+    is_yaml = path.suffix.lower() in (".yaml", ".yml")
+    lang = "YAML" if is_yaml else "JSON"
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as e:
+        raise SchemaError(f"{what} {str(path)!r} does not exist (resolved to {path.resolve()})") from e
+    except UnicodeDecodeError as e:
+        raise SchemaError(f"{what} {str(path)!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start}); pass a {lang} text file saved as UTF-8") from e
+    except OSError as e:  # a folder, no permission, ...
+        raise SchemaError(f"{what} {str(path)!r} cannot be read: {e.strerror or e}; pass a .yaml or .json "
+                          "file") from e
+    if is_yaml:
         import yaml
 
-        d = yaml.safe_load(text) or {}
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or " ".join(str(e).split())
+            raise SchemaError(f"{what} {str(path)!r}{where}: not valid YAML ({problem}); fix that line: check its "
+                              "indentation, and quote values that contain ': ' or start with [ {") from e
     else:
-        import json
-
-        d = json.loads(text)
+        try:
+            d = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError as e:
+            raise SchemaError(f"{what} {str(path)!r}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg}); "
+                              "fix that line: JSON has double-quoted strings, no trailing commas and no "
+                              "comments") from e
+    if d is None:
+        return {}
     if not isinstance(d, dict):
-        raise SchemaError(f"{what} {path} must hold a mapping, got {type(d).__name__}")
+        raise SchemaError(f"{what} {path} must hold a mapping (key: value lines), got a {type(d).__name__}")
     return d
 
 

@@ -6,6 +6,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from ._names import InputModuleDict
 from .encoders import Encoder
 from .fusion import Fusion
 
@@ -22,6 +23,10 @@ class Head(nn.Sequential):
 class MultimodalModel(nn.Module):
     """``encoders -> fusion -> head``; parts are passed in, not built from a config blob.
 
+    Input names can be any string (``Review.Text``, ``a/b``, ``type``): modules are stored
+    under :func:`mmfuse._names.safe_key` of each name, and everything else, ``names``
+    included, uses the names themselves.
+
     Args:
         encoders: Input name -> encoder.
         fusion: A fusion over exactly those inputs.
@@ -37,10 +42,10 @@ class MultimodalModel(nn.Module):
         self.names = sorted(encoders)
         if sorted(fusion.names) != self.names:
             raise ValueError(f"fusion inputs {fusion.names} differ from encoder inputs {self.names}")
-        self.encoders = nn.ModuleDict({n: encoders[n] for n in self.names})
+        self.encoders = InputModuleDict({n: encoders[n] for n in self.names})
         self.fusion = fusion
         self.head = head
-        self.aux_heads = nn.ModuleDict(dict(aux_heads)) if aux_heads else None
+        self.aux_heads = InputModuleDict(aux_heads) if aux_heads else None
         self.modality_dropout = modality_dropout
 
     def drop_modalities(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

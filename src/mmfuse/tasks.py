@@ -1,39 +1,701 @@
-"""Losses and output transforms per task."""
+"""The prediction task: one class per kind of target, behind a registry.
+
+Each task owns everything about its target column, as Ludwig's output features do: how the
+target is inferred and encoded, the width of the model's output, the loss (with class
+weights, the same objective in training and validation), how logits become probabilities
+and labels (with the decision threshold of binary tasks and the per-label thresholds of
+multilabel tasks), the quick metrics used during training, the full metrics, the headline
+metric and the metric to monitor, and its state for bundles (``to_dict`` / ``from_dict``).
+Nothing outside this module branches on the kind of task.
+
+Tasks are created by name (:func:`create_task`), or inferred and fitted from the training
+rows in one call (:func:`fit_task`)::
+
+    task = fit_task(train_df, "label")             # BinaryTask, MulticlassTask, ...
+    y = task.transform(train_df[["label"]])         # encoded targets
+    loss = task.loss(logits, torch.as_tensor(y))    # logits: (B, task.n_outputs)
+    out = task.decode(logits)                       # out.proba, out.ids, out.labels
+
+Macro-F1, everywhere (quick and full metrics, multiclass and multilabel): the mean of the
+per-class F1 over the classes that occur in the evaluated rows' true labels. A class absent
+from them has no defined recall and is left out; the full metrics list such classes under
+``absent_classes``. Predictions of an absent class still count as errors of the true class.
+"""
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .preprocessing.target import Task
+from ._registry import Registry
+from .errors import InputError, MmfuseError, SchemaError
 
-__all__ = ["Task", "compute_loss", "logits_to_proba"]
+__all__ = ["Task", "BinaryTask", "MulticlassTask", "MultilabelTask", "RegressionTask", "Decoded", "TASKS",
+           "register_task", "create_task", "list_tasks", "infer_task", "fit_task", "task_from_dict",
+           "choose_threshold", "THRESHOLD_METRICS", "expected_calibration_error"]
+
+TASKS: Registry[type["Task"]] = Registry("task")
+THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy", "mcc")
 
 
-def compute_loss(task: Task, logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None,
-                 regression_loss: str = "mse") -> torch.Tensor:
-    """Cross-entropy (multiclass, optional class weights), BCE (binary, multilabel) or MSE/Huber.
+def register_task(name: str):
+    """Class decorator: make a :class:`Task` subclass creatable by ``name``."""
+    def deco(cls):
+        cls.name = name
+        return TASKS.register(name)(cls)
 
-    ``logits``: ``(B, K)``; ``y``: class ids ``(B,)``, multi-hot ``(B, K)`` or values ``(B,)``.
+    return deco
+
+
+def list_tasks() -> list[str]:
+    return TASKS.names()
+
+
+def create_task(name: str, column: str, **options) -> "Task":
+    """An unfitted task of kind ``name`` for the target ``column``; ``options`` go to its constructor."""
+    return TASKS.create(name, column=column, **options)
+
+
+@dataclass
+class Decoded:
+    """What a task makes of logits: ``proba`` (N, K) class probabilities (regression: (N,) values
+    in the target's units), ``ids`` the encoded predictions the metrics compare with the encoded
+    targets ((N,) class ids, (N, K) multi-hot or (N,) standardized values), and ``labels`` the
+    predictions as the user wrote the target (labels, lists of labels, or values)."""
+
+    proba: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray
+
+
+class Task:
+    """Base class. Subclasses set ``headline`` and implement the abstract methods.
+
+    Args:
+        column: The target column.
+        label_sep: For targets written as strings of several labels (``"a|b"``).
     """
-    if task is Task.MULTICLASS:
-        return F.cross_entropy(logits, y, weight=class_weights)
-    if task is Task.BINARY:
-        pos_weight = None if class_weights is None else class_weights[1:2] / class_weights[0:1]
-        return F.binary_cross_entropy_with_logits(logits[:, 0], y.float(), pos_weight=pos_weight)
-    if task is Task.MULTILABEL:
-        return F.binary_cross_entropy_with_logits(logits, y.float())
-    if regression_loss == "huber":
-        return F.huber_loss(logits[:, 0], y.float())
-    return F.mse_loss(logits[:, 0], y.float())
+
+    name: ClassVar[str] = ""
+    headline: ClassVar[str] = "accuracy"  # the one metric used to compare models
+    higher_is_better: ClassVar[bool] = True
+    monitor: ClassVar[tuple[str, str]] = ("val_loss", "min")  # early stopping and the best checkpoint
+
+    def __init__(self, column: str, label_sep: str = "|"):
+        self.column, self.label_sep = column, label_sep
+        self.classes_: list[str] | None = None
+        self.numeric_labels_ = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(column={self.column!r}, classes={self.classes_})"
+
+    # --- the target --------------------------------------------------------------------------
+    def fit(self, df: pd.DataFrame) -> "Task":
+        """Learn the classes (or the scale) from the training rows; blank target cells are ignored."""
+        y = self._column(df)
+        self._fit(y[~y.map(_blank)])
+        self._index = {k: i for i, k in enumerate(self.classes_ or [])}
+        return self
+
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        """Encoded targets of these rows; a blank or unreadable cell raises :class:`InputError` naming the row."""
+        self.check_fitted()
+        out = []
+        for row, v in self._column(df).items():
+            if _blank(v):
+                raise InputError(row, self.column, "has no target value",
+                                 hint="fill the target, or leave the row out (fit leaves out rows with a blank target)")
+            out.append(self._encode(row, v))
+        return self._stack(out)
+
+    def blank(self, df: pd.DataFrame) -> np.ndarray:
+        """Boolean mask of the rows whose target cell is blank."""
+        return self._column(df).map(_blank).to_numpy(dtype=bool)
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the model's output."""
+        return len(self.classes_)
+
+    def labels(self) -> np.ndarray:
+        """The class labels as given in training: numbers stay numbers (``3``, not ``'3'``)."""
+        if self.numeric_labels_:
+            vals = [float(k) for k in self.classes_]
+            return np.asarray([int(v) for v in vals] if all(v.is_integer() for v in vals) else vals)
+        return np.asarray(self.classes_, dtype=object)
+
+    def stratify(self, df: pd.DataFrame) -> np.ndarray | None:
+        """Labels to stratify a random split on, or None when the task cannot be stratified."""
+        return None
+
+    def check_fitted(self) -> None:
+        if not hasattr(self, "_index"):
+            from .errors import NotFittedError
+
+            raise NotFittedError(f"the {self.name} task of {self.column!r} is not fitted; call fit(train_df)")
+
+    # --- training ----------------------------------------------------------------------------
+    def class_weights(self, setting, y: np.ndarray) -> torch.Tensor | None:
+        """Per-class loss weights from ``setting`` (None, ``"balanced"`` or a list) and the encoded
+        training targets ``y``. ``balanced``: ``N / (K · count_k)`` (scikit-learn's rule)."""
+        if setting is None:
+            return None
+        k = len(self.classes_)
+        if isinstance(setting, str):
+            if setting != "balanced":
+                raise MmfuseError(f"class_weight must be None, 'balanced' or a list of {k} numbers, got {setting!r}")
+            counts = self._counts(y, k)
+            return torch.tensor(len(y) / (k * np.maximum(counts, 1)), dtype=torch.float32)
+        try:
+            w = np.asarray(setting, float).reshape(-1)
+        except (TypeError, ValueError):
+            raise MmfuseError(f"class_weight must be None, 'balanced' or a list of numbers, got {setting!r}") from None
+        if len(w) != k or (w <= 0).any():
+            raise MmfuseError(f"class_weight must have {k} positive values (one per class, in the order "
+                              f"{self.classes_}), got {list(w)}")
+        return torch.tensor(w, dtype=torch.float32)
+
+    def _counts(self, y, k):
+        return np.bincount(np.asarray(y, np.int64), minlength=k).astype(float)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The training objective (also the validation loss). ``logits``: (B, n_outputs)."""
+        raise NotImplementedError
+
+    def quick_metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict:
+        """Validation metrics in torch, without scikit-learn (keys without the ``val_`` prefix)."""
+        raise NotImplementedError
+
+    # --- prediction --------------------------------------------------------------------------
+    def decode(self, logits: torch.Tensor, threshold=None) -> Decoded:
+        """Logits (N, n_outputs) -> probabilities, encoded predictions and labels, in one place.
+        ``threshold`` overrides the task's own decision threshold(s)."""
+        raise NotImplementedError
+
+    def output_columns(self, decoded: Decoded, proba: bool = True) -> dict[str, np.ndarray]:
+        """Columns of a prediction file: ``prediction`` and, when ``proba``, ``proba_<class>``."""
+        cols = {"prediction": decoded.labels}
+        if proba:
+            cols.update({f"proba_{c}": decoded.proba[:, j] for j, c in enumerate(self.classes_)})
+        return cols
+
+    def set_threshold(self, setting, logits: torch.Tensor | None = None, y: np.ndarray | None = None):
+        """Decision threshold(s) from ``setting``: a number, or a metric maximized on ``logits``/``y``
+        (validation rows). Only binary and multilabel tasks have one."""
+        if setting is not None:
+            raise MmfuseError(f"decision_threshold applies to binary and multilabel targets; {self.column!r} is "
+                              f"{self.name}: leave it unset")
+
+    @property
+    def threshold(self):
+        return None
+
+    # --- evaluation --------------------------------------------------------------------------
+    def metrics(self, logits: torch.Tensor, y: np.ndarray) -> dict:
+        """Full metrics of these logits against encoded targets ``y`` (scikit-learn)."""
+        raise NotImplementedError
+
+    # --- bundles -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"column": self.column, "task": self.name, "classes": self.classes_, "label_sep": self.label_sep,
+                "numeric_labels": self.numeric_labels_}
+
+    def _load(self, d: dict) -> None:
+        self.classes_ = d.get("classes")
+        self.numeric_labels_ = d.get("numeric_labels", False)
+        self._index = {k: i for i, k in enumerate(self.classes_ or [])}
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _column(self, df: pd.DataFrame) -> pd.Series:
+        if self.column not in df.columns:
+            from ._registry import unknown_name_message
+
+            raise SchemaError(unknown_name_message("target column", self.column, df.columns))
+        return df[self.column]
+
+    def _fit(self, y: pd.Series) -> None:
+        raise NotImplementedError
+
+    def _encode(self, row, v):
+        raise NotImplementedError
+
+    def _stack(self, out: list) -> np.ndarray:
+        return np.asarray(out, np.int64)
 
 
-def logits_to_proba(task: Task, logits: torch.Tensor) -> torch.Tensor:
-    """Probabilities ``(B, K)`` for classification (K = 2 for binary); the value ``(B,)`` for regression."""
-    if task is Task.MULTICLASS:
-        return torch.softmax(logits.float(), dim=1)
-    if task is Task.BINARY:
-        p = torch.sigmoid(logits[:, 0].float())
-        return torch.stack([1 - p, p], dim=1)
-    if task is Task.MULTILABEL:
-        return torch.sigmoid(logits.float())
-    return logits[:, 0].float()
+def task_from_dict(d: dict, decision_threshold=None) -> Task:
+    """Rebuild a fitted task from :meth:`Task.to_dict` (bundles of format 1 kept the binary decision
+    threshold beside the target: pass it as ``decision_threshold``)."""
+    kw = {"regression_loss": d["loss"]} if d.get("loss") else {}
+    task = create_task(d["task"], d["column"], label_sep=d.get("label_sep", "|"), **kw)
+    task._load({**d, **({"threshold": decision_threshold} if d.get("threshold") is None and decision_threshold
+                        else {})})
+    return task
+
+
+class _Classification(Task):
+    def _fit(self, y: pd.Series) -> None:
+        keys = sorted({_key(v) for v in y}, key=_natural)
+        if len(keys) < 2:
+            raise SchemaError(f"target {self.column!r} has a single class ({keys[0] if keys else 'none'}) in the "
+                              "training rows; a classifier needs at least two")
+        self.classes_ = keys
+        self.numeric_labels_ = bool(pd.api.types.is_numeric_dtype(y))
+
+    def _encode(self, row, v):
+        k = _key(v)
+        if k not in self._index:
+            raise InputError(row, self.column, f"has the label {k!r}, unseen in training",
+                             hint=f"known labels: {', '.join(self.classes_[:20])}")
+        return self._index[k]
+
+    def stratify(self, df):
+        y = self._column(df)
+        return y.map(lambda v: "" if _blank(v) else _key(v)).to_numpy()
+
+    def _confusion(self, ids: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+        return torch.bincount(y.long() * k + ids.long(), minlength=k * k).view(k, k).float()  # rows: true
+
+    def quick_metrics(self, logits, y):
+        k = len(self.classes_)
+        cm = self._confusion(torch.as_tensor(self.decode(logits).ids), y, k)
+        tp = cm.diag()
+        f1 = 2 * tp / (cm.sum(0) + cm.sum(1)).clamp_min(1)
+        present = cm.sum(1) > 0
+        return {"accuracy": float(tp.sum() / cm.sum()), "macro_f1": float(f1[present].mean())}
+
+    def metrics(self, logits, y):
+        from sklearn import metrics as M
+
+        d = self.decode(logits)
+        proba, pred, y = d.proba, d.ids, np.asarray(y)
+        labels = list(range(len(self.classes_)))
+        present = sorted(set(np.unique(y).tolist()))
+        names = [str(c) for c in self.classes_]
+        with warnings.catch_warnings():  # absent classes are reported below, under absent_classes
+            warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+            balanced = float(M.balanced_accuracy_score(y, pred))
+        out = {"accuracy": float(M.accuracy_score(y, pred)), "balanced_accuracy": balanced,
+               "macro_f1": float(M.f1_score(y, pred, average="macro", labels=present, zero_division=0)),
+               "report": M.classification_report(y, pred, labels=labels, target_names=names, output_dict=True,
+                                                 zero_division=0),
+               "log_loss": float(M.log_loss(y, np.clip(proba, 1e-7, 1), labels=labels)),
+               "ece": expected_calibration_error(proba, y),
+               "confusion_matrix": M.confusion_matrix(y, pred, labels=labels).tolist(),
+               "absent_classes": [names[j] for j in labels if j not in present], "n": int(len(y))}
+        out.update(self._extra_metrics(proba, pred, y, present))
+        return out
+
+    def _extra_metrics(self, proba, pred, y, present) -> dict:
+        return {}
+
+
+@register_task("multiclass")
+class MulticlassTask(_Classification):
+    """One label of K ≥ 2 classes per row: softmax cross-entropy, argmax labels."""
+
+    def loss(self, logits, y, class_weights=None):
+        return F.cross_entropy(logits.float(), y.long(), weight=class_weights)
+
+    def decode(self, logits, threshold=None):
+        if threshold is not None:
+            raise MmfuseError(f"a decision threshold applies to binary and multilabel targets; {self.column!r} is "
+                              "multiclass (labels are the most probable class)")
+        proba = torch.softmax(logits.float(), dim=1).numpy()
+        ids = proba.argmax(1)
+        return Decoded(proba, ids, self.labels()[ids])
+
+    def _extra_metrics(self, proba, pred, y, present):
+        from sklearn import metrics as M
+
+        if len(present) < len(self.classes_):
+            return {}  # ROC-AUC one-vs-rest needs every class among the true labels
+        return {"roc_auc_ovr_macro": float(M.roc_auc_score(y, proba, multi_class="ovr", average="macro",
+                                                           labels=list(range(len(self.classes_))))),
+                "pr_auc_macro": float(M.average_precision_score(np.eye(len(self.classes_))[y], proba,
+                                                                average="macro"))}
+
+
+@register_task("binary")
+class BinaryTask(_Classification):
+    """Two classes: one logit, sigmoid, and a decision threshold on the second class's
+    probability (0.5 unless set or chosen on validation rows).
+
+    With class weights ``(w0, w1)`` the loss is the weighted mean
+    ``Σ_i w_{y_i} · BCE_i / Σ_i w_{y_i}``, the same objective as weighted cross-entropy."""
+
+    def __init__(self, column: str, label_sep: str = "|"):
+        super().__init__(column, label_sep)
+        self._threshold = 0.5
+
+    @property
+    def n_outputs(self) -> int:
+        return 1
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    def loss(self, logits, y, class_weights=None):
+        per_row = F.binary_cross_entropy_with_logits(logits[:, 0].float(), y.float(), reduction="none")
+        if class_weights is None:
+            return per_row.mean()
+        w = class_weights.to(per_row.device)[y.long()]
+        return (w * per_row).sum() / w.sum()
+
+    def decode(self, logits, threshold=None):
+        p = torch.sigmoid(logits[:, 0].float()).numpy()
+        proba = np.stack([1 - p, p], axis=1)
+        ids = _positive(p, self._threshold if threshold is None else _probability(threshold))
+        return Decoded(proba, ids, self.labels()[ids])
+
+    def set_threshold(self, setting, logits=None, y=None):
+        if setting is None:
+            return
+        if isinstance(setting, str):
+            if logits is None:  # checked now, chosen once the validation rows are predicted
+                return _metric(setting)
+            self._threshold = choose_threshold(self.decode(logits).proba[:, 1], np.asarray(y), setting)
+        else:
+            self._threshold = _probability(setting)
+
+    def _extra_metrics(self, proba, pred, y, present):
+        from sklearn import metrics as M
+
+        out = {"f1_positive": float(M.f1_score(y, pred, pos_label=1, zero_division=0)), "threshold": self._threshold}
+        if len(present) == 2:
+            out["roc_auc"] = float(M.roc_auc_score(y, proba[:, 1]))
+            out["pr_auc"] = float(M.average_precision_score(y, proba[:, 1]))
+        if self._threshold != 0.5:
+            half = _positive(proba[:, 1], 0.5)
+            out["at_0.5"] = {"accuracy": float(M.accuracy_score(y, half)),
+                             "balanced_accuracy": float(M.balanced_accuracy_score(y, half)),
+                             "f1_positive": float(M.f1_score(y, half, pos_label=1, zero_division=0))}
+        return out
+
+    def to_dict(self):
+        return {**super().to_dict(), "threshold": self._threshold}
+
+    def _load(self, d):
+        super()._load(d)
+        self._threshold = float(d.get("threshold") or 0.5)
+
+
+@register_task("multilabel")
+class MultilabelTask(Task):
+    """Any subset of K labels per row (lists, or strings ``"a|b"``): one sigmoid per label, each
+    with its own decision threshold (0.5 unless set or chosen per label on validation rows).
+
+    Class weights weigh each label's positive term (``pos_weight``); ``balanced`` sets it to
+    ``negatives / positives`` of that label in the training rows."""
+
+    headline = "macro_f1"
+
+    def __init__(self, column: str, label_sep: str = "|"):
+        super().__init__(column, label_sep)
+        self.thresholds_: np.ndarray | None = None
+
+    @property
+    def threshold(self):
+        return None if self.thresholds_ is None else self.thresholds_.tolist()
+
+    def _split(self, v) -> list[str]:
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return [_key(x) for x in v]
+        return [s.strip() for s in str(v).split(self.label_sep) if s.strip()]
+
+    def _fit(self, y):
+        keys = sorted({k for v in y for k in self._split(v)}, key=_natural)
+        if len(keys) < 2:
+            raise SchemaError(f"multilabel target {self.column!r} has fewer than two labels: {keys}")
+        self.classes_ = keys
+        self.thresholds_ = np.full(len(keys), 0.5)
+
+    def _encode(self, row, v):
+        hot = np.zeros(len(self.classes_), np.float32)
+        for k in self._split(v):
+            if k not in self._index:
+                raise InputError(row, self.column, f"has the label {k!r}, unseen in training")
+            hot[self._index[k]] = 1
+        return hot
+
+    def _stack(self, out):
+        return np.stack(out) if out else np.zeros((0, len(self.classes_)), np.float32)
+
+    def class_weights(self, setting, y):
+        if setting is None:
+            return None
+        y = np.asarray(y)
+        if isinstance(setting, str) and setting == "balanced":
+            pos = y.sum(0)
+            return torch.tensor((len(y) - pos) / np.maximum(pos, 1), dtype=torch.float32)
+        return super().class_weights(setting, y)
+
+    def loss(self, logits, y, class_weights=None):
+        pw = None if class_weights is None else class_weights.to(logits.device)
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float(), pos_weight=pw)
+
+    def decode(self, logits, threshold=None):
+        proba = torch.sigmoid(logits.float()).numpy()
+        t = self.thresholds_ if threshold is None else np.broadcast_to(np.asarray(threshold, float), proba.shape[1:])
+        ids = (proba >= t).astype(np.int64)
+        classes = self.labels()
+        labels = np.empty(len(ids), dtype=object)
+        labels[:] = [list(classes[r.astype(bool)]) for r in ids]
+        return Decoded(proba, ids, labels)
+
+    def output_columns(self, decoded, proba=True):
+        cols = super().output_columns(decoded, proba)
+        cols["prediction"] = np.asarray(["|".join(map(str, v)) for v in decoded.labels], dtype=object)
+        return cols
+
+    def set_threshold(self, setting, logits=None, y=None):
+        """A number for every label, a list of one per label, or a metric chosen per label on validation rows."""
+        if setting is None:
+            return
+        k = len(self.classes_)
+        if isinstance(setting, str):
+            if logits is None:  # checked now, chosen once the validation rows are predicted
+                return _metric(setting)
+            proba, y = self.decode(logits).proba, np.asarray(y)
+            self.thresholds_ = np.array([choose_threshold(proba[:, j], y[:, j], setting) for j in range(k)])
+            return
+        vals = setting if isinstance(setting, (list, tuple, np.ndarray)) else [setting] * k
+        if len(vals) != k:
+            raise MmfuseError(f"decision_threshold for multilabel {self.column!r}: give one number, or {k} (one per "
+                              f"label {self.classes_}), got {len(vals)}")
+        self.thresholds_ = np.array([_probability(v) for v in vals])
+
+    def quick_metrics(self, logits, y):
+        pred = torch.as_tensor(self.decode(logits).ids).float()
+        y = y.float()
+        tp = (pred * y).sum(0)
+        f1 = 2 * tp / (pred.sum(0) + y.sum(0)).clamp_min(1)
+        present = y.sum(0) > 0
+        return {"accuracy": float((pred == y).float().mean()),
+                "macro_f1": float(f1[present].mean()) if bool(present.any()) else 0.0}
+
+    def metrics(self, logits, y):
+        from sklearn import metrics as M
+
+        d = self.decode(logits)
+        proba, pred, y = d.proba, d.ids, np.asarray(y).astype(int)
+        names = [str(c) for c in self.classes_]
+        present = [j for j in range(len(names)) if y[:, j].any()]
+        out = {"report": M.classification_report(y, pred, target_names=names, output_dict=True, zero_division=0),
+               "subset_accuracy": float(M.accuracy_score(y, pred)),
+               "macro_f1": float(M.f1_score(y, pred, average="macro", labels=present, zero_division=0))
+               if present else 0.0,
+               "micro_f1": float(M.f1_score(y, pred, average="micro", zero_division=0)),
+               "absent_classes": [names[j] for j in range(len(names)) if j not in present],
+               "thresholds": self.thresholds_.tolist(), "n": int(len(y))}
+        if len(present) == len(names) and (y.sum(0) < len(y)).all():
+            out["roc_auc_macro"] = float(M.roc_auc_score(y, proba, average="macro"))
+            out["pr_auc_macro"] = float(M.average_precision_score(y, proba, average="macro"))
+        return out
+
+    def to_dict(self):
+        return {**super().to_dict(), "thresholds": self.threshold}
+
+    def _load(self, d):
+        super()._load(d)
+        t = d.get("thresholds")
+        self.thresholds_ = np.asarray(t, float) if t is not None else np.full(len(self.classes_), 0.5)
+
+
+@register_task("regression")
+class RegressionTask(Task):
+    """A number per row, standardized with the training rows' mean and standard deviation;
+    ``regression_loss`` is ``mse`` or ``huber`` (on the standardized scale)."""
+
+    headline = "rmse"
+    higher_is_better = False
+    LOSSES = ("mse", "huber")
+
+    def __init__(self, column: str, label_sep: str = "|", regression_loss: str = "mse"):
+        super().__init__(column, label_sep)
+        if regression_loss not in self.LOSSES:
+            raise MmfuseError(f"regression_loss must be one of {list(self.LOSSES)}, got {regression_loss!r}")
+        self.regression_loss = regression_loss
+        self.mean_, self.std_ = 0.0, 1.0
+
+    @property
+    def n_outputs(self) -> int:
+        return 1
+
+    def _fit(self, y):
+        vals = pd.to_numeric(y, errors="coerce")
+        bad = vals.isna()
+        if bad.any():
+            row = y.index[bad.to_numpy()][0]
+            raise InputError(row, self.column, f"holds {y[row]!r}, which is not a number",
+                             hint="a regression target must be numeric; pass task='multiclass' for labels")
+        if vals.nunique() < 2:
+            raise SchemaError(f"target {self.column!r} has a single value ({vals.iloc[0] if len(vals) else 'none'}); "
+                              "there is nothing to learn")
+        self.mean_, self.std_ = float(vals.mean()), float(vals.std(ddof=0)) or 1.0
+
+    def _encode(self, row, v):
+        try:
+            return (float(v) - self.mean_) / self.std_
+        except (TypeError, ValueError):
+            raise InputError(row, self.column, f"holds {v!r}, which is not a number") from None
+
+    def _stack(self, out):
+        return np.asarray(out, np.float32)
+
+    def class_weights(self, setting, y):
+        if setting is not None:
+            raise MmfuseError(f"class_weight applies to classification; {self.column!r} is a regression target: "
+                              "leave it unset")
+        return None
+
+    def loss(self, logits, y, class_weights=None):
+        fn = F.huber_loss if self.regression_loss == "huber" else F.mse_loss
+        return fn(logits[:, 0].float(), y.float())
+
+    def decode(self, logits, threshold=None):
+        if threshold is not None:
+            raise MmfuseError(f"a decision threshold applies to binary and multilabel targets; {self.column!r} is "
+                              "a regression target")
+        z = logits[:, 0].float().numpy()
+        values = self.inverse(z)
+        return Decoded(values, z, values)
+
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        """Standardized values -> the target's units."""
+        return z * self.std_ + self.mean_
+
+    def output_columns(self, decoded, proba=True):
+        return {"prediction": decoded.labels}
+
+    def quick_metrics(self, logits, y):
+        err = (logits[:, 0].float() - y.float()) * self.std_
+        return {"rmse": float(err.pow(2).mean().sqrt())}
+
+    def metrics(self, logits, y):
+        from sklearn import metrics as M
+
+        pred, y = self.decode(logits).labels, self.inverse(np.asarray(y, float))
+        return {"mae": float(M.mean_absolute_error(y, pred)), "rmse": float(np.sqrt(M.mean_squared_error(y, pred))),
+                "r2": float(M.r2_score(y, pred)), "n": int(len(y))}
+
+    def labels(self) -> np.ndarray:
+        raise MmfuseError(f"{self.column!r} is a regression target; it has no class labels")
+
+    def to_dict(self):
+        return {**super().to_dict(), "mean": self.mean_, "std": self.std_, "loss": self.regression_loss}
+
+    def _load(self, d):
+        super()._load(d)
+        self.mean_, self.std_ = d.get("mean", 0.0), d.get("std", 1.0)
+
+
+# --- inference of the kind of task ------------------------------------------------------------
+def infer_task(y: pd.Series, max_classes: int = 100) -> str:
+    """The task's name for these target values (blank cells ignored): lists of labels are
+    multilabel; floats with many distinct non-integer values (or more than ``max_classes``
+    distinct numbers) are regression; two classes are binary; else multiclass."""
+    v = y[~y.map(_blank)]
+    if len(v) and isinstance(v.iloc[0], (list, tuple, np.ndarray)):
+        return "multilabel"
+    n = v.nunique()
+    if pd.api.types.is_float_dtype(v) and n > 20 and not np.allclose(v, np.round(v)):
+        return "regression"
+    if pd.api.types.is_numeric_dtype(v) and n > max_classes:
+        return "regression"
+    return "binary" if n == 2 else "multiclass"
+
+
+def fit_task(df: pd.DataFrame, column: str, task: str | None = None, **options) -> Task:
+    """Create the task of ``column`` (inferred from the rows when ``task`` is None) and fit it on ``df``.
+
+    ``options`` go to the task's constructor (``regression_loss`` for regression); an option that
+    the task does not take is an error, not silently ignored."""
+    import inspect
+
+    if column not in df.columns:
+        from ._registry import unknown_name_message
+
+        raise SchemaError(unknown_name_message("target column", column, df.columns))
+    name = task if task is not None else infer_task(df[column])
+    cls = TASKS.get(name)
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    for k, v in options.items():
+        if k not in accepted and v != _DEFAULTS.get(k):
+            raise MmfuseError(f"{k}={v!r} does not apply to the {name} target {column!r}; leave it unset")
+    return cls(column=column, **{k: v for k, v in options.items() if k in accepted}).fit(df)
+
+
+_DEFAULTS = {"regression_loss": "mse"}
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def choose_threshold(p: np.ndarray, y: np.ndarray, metric: str = "f1") -> float:
+    """The threshold on the positive probabilities ``p`` (N,) that maximizes ``metric`` against
+    0/1 targets ``y``. Candidates: 0.01, 0.02, ..., 0.99; among equally good ones, the closest to 0.5."""
+    from sklearn import metrics as M
+
+    score = {"f1": lambda t, q: M.f1_score(t, q, zero_division=0), "accuracy": M.accuracy_score,
+             "balanced_accuracy": M.balanced_accuracy_score, "mcc": M.matthews_corrcoef}[_metric(metric)]
+    grid = np.round(np.arange(1, 100) / 100, 2)
+    values = np.array([score(y, _positive(p, t)) for t in grid])
+    best = np.flatnonzero(values >= values.max() - 1e-12)
+    return float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]])
+
+
+def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): ``Σ_b |B_b|/N · |acc(B_b) − conf(B_b)|`` over equal-width confidence bins."""
+    conf = proba.max(1)
+    correct = (proba.argmax(1) == y).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inb = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        if inb.any():
+            ece += inb.mean() * abs(correct[inb].mean() - conf[inb].mean())
+    return float(ece)
+
+
+def _positive(p: np.ndarray, threshold: float) -> np.ndarray:
+    return (p >= threshold).astype(np.int64)
+
+
+def _metric(name) -> str:
+    if name not in THRESHOLD_METRICS:
+        raise MmfuseError(f"decision_threshold: unknown metric {name!r}; give a number or one of "
+                          f"{', '.join(THRESHOLD_METRICS)}")
+    return name
+
+
+def _probability(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not 0 < v < 1:
+        raise MmfuseError(f"decision_threshold must be a probability between 0 and 1 or a metric name "
+                          f"({', '.join(THRESHOLD_METRICS)}), got {v!r}")
+    return float(v)
+
+
+def _blank(v) -> bool:
+    from .preprocessing._base import is_missing
+
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return False  # an empty label list is a valid multilabel target: no label
+    return is_missing(v)
+
+
+def _key(v) -> str:
+    from .preprocessing.tabular import category_key
+
+    return category_key(v)
+
+
+def _natural(k: str):
+    try:
+        return (0, float(k), k)
+    except ValueError:
+        return (1, 0.0, k)

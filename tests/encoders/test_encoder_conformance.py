@@ -49,7 +49,7 @@ def test_shape_no_nan_and_tokens(name, data):
     pooled, tokens, tmask = enc.forward_with_tokens(x, torch.ones_like(mask))
     assert pooled.shape == (12, enc.output_dim) and torch.isfinite(pooled).all()
     if enc.has_tokens:
-        assert tokens.dim() == 3 and tokens.shape[0] == 12 and tokens.shape[2] == enc.output_dim
+        assert tokens.dim() == 3 and tokens.shape[0] == 12 and tokens.shape[2] == enc.token_dim
         assert tmask.shape == tokens.shape[:2] and torch.isfinite(tokens).all()
     else:
         assert tokens is None
@@ -85,17 +85,44 @@ def test_absent_rows_are_zero_and_do_not_affect_present_rows(name, data):
         assert (tok[~mask] == 0).all() and not tm[~mask].any()
 
 
+def not_seeded(a, b) -> list[str]:
+    """Randomly initialized parameters (not all one value) equal in two modules built under different seeds."""
+    pairs = zip(a.named_parameters(), b.parameters())
+    return [n for (n, p), q in pairs if p.unique().numel() > 1 and torch.equal(p, q)]
+
+
 @pytest.mark.parametrize("name", BUILTIN)
-def test_deterministic_under_a_seed(name, data):
+def test_the_seed_decides_the_initial_weights(name, data):
+    """Same seed: the same weights and outputs; another seed: other values in every randomly
+    initialized parameter (so the seed, and nothing else, decides them)."""
     _, preps, batch = data
     x, mask = inputs_for(name, batch)
-    a = make(name, preps, seed=3).train()
-    b = make(name, preps, seed=3).train()
-    torch.manual_seed(7)
-    ya = a(x, mask)
-    torch.manual_seed(7)
-    yb = b(x, mask)
-    assert torch.equal(ya, yb)
+    a, b, other = (make(name, preps, seed=s).eval() for s in (3, 3, 4))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert torch.equal(a(x, mask), b(x, mask))
+    assert not_seeded(a, other) == []
+    assert not torch.allclose(a(x, mask), other(x, mask))
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_eval_ignores_the_random_state_and_training_follows_it(name, data):
+    """In eval mode the output never depends on the random state. In training mode with dropout
+    it does: the same state gives the same output, another state another one."""
+    _, preps, batch = data
+    x, mask = inputs_for(name, batch)
+    enc = make(name, preps).eval()
+    torch.manual_seed(1)
+    first = enc(x, mask)
+    torch.manual_seed(2)
+    assert torch.equal(enc(x, mask), first)
+    if not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in enc.modules()):
+        return
+    enc.train()
+    outs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        outs.append(enc(x, mask))
+    assert torch.equal(outs[0], outs[1]) and not torch.allclose(outs[0], outs[2])
 
 
 @pytest.mark.parametrize("name", BUILTIN)

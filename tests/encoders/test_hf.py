@@ -32,7 +32,7 @@ def table(tmp_path, monkeypatch):
 
 
 def fit(table, encoders, tmp_path, inputs=None, **kw):
-    m = MultimodalPredictor(target="label", fusion="concat", preprocessing=PREP, model={"encoders": encoders},
+    m = MultimodalPredictor(target="label", fusion="concat", preprocessing=PREP, encoders=encoders,
                             inputs=inputs, out=tmp_path / "run", **{**FAST, **kw})
     return m.fit(table, test=table)
 

@@ -6,18 +6,23 @@ from safetensors.torch import load_file, save_file
 from mmfuse.fusion import FUSIONS, create_fusion, list_fusions
 
 DIMS = {"a": 6, "b": 4, "c": 5}
+TOKEN_DIMS = {"a": 7, "c": 5}  # a's tokens are wider than its pooled output (as a CLIP tower's); b has none
 B, D = 5, 8
 
 
-def make(name, seed=0):
+CASES = list_fusions() + ["attention+tokens"]  # attention over the encoders' tokens, not only pooled vectors
+
+
+def make(case, seed=0):
+    name, _, tokens = case.partition("+")
     torch.manual_seed(seed)
-    return create_fusion(name, DIMS, dim=D)
+    return create_fusion(name, DIMS, dim=D, token_dims=TOKEN_DIMS, **({"use_tokens": True} if tokens else {}))
 
 
 def batch(seed=1, masks=None):
     g = torch.Generator().manual_seed(seed)
     feats = {n: torch.randn(B, d, generator=g) for n, d in DIMS.items()}
-    tokens = {"a": (torch.randn(B, 3, 6, generator=g), torch.tensor([[1, 1, 0]] * B, dtype=torch.bool)),
+    tokens = {"a": (torch.randn(B, 3, 7, generator=g), torch.tensor([[1, 1, 0]] * B, dtype=torch.bool)),
               "b": (None, None), "c": (torch.randn(B, 2, 5, generator=g), torch.ones(B, 2, dtype=torch.bool))}
     masks = masks or {n: torch.ones(B, dtype=torch.bool) for n in DIMS}
     return feats, masks, tokens
@@ -28,7 +33,7 @@ def partial_masks():
             "c": torch.tensor([1, 1, 1, 1, 0], dtype=torch.bool)}  # row 4: nothing present
 
 
-@pytest.mark.parametrize("name", list_fusions())
+@pytest.mark.parametrize("name", CASES)
 def test_shape_and_finite(name):
     f = make(name).eval()
     for masks in (None, partial_masks()):
@@ -36,7 +41,7 @@ def test_shape_and_finite(name):
         assert out.shape == (B, D) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", list_fusions())
+@pytest.mark.parametrize("name", CASES)
 def test_every_parameter_gets_a_gradient(name):
     f = make(name).train()
     out = f(*batch())
@@ -45,7 +50,7 @@ def test_every_parameter_gets_a_gradient(name):
     assert missing == []
 
 
-@pytest.mark.parametrize("name", list_fusions())
+@pytest.mark.parametrize("name", CASES)
 def test_absent_inputs_do_not_leak(name):
     f = make(name).eval()
     masks = partial_masks()
@@ -57,7 +62,7 @@ def test_absent_inputs_do_not_leak(name):
     assert torch.allclose(f(garbage, masks, tok_garbage), out, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list_fusions())
+@pytest.mark.parametrize("name", CASES)
 def test_one_input_absent_everywhere(name):
     f = make(name).eval()
     masks = {"a": torch.zeros(B, dtype=torch.bool), "b": torch.ones(B, dtype=torch.bool),
@@ -70,16 +75,61 @@ def test_one_input_absent_everywhere(name):
     assert torch.allclose(f(feats2, masks, tokens), out, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list_fusions())
-def test_deterministic_under_a_seed(name):
-    torch.manual_seed(5)
-    a = make(name, seed=3).train()(*batch())
-    torch.manual_seed(5)
-    b = make(name, seed=3).train()(*batch())
-    assert torch.equal(a, b)
+def not_seeded(a, b) -> list[str]:
+    """Randomly initialized parameters (not all one value) equal in two modules built under different seeds."""
+    pairs = zip(a.named_parameters(), b.parameters())
+    return [n for (n, p), q in pairs if p.unique().numel() > 1 and torch.equal(p, q)]
 
 
-@pytest.mark.parametrize("name", list_fusions())
+@pytest.mark.parametrize("name", CASES)
+def test_the_seed_decides_the_initial_weights(name):
+    """Same seed: the same weights and outputs; another seed: other values in every randomly
+    initialized parameter (so the seed, and nothing else, decides them)."""
+    args = batch(masks=partial_masks())
+    a, b, other = make(name, seed=3).eval(), make(name, seed=3).eval(), make(name, seed=4).eval()
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert torch.equal(a(*args), b(*args))
+    assert not_seeded(a, other) == []
+    assert not torch.allclose(a(*args), other(*args))
+
+
+def has_dropout(module) -> bool:
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in module.modules())
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_eval_ignores_the_random_state_and_training_follows_it(name):
+    """In eval mode the output never depends on the random state. In training mode (dropout)
+    it does: the same state gives the same output, another state another one."""
+    f, args = make(name).eval(), batch(masks=partial_masks())
+    torch.manual_seed(1)
+    first = f(*args)
+    torch.manual_seed(2)
+    assert torch.equal(f(*args), first)
+    if not has_dropout(f):
+        return
+    f.train()
+    outs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        outs.append(f(*args))
+    assert torch.equal(outs[0], outs[1]) and not torch.allclose(outs[0], outs[2])
+
+
+def test_tokens_wider_than_the_pooled_output_when_absent_from_the_whole_batch():
+    """An encoder that never ran (its input absent in every row) gives no tokens; the fusion
+    then cannot use the pooled vector as a token (other width) and uses a masked zero token."""
+    masks = dict(partial_masks(), a=torch.zeros(B, dtype=torch.bool))
+    feats, _, tokens = batch(masks=masks)
+    tokens = dict(tokens, a=(None, None))
+    for name in ("attention+tokens", "cross_attention"):
+        f = make(name)
+        assert torch.isfinite(f.eval()(feats, masks, tokens)).all()
+        with pytest.raises(ValueError, match="input 'a' is present but has no tokens"):
+            f(feats, partial_masks(), tokens)
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_save_load_round_trip(name, tmp_path):
     f = make(name, seed=0).eval()
     save_file({k: v.contiguous() for k, v in f.state_dict().items()}, tmp_path / "f.safetensors")

@@ -4,7 +4,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from mmfuse.errors import InputError
+from mmfuse.errors import InputError, MmfuseError
 from mmfuse.preprocessing import AudioPreprocessor, LogMel, ReadContext, load_preprocessors, save_preprocessors
 from mmfuse.preprocessing.audio import hz_to_mel, mel_filterbank, mel_to_hz
 
@@ -118,3 +118,12 @@ def test_resample_keeps_a_tone_and_gives_the_right_length(orig, new):
     assert len(y) == new
     expected = np.sin(2 * np.pi * f * np.arange(new) / new)
     assert np.abs(y[200:-200] - expected[200:-200]).max() < 0.01  # away from the edges
+
+
+def test_fit_that_reads_no_audio_fails_naming_column_and_reasons(tmp_path):
+    (tmp_path / "b.wav").write_bytes(b"RIFF" + bytes(100))
+    df = pd.DataFrame({"a": ["a.wav", "", "b.wav"]})
+    with pytest.raises(MmfuseError, match=r"^no value of column 'a' could be read while fitting \(2 tried; does not "
+                                          r"exist: 1, is not a supported audio file .*: 1\)\. "
+                                          r"First failure: row 0, column 'a': file 'a.wav' does not exist"):
+        AudioPreprocessor(["a"]).fit(df, ReadContext(tmp_path))  # not the old fallback: mean 0, std 1

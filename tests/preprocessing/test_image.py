@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmfuse.errors import InputError
+from mmfuse.errors import InputError, MmfuseError
 from mmfuse.preprocessing import ImagePreprocessor, ReadContext, load_preprocessors, save_preprocessors
 from mmfuse.preprocessing.image import augment_images
 
@@ -127,3 +127,12 @@ def test_state_round_trip(tmp_path):
     assert q.config() == p.config() and (q.mean_ == p.mean_).all() and (q.std_ == p.std_).all()
     ctx = ReadContext(tmp_path)
     assert (q.read(["fit.png"], 0, ctx)["image"] == p.read(["fit.png"], 0, ctx)["image"]).all()
+
+
+def test_fit_that_reads_no_image_fails_naming_column_and_reasons(tmp_path):
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    df = pd.DataFrame({"im": ["a.png", None, "b.png"]})
+    with pytest.raises(MmfuseError, match=r"^no value of column 'im' could be read while fitting \(2 tried; does not "
+                                          r"exist: 1, is not a readable image \(UnidentifiedImageError: .*\): 1\)\. "
+                                          r"First failure: row 0, column 'im': file 'a.png' does not exist"):
+        ImagePreprocessor(["im"]).fit(df, ReadContext(tmp_path))  # not the old fallback: mean 0.5, std 0.25

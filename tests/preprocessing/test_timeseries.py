@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmfuse.errors import InputError
+from mmfuse.errors import InputError, MmfuseError
 from mmfuse.preprocessing import ReadContext, TimeseriesPreprocessor, load_preprocessors, save_preprocessors
 from mmfuse.preprocessing.timeseries import interpolate_nans
 
@@ -59,3 +59,11 @@ def test_state_round_trip(tmp_path):
     assert q.config() == p.config()
     a = df["s"][0]
     assert (q.read([a], 0, ctx())["series"] == p.read([a], 0, ctx())["series"]).all()
+
+
+def test_fit_that_reads_no_series_fails_naming_column_and_reasons(tmp_path):
+    df = pd.DataFrame({"s": ["a.csv", None, [1.0, float("inf")]]})
+    with pytest.raises(MmfuseError, match=r"^no value of column 's' could be read while fitting \(2 tried; does not "
+                                          r"exist: 1, holds infinite values: 1\)\. "
+                                          r"First failure: row 0, column 's': file 'a.csv' does not exist"):
+        TimeseriesPreprocessor(["s"]).fit(df, ctx(tmp_path))

@@ -48,3 +48,45 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert a["val"] == b["val"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
     # it continued after a completed epoch (0-based index in the checkpoint), not from scratch
     assert a["resumed_from_epoch"] is None and 0 <= b["resumed_from_epoch"] < 7
+
+
+def tiny_run(tmp_path):
+    """A 1-epoch training on 16 rows of one numeric input, through train_model directly."""
+    import numpy as np
+    import pandas as pd
+
+    from mmfuse import MultimodalDataset, build_preprocessors, infer_schema, make_loader, read_table
+    from mmfuse._build import build_model
+    from mmfuse.config import ModelConfig, TrainConfig
+    from mmfuse.tasks import fit_task
+    from mmfuse.training import train_model
+
+    df = pd.DataFrame({"x": np.arange(16.0), "y": ["a", "b"] * 8})
+    table = read_table(df)
+    preps = build_preprocessors(infer_schema(table, target="y"), table, {})
+    task = fit_task(df, "y")
+    loader = make_loader(MultimodalDataset(table, preps, task), batch_size=8)
+    mcfg, tcfg = ModelConfig(dim=8, head_hidden=8), TrainConfig(epochs=1, progress=False, log=None, seed=0)
+
+    def train(fingerprint, resume=False, epochs=1):
+        model, _ = build_model(preps, task.n_outputs, mcfg)
+        tcfg.epochs = epochs
+        return train_model(model, task, loader, loader, tcfg, mcfg, tmp_path / "run", resume=resume,
+                           fingerprint=fingerprint)
+
+    return train
+
+
+def test_resume_refuses_a_checkpoint_of_other_data_or_settings(tmp_path):
+    from mmfuse.errors import MmfuseError
+
+    train = tiny_run(tmp_path)
+    fp = {"data": {"train": "aaaa", "val": "bbbb"}, "model": {"fusion": "concat", "dim": 8}}
+    train(fp)
+    with pytest.raises(MmfuseError, match=r"was trained on other data \(train fingerprint aaaa != cccc\); "
+                                          r"start a new --out folder or drop --resume"):
+        train({**fp, "data": {"train": "cccc", "val": "bbbb"}}, resume=True)
+    with pytest.raises(MmfuseError, match=r"with model.fusion 'concat', now 'gated'"):
+        train({**fp, "model": {"fusion": "gated", "dim": 8}}, resume=True)
+    out = train(fp, resume=True, epochs=2)  # the same run, trained longer: accepted
+    assert out["resumed_from_epoch"] == 0 and [h["epoch"] for h in out["history"]] == [0, 1]

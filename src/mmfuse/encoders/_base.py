@@ -1,9 +1,11 @@
 """The encoder contract and registry.
 
 An encoder maps the batch tensor(s) of one input to ``[B, D]`` (``output_dim`` = D) and,
-where it has one, a token sequence ``[B, T, D]`` with a token mask ``[B, T]`` for
-attention-based fusion. Rows where the input is absent never go through the network:
-only present rows are encoded, and absent rows get zeros (fusion sees the mask).
+where it has one, a token sequence ``[B, T, E]`` with a token mask ``[B, T]`` for
+attention-based fusion (``token_dim`` = E, usually D; a CLIP tower's pooled output is
+``projection_dim`` wide, its tokens ``hidden_size``). Rows where the input is absent never
+go through the network: only present rows are encoded, and absent rows get zeros (fusion
+sees the mask).
 """
 from __future__ import annotations
 
@@ -65,17 +67,27 @@ class Encoder(nn.Module):
 
     Attributes:
         modality: ``text``, ``image``, ``audio``, ``tabular`` or ``timeseries``.
-        output_dim: D, the width of the pooled output and of the tokens.
+        output_dim: D, the width of the pooled output.
+        token_dim: E, the width of the tokens; D unless the encoder sets it.
         has_tokens: Whether :meth:`encode` returns a token sequence.
     """
 
     modality: ClassVar[str]
     has_tokens: ClassVar[bool] = True
     output_dim: int
+    _token_dim: int | None = None
+
+    @property
+    def token_dim(self) -> int:
+        return self.output_dim if self._token_dim is None else self._token_dim
+
+    @token_dim.setter
+    def token_dim(self, value: int) -> None:
+        self._token_dim = int(value)
 
     @abstractmethod
     def encode(self, x) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Encode present rows only: ``(pooled [b, D], tokens [b, T, D] | None, token_mask [b, T] | None)``."""
+        """Encode present rows only: ``(pooled [b, D], tokens [b, T, E] | None, token_mask [b, T] | None)``."""
 
     @classmethod
     @abstractmethod
@@ -99,7 +111,7 @@ class Encoder(nn.Module):
         return self.forward_with_tokens(x, mask)[0]
 
     def forward_with_tokens(self, x, mask: torch.Tensor | None = None):
-        """``(pooled [B, D], tokens [B, T, D] | None, token_mask [B, T] | None)``, absent rows zeroed."""
+        """``(pooled [B, D], tokens [B, T, E] | None, token_mask [B, T] | None)``, absent rows zeroed."""
         B = batch_size(x)
         if mask is None or bool(mask.all()):
             return self.encode(x)
@@ -116,4 +128,5 @@ class Encoder(nn.Module):
         return pooled, tok, tmask
 
     def extra_repr(self) -> str:
-        return f"output_dim={self.output_dim}"
+        tokens = f", token_dim={self.token_dim}" if self.has_tokens and self.token_dim != self.output_dim else ""
+        return f"output_dim={self.output_dim}{tokens}"

@@ -19,7 +19,9 @@ class HFEncoder(Encoder):
     """A pretrained ``transformers`` model (hub id or local folder) as the encoder of one input.
 
     Output: the pooled embedding ``[B, D]`` (see :func:`mmfuse.hf.backbone_forward` for pooling)
-    and the last hidden states as tokens ``[B, T, D]``.
+    and the last hidden states as tokens ``[B, T, E]``. E is the backbone's hidden size; D is
+    too, except for CLIP-style towers with ``pooling="auto"``, whose pooled output is the
+    projection (``projection_dim``).
 
     Args:
         model: Hub id or local folder.
@@ -40,14 +42,15 @@ class HFEncoder(Encoder):
                  train: str = "full", last_n: int = 1, lora_r: int = 8, lora_alpha: int = 16,
                  lora_dropout: float = 0.05):
         super().__init__()
-        from ..hf import layer_list, load_backbone, output_dim
+        from ..hf import layer_list, load_backbone, output_dim, token_dim
 
         if train not in TRAIN_MODES:
             raise MmfuseError(f"hf encoder: train must be one of {TRAIN_MODES}, got {train!r}")
         self.model_name, self.input_modality, self.revision = model, modality, revision
         self.pooling, self.train_mode, self.last_n = pooling, train, last_n
         self.backbone = load_backbone(model, modality, revision)
-        self.output_dim = output_dim(self.backbone)
+        self.token_dim = token_dim(self.backbone)
+        self.output_dim = output_dim(self.backbone) if pooling == "auto" else self.token_dim
         self.has_tokens = True
         self._layers = None
         if train == "frozen":

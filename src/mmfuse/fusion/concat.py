@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._names import InputModuleDict
 from ._base import Fusion, register_fusion
 
 
@@ -21,7 +22,7 @@ class ConcatFusion(Fusion):
 
     def __init__(self, input_dims, dim: int = 128, hidden: int = 128, dropout: float = 0.1):
         super().__init__(input_dims, dim)
-        self.proj = nn.ModuleDict({n: nn.Linear(d, hidden) for n, d in self.input_dims.items()})
+        self.proj = InputModuleDict({n: nn.Linear(d, hidden) for n, d in self.input_dims.items()})
         M = len(self.names)
         self.mlp = nn.Sequential(nn.Linear(M * hidden + M, hidden), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, dim))

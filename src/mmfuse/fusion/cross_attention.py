@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._names import InputModuleDict, safe_key
 from ..errors import MmfuseError
 from ._base import Fusion, register_fusion
 
@@ -38,37 +39,37 @@ class CrossAttentionFusion(Fusion):
     valid tokens and sources β; ``out = W [p_1 s_1; …; p_M s_M; p_1 … p_M]``. Inputs whose
     encoder has no tokens use their pooled vector as a one-token sequence. Absent sources
     are masked; a learned null key keeps attention defined when every source is absent.
+    ``W_m`` reads the token width ``E_m`` (``token_dims``; CLIP towers: ``hidden_size``, not
+    the pooled ``projection_dim``).
     """
 
     uses_tokens = True
 
-    def __init__(self, input_dims, dim: int = 128, heads: int = 4, dropout: float = 0.1):
-        super().__init__(input_dims, dim)
+    def __init__(self, input_dims, dim: int = 128, heads: int = 4, dropout: float = 0.1, token_dims=None):
+        super().__init__(input_dims, dim, token_dims)
         if dim % heads:
             raise MmfuseError(f"cross_attention fusion: dim={dim} must be divisible by heads={heads}")
-        self.proj = nn.ModuleDict({n: nn.Linear(d, dim) for n, d in self.input_dims.items()})
-        self.blocks = nn.ModuleDict({f"{a}->{b}": CrossBlock(dim, heads, dropout)
+        self.proj = InputModuleDict({n: nn.Linear(self.token_dims[n], dim) for n in self.names})  # E_m -> D
+        # keys "α->β"; safe keys contain no '>', so the pair is read back unambiguously
+        self.blocks = nn.ModuleDict({self._pair(a, b): CrossBlock(dim, heads, dropout)
                                      for a in self.names for b in self.names if a != b})
         M = len(self.names)
         self.single = M == 1
         self.out = nn.Linear(M * dim + M, dim)
 
-    def _seq(self, n, feats, masks, tokens):
-        tok = tokens.get(n) if tokens else None
-        if tok is not None and tok[0] is not None:
-            x, tmask = tok
-            return self.proj[n](x), ~(tmask & masks[n].unsqueeze(1))  # (B, T, D), (B, T)
-        return self.proj[n](feats[n]).unsqueeze(1), ~masks[n].unsqueeze(1)
+    @staticmethod
+    def _pair(src: str, dst: str) -> str:
+        return f"{safe_key(src)}->{safe_key(dst)}"
 
     def forward(self, feats, masks, tokens=None):
         feats = self.masked(feats, masks)
-        seqs = {n: self._seq(n, feats, masks, tokens) for n in self.names}
+        seqs = {n: self.sequence(n, self.proj[n], feats, masks, tokens) for n in self.names}
         p = self.stack_masks(masks)  # (B, M)
         pooled = []
         for a in self.names:
             q, q_pad = seqs[a]
             valid = (~q_pad).unsqueeze(-1).float()  # (B, T_a, 1)
-            outs = [q] if self.single else [self.blocks[f"{b}->{a}"](q, *seqs[b]) for b in self.names if b != a]
+            outs = [q] if self.single else [self.blocks[self._pair(b, a)](q, *seqs[b]) for b in self.names if b != a]
             h = torch.stack(outs, 0).mean(0)  # (B, T_a, D)
             pooled.append((h * valid).sum(1) / valid.sum(1).clamp_min(1.0))  # (B, D)
         parts = [s * p[:, i:i + 1] for i, s in enumerate(pooled)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._names import InputModuleDict
 from ._base import Fusion, masked_softmax, register_fusion
 
 
@@ -19,7 +20,7 @@ class GatedFusion(Fusion):
 
     def __init__(self, input_dims, dim: int = 128):
         super().__init__(input_dims, dim)
-        self.proj = nn.ModuleDict({n: nn.Linear(d, dim, bias=False) for n, d in self.input_dims.items()})
+        self.proj = InputModuleDict({n: nn.Linear(d, dim, bias=False) for n, d in self.input_dims.items()})
         self.gate = nn.Linear(sum(self.input_dims.values()), len(self.names) * dim)
 
     def forward(self, feats, masks, tokens=None):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import MmfuseError
+from .._names import InputModuleDict
 from ._base import Fusion, register_fusion
 
 
@@ -32,7 +33,7 @@ class LateFusion(Fusion):
         if combine not in ("mean", "weighted", "stacker"):
             raise MmfuseError(f"late fusion: combine must be 'mean', 'weighted' or 'stacker', got {combine!r}")
         self.combine = combine
-        self.heads = nn.ModuleDict({n: nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout),
+        self.heads = InputModuleDict({n: nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout),
                                                      nn.Linear(hidden, dim)) for n, d in self.input_dims.items()})
         M = len(self.names)
         self.stacker = nn.Linear(M * dim + M, dim) if combine == "stacker" else None

@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from .._names import InputModuleDict, safe_key
 from ..errors import MmfuseError
 from ._base import Fusion, register_fusion
 
@@ -33,7 +34,7 @@ class TensorFusion(Fusion):
                 f"tensor fusion of {len(self.names)} inputs with rank_dim={rank_dim} needs an outer product of "
                 f"{size:,} entries per row (> max_size={max_size:,}); use fusion 'low_rank', which factorizes the "
                 f"same product, or lower rank_dim (e.g. {max(1, int(max_size ** (1 / len(self.names))) - 1)})")
-        self.proj = nn.ModuleDict({n: nn.Linear(d, rank_dim) for n, d in self.input_dims.items()})
+        self.proj = InputModuleDict({n: nn.Linear(d, rank_dim) for n, d in self.input_dims.items()})
         self.mlp = nn.Sequential(nn.Linear(size, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
 
     def outer(self, feats, masks) -> torch.Tensor:
@@ -63,8 +64,8 @@ class LowRankFusion(Fusion):
     def __init__(self, input_dims, dim: int = 128, rank: int = 4):
         super().__init__(input_dims, dim)
         self.rank = rank
-        self.factors = nn.ParameterDict({
-            n: nn.Parameter(torch.empty(rank, d + 1, dim)) for n, d in self.input_dims.items()})  # (r, D_m+1, D)
+        self.factors = nn.ParameterDict({  # safe_key(input) -> (r, D_m+1, D)
+            safe_key(n): nn.Parameter(torch.empty(rank, d + 1, dim)) for n, d in self.input_dims.items()})
         self.rank_weights = nn.Parameter(torch.empty(1, rank))
         self.bias = nn.Parameter(torch.zeros(1, dim))
         for f in self.factors.values():
@@ -76,6 +77,6 @@ class LowRankFusion(Fusion):
         prod = None
         for n in self.names:
             zm = _with_one(feats[n] * masks[n].unsqueeze(1).float())  # (B, D_m+1)
-            fm = torch.einsum("bk,rkd->rbd", zm, self.factors[n])  # (r, B, D)
+            fm = torch.einsum("bk,rkd->rbd", zm, self.factors[safe_key(n)])  # (r, B, D)
             prod = fm if prod is None else prod * fm
         return torch.einsum("or,rbd->bd", self.rank_weights, prod) + self.bias  # (B, D)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import MmfuseError
+from .._names import InputModuleDict
 from ._base import Fusion, register_fusion
 
 
@@ -29,7 +30,7 @@ class WeightedFusion(Fusion):
 
     def __init__(self, input_dims, dim: int = 128, weights: Mapping[str, float] | Sequence[float] | None = None):
         super().__init__(input_dims, dim)
-        self.proj = nn.ModuleDict({n: nn.Linear(d, dim) for n, d in self.input_dims.items()})
+        self.proj = InputModuleDict({n: nn.Linear(d, dim) for n, d in self.input_dims.items()})
         if weights is None:
             self.logits = nn.Parameter(torch.zeros(len(self.names)))
             self.register_buffer("fixed", None)

@@ -3,14 +3,13 @@ from ._base import PREPROCESSORS, Preprocessor, ReadContext, is_missing, load_pr
 from .audio import AudioPreprocessor, LogMel, mel_filterbank
 from .image import ImagePreprocessor
 from .tabular import CategoricalPreprocessor, NumericPreprocessor, TabularPreprocessor
-from .target import TargetEncoder, Task, infer_task
 from .text import TextPreprocessor
 from .timeseries import TimeseriesPreprocessor
 from .hf import HFAudioPreprocessor, HFImagePreprocessor, HFTextPreprocessor
 
 __all__ = ["PREPROCESSORS", "Preprocessor", "ReadContext", "is_missing", "load_preprocessors", "save_preprocessors",
            "AudioPreprocessor", "LogMel", "mel_filterbank", "ImagePreprocessor", "CategoricalPreprocessor",
-           "NumericPreprocessor", "TabularPreprocessor", "TargetEncoder", "Task", "infer_task", "TextPreprocessor",
+           "NumericPreprocessor", "TabularPreprocessor", "TextPreprocessor",
            "TimeseriesPreprocessor", "default_preprocessor", "HFAudioPreprocessor", "HFImagePreprocessor",
            "HFTextPreprocessor"]
 
@@ -26,6 +25,8 @@ def default_preprocessor(spec, schema, hf: dict | None = None, **options) -> Pre
     from ..schema import Modality, Role
 
     m = spec.modality
+    if not hf:
+        _check_options(spec, options)
     if m is Modality.TEXT:  # numeric/categorical columns of a text group are written as 'Name: value'
         roles = spec.roles(schema)
         labeled = [c for c in spec.columns if roles[c] in (Role.NUMERIC, Role.CATEGORICAL)]
@@ -48,3 +49,22 @@ def default_preprocessor(spec, schema, hf: dict | None = None, **options) -> Pre
     roles = spec.roles(schema)
     return TabularPreprocessor(spec.columns, numeric=[c for c in spec.columns if roles[c] is Role.NUMERIC],
                                categorical=[c for c in spec.columns if roles[c] is Role.CATEGORICAL], **options)
+
+
+_BUILTIN = {"text": TextPreprocessor, "image": ImagePreprocessor, "audio": AudioPreprocessor,
+            "timeseries": TimeseriesPreprocessor, "tabular": TabularPreprocessor}
+
+
+def _check_options(spec, options: dict) -> None:
+    """Refuse an option the input's preprocessor does not take, naming it and suggesting the closest."""
+    import inspect
+
+    from .._registry import unknown_name_message
+    from ..errors import MmfuseError
+
+    cls = _BUILTIN[spec.modality.value]
+    set_by_mmfuse = {"columns", "numeric", "categorical", "labeled"}
+    allowed = [p for p in inspect.signature(cls).parameters if p not in set_by_mmfuse and not p.endswith("_")]
+    for k in options:
+        if k not in allowed:
+            raise MmfuseError(f"input {spec.name!r}: " + unknown_name_message(f"{cls.__name__} option", k, allowed))

@@ -8,24 +8,26 @@ split only; its learned state is a JSON-able dict plus named numpy arrays, saved
 from __future__ import annotations
 
 import json
-import math
 import os
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .._registry import Registry
-from ..errors import InputError, NotFittedError
-from ..io import atomic_write_bytes, atomic_write_text
+from ..errors import InputError, MmfuseError, NotFittedError
+from ..io import atomic_write_bytes, atomic_write_text, resolve_path
+from ..schema import is_missing, missing_mask  # the one answer; schema.py keeps inspect free of torch
 
 PREPROCESSORS: Registry[type] = Registry("preprocessor")
 
-__all__ = ["Preprocessor", "ReadContext", "is_missing", "save_preprocessors", "load_preprocessors", "PREPROCESSORS"]
+__all__ = ["Preprocessor", "ReadContext", "is_missing", "missing_mask", "open_file_cell", "read_for_fit",
+           "save_preprocessors", "load_preprocessors", "PREPROCESSORS"]
 
 
 @dataclass(frozen=True)
@@ -36,22 +38,85 @@ class ReadContext:
     allow_outside_root: bool = False
 
 
-def is_missing(v) -> bool:
-    """An empty cell: None, NaN, an empty or blank string, or an empty sequence."""
-    if v is None:
-        return True
-    if isinstance(v, float):
-        return math.isnan(v)
-    if isinstance(v, str):
-        return not v.strip()
-    if isinstance(v, (bytes, bytearray)):
-        return len(v) == 0
-    if isinstance(v, (list, tuple, np.ndarray)):
-        return len(v) == 0
+def present_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``df`` with at least one cell that is not missing."""
+    missing = np.ones(len(df), dtype=bool)
+    for c in df.columns:
+        missing &= missing_mask(df[c])
+    return df[~missing]
+
+
+_PATH_HINT = "Fix the path, or pass the folder it is relative to as root= (--root)"
+
+
+def open_file_cell(value, ctx: "ReadContext", column: str, row) -> Path:
+    """The file that a path cell names, resolved against ``ctx.root`` and checked.
+
+    Every file cell (image, audio, time series, and the Hugging Face inputs that decode
+    through them) is opened here, so each gets the same checks and messages.
+
+    Raises:
+        InputError: naming the row, column and file, when the path leaves the root (unless
+            ``ctx.allow_outside_root``), does not exist, is a folder, is empty or cannot be
+            looked up at all.
+    """
+    file = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
     try:
-        return bool(pd.isna(v))
-    except (TypeError, ValueError):
-        return False
+        path = resolve_path(file, ctx.root, row=row, column=column, allow_outside_root=ctx.allow_outside_root)
+        size = path.stat().st_size if path.is_file() else None
+    except InputError:
+        raise
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, no permission
+        raise bad(row, column, f"cannot be opened ({type(e).__name__}: {e})", file, hint=_PATH_HINT) from None
+    if size is None:
+        raise bad(row, column, "is a folder, not a file" if path.is_dir() else "does not exist", file, str(path),
+                  _PATH_HINT)
+    if size == 0:
+        raise bad(row, column, "is empty (0 bytes)", file, str(path))
+    return path
+
+
+def read_for_fit(df: pd.DataFrame, read: Callable[[list, Any], Any], limit: int | None = None) -> list:
+    """Read training rows for ``fit``: ``read(cells, row)`` on each row of ``df`` that is not
+    all missing, in order, until ``limit`` values are had.
+
+    A row whose read raises :class:`InputError` is passed over (the dataset applies the
+    bad-input policy when it reads that row). A fit that reads nothing fails instead of
+    falling back to made-up statistics.
+
+    Raises:
+        MmfuseError: when nothing could be read, naming the columns and why: every row is
+            missing, or the reasons the reads failed, with the first failure and its fix.
+    """
+    cols = list(df.columns)
+    where = f"column {cols[0]!r}" if len(cols) == 1 else f"columns {cols}"
+    present = present_rows(df)
+    out, reasons, first = [], Counter(), None
+    for row, cells in zip(present.index, present.itertuples(index=False, name=None)):
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            item = read(list(cells), row)
+        except InputError as e:
+            reasons[e.reason] += 1
+            first = first or e
+            continue
+        if item is not None:
+            out.append(item)
+    if out:
+        return out
+    if first is None:
+        raise MmfuseError(f"no value of {where} could be read while fitting: all {len(df)} training rows are "
+                          "missing; give it values, or set its role to ignore")
+    why = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common(3)) + (", ..." if len(reasons) > 3 else "")
+    raise MmfuseError(f"no value of {where} could be read while fitting ({sum(reasons.values())} tried; {why}). "
+                      f"First failure: {first}")
+
+
+def check_choice(owner: str, name: str, value, allowed) -> None:
+    """Raise MmfuseError unless ``value`` is one of ``allowed`` (a setting of ``owner``)."""
+    if value not in allowed:
+        raise MmfuseError(f"{owner}: {name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
 class Preprocessor(ABC):
@@ -152,6 +217,8 @@ def save_preprocessors(preps: Mapping[str, Preprocessor], directory: str | os.Pa
     """Write all preprocessors to ``<name>.json`` and ``<name>.safetensors`` (atomically)."""
     from safetensors.numpy import save
 
+    from .._names import safe_key
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     metas, tensors = {}, {}
@@ -159,7 +226,7 @@ def save_preprocessors(preps: Mapping[str, Preprocessor], directory: str | os.Pa
         meta, arrays = preps[key].get_state()
         metas[key] = meta
         for a, arr in arrays.items():
-            tensors[f"{key}/{a}"] = np.ascontiguousarray(arr)
+            tensors[f"{safe_key(key)}/{a}"] = np.ascontiguousarray(arr)  # safe keys have no '/'; input names may
     atomic_write_bytes(directory / f"{name}.safetensors", save(tensors) if tensors else save({}))
     atomic_write_text(directory / f"{name}.json", json.dumps(metas, indent=2, sort_keys=True))
 
@@ -168,12 +235,15 @@ def load_preprocessors(directory: str | os.PathLike, name: str = "preprocessors"
     """Inverse of :func:`save_preprocessors`. Reads JSON and safetensors only."""
     from safetensors.numpy import load_file
 
+    from .._names import safe_key
+
     directory = Path(directory)
     metas = json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
     tensors = load_file(str(directory / f"{name}.safetensors"))
     out = {}
     for key, meta in metas.items():
-        arrays = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == key}
+        prefix = f"{safe_key(key)}/"
+        arrays = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         out[key] = Preprocessor.from_state(meta, arrays)
     return out
 
@@ -186,4 +256,5 @@ def sample_rows(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def bad(row, column, reason, file=None, resolved=None, hint=None) -> InputError:
+    """An :class:`InputError` for one cell (a shorthand)."""
     return InputError(row, column, reason, file=file, resolved=resolved, hint=hint)

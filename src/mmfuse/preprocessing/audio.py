@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..io import resolve_path
-from ._base import PREPROCESSORS, Preprocessor, ReadContext, bad, is_missing, sample_rows
+from ._base import (PREPROCESSORS, Preprocessor, ReadContext, bad, check_choice, is_missing, open_file_cell,
+                    present_rows, read_for_fit, sample_rows)
 
 _FORMATS = ("WAV", "FLAC", "OGG", "MP3", "AIFF", "AU", "WAVEX", "W64", "RF64", "CAF")
 
@@ -132,22 +132,13 @@ class AudioPreprocessor(Preprocessor):
         return self._logmel
 
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
-        if self.crop not in ("start", "center"):
-            raise ValueError(f"AudioPreprocessor: crop must be 'start' or 'center', got {self.crop!r}")
-        waves = []
-        for idx, v in sample_rows(df[self.columns].dropna(), 128)[self.columns[0]].items():
-            try:
-                waves.append(self.read([v], idx, ctx)["wave"])
-            except Exception:  # bad files are reported when read; statistics skip them
-                continue
-        if waves:
-            with torch.no_grad():
-                m = self.logmel()(torch.from_numpy(np.stack(waves)))  # (N, n_mels, T)
-            self.mean_ = m.mean(dim=(0, 2)).numpy().astype(np.float32)
-            self.std_ = m.std(dim=(0, 2)).clamp_min(1e-3).numpy().astype(np.float32)
-        else:
-            self.mean_ = np.zeros(self.n_mels, np.float32)
-            self.std_ = np.ones(self.n_mels, np.float32)
+        check_choice(type(self).__name__, "crop", self.crop, ("start", "center"))
+        sample = sample_rows(present_rows(df[self.columns]), 128)
+        waves = read_for_fit(sample, lambda cells, row: self.read(cells, row, ctx)["wave"])
+        with torch.no_grad():
+            m = self.logmel()(torch.from_numpy(np.stack(waves)))  # (N, n_mels, T)
+        self.mean_ = m.mean(dim=(0, 2)).numpy().astype(np.float32)
+        self.std_ = m.std(dim=(0, 2)).clamp_min(1e-3).numpy().astype(np.float32)
         return super().fit(df, ctx)
 
     def read(self, cells, row, ctx):
@@ -160,18 +151,16 @@ class AudioPreprocessor(Preprocessor):
         if isinstance(v, (bytes, bytearray, memoryview)):
             raw = bytes(v)
         else:
-            file = str(v)
-            path = resolve_path(file, ctx.root, row=row, column=col, allow_outside_root=ctx.allow_outside_root)
-            resolved = str(path)
-            if not path.is_file():
-                raise bad(row, col, "does not exist", file, resolved, "Fix the path, or pass the folder it is relative to as root= (--root)")
-            raw = path.read_bytes()
-        if not raw:
-            raise bad(row, col, "is empty (0 bytes)", file, resolved)
+            path = open_file_cell(v, ctx, col, row)
+            file, resolved = str(v), str(path)
+            try:
+                raw = path.read_bytes()
+            except OSError as e:
+                raise bad(row, col, f"cannot be read ({type(e).__name__}: {e})", file, resolved) from None
         _check_wav_complete(raw, row, col, file, resolved)
         try:
             data, sr = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)  # (N, channels)
-        except Exception as e:
+        except Exception as e:  # libsndfile's errors for unknown or broken formats
             ext = Path(file).suffix if file else ""
             raise bad(row, col, f"is not a supported audio file ({e})", file, resolved,
                       f"supported formats: {', '.join(_FORMATS)}; convert {ext or 'it'} to WAV or FLAC") from None

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._base import PREPROCESSORS, Preprocessor, ReadContext, is_missing
+from ._base import PREPROCESSORS, Preprocessor, ReadContext, is_missing, read_for_fit
 from .audio import AudioPreprocessor
 from .image import ImagePreprocessor
 
@@ -57,18 +57,9 @@ class _HFBase(Preprocessor):
         from ..hf import fingerprint
 
         self.fingerprint_ = fingerprint(self.model, self.revision)
-        sample = None
-        for idx, row in df[self.columns].iterrows():
-            try:
-                sample = self._raw_read(list(row), idx, ctx)
-            except Exception:
-                continue
-            if sample is not None:
-                break
-        if sample is None:
-            from ..errors import MmfuseError
-
-            raise MmfuseError(f"input {self.columns}: no readable value in the training rows")
+        # the first readable row sets the shapes; bad cells are passed over, and when none
+        # can be read the error names the column, the reasons and the first failing file
+        (sample,) = read_for_fit(df[self.columns], lambda cells, row: self._raw_read(cells, row, ctx), limit=1)
         self.raw_spec_ = {k: (list(v.shape), str(v.dtype)) for k, v in sample.items()}
         if self.embed:
             emb = self.featurize({k: v[None] for k, v in sample.items()})["embedding"]
@@ -168,15 +159,11 @@ class HFImagePreprocessor(_HFBase):
         return self
 
     def _raw_read(self, cells, row, ctx):
-        from PIL import ImageOps
-
         (v,) = cells
-        if is_missing(v) if not isinstance(v, dict) else not (v.get("bytes") or v.get("path")):
+        if is_missing(v):
             return None
         dec = ImagePreprocessor(self.columns, max_pixels=self.max_pixels, min_size=self.min_size)
-        im = dec._open(v, row, ctx)
-        im.info.pop("_mmfuse_where", None)
-        im = ImageOps.exif_transpose(im).convert("RGB")
+        im = dec.decode(v, row, ctx, "RGB")
         pix = self.processor(images=im, return_tensors="np")["pixel_values"][0]
         return {"pixel_values": np.ascontiguousarray(pix, dtype=np.float32)}
 

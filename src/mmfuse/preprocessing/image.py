@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..io import resolve_path
-from ._base import PREPROCESSORS, Preprocessor, ReadContext, bad, is_missing, sample_rows
+from ._base import (PREPROCESSORS, Preprocessor, ReadContext, bad, check_choice, is_missing, open_file_cell,
+                    present_rows, read_for_fit, sample_rows)
 
 _RESIZE = ("crop", "squash", "pad")
 _AUGMENT = ("crop", "flip")
@@ -46,66 +47,49 @@ class ImagePreprocessor(Preprocessor):
         self.max_pixels, self.min_size = max_pixels, min_size
 
     def _validate(self):
-        if self.resize not in _RESIZE:
-            raise ValueError(f"ImagePreprocessor: resize must be one of {_RESIZE}, got {self.resize!r}")
-        unknown = set(self.augment) - set(_AUGMENT)
-        if unknown:
-            raise ValueError(f"ImagePreprocessor: augment must be a subset of {_AUGMENT}, got {sorted(unknown)}")
-        if self.channels not in (None, 1, 3):
-            raise ValueError(f"ImagePreprocessor: channels must be 1, 3 or None, got {self.channels!r}")
+        name = type(self).__name__
+        check_choice(name, "resize", self.resize, _RESIZE)
+        for op in self.augment:
+            check_choice(name, "each augment", op, _AUGMENT)
+        check_choice(name, "channels", self.channels, (None, 1, 3))
 
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
         self._validate()
-        sample = sample_rows(df[self.columns].dropna(), 64)
-        imgs = []
+        sample = sample_rows(present_rows(df[self.columns]), 64)
         if self.channels is None:
-            modes = set()
-            for idx, v in sample[self.columns[0]].items():
-                try:
-                    with self._open(v, idx, ctx) as im:
-                        modes.add(im.mode)
-                except Exception:  # bad files are reported when read; inference just skips them
-                    continue
-            self.channels = 1 if modes and modes <= {"1", "L", "LA", "I", "I;16", "F"} else 3
-        for idx, v in sample[self.columns[0]].items():
-            try:
-                imgs.append(self.read([v], idx, ctx)["image"])
-            except Exception:
-                continue
-        if imgs:
-            x = np.stack(imgs).astype(np.float64) / 255.0  # (N, C, S, S)
-            self.mean_ = x.mean(axis=(0, 2, 3)).astype(np.float32)
-            self.std_ = np.maximum(x.std(axis=(0, 2, 3)), 1e-3).astype(np.float32)
-        else:
-            self.mean_ = np.full(self.channels, 0.5, np.float32)
-            self.std_ = np.full(self.channels, 0.25, np.float32)
+            modes = set(read_for_fit(sample, lambda cells, row: self._mode(cells[0], row, ctx)))
+            self.channels = 1 if modes <= {"1", "L", "LA", "I", "I;16", "F"} else 3
+        imgs = read_for_fit(sample, lambda cells, row: self.read(cells, row, ctx)["image"])
+        x = np.stack(imgs).astype(np.float64) / 255.0  # (N, C, S, S)
+        self.mean_ = x.mean(axis=(0, 2, 3)).astype(np.float32)
+        self.std_ = np.maximum(x.std(axis=(0, 2, 3)), 1e-3).astype(np.float32)
         return super().fit(df, ctx)
 
+    def _mode(self, v, row, ctx: ReadContext) -> str:
+        im, _, _ = self._open(v, row, ctx)
+        with im:
+            return im.mode
+
     def _open(self, v, row, ctx: ReadContext):
+        """Open (not decode) an image cell and check its size: ``(image, file, resolved)``."""
         from PIL import Image
 
         col = self.columns[0]
         file = resolved = None
-        if isinstance(v, dict):
+        if isinstance(v, Mapping):
             v = v.get("bytes") or v.get("path")
         if isinstance(v, (bytes, bytearray, memoryview)):
             src = io.BytesIO(bytes(v))
         else:
-            file = str(v)
-            path = resolve_path(file, ctx.root, row=row, column=col, allow_outside_root=ctx.allow_outside_root)
-            resolved = str(path)
-            if not path.is_file():
-                raise bad(row, col, "does not exist", file, resolved, "Fix the path, or pass the folder it is relative to as root= (--root)")
-            if path.stat().st_size == 0:
-                raise bad(row, col, "is empty (0 bytes)", file, resolved)
-            src = path
+            src = open_file_cell(v, ctx, col, row)
+            file, resolved = str(v), str(src)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 im = Image.open(src)
         except Image.DecompressionBombError as e:
             raise bad(row, col, f"is refused as a decompression bomb: {e}", file, resolved) from None
-        except Exception as e:
+        except Exception as e:  # Pillow raises many types for a file it cannot identify
             raise bad(row, col, f"is not a readable image ({type(e).__name__}: {e})", file, resolved) from None
         w, h = im.size
         if w * h > self.max_pixels:
@@ -117,27 +101,28 @@ class ImagePreprocessor(Preprocessor):
             im.close()
             raise bad(row, col, f"is only {w}x{h} pixels, smaller than min_size={self.min_size}", file, resolved,
                       "lower min_size if such tiny images are genuine")
-        im.info["_mmfuse_where"] = (file, resolved)
-        return im
+        return im, file, resolved
 
-    def read(self, cells, row, ctx):
+    def decode(self, v, row, ctx: ReadContext, mode: str):
+        """A present image cell as a PIL image: opened, checked, decoded, turned upright by its
+        EXIF orientation and converted to ``mode``. Any failure is an :class:`InputError`."""
         from PIL import Image, ImageOps
 
-        (v,) = cells
-        if is_missing(v) if not isinstance(v, dict) else not (v.get("bytes") or v.get("path")):
-            return None
-        im = self._open(v, row, ctx)
-        file, resolved = im.info.pop("_mmfuse_where")
+        im, file, resolved = self._open(v, row, ctx)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                im = im.convert("L" if self.channels == 1 else "RGB")
-                im = self._resize(im)
-        except Exception as e:
+                return ImageOps.exif_transpose(im).convert(mode)
+        except Exception as e:  # a truncated or corrupt file fails here, in many ways
             raise bad(row, self.columns[0], f"is a truncated or corrupt image ({type(e).__name__}: {e})",
                       file, resolved) from None
+
+    def read(self, cells, row, ctx):
+        (v,) = cells
+        if is_missing(v):
+            return None
+        im = self._resize(self.decode(v, row, ctx, "L" if self.channels == 1 else "RGB"))
         a = np.asarray(im, dtype=np.uint8)
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, S, S)
         return {"image": np.ascontiguousarray(a)}

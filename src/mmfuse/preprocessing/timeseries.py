@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import resolve_path
-from ._base import PREPROCESSORS, Preprocessor, ReadContext, bad, is_missing, sample_rows
+from ._base import (PREPROCESSORS, Preprocessor, ReadContext, bad, check_choice, is_missing, open_file_cell,
+                    present_rows, read_for_fit, sample_rows)
 
 _TIME_NAMES = {"t", "time", "timestamp", "ts", "datetime", "date"}
 
@@ -42,40 +42,23 @@ class TimeseriesPreprocessor(Preprocessor):
         self.channels_ = list(channels_) if channels_ else None
 
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
-        if self.mode not in ("pad", "resample"):
-            raise ValueError(f"TimeseriesPreprocessor: mode must be 'pad' or 'resample', got {self.mode!r}")
-        if self.nan not in ("interpolate", "raise"):
-            raise ValueError(f"TimeseriesPreprocessor: nan must be 'interpolate' or 'raise', got {self.nan!r}")
-        chans = []
+        name = type(self).__name__
+        check_choice(name, "mode", self.mode, ("pad", "resample"))
+        check_choice(name, "nan", self.nan, ("interpolate", "raise"))
+        chans, sums, sq, n = [], [], [], []
         for c in self.columns:
-            found = None
-            for idx, v in df[c].items():
-                if is_missing(v):
-                    continue
-                try:
-                    found = self._load(v, idx, c, ctx).shape[1]
-                    break
-                except Exception:
-                    continue
-            if found is None:
-                raise bad(None, c, "has no readable time series in the training rows")
-            chans.append(found)
+            load = lambda cells, row, c=c: self._load(cells[0], row, c, ctx)  # noqa: E731
+            (first,) = read_for_fit(df[[c]], load, limit=1)  # the first readable series sets the channels
+            k = first.shape[1]
+            xs = [self._fit_length(a) for a in read_for_fit(sample_rows(present_rows(df[[c]]), 256), load)
+                  if a.shape[1] == k]  # each (L', k)
+            x = np.concatenate(xs) if xs else self._fit_length(first)
+            chans.append(k)
+            sums.append(x.sum(0))
+            sq.append((x ** 2).sum(0))
+            n.append(np.full(k, len(x)))
+        sums, sq, n = np.concatenate(sums), np.concatenate(sq), np.concatenate(n)
         self.channels_ = chans
-        sums, sq, n = np.zeros(sum(chans)), np.zeros(sum(chans)), np.zeros(sum(chans))
-        for idx, row in sample_rows(df[self.columns], 256).iterrows():
-            try:
-                arrs = [self._load(v, idx, c, ctx) for c, v in zip(self.columns, row)]
-            except Exception:
-                continue
-            off = 0
-            for a, k in zip(arrs, chans):
-                if a is not None and a.shape[1] == k:
-                    x = self._fit_length(a)  # (L', k)
-                    sums[off:off + k] += x.sum(0)
-                    sq[off:off + k] += (x ** 2).sum(0)
-                    n[off:off + k] += len(x)
-                off += k
-        n = np.maximum(n, 1)
         self.mean_ = (sums / n).astype(np.float32)
         self.std_ = np.sqrt(np.maximum(sq / n - (sums / n) ** 2, 1e-12)).clip(1e-6).astype(np.float32)
         return super().fit(df, ctx)
@@ -95,13 +78,8 @@ class TimeseriesPreprocessor(Preprocessor):
             except (TypeError, ValueError):
                 raise bad(row, col, "holds a sequence that is not numeric or whose rows differ in length") from None
         else:
-            file = str(v)
-            path = resolve_path(file, ctx.root, row=row, column=col, allow_outside_root=ctx.allow_outside_root)
-            resolved = str(path)
-            if not path.is_file():
-                raise bad(row, col, "does not exist", file, resolved, "Fix the path, or pass the folder it is relative to as root= (--root)")
-            if path.stat().st_size == 0:
-                raise bad(row, col, "is empty (0 bytes)", file, resolved)
+            path = open_file_cell(v, ctx, col, row)
+            file, resolved = str(v), str(path)
             a = self._read_file(path, row, col, file, resolved)
         if a.ndim == 1:
             a = a[:, None]
@@ -120,19 +98,17 @@ class TimeseriesPreprocessor(Preprocessor):
 
     def _read_file(self, path: Path, row, col, file, resolved) -> np.ndarray:
         ext = path.suffix.lower()
+        if ext not in (".npy", ".csv", ".tsv", ".parquet"):
+            raise bad(row, col, f"has unsupported extension {ext!r}", file, resolved,
+                      "use .csv, .tsv, .parquet or .npy")
         try:
             if ext == ".npy":
                 return np.load(path, allow_pickle=False).astype(np.float64)
-            if ext in (".csv", ".tsv"):
-                df = pd.read_csv(path, sep="\t" if ext == ".tsv" else ",")
-            elif ext == ".parquet":
+            if ext == ".parquet":
                 df = pd.read_parquet(path)
             else:
-                raise bad(row, col, f"has unsupported extension {ext!r}", file, resolved,
-                          "use .csv, .tsv, .parquet or .npy")
-        except Exception as e:
-            if isinstance(e, ValueError) and "row" in str(e) and "column" in str(e):
-                raise
+                df = pd.read_csv(path, sep="\t" if ext == ".tsv" else ",")
+        except Exception as e:  # numpy, pandas and pyarrow each raise their own types for a broken file
             raise bad(row, col, f"cannot be read as a time series ({type(e).__name__}: {e})", file, resolved) from None
         if self.file_columns:
             absent = [c for c in self.file_columns if c not in df.columns]

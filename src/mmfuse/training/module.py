@@ -9,32 +9,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig, TrainConfig
-from ..tasks import Task, compute_loss, logits_to_proba
-
-
-def quick_metrics(task: Task, logits: torch.Tensor, y: torch.Tensor, loss: float) -> dict:
-    """Validation metrics computed in torch (no scikit-learn on this path)."""
-    out = {"val_loss": loss}
-    if task is Task.REGRESSION:
-        err = logits[:, 0].float() - y.float()
-        out["val_rmse"] = float(err.pow(2).mean().sqrt())
-        return out
-    if task is Task.MULTILABEL:
-        pred = (logits > 0).float()
-        out["val_accuracy"] = float((pred == y).float().mean())
-        tp = (pred * y).sum(0)
-        f1 = 2 * tp / (pred.sum(0) + y.sum(0)).clamp_min(1)
-        out["val_macro_f1"] = float(f1.mean())
-        return out
-    pred = (logits[:, 0] > 0).long() if task is Task.BINARY else logits.argmax(1)
-    k = 2 if task is Task.BINARY else logits.shape[1]
-    cm = torch.bincount(y.long() * k + pred, minlength=k * k).view(k, k).float()  # rows: true
-    tp = cm.diag()
-    f1 = 2 * tp / (cm.sum(0) + cm.sum(1)).clamp_min(1)
-    present = cm.sum(1) > 0
-    out["val_accuracy"] = float(tp.sum() / cm.sum())
-    out["val_macro_f1"] = float(f1[present].mean())
-    return out
+from ..tasks import Task
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int):
@@ -73,14 +48,14 @@ class LitMultimodal(L.LightningModule):
         return self.val_loader
 
     def loss(self, out: dict, y: torch.Tensor) -> torch.Tensor:
-        kw = dict(class_weights=self.class_weights, regression_loss=self.tcfg.regression_loss)
-        loss = compute_loss(self.task, out["logits"], y, **kw)
+        """The task's loss (with class weights), plus ``aux_weight`` × the mean unimodal auxiliary loss."""
+        loss = self.task.loss(out["logits"], y, self.class_weights)
         if "aux" in out and self.mcfg.aux_weight > 0:
             aux = []
             for n, lg in out["aux"].items():
                 m = out["masks"][n]
                 if bool(m.any()):
-                    aux.append(compute_loss(self.task, lg[m], y[m], **kw))
+                    aux.append(self.task.loss(lg[m], y[m], self.class_weights))
             if aux:
                 loss = loss + self.mcfg.aux_weight * torch.stack(aux).mean()
         return loss
@@ -110,8 +85,10 @@ class LitMultimodal(L.LightningModule):
             return
         logits = torch.cat([v[0] for v in self._val])
         y = torch.cat([v[1] for v in self._val])
-        loss = float(compute_loss(self.task, logits, y, regression_loss=self.tcfg.regression_loss))
-        metrics = quick_metrics(self.task, logits, y, loss)
+        # the training objective's main term, class weights included, so that early stopping watches it
+        weights = None if self.class_weights is None else self.class_weights.cpu()
+        metrics = {"val_loss": float(self.task.loss(logits, y, weights))}
+        metrics.update({f"val_{k}": v for k, v in self.task.quick_metrics(logits, y).items()})
         for k, v in metrics.items():
             self.log(k, v, prog_bar=k in ("val_loss", "val_accuracy", "val_rmse"))
         entry = {"epoch": self.current_epoch, "train_loss": self._train_sum / max(1, self._train_n), **metrics,
@@ -144,9 +121,12 @@ class LitMultimodal(L.LightningModule):
 
     # --- exact resume -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
+        """Keep the history and every random generator: CPU (torch, numpy, Python) and, on a
+        GPU machine, each CUDA device's (dropout on a GPU draws from those)."""
         checkpoint["mmfuse"] = {
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": _cuda_states(),
             "numpy_rng": _numpy_state(),
             "python_rng": _python_state(),
         }
@@ -158,6 +138,18 @@ class LitMultimodal(L.LightningModule):
             torch.set_rng_state(state["torch_rng"])
             np.random.set_state(_numpy_from(state["numpy_rng"]))
             random.setstate(_python_from(state["python_rng"]))
+            _set_cuda_states(state.get("cuda_rng") or [])
+
+
+def _cuda_states() -> list[torch.Tensor]:
+    """One generator state per CUDA device; empty without CUDA."""
+    return list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else []
+
+
+def _set_cuda_states(states: list[torch.Tensor]) -> None:
+    """Restore the saved CUDA generators on the devices present (none without CUDA)."""
+    if states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states[:torch.cuda.device_count()])
 
 
 def _numpy_state():

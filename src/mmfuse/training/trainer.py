@@ -8,19 +8,14 @@ import warnings
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from ..config import ModelConfig, TrainConfig
 from ..tasks import Task
+from .._fingerprint import fingerprint_differences, normalize
+from ..errors import MmfuseError
 from .checkpoint_io import SafetensorsCheckpointIO, load_checkpoint_file
 from .module import LitMultimodal
-
-MONITOR = {Task.REGRESSION: ("val_loss", "min")}
-
-
-def monitor_for(task: Task) -> tuple[str, str]:
-    """Early stopping and best-checkpoint selection watch the validation loss."""
-    return MONITOR.get(task, ("val_loss", "min"))
-
 
 def resolve_precision(precision: str, accelerator: str) -> str:
     if precision != "auto":
@@ -31,12 +26,18 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, mcfg: ModelConfig, run_dir: Path,
-                class_weights: torch.Tensor | None = None, resume: bool = False, callbacks=()) -> dict:
+                class_weights: torch.Tensor | None = None, resume: bool = False, callbacks=(),
+                fingerprint: dict | None = None) -> dict:
     """Train with AdamW + cosine warm-up, early stopping and best-checkpoint selection.
 
     Checkpoints (safetensors, no pickle) go to ``run_dir/checkpoints``: ``last.ckpt`` after
     every epoch and ``best.ckpt``. With ``resume=True`` training continues from ``last.ckpt``.
     The model ends holding the best epoch's weights.
+
+    Args:
+        fingerprint: What this run trains on (:func:`mmfuse._fingerprint.run_fingerprint`), kept
+            in every checkpoint. With ``resume=True``, a checkpoint whose fingerprint differs is
+            refused with an :class:`MmfuseError` naming what differs.
 
     Returns:
         ``{"history": [...], "best_epoch": int, "best_score": float, "epochs_run": int, "stopped_early": bool}``
@@ -46,7 +47,10 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
 
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    monitor, mode = monitor_for(task)
+    last = ckpt_dir / "last.ckpt"
+    fingerprint = normalize(fingerprint) if fingerprint is not None else None
+    resumed_from = _check_resume(last, fingerprint, run_dir) if resume and last.exists() else None
+    monitor, mode = task.monitor  # early stopping and best-checkpoint selection
     lit = LitMultimodal(model, task, train_loader, val_loader, tcfg, mcfg, class_weights)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                            save_last=True, enable_version_counter=False)
@@ -69,23 +73,23 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
     trainer = L.Trainer(
         max_epochs=tcfg.epochs, accelerator=accelerator, devices=1,
         precision=resolve_precision(tcfg.precision, accelerator),
-        gradient_clip_val=tcfg.grad_clip or None, callbacks=[early, best, *callbacks], logger=logger,
+        gradient_clip_val=tcfg.grad_clip or None, callbacks=[early, best, _Fingerprint(fingerprint), *callbacks],
+        logger=logger,
         enable_progress_bar=tcfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
         max_time=datetime.timedelta(seconds=tcfg.max_time) if tcfg.max_time else None,
         default_root_dir=str(run_dir), plugins=[SafetensorsCheckpointIO()], deterministic="warn",
         log_every_n_steps=max(1, min(10, len(train_loader))))
-    last = ckpt_dir / "last.ckpt"
     if not resume and ckpt_dir.exists():  # a new run in an old folder starts from nothing
         import shutil
 
         shutil.rmtree(ckpt_dir)
-    ckpt_path = str(last) if resume and last.exists() else None
-    resumed_from = load_checkpoint_file(last)["epoch"] if ckpt_path else None
+    ckpt_path = str(last) if resumed_from is not None else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*is an invalid type.*")
         warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen backbones stay in eval
         warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)`.*")
+        warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # resuming
         trainer.fit(lit, ckpt_path=ckpt_path)
     best_path = best.best_model_path
     if best_path and os.path.exists(best_path):
@@ -101,3 +105,33 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
             "monitor": monitor, "epochs_run": trainer.current_epoch,
             "stopped_early": bool(early.stopped_epoch), "interrupted": trainer.interrupted,
             "resumed_from_epoch": resumed_from}
+
+
+_FINGERPRINT_KEY = "mmfuse_fingerprint"
+
+
+def _check_resume(last: Path, fingerprint: dict | None, run_dir: Path) -> int:
+    """The epoch ``last`` was saved at, after checking it belongs to this run.
+
+    Raises:
+        MmfuseError: when the checkpoint's fingerprint and ``fingerprint`` differ (a checkpoint
+            or a run without one is not checked).
+    """
+    saved = load_checkpoint_file(last)
+    if fingerprint is not None and saved.get(_FINGERPRINT_KEY) is not None:
+        diffs = fingerprint_differences(saved[_FINGERPRINT_KEY], fingerprint)
+        if diffs:
+            more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+            raise MmfuseError(f"--resume: the checkpoint in {run_dir} was trained {'; '.join(diffs[:3])}{more}; "
+                              "start a new --out folder or drop --resume")
+    return saved["epoch"]
+
+
+class _Fingerprint(Callback):
+    """Callback that writes the run fingerprint into every checkpoint."""
+
+    def __init__(self, fingerprint: dict | None):
+        self.fingerprint = fingerprint
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[_FINGERPRINT_KEY] = self.fingerprint

@@ -1,0 +1,289 @@
+"""The steps of fitting a model, each public and usable on its own.
+
+:meth:`mmfuse.MultimodalPredictor.fit` calls them in this order; cross-validation, search and
+the benchmarks call the same steps (with other splits, settings or data)::
+
+    table = read_table("data.csv")
+    schema, inputs = select_inputs(table, "label")                           # 1. schema and inputs
+    splits = split_table(table, schema, "label", seed=0)                      # 2. splits
+    task = fit_target(splits.train, "label")                                 # 3a. the target
+    preps = fit_preprocessors(schema, inputs, splits.train, splits.root, mcfg, tcfg)  # 3b. preprocessors
+    data = make_datasets(splits, preps, task, tcfg)                          # 4. datasets and loaders
+    model, spec = build_model(preps, task.n_outputs, mcfg)                   # 5. the model
+    result = train(model, task, data, mcfg, tcfg, "runs/x")                  # 6. training
+    predictor = Predictor(model, preps, task, schema, {"model": spec})
+    metrics = choose_threshold_and_score(predictor, data, tcfg)              # 7. threshold, metrics
+    predictor.save("runs/x/bundle")                                          # 8. the bundle
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from ._build import build_model
+from .config import ModelConfig, TrainConfig
+from .errors import MmfuseError
+
+__all__ = ["select_inputs", "infer_task_of", "Splits", "split_table", "fit_target", "fit_preprocessors", "FitData", "make_datasets",
+           "build_model", "train", "choose_threshold_and_score", "fit_fingerprint"]
+
+
+# --- 1. schema and inputs -------------------------------------------------------------------
+def select_inputs(table, target: str, columns: Mapping[str, str] | None = None, groups: Mapping[str, list] | None = None,
+                  schema_file=None, inputs: Sequence[str] | None = None):
+    """Infer the table's schema and keep only the inputs to use.
+
+    Args:
+        table: A :class:`~mmfuse.io.Table`.
+        target: The target column.
+        columns, groups, schema_file: Role overrides, input groups, and a schema file (see ``mmfuse inspect``).
+        inputs: Input names to keep (default: all).
+
+    Returns:
+        ``(schema, inputs)``: the :class:`~mmfuse.schema.Schema`, with the columns that no kept input
+        reads set to ``ignore``, and the sorted names of the kept inputs.
+    """
+    from ._registry import unknown_name_message
+    from .schema import Role, Schema, infer_schema
+
+    schema = infer_schema(table, target=target, overrides=columns, groups=groups, schema_file=schema_file)
+    specs = schema.inputs()
+    if inputs is not None:
+        known = [s.name for s in specs]
+        for n in inputs:
+            if n not in known:
+                raise MmfuseError(unknown_name_message("input", n, known))
+        specs = [s for s in specs if s.name in inputs]
+    if not specs:
+        raise MmfuseError("the table has no input columns besides the target; check the roles with mmfuse inspect")
+    used = {c for s in specs for c in s.columns}
+    data_roles = (Role.TEXT, Role.IMAGE, Role.AUDIO, Role.NUMERIC, Role.CATEGORICAL, Role.TIMESERIES)
+    roles = {c: (r if r not in data_roles or c in used else Role.IGNORE) for c, r in schema.roles.items()}
+    names = {s.name for s in specs}
+    return Schema(roles, schema.reasons, {g: cols for g, cols in schema.groups.items() if g in names}), sorted(names)
+
+
+def infer_task_of(table, target: str) -> str:
+    """The kind of task of ``target`` (``binary``, ``multiclass``, ``multilabel``, ``regression``), from
+    its non-blank cells; an absent column is an error that names the closest columns."""
+    from .tasks import infer_task
+
+    if target not in table.df.columns:
+        from ._registry import unknown_name_message
+        from .errors import SchemaError
+
+        raise SchemaError(unknown_name_message("target column", target, table.df.columns))
+    return infer_task(table.df[target])
+
+
+# --- 2. splits ------------------------------------------------------------------------------
+@dataclass
+class Splits:
+    """Training, validation and test rows, where they came from, and the rows left out.
+
+    Attributes:
+        train, val, test: DataFrames (``test`` may be empty).
+        root: Folder that relative file paths are resolved against.
+        source: Where the split comes from (``"split column 'split'"``, ``"groups of 'subject'"``,
+            ``"stratified random"``, ``"random"``, ``"given tables"``).
+        blank_target: Row ids left out because their target cell is blank, per split.
+    """
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    root: Path
+    source: str
+    blank_target: dict = field(default_factory=dict)
+
+    def counts(self) -> dict:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def n_blank(self) -> int:
+        return sum(len(v) for v in self.blank_target.values())
+
+
+def split_table(table, schema, target: str, task: str | None = None, val=None, test=None, val_fraction: float = 0.1,
+                test_fraction: float = 0.1, seed: int = 0, on_blank_target: str = "drop") -> Splits:
+    """Split the table into training, validation and test rows.
+
+    Without ``val``, the validation rows come from a split column, a group split, or a random
+    split of ``val_fraction`` (stratified by class for classification); likewise the test rows
+    with ``test_fraction`` unless ``test`` is given. ``val``/``test`` may be tables, DataFrames or paths.
+
+    Rows whose target cell is blank cannot be learned from nor scored: with ``on_blank_target="drop"``
+    they are left out of every split and listed in :attr:`Splits.blank_target`; ``"raise"`` refuses them.
+    """
+    from .io import read_table
+    from .splits import split_rows
+    from .tasks import create_task
+
+    df = table.df
+    probe = create_task(task if task is not None else infer_task_of(table, target), target)
+    blank: dict[str, list] = {}
+
+    def keep(name, part: pd.DataFrame) -> pd.DataFrame:
+        mask = probe.blank(part)
+        if mask.any():
+            if on_blank_target == "raise":
+                from .errors import InputError
+
+                raise InputError(part.index[mask][0], target, "has no target value",
+                                 hint="fill the target, or let fit leave such rows out")
+            blank[name] = part.index[mask].tolist()
+        return part[~mask]
+
+    if val is None:
+        labelled = keep("train", df)
+        parts = split_rows(labelled, schema, val_fraction, test_fraction if test is None else 0.0, seed,
+                           probe.stratify(labelled))
+        tr, va = labelled.iloc[parts["train"]], labelled.iloc[parts["val"]]
+        te = labelled.iloc[parts["test"]] if test is None else keep("test", read_table(test, root=table.root).df)
+        source = _split_source(schema, probe, labelled)
+    else:
+        tr = keep("train", df)
+        va = keep("val", read_table(val, root=table.root).df)
+        te = keep("test", read_table(test, root=table.root).df) if test is not None else df.iloc[:0]
+        source = "given tables"
+    if len(va) == 0:
+        raise MmfuseError("no validation rows: pass val=..., add a split column, or set val_fraction > 0")
+    if blank:
+        n = sum(map(len, blank.values()))
+        warnings.warn(f"{n} rows with a blank target {target!r} were left out (rows "
+                      f"{', '.join(map(str, [r for v in blank.values() for r in v][:10]))}"
+                      f"{', ...' if n > 10 else ''})", stacklevel=2)
+    return Splits(tr, va, te, table.root, source, blank)
+
+
+def _split_source(schema, probe, df) -> str:
+    from .schema import Role
+
+    if schema.columns_with(Role.SPLIT):
+        return f"split column {schema.columns_with(Role.SPLIT)[0]!r}"
+    if schema.columns_with(Role.GROUP):
+        return f"groups of {schema.columns_with(Role.GROUP)[0]!r}"
+    return "stratified random" if probe.stratify(df) is not None else "random"
+
+
+# --- 3. the target and the preprocessors ----------------------------------------------------
+def fit_target(train_df: pd.DataFrame, target: str, task: str | None = None, tcfg: TrainConfig | None = None):
+    """The :class:`~mmfuse.tasks.Task` of ``target``, inferred when ``task`` is None, fitted on the training rows.
+
+    ``tcfg`` supplies the task's options (``regression_loss``)."""
+    from .tasks import fit_task
+
+    tcfg = tcfg or TrainConfig()
+    return fit_task(train_df, target, task, regression_loss=tcfg.regression_loss)
+
+
+def fit_preprocessors(schema, inputs: Sequence[str], train_df: pd.DataFrame, root, mcfg: ModelConfig | None = None,
+                      tcfg: TrainConfig | None = None, options: Mapping[str, dict] | None = None,
+                      allow_outside_root: bool = False) -> dict:
+    """Fit one preprocessor per input (of ``inputs``, names in ``schema``) on the training rows.
+
+    Inputs whose encoder is a Hugging Face model use that model's own preprocessing; a frozen
+    one with the cache on is run once, inside preprocessing (cached embeddings).
+
+    Args:
+        options: Preprocessor arguments per input or modality (``{"image": {"size": 32}}``).
+        allow_outside_root: Let file paths resolve outside ``root``.
+    """
+    from ._build import hf_preprocessing
+    from .data import build_preprocessors
+    from .io import read_table
+
+    mcfg, tcfg = mcfg or ModelConfig(), tcfg or TrainConfig()
+    specs = [s for s in schema.inputs() if s.name in set(inputs)]
+    hf = {s.name: hf_preprocessing(mcfg, s.name, s.modality.value, tcfg.cache is not None) for s in specs}
+    return build_preprocessors(schema, read_table(train_df, root=root), options, hf={k: v for k, v in hf.items() if v},
+                               inputs={s.name for s in specs}, allow_outside_root=allow_outside_root)
+
+
+# --- 4. datasets and loaders ----------------------------------------------------------------
+@dataclass
+class FitData:
+    """Datasets and loaders of a fit; ``test`` is None without test rows."""
+
+    train: object
+    val: object
+    test: object | None
+    train_loader: object
+    val_loader: object
+
+    def reports(self) -> dict:
+        return {k: ds.report for k, ds in (("train", self.train), ("val", self.val), ("test", self.test)) if ds}
+
+
+def make_datasets(splits: Splits, preps: dict, task, tcfg: TrainConfig | None = None, on_bad_input: str = "raise",
+                  allow_outside_root: bool = False) -> FitData:
+    """Datasets of the three splits (training augmentation on the first) and the training and
+    validation loaders (seeded order; texts grouped by length when a text backbone is trained)."""
+    from .data import MultimodalDataset, make_loader
+    from .preprocessing import HFTextPreprocessor
+
+    tcfg = tcfg or TrainConfig()
+    kw = dict(on_bad_input=on_bad_input, allow_outside_root=allow_outside_root, root=splits.root, cache=tcfg.cache)
+    ds_tr = MultimodalDataset(splits.train, preps, task, train=True, **kw)
+    ds_va = MultimodalDataset(splits.val, preps, task, **kw)
+    ds_te = MultimodalDataset(splits.test, preps, task, **kw) if len(splits.test) else None
+    group = tcfg.group_by_length
+    if group is None:  # a trained text backbone: padding would cost real compute
+        group = any(isinstance(p, HFTextPreprocessor) and not p.embed for p in preps.values())
+    tr = make_loader(ds_tr, tcfg.batch_size, shuffle=True, num_workers=tcfg.num_workers, seed=tcfg.seed,
+                     persistent_workers=True, group_by_length=group)
+    va = make_loader(ds_va, max(tcfg.batch_size, 256), num_workers=tcfg.num_workers, persistent_workers=True)
+    return FitData(ds_tr, ds_va, ds_te, tr, va)
+
+
+def fit_fingerprint(splits: Splits, preps: dict, task, mcfg: ModelConfig, tcfg: TrainConfig) -> dict:
+    """What a fit trains on: hashes of the training and validation rows (the columns the inputs and the
+    target read), the task, and the settings that cannot change on resume. ``train(..., resume=True)``
+    refuses a checkpoint whose fingerprint differs."""
+    from ._fingerprint import run_fingerprint
+
+    cols = sorted({c for p in preps.values() for c in p.columns} | {task.column})
+    return run_fingerprint({"train": splits.train, "val": splits.val}, cols, mcfg, tcfg, task=task.to_dict())
+
+
+# --- 6. training ----------------------------------------------------------------------------
+def train(model, task, data: FitData, mcfg: ModelConfig, tcfg: TrainConfig, run_dir, resume: bool = False,
+          fingerprint: dict | None = None, callbacks=()) -> dict:
+    """Train ``model`` in place (best epoch's weights at the end); see :func:`mmfuse.training.train_model`.
+
+    Class weights come from ``tcfg.class_weight`` and the training rows' targets."""
+    from .training import train_model
+
+    weights = task.class_weights(tcfg.class_weight, data.train.y)
+    return train_model(model, task, data.train_loader, data.val_loader, tcfg, mcfg, Path(run_dir), weights,
+                       resume=resume, fingerprint=fingerprint, callbacks=callbacks)
+
+
+# --- 7. threshold and metrics ---------------------------------------------------------------
+def choose_threshold_and_score(predictor, data: FitData, tcfg: TrainConfig, contribution: bool = True) -> dict:
+    """Set the decision threshold(s) from ``tcfg.decision_threshold`` (a metric is maximized on the
+    validation rows, never the test rows), then measure the validation and test rows and, with
+    ``contribution``, each input's contribution on the test rows (the validation rows without them).
+
+    Returns:
+        ``{"val": {...}, "test": {...}, "contribution": {...}, "decision_threshold": ...}``
+    """
+    from .evaluation import compute_metrics, modality_contribution
+
+    out = {}
+    task = predictor.target
+    if tcfg.decision_threshold is not None:
+        z, rows = predictor.logits(None, dataset=data.val)
+        task.set_threshold(tcfg.decision_threshold, z, data.val._y[rows])
+        out["decision_threshold"] = task.threshold
+    out["val"] = compute_metrics(predictor, data.val)
+    if data.test is not None:
+        out["test"] = compute_metrics(predictor, data.test)
+    if contribution and len(predictor.preprocessors) > 1:
+        ds = data.test if data.test is not None else data.val
+        out["contribution"] = {**modality_contribution(predictor, ds), "split": "test" if ds is data.test else "val"}
+    return out
+

@@ -1,0 +1,156 @@
+"""At the command line, every failure a user can cause is ONE line on stderr that starts with
+"error:" and names the file (and the line, where there is one), with exit code 2: never a traceback.
+
+The inputs are what a careless user passes: broken tables, broken settings files, damaged
+bundles, a run folder instead of its bundle/.
+"""
+import json
+import shutil
+
+import pytest
+
+from mmfuse.cli import main
+
+from conftest import make_tabular_text_table
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+
+
+def cli_error(capsys, *args) -> str:
+    """Run ``mmfuse *args``; check it exits with code 2 after printing one line; return that line."""
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+TABLES = [
+    ("empty.csv", b"", "is empty (0 bytes)"),
+    ("extra.csv", b"x,y\n1,p\n2,q,r\n", "line 3: has 3 fields but the header has 2. Put quotes around fields"),
+    ("unclosed.csv", b'x,y\n1,"p\n2,q\n', "a quoted field is never closed"),
+    ("image.csv", PNG, "is not a CSV file: its content looks like a PNG image"),
+    ("records.csv", b'[{"x": 1, "y": "p"}, {"x": 2, "y": "q"}]', "is not a CSV file: its content looks like JSON"),
+    ("table.parquet", b"x,y\n1,p\n", "is not a Parquet file: its content looks like CSV text. Rename it to .csv"),
+    ("noise.jsonl", bytes(range(256)) * 4, "is not a JSON Lines file: its content looks like binary data"),
+    ("bad.jsonl", b'{"x": 1, "y": "p"}\nnot json\n', "line 2: is not valid JSON"),
+    ("sheet.xlsx", b"PK\x03\x04" + bytes(64), "unknown table format '.xlsx'; save the sheet as CSV"),
+    ("dup.csv", b"x,x,y\n1,2,p\n", "duplicate column names: 'x'"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", TABLES, ids=[t[0] for t in TABLES])
+def test_broken_table(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    line = cli_error(capsys, "inspect", path, "--target", "y")
+    assert message in line and path.name in line
+
+
+def test_folder_instead_of_table(tmp_path, capsys):
+    (tmp_path / "data.csv").mkdir()  # a folder named like a table: its read used to raise IsADirectoryError
+    line = cli_error(capsys, "inspect", tmp_path / "data.csv", "--target", "y")
+    assert f"table file {str(tmp_path / 'data.csv')!r} is a folder, not a table file" in line
+
+
+@pytest.fixture
+def good_csv(tmp_path):
+    (tmp_path / "good.csv").write_text("x,y\n1,p\n2,q\n")
+    return tmp_path / "good.csv"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.yaml", "columns:\n  x: numeric\n bad: 1\n", "line 3, column 2: not valid YAML"),
+    ("bad.json", '{"columns": {"x": "numeric",}}', "line 1, column 29: not valid JSON"),
+    ("latin.yaml", "columns: {x: caf\xe9}\n", "is not UTF-8 text"),
+], ids=["yaml", "json", "latin-1"])
+def test_broken_schema_file(good_csv, capsys, name, content, message):
+    path = good_csv.parent / name
+    path.write_bytes(content.encode("latin-1"))
+    line = cli_error(capsys, "inspect", good_csv, "--target", "y", "--schema", path)
+    assert line.startswith(f"error: schema file {str(path)!r}") and message in line
+
+
+def test_broken_config_file_for_fit(good_csv, capsys):
+    path = good_csv.parent / "cfg.yaml"
+    path.write_text("train:\n  epochs: [1\n")
+    line = cli_error(capsys, "fit", good_csv, "--target", "y", "--config", path, "--out", good_csv.parent / "run")
+    assert line.startswith(f"error: config file {str(path)!r}, line 3") and "not valid YAML" in line
+
+
+def test_os_error_names_the_path(good_csv, capsys):
+    (good_csv.parent / "file").write_text("")
+    line = cli_error(capsys, "inspect", good_csv, "--target", "y", "--save-schema", good_csv.parent / "file" / "s.yaml")
+    assert str(good_csv.parent / "file") in line and "Not a directory" in line
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run folder holding a tiny bundle (1 epoch on 40 rows), and a table to predict on."""
+    from mmfuse.api import MultimodalPredictor
+
+    d = tmp_path_factory.mktemp("cli_errors")
+    df = make_tabular_text_table(40)
+    m = MultimodalPredictor(target="y", epochs=1, progress=False, log=None, contribution=False)
+    m.fit(df)
+    m.save(d / "run" / "bundle")
+    df.to_csv(d / "data.csv", index=False)
+    return d
+
+
+def _config(edit):
+    def apply(folder):
+        cfg = json.loads((folder / "config.json").read_text())
+        edit(cfg)
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return apply
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = [
+    ("truncated config.json", lambda d: _cut(d / "config.json"), "config.json is not valid JSON"),
+    ("truncated model.safetensors", lambda d: _cut(d / "model.safetensors"), "model.safetensors cannot be read"),
+    ("image as config.json", lambda d: (d / "config.json").write_bytes(PNG), "config.json is not text"),
+    ("CSV as model.safetensors", lambda d: (d / "model.safetensors").write_text("a,b\n1,2\n"),
+     "model.safetensors cannot be read"),
+    ("config.json without preprocessors", _config(lambda c: c.pop("preprocessors")),
+     "config.json lacks 'preprocessors'"),
+    ("a key missing deep inside", _config(lambda c: next(iter(c["preprocessors"].values())).pop("config")),
+     "lacks 'config'"),
+]
+
+
+@pytest.mark.parametrize("damage, message", [d[1:] for d in DAMAGE], ids=[d[0] for d in DAMAGE])
+def test_damaged_bundle(run, tmp_path, capsys, damage, message):
+    copy = tmp_path / "bundle"
+    shutil.copytree(run / "run" / "bundle", copy)
+    damage(copy)
+    line = cli_error(capsys, "predict", copy, run / "data.csv", "--out", tmp_path / "p.csv")
+    assert line.startswith(f"error: bundle {str(copy)!r} is damaged: ") and message in line
+
+
+def test_run_folder_missing_folder_or_file_instead_of_bundle(run, tmp_path, capsys):
+    line = cli_error(capsys, "predict", run / "run", run / "data.csv", "--out", tmp_path / "p.csv")
+    bundle = run / "run" / "bundle"
+    assert line == f"error: {str(run / 'run')!r} is a run folder, not a bundle; did you mean {str(bundle)!r}?"
+    line = cli_error(capsys, "evaluate", run / "run", run / "data.csv")
+    assert "did you mean" in line
+    line = cli_error(capsys, "predict", tmp_path / "nope", run / "data.csv", "--out", tmp_path / "p.csv")
+    assert f"bundle folder {str(tmp_path / 'nope')!r} does not exist" in line
+    line = cli_error(capsys, "predict", run / "data.csv", run / "data.csv", "--out", tmp_path / "p.csv")
+    assert f"{str(run / 'data.csv')!r} is a file, not a bundle folder" in line
+
+
+def test_error_line_is_one_line():
+    from mmfuse.cli import _error_line
+    from mmfuse.errors import MmfuseError
+
+    assert _error_line(MmfuseError("first\n   second\n")) == "first second"
+    assert _error_line(PermissionError(13, "Permission denied", "/x/t.csv")) == \
+        "'/x/t.csv': Permission denied; check its permissions"
