@@ -270,3 +270,17 @@ def test_skip_policy_predictions_stay_aligned_with_the_input(tmp_path):
     assert m.predictor_.skipped_rows() == [4]
     frame = m.predictor_.predict_frame(path, on_bad_input="skip")
     assert frame["skipped"].notna().tolist() == [i == 4 for i in range(24)]
+
+
+def test_resume_refuses_a_run_folder_of_other_data_or_settings(tmp_path):
+    df = make_tabular_text_table(80)
+    kw = dict(target="y", epochs=1, out=tmp_path / "run", **FAST)
+    MultimodalPredictor(**kw).fit(df)
+    with pytest.raises(MmfuseError, match="--resume: the checkpoint in .* with model.fusion 'concat', now 'gated'"):
+        MultimodalPredictor(fusion="gated", resume=True, **kw).fit(df)
+    other = df.copy()
+    other.loc[0, "note"] = "something else entirely"
+    with pytest.raises(MmfuseError, match="trained on other data"):
+        MultimodalPredictor(resume=True, **kw).fit(other)
+    m = MultimodalPredictor(resume=True, **{**kw, "epochs": 2}).fit(df)  # more epochs: a legitimate resume
+    assert m.metrics_["resumed_from_epoch"] == 0

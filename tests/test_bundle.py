@@ -205,3 +205,13 @@ def test_a_folder_that_is_not_a_bundle_says_what_to_pass(bundle, tmp_path):
     (hf / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 8}))
     with pytest.raises(BundleError, match="not an mmfuse bundle: its config.json has no 'format' nor 'mmfuse_version'"):
         Predictor.load(hf)
+
+
+def test_embedded_backbone_folders_of_two_inputs_never_collide():
+    from mmfuse.bundle import _safe
+
+    names = ["a/b", "a_b", "a:b", "..", ".", "review", "Review.Text"]
+    folders = [_safe(n) for n in names]
+    assert len(set(folders)) == len(names)  # "a/b" and "a_b" used to share backbones/a_b
+    assert all(f.strip(".") and "/" not in f for f in folders)  # never "..", never a sub-folder
+    assert _safe("review") == "review" and _safe("Review.Text") == "Review.Text"  # plain names as before

@@ -154,3 +154,15 @@ def test_error_line_is_one_line():
     assert _error_line(MmfuseError("first\n   second\n")) == "first second"
     assert _error_line(PermissionError(13, "Permission denied", "/x/t.csv")) == \
         "'/x/t.csv': Permission denied; check its permissions"
+
+
+def test_predict_refuses_an_output_format_it_cannot_write(tmp_path, capsys):
+    import pytest
+
+    from mmfuse.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(tmp_path / "bundle"), str(tmp_path / "t.csv"), "--out", str(tmp_path / "p.xlsx")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --out {tmp_path / 'p.xlsx'}: write predictions to a .csv, .parquet or .jsonl file"]

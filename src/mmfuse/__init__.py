@@ -12,7 +12,7 @@ _EXPORTS = {
     "make_loader": "data",
     "create_encoder": "encoders", "encoder_for": "encoders", "list_encoders": "encoders",
     "register_encoder": "encoders",
-    "InputError": "errors", "MmfuseError": "errors", "NotFittedError": "errors", "SchemaError": "errors",
+    "BundleError": "errors", "InputError": "errors", "MmfuseError": "errors", "NotFittedError": "errors", "SchemaError": "errors",
     "Table": "io", "read_table": "io",
     "InputSpec": "schema", "Modality": "schema", "Role": "schema", "Schema": "schema",
     "describe_schema": "schema", "infer_schema": "schema",

@@ -196,15 +196,18 @@ def predict(
     """Predict with a bundle; writes one line per input row: its row id, the prediction, class
     probabilities, and (with --on-bad-input skip) why a row was skipped."""
     from .bundle import Predictor
+    from .errors import MmfuseError
 
+    if out.suffix.lower() not in (".csv", ".parquet", ".jsonl", ".ndjson"):
+        raise MmfuseError(f"--out {out}: write predictions to a .csv, .parquet or .jsonl file")
     pred = Predictor.load(bundle)
     table = _table(data, root)
     res = pred.predict_frame(table, proba=proba, batch_size=batch_size, on_bad_input=on_bad_input, root=root,
                              allow_outside_root=allow_outside_root)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
+    if out.suffix.lower() == ".parquet":
         res.to_parquet(out, index=False)
-    elif out.suffix in (".jsonl", ".ndjson"):
+    elif out.suffix.lower() in (".jsonl", ".ndjson"):
         res.to_json(out, orient="records", lines=True)
     else:
         res.to_csv(out, index=False)

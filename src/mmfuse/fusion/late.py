@@ -6,8 +6,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import MmfuseError
 from .._names import InputModuleDict
+from ..errors import MmfuseError
 from ._base import Fusion, register_fusion
 
 
@@ -34,7 +34,7 @@ class LateFusion(Fusion):
             raise MmfuseError(f"late fusion: combine must be 'mean', 'weighted' or 'stacker', got {combine!r}")
         self.combine = combine
         self.heads = InputModuleDict({n: nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                                     nn.Linear(hidden, dim)) for n, d in self.input_dims.items()})
+                                                       nn.Linear(hidden, dim)) for n, d in self.input_dims.items()})
         M = len(self.names)
         self.stacker = nn.Linear(M * dim + M, dim) if combine == "stacker" else None
         if combine == "weighted":

@@ -6,8 +6,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import MmfuseError
 from .._names import InputModuleDict
+from ..errors import MmfuseError
 from ._base import Fusion, register_fusion
 
 
