@@ -282,5 +282,20 @@ def test_resume_refuses_a_run_folder_of_other_data_or_settings(tmp_path):
     other.loc[0, "note"] = "something else entirely"
     with pytest.raises(MmfuseError, match="trained on other data"):
         MultimodalPredictor(resume=True, **kw).fit(other)
-    m = MultimodalPredictor(resume=True, **{**kw, "epochs": 2}).fit(df)  # more epochs: a legitimate resume
+    with pytest.raises(MmfuseError, match="--resume: .*settings.preprocessors"):  # other preprocessing options
+        MultimodalPredictor(resume=True, preprocessing={"text": {"max_length": 4}}, **kw).fit(df)
+    m = MultimodalPredictor(resume=True, decision_threshold=None, **{**kw, "epochs": 2}).fit(df)  # a legitimate resume
     assert m.metrics_["resumed_from_epoch"] == 0
+
+
+def test_resume_accepts_another_decision_threshold(tmp_path):
+    df = make_tabular_text_table(80, task="binary")
+    kw = dict(target="y", epochs=1, out=tmp_path / "run", **FAST)
+    MultimodalPredictor(decision_threshold=0.3, **kw).fit(df)
+    m = MultimodalPredictor(resume=True, decision_threshold=0.4, **{**kw, "epochs": 2}).fit(df)
+    assert m.metrics_["resumed_from_epoch"] == 0 and m.predictor_.threshold == 0.4
+
+
+def test_a_table_too_small_to_split_is_a_clear_error():
+    with pytest.raises(MmfuseError, match="the table has 3 labelled rows; splitting off validation rows needs more"):
+        MultimodalPredictor(target="y", **FAST).fit(make_tabular_text_table(3))

@@ -215,3 +215,40 @@ def test_embedded_backbone_folders_of_two_inputs_never_collide():
     assert len(set(folders)) == len(names)  # "a/b" and "a_b" used to share backbones/a_b
     assert all(f.strip(".") and "/" not in f for f in folders)  # never "..", never a sub-folder
     assert _safe("review") == "review" and _safe("Review.Text") == "Review.Text"  # plain names as before
+
+
+def test_a_format_1_bundle_with_names_escaped_today_still_loads_and_predicts_the_same():
+    """tests/data/format1_bundle was written by mmfuse at 1dc8a8b (make.py beside it): inputs named
+    'Discount %' and 'get', which today's safe keys escape, with cross-attention pair keys and aux heads."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from mmfuse.bundle import Predictor
+
+    d = Path(__file__).parent / "data" / "format1_bundle"
+    pred = Predictor.load(d / "bundle")
+    assert sorted(pred.model.names) == ["Discount %", "get", "tabular"]
+    expected = pd.read_csv(d / "expected.csv")
+    table = pd.read_csv(d / "table.csv")
+    np.testing.assert_allclose(pred.predict_proba(table)[:, 1], expected["proba_yes"], atol=1e-5)
+    assert pred.predict(table).tolist() == expected["prediction"].tolist()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: c["model"]["model"].update(fusion="nope"), "setting 'fusion' must be a registered fusion"),
+    (lambda c: c["target"].update(classes=None), "needs a list of at least two class names"),
+    (lambda c: c["target"].update(task="ranking"), "unknown task 'ranking'"),
+])
+def test_a_config_that_cannot_be_built_is_named_damaged(tmp_path, damage, message):
+    import shutil
+
+    from pathlib import Path
+
+    src = Path(__file__).parent / "data" / "format1_bundle" / "bundle"
+    shutil.copytree(src, tmp_path / "b")
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    damage(cfg)
+    (tmp_path / "b" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BundleError, match=f"is damaged: config.json describes what this mmfuse cannot build .*{message}"):
+        Predictor.load(tmp_path / "b")

@@ -1,5 +1,6 @@
 """Structural rules that keep the design honest: one owner for task decisions, public API in benchmarks."""
 import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -23,6 +24,10 @@ def test_benchmarks_use_only_public_api():
                 names = node.module.split(".")[1:] + [a.name for a in node.names]
                 if any(n.startswith("_") for n in names):
                     bad.append(f"{p.name}: from {node.module} import {', '.join(a.name for a in node.names)}")
+                    continue
+                public = getattr(importlib.import_module(node.module), "__all__", None)
+                bad += [f"{p.name}: {node.module}.{a.name} is not in its __all__" for a in node.names
+                        if public is not None and a.name not in public]
             elif isinstance(node, ast.Import):
                 bad += [f"{p.name}: import {a.name}" for a in node.names
                         if a.name.startswith("mmfuse.") and any(s.startswith("_") for s in a.name.split("."))]

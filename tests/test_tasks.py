@@ -206,3 +206,25 @@ def test_bundles_of_format_1_keep_their_target_and_threshold():
     r = task_from_dict(old_reg)
     assert isinstance(r, RegressionTask) and r.decode(torch.tensor([[1.0]])).labels.tolist() == [7.0]
     assert isinstance(task_from_dict({**old, "task": "multilabel", "classes": ["a", "b"]}), MultilabelTask)
+
+
+def test_regression_metrics_by_hand_including_r2():
+    r = fit_task(df([0.0, 2.0]), "y", "regression")  # mean 1, std 1: z = value - 1
+    m = r.metrics(torch.tensor([[0.0], [1.0], [2.0]]), np.array([0.0, 1.0, 3.0]))  # predicts 1, 2, 3; truth 1, 2, 4
+    assert m["mae"] == pytest.approx(1 / 3) and m["rmse"] == pytest.approx(np.sqrt(1 / 3))
+    # r2 = 1 - SSE/SST with SSE = 1, SST = (4/3)^2 + (1/3)^2 + (5/3)^2 = 14/3
+    assert m["r2"] == pytest.approx(1 - 1 / (14 / 3))
+
+
+def test_the_class_report_averages_follow_the_macro_f1_rule():
+    t = fit_task(df(["a", "b", "c"]), "y")
+    m = t.metrics(torch.eye(3)[[0, 2, 1, 1]] * 5, np.array([0, 0, 1, 1]))
+    assert m["report"]["macro avg"]["f1-score"] == pytest.approx(m["macro_f1"])
+    assert "c" not in m["report"] and m["absent_classes"] == ["c"]
+
+
+def test_a_damaged_target_description_is_refused():
+    with pytest.raises(MmfuseError, match="needs a list of at least two class names, got None"):
+        task_from_dict({"column": "y", "task": "binary", "classes": None})
+    with pytest.raises(MmfuseError, match="positive std"):
+        task_from_dict({"column": "y", "task": "regression", "mean": 0.0, "std": 0.0})

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ._registry import unknown_name_message
-from .config import ModelConfig, TrainConfig, validate
+from .config import ModelConfig, TrainConfig
 from .errors import MmfuseError, NotFittedError
 
 __all__ = ["MultimodalPredictor", "evaluate_predictor"]
@@ -136,10 +136,9 @@ class MultimodalPredictor:
         from .data import BadInputPolicy
         from .tasks import list_tasks
 
-        mcfg = validate(ModelConfig(**{k: getattr(self, k) for k in _MODEL_FIELDS}
-                                    | {"fusion_kwargs": dict(self.fusion_kwargs or {}),
-                                       "encoders": dict(self.encoders or {})}))
-        tcfg = validate(TrainConfig(**{k: getattr(self, k) for k in _TRAIN_FIELDS}))
+        mcfg = ModelConfig(**{k: getattr(self, k) for k in _MODEL_FIELDS}  # the dataclasses validate themselves
+                           | {"fusion_kwargs": dict(self.fusion_kwargs or {}), "encoders": dict(self.encoders or {})})
+        tcfg = TrainConfig(**{k: getattr(self, k) for k in _TRAIN_FIELDS})
         if self.task is not None and self.task not in list_tasks():
             raise MmfuseError(f"MultimodalPredictor: parameter 'task' must be one of {list_tasks()} or None; "
                               + unknown_name_message("task", self.task, list_tasks()))
@@ -167,10 +166,9 @@ class MultimodalPredictor:
         t0 = time.perf_counter()
         table = read_table(train, root=self.root)
         schema, inputs = P.select_inputs(table, self.target, self.columns, self.groups, self.schema_file, self.inputs)
-        kind = self.task or P.infer_task_of(table, self.target)  # inferred once, from the whole labelled table
-        splits = P.split_table(table, schema, self.target, kind, val, test, tcfg.val_fraction, tcfg.test_fraction,
-                               tcfg.seed)
-        task = P.fit_target(splits.train, self.target, kind, tcfg)
+        splits = P.split_table(table, schema, self.target, self.task, val, test, tcfg.val_fraction,
+                               tcfg.test_fraction, tcfg.seed)
+        task = P.fit_target(splits.train, self.target, splits.task, tcfg)  # the kind the split was made for
         task.set_threshold(tcfg.decision_threshold)  # a bad setting fails now, not after training
         preps = P.fit_preprocessors(schema, inputs, splits.train, splits.root, mcfg, tcfg, self.preprocessing,
                                     self.allow_outside_root)
@@ -179,7 +177,7 @@ class MultimodalPredictor:
         data = P.make_datasets(splits, preps, task, tcfg, self.on_bad_input, self.allow_outside_root)
         torch.manual_seed(tcfg.seed)
         model, spec = P.build_model(preps, task.n_outputs, mcfg)
-        fingerprint = P.fit_fingerprint(splits, preps, task, mcfg, tcfg)
+        fingerprint = P.fit_fingerprint(splits, preps, task, mcfg, tcfg, on_bad_input=str(self.on_bad_input))
         t_train = time.perf_counter()
         result = P.train(model, task, data, mcfg, tcfg, run_dir, self.resume, fingerprint)
         train_seconds = time.perf_counter() - t_train
@@ -225,10 +223,12 @@ class MultimodalPredictor:
         self._check()
         return self.predictor_.predict_proba(data, **self._read_kw(kw))
 
-    def evaluate(self, data, contribution: bool = False, on_bad_input: str = "raise") -> dict:
-        """Metrics on a labelled table (and, optionally, each input's contribution)."""
+    def evaluate(self, data, contribution: bool = False, on_bad_input: str | None = None) -> dict:
+        """Metrics on a labelled table (and, optionally, each input's contribution); ``on_bad_input``
+        defaults to this predictor's own setting."""
         self._check()
-        return evaluate_predictor(self.predictor_, data, contribution=contribution, on_bad_input=on_bad_input,
+        policy = self.on_bad_input if on_bad_input is None else on_bad_input
+        return evaluate_predictor(self.predictor_, data, contribution=contribution, on_bad_input=policy,
                                   root=self.root, allow_outside_root=self.allow_outside_root)
 
     def save(self, path, embed_backbones: bool = False) -> Path:
@@ -246,7 +246,9 @@ class MultimodalPredictor:
         from .bundle import Predictor
 
         pred = Predictor.load(path)
-        obj = cls(target=pred.target.column, fusion=pred.config["model"]["model"]["fusion"])
+        settings = {k: v for k, v in {**pred.config["model"]["model"], **(pred.config.get("training") or {})}.items()
+                    if k in _MODEL_FIELDS or k in _TRAIN_FIELDS}  # get_params() and clone() see the fitted settings
+        obj = cls(target=pred.target.column, task=pred.target.name, **settings)
         obj.predictor_, obj.schema_, obj.classes_, obj.task_ = pred, pred.schema, pred.target.classes_, pred.target
         obj.metrics_ = pred.config.get("metrics", {})
         return obj

@@ -67,7 +67,8 @@ def save_bundle(path: str | os.PathLike, model, preps: dict, target, schema, spe
     save_file(tensors, str(tmp / "model.safetensors"))
     config = {"format": BUNDLE_FORMAT, "mmfuse_version": __version__, "torch_version": torch.__version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "schema": schema.to_dict(), "target": target.to_dict(),
-              "preprocessors": prep_meta, "model": spec, "backbones": backbones, **(extra or {})}
+              "preprocessors": prep_meta, "model": spec, "backbones": backbones,
+              "input_keys": {n: safe_key(n) for n in sorted(preps)}, **(extra or {})}
     (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
     if path.exists():  # replace an older bundle: move it aside first, so a crash leaves one of the two
         old = path.parent / f".{path.name}.old{os.getpid()}"
@@ -137,7 +138,7 @@ def _check_backbones(backbones: dict, path: Path) -> None:
             continue
         now = fingerprint(b["model"], b.get("revision"), mtimes=False)
         if now != b["fingerprint"]:
-            raise MmfuseError(f"bundle {path}: input {name!r} was trained with backbone {b['model']!r} "
+            raise BundleError(f"bundle {path}: input {name!r} was trained with backbone {b['model']!r} "
                               f"(fingerprint {b['fingerprint']}), but what is there now differs ({now}). Restore "
                               "that model, retrain, or save bundles with embed_backbones=True to keep the backbone "
                               "inside them")
@@ -217,8 +218,10 @@ def _damaged_if_inconsistent(load):
     def wrapper(cls, path, *args, **kwargs):
         try:
             return load(cls, path, *args, **kwargs)
-        except MmfuseError:
+        except BundleError:
             raise
+        except MmfuseError as e:  # an unknown fusion, task, preprocessor or role, a bad target description
+            raise _damaged(Path(path), f"config.json describes what this mmfuse cannot build ({e})") from e
         except RuntimeError as e:  # torch: size mismatch in load_state_dict
             if "state_dict" not in str(e):
                 raise
@@ -232,6 +235,27 @@ def _damaged_if_inconsistent(load):
                                        f"build ({type(e).__name__}: {' '.join(str(e).split())})") from e
 
     return wrapper
+
+
+def _legacy_tensor_names(tensors: dict, names: list[str]) -> dict:
+    """Rename the tensors of a bundle written before :func:`~mmfuse._names.safe_key` existed, whose keys
+    hold input names as they are (``prep/Discount %/median``, ``model/encoders.get.…``), to today's keys.
+    Only names that are escaped today move (``%``, ``>``, container attribute names such as ``get``);
+    names with ``.`` or ``/`` could not be saved then."""
+    moved = {n: safe_key(n) for n in names if safe_key(n) != n}
+    if not moved:
+        return tensors
+    pairs = {f"{a}->{b}": f"{safe_key(a)}->{safe_key(b)}" for a in names for b in names if a != b}
+    out = {}
+    for key, value in tensors.items():
+        if key.startswith("prep/"):
+            name = next((n for n in moved if key.startswith(f"prep/{n}/")), None)
+            if name is not None:
+                key = f"prep/{moved[name]}/" + key[len(f"prep/{name}/"):]
+        else:
+            key = ".".join(moved.get(part, pairs.get(part, part)) for part in key.split("."))
+        out[key] = value
+    return out
 
 
 class Predictor:
@@ -266,6 +290,8 @@ class Predictor:
 
         path = Path(path)
         config, tensors = _read_bundle(path)
+        if "input_keys" not in config:  # written before input names were escaped: keys hold the names as they are
+            tensors = _legacy_tensor_names(tensors, list(config["preprocessors"]))
         backbones = config.get("backbones", {})
         _check_backbones(backbones, path)
 

@@ -124,7 +124,11 @@ def fit(
     m = MultimodalPredictor.from_config(cfg, target=target, out=out, on_bad_input=on_bad_input,
                                         allow_outside_root=allow_outside_root, resume=resume, progress=progress,
                                         **overrides)
-    m.fit(data, val=val, test=test)
+    import warnings
+
+    with warnings.catch_warnings():  # the rows left out for a blank target are reported below, once
+        warnings.filterwarnings("ignore", message=".*with a blank target")
+        m.fit(data, val=val, test=test)
     _print_metrics(m.metrics_)
     blank = m.splits_["blank_target"]
     if blank:
@@ -163,6 +167,10 @@ def evaluate(
     m = evaluate_predictor(pred, _table(data, root), contribution=contribution, on_bad_input=on_bad_input,
                            allow_outside_root=allow_outside_root)
     _print_metrics({"test": m})
+    if m.get("blank_target_rows"):
+        rows = m["blank_target_rows"]
+        typer.echo(f"left out {len(rows)} rows with a blank target {pred.target.column!r}: "
+                   f"{', '.join(map(str, rows[:20]))}{', ...' if len(rows) > 20 else ''}")
     c = m.get("contribution")
     if c:
         typer.echo(f"contribution ({c['metric']}; all inputs {c['all']:.4f}): " + ", ".join(
@@ -190,7 +198,7 @@ def predict(
     proba: bool = typer.Option(True, "--proba/--no-proba", help="Add a probability column per class."),
     on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Rows per batch."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Rows per batch."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
 ):
     """Predict with a bundle; writes one line per input row: its row id, the prediction, class

@@ -38,6 +38,9 @@ class ModelConfig:
     modality_dropout: float = 0.0
     aux_weight: float = 0.0
 
+    def __post_init__(self):  # every way of making a config (Python, CLI, config file, replace) is checked
+        validate(self)
+
 
 @dataclass
 class TrainConfig:
@@ -98,10 +101,14 @@ class TrainConfig:
     log: Optional[str] = "tensorboard"
     progress: bool = True
 
+    def __post_init__(self):
+        validate(self)
+
 
 def from_dict(cls, d: dict | None, where: str):
-    """Build a config dataclass from a mapping, rejecting unknown keys with a did-you-mean, and validate it."""
-    return validate(_build(cls, d, where))
+    """Build a config dataclass from a mapping, rejecting unknown keys with a did-you-mean (the
+    dataclass validates its values)."""
+    return _build(cls, d, where)
 
 
 def _build(cls, d, where):

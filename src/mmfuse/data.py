@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Mapping, NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
@@ -32,6 +31,7 @@ from .errors import InputError, MmfuseError
 from .io import Table, atomic_write_text, read_table
 from .preprocessing import Preprocessor, ReadContext
 from .tasks import Task
+from ._names import safe_key
 from .preprocessing._base import is_missing
 from ._registry import unknown_name_message
 
@@ -166,7 +166,7 @@ class MultimodalDataset(Dataset):
                     self._caches[name] = ItemCache(n, p.item_spec())
                 else:  # embeddings of frozen backbones persist across runs
                     base = default_cache_dir() / "embeddings" if str(cache) == "memory" else Path(cache)
-                    d = base / name.replace("/", "_") / self._key(p, name)
+                    d = base / safe_key(name) / self._key(p, name)  # a name like '..' or 'a/b' stays one folder
                     self.cache_dirs[name] = d
                     self._caches[name] = ItemCache(n, p.item_spec(), d)
 

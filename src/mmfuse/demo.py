@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["make_demo_table", "run_demo"]
+__all__ = ["make_demo_table", "run_demo", "DEMO_MODEL", "DEMO_PREPROCESSING"]
 
 FILLER = ["honestly", "we", "think", "that", "this", "one", "probably", "maybe", "it", "really", "quite", "looks"]
 

@@ -109,12 +109,12 @@ def write_report(run_dir: Path, metrics: dict, classes: list | None = None) -> N
         plots["confusion matrix"] = plot_confusion(test["confusion_matrix"], classes, run_dir / "confusion_matrix.png").name
     if metrics.get("contribution"):
         plots["modality contribution"] = plot_contribution(metrics["contribution"], run_dir / "contribution.png").name
-    lines = [f"# mmfuse run report", "", f"- task: {metrics.get('task')}", f"- fusion: {metrics.get('fusion')}",
+    lines = ["# mmfuse run report", "", f"- task: {metrics.get('task')}", f"- fusion: {metrics.get('fusion')}",
              f"- inputs: {', '.join(metrics.get('inputs', []))}",
              f"- best epoch: {metrics.get('best_epoch')} of {metrics.get('epochs_run')}",
              f"- training time: {metrics.get('train_seconds', 0):.1f} s"]
     if metrics.get("rows"):
-        lines.append(f"- rows: " + ", ".join(f"{k} {v}" for k, v in metrics["rows"].items())
+        lines.append("- rows: " + ", ".join(f"{k} {v}" for k, v in metrics["rows"].items())
                      + (f" ({metrics['split_source']})" if metrics.get("split_source") else ""))
     if metrics.get("blank_target_rows"):
         rows = [r for v in metrics["blank_target_rows"].values() for r in v]

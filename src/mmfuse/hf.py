@@ -6,7 +6,6 @@ clear error instead of a long retry loop.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 from pathlib import Path

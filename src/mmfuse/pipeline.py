@@ -6,7 +6,7 @@ the benchmarks call the same steps (with other splits, settings or data)::
     table = read_table("data.csv")
     schema, inputs = select_inputs(table, "label")                           # 1. schema and inputs
     splits = split_table(table, schema, "label", seed=0)                      # 2. splits
-    task = fit_target(splits.train, "label")                                 # 3a. the target
+    task = fit_target(splits.train, "label", splits.task)                    # 3a. the target
     preps = fit_preprocessors(schema, inputs, splits.train, splits.root, mcfg, tcfg)  # 3b. preprocessors
     data = make_datasets(splits, preps, task, tcfg)                          # 4. datasets and loaders
     model, spec = build_model(preps, task.n_outputs, mcfg)                   # 5. the model
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ._build import build_model
@@ -91,6 +92,8 @@ class Splits:
         source: Where the split comes from (``"split column 'split'"``, ``"groups of 'subject'"``,
             ``"stratified random"``, ``"random"``, ``"given tables"``).
         blank_target: Row ids left out because their target cell is blank, per split.
+        task: The kind of task the split was made for (stratified for classification); pass it to
+            :func:`fit_target` so that both steps agree.
     """
 
     train: pd.DataFrame
@@ -99,6 +102,7 @@ class Splits:
     root: Path
     source: str
     blank_target: dict = field(default_factory=dict)
+    task: str | None = None
 
     def counts(self) -> dict:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -117,17 +121,23 @@ def split_table(table, schema, target: str, task: str | None = None, val=None, t
 
     Rows whose target cell is blank cannot be learned from nor scored: with ``on_blank_target="drop"``
     they are left out of every split and listed in :attr:`Splits.blank_target`; ``"raise"`` refuses them.
+
+    When ``task`` is None its kind is inferred from the training rows where the split is known
+    beforehand (split column, group split, given tables), and from all labelled rows for a random
+    split, which needs the kind to stratify; it is kept in :attr:`Splits.task`.
     """
     from .io import read_table
+    from .schema import Role
     from .splits import split_rows
-    from .tasks import create_task
+    from .tasks import Task, create_task, infer_task
 
     df = table.df
-    probe = create_task(task if task is not None else infer_task_of(table, target), target)
+    infer_task_of(table, target)  # the column exists
     blank: dict[str, list] = {}
+    rows = Task(target)  # blank cells mean the same for every kind of task
 
     def keep(name, part: pd.DataFrame) -> pd.DataFrame:
-        mask = probe.blank(part)
+        mask = rows.blank(part)
         if mask.any():
             if on_blank_target == "raise":
                 from .errors import InputError
@@ -139,34 +149,36 @@ def split_table(table, schema, target: str, task: str | None = None, val=None, t
 
     if val is None:
         labelled = keep("train", df)
-        parts = split_rows(labelled, schema, val_fraction, test_fraction if test is None else 0.0, seed,
-                           probe.stratify(labelled))
+        if len(labelled) < 5:
+            from .errors import SchemaError
+
+            raise SchemaError(f"the table has {len(labelled)} labelled rows; splitting off validation rows needs "
+                              "more (at least 5), or pass val=... / --val")
+        known = schema.columns_with(Role.SPLIT) or schema.columns_with(Role.GROUP)
+        kind = task if task is not None or known else infer_task(labelled[target])
+        strat = create_task(kind, target).stratify(labelled) if kind is not None else None
+        parts = split_rows(labelled, schema, val_fraction, test_fraction if test is None else 0.0, seed, strat)
         tr, va = labelled.iloc[parts["train"]], labelled.iloc[parts["val"]]
         te = labelled.iloc[parts["test"]] if test is None else keep("test", read_table(test, root=table.root).df)
-        source = _split_source(schema, probe, labelled)
+        if known:
+            source = f"split column {known[0]!r}" if schema.columns_with(Role.SPLIT) else f"groups of {known[0]!r}"
+        else:
+            source = "stratified random" if strat is not None else "random"
     else:
         tr = keep("train", df)
         va = keep("val", read_table(val, root=table.root).df)
         te = keep("test", read_table(test, root=table.root).df) if test is not None else df.iloc[:0]
-        source = "given tables"
+        kind, source = task, "given tables"
     if len(va) == 0:
         raise MmfuseError("no validation rows: pass val=..., add a split column, or set val_fraction > 0")
+    if kind is None:
+        kind = infer_task(tr[target])
     if blank:
         n = sum(map(len, blank.values()))
         warnings.warn(f"{n} rows with a blank target {target!r} were left out (rows "
                       f"{', '.join(map(str, [r for v in blank.values() for r in v][:10]))}"
                       f"{', ...' if n > 10 else ''})", stacklevel=2)
-    return Splits(tr, va, te, table.root, source, blank)
-
-
-def _split_source(schema, probe, df) -> str:
-    from .schema import Role
-
-    if schema.columns_with(Role.SPLIT):
-        return f"split column {schema.columns_with(Role.SPLIT)[0]!r}"
-    if schema.columns_with(Role.GROUP):
-        return f"groups of {schema.columns_with(Role.GROUP)[0]!r}"
-    return "stratified random" if probe.stratify(df) is not None else "random"
+    return Splits(tr, va, te, table.root, source, blank, kind)
 
 
 # --- 3. the target and the preprocessors ----------------------------------------------------
@@ -239,14 +251,28 @@ def make_datasets(splits: Splits, preps: dict, task, tcfg: TrainConfig | None = 
     return FitData(ds_tr, ds_va, ds_te, tr, va)
 
 
-def fit_fingerprint(splits: Splits, preps: dict, task, mcfg: ModelConfig, tcfg: TrainConfig) -> dict:
+def fit_fingerprint(splits: Splits, preps: dict, task, mcfg: ModelConfig, tcfg: TrainConfig, **settings) -> dict:
     """What a fit trains on: hashes of the training and validation rows (the columns the inputs and the
-    target read), the task, and the settings that cannot change on resume. ``train(..., resume=True)``
-    refuses a checkpoint whose fingerprint differs."""
+    target read), of the fitted preprocessors (their options and learned state), the task (without its
+    decision thresholds, which are set after training), the settings that cannot change on resume, and
+    ``settings`` (e.g. ``on_bad_input``). ``train(..., resume=True)`` refuses a checkpoint whose
+    fingerprint differs."""
+    import hashlib
+    import json
+
     from ._fingerprint import run_fingerprint
 
+    h = hashlib.sha256()
+    for name in sorted(preps):
+        meta, arrays = preps[name].get_state()
+        h.update(json.dumps([name, meta], sort_keys=True, default=str).encode())
+        for k in sorted(arrays):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(arrays[k]).tobytes())
     cols = sorted({c for p in preps.values() for c in p.columns} | {task.column})
-    return run_fingerprint({"train": splits.train, "val": splits.val}, cols, mcfg, tcfg, task=task.to_dict())
+    state = {k: v for k, v in task.to_dict().items() if k not in ("threshold", "thresholds")}
+    return run_fingerprint({"train": splits.train, "val": splits.val}, cols, mcfg, tcfg, task=state,
+                           preprocessors=h.hexdigest()[:16], **settings)
 
 
 # --- 6. training ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ._registry import unknown_name_message
 from .errors import SchemaError
-from .io import Table, read_table
+from .io import read_table
 
 __all__ = ["Role", "Modality", "Schema", "InputSpec", "infer_schema", "describe_schema", "parse_column_overrides",
            "is_missing", "missing_mask"]

@@ -206,6 +206,11 @@ class Task:
                 "numeric_labels": self.numeric_labels_}
 
     def _load(self, d: dict) -> None:
+        classes = d.get("classes")
+        if self.name != "regression" and (not isinstance(classes, list) or len(classes) < 2
+                                          or not all(isinstance(c, str) for c in classes)):
+            raise MmfuseError(f"the {self.name} target {self.column!r} needs a list of at least two class names, "
+                              f"got {classes!r}")
         self.classes_ = d.get("classes")
         self.numeric_labels_ = d.get("numeric_labels", False)
         self._index = {k: i for i, k in enumerate(self.classes_ or [])}
@@ -282,8 +287,7 @@ class _Classification(Task):
             balanced = float(M.balanced_accuracy_score(y, pred))
         out = {"accuracy": float(M.accuracy_score(y, pred)), "balanced_accuracy": balanced,
                "macro_f1": float(M.f1_score(y, pred, average="macro", labels=present, zero_division=0)),
-               "report": M.classification_report(y, pred, labels=labels, target_names=names, output_dict=True,
-                                                 zero_division=0),
+               "report": _report(M, y, pred, names, present),
                "log_loss": float(M.log_loss(y, np.clip(proba, 1e-7, 1), labels=labels)),
                "ece": expected_calibration_error(proba, y),
                "confusion_matrix": M.confusion_matrix(y, pred, labels=labels).tolist(),
@@ -451,7 +455,7 @@ class MultilabelTask(Task):
 
     def output_columns(self, decoded, proba=True):
         cols = super().output_columns(decoded, proba)
-        cols["prediction"] = np.asarray(["|".join(map(str, v)) for v in decoded.labels], dtype=object)
+        cols["prediction"] = np.asarray([self.label_sep.join(map(str, v)) for v in decoded.labels], dtype=object)
         return cols
 
     def set_threshold(self, setting, logits=None, y=None):
@@ -487,7 +491,7 @@ class MultilabelTask(Task):
         proba, pred, y = d.proba, d.ids, np.asarray(y).astype(int)
         names = [str(c) for c in self.classes_]
         present = [j for j in range(len(names)) if y[:, j].any()]
-        out = {"report": M.classification_report(y, pred, target_names=names, output_dict=True, zero_division=0),
+        out = {"report": _report(M, y, pred, names, present),
                "subset_accuracy": float(M.accuracy_score(y, pred)),
                "macro_f1": float(M.f1_score(y, pred, average="macro", labels=present, zero_division=0))
                if present else 0.0,
@@ -594,6 +598,9 @@ class RegressionTask(Task):
     def _load(self, d):
         super()._load(d)
         self.mean_, self.std_ = d.get("mean", 0.0), d.get("std", 1.0)
+        if not all(isinstance(v, (int, float)) for v in (self.mean_, self.std_)) or not self.std_ > 0:
+            raise MmfuseError(f"the regression target {self.column!r} needs a numeric mean and a positive std, got "
+                              f"{self.mean_!r} and {self.std_!r}")
 
 
 # --- inference of the kind of task ------------------------------------------------------------
@@ -660,6 +667,15 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15)
         if inb.any():
             ece += inb.mean() * abs(correct[inb].mean() - conf[inb].mean())
     return float(ece)
+
+
+def _report(M, y, pred, names: list[str], present: list[int]) -> dict:
+    """scikit-learn's per-class report over the classes present in the true labels, so that its macro
+    average follows the same rule as ``macro_f1`` (absent classes are listed under ``absent_classes``)."""
+    if not present:
+        return {}
+    return M.classification_report(y, pred, labels=present, target_names=[names[j] for j in present],
+                                   output_dict=True, zero_division=0)
 
 
 def _positive(p: np.ndarray, threshold: float) -> np.ndarray:

@@ -6,7 +6,8 @@ import soundfile as sf
 from PIL import Image
 
 from mmfuse.errors import InputError, MmfuseError
-from mmfuse.preprocessing import (AudioPreprocessor, ImagePreprocessor, ReadContext, TimeseriesPreprocessor)
+from mmfuse.preprocessing import (AudioPreprocessor, ImagePreprocessor, ReadContext, TextPreprocessor,
+                                  TimeseriesPreprocessor)
 from mmfuse.preprocessing._base import read_for_fit
 
 
@@ -80,3 +81,14 @@ def test_read_for_fit_passes_over_bad_rows_and_fails_when_nothing_is_read():
 def test_bad_settings_are_mmfuse_errors_naming_owner_setting_allowed_and_received(make, match):
     with pytest.raises(MmfuseError, match=match):
         make().fit(pd.DataFrame({"c": ["x.png"]}), ReadContext(__import__("pathlib").Path(".")))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ImagePreprocessor(["c"], size=0), "size must be an integer >= 1; got 0"),
+    (lambda: AudioPreprocessor(["c"], duration=-1), "duration must be a number > 0; got -1"),
+    (lambda: TimeseriesPreprocessor(["c"], length=0), "length must be an integer >= 1"),
+    (lambda: TextPreprocessor(["c"], max_length=0), "max_length must be an integer >= 1"),
+])
+def test_number_settings_of_preprocessors_are_checked_before_reading(make, message, tmp_path):
+    with pytest.raises(MmfuseError, match=message):
+        make().fit(pd.DataFrame({"c": ["x"]}), ReadContext(tmp_path))

@@ -1,8 +1,6 @@
 """Hugging Face models as encoders, and the pass-through encoder for cached embeddings."""
 from __future__ import annotations
 
-import torch
-from torch import nn
 
 from ..errors import MmfuseError
 from ._base import Encoder, register_encoder

@@ -1,7 +1,6 @@
 """Tensor fusion and its low-rank factorization."""
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn

@@ -113,6 +113,14 @@ def read_for_fit(df: pd.DataFrame, read: Callable[[list, Any], Any], limit: int 
                       f"First failure: {first}")
 
 
+def check_number(owner: str, name: str, value, low: float, integer: bool = True, low_open: bool = False) -> None:
+    """Raise MmfuseError unless ``value`` is a number (an integer when ``integer``) >= ``low`` (> when ``low_open``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (not integer or float(value).is_integer())
+    if not ok or (value <= low if low_open else value < low):
+        kind = "an integer" if integer else "a number"
+        raise MmfuseError(f"{owner}: {name} must be {kind} {'>' if low_open else '>='} {low}; got {value!r}")
+
+
 def check_choice(owner: str, name: str, value, allowed) -> None:
     """Raise MmfuseError unless ``value`` is one of ``allowed`` (a setting of ``owner``)."""
     if value not in allowed:

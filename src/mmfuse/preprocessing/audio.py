@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._base import (PREPROCESSORS, Preprocessor, ReadContext, bad, check_choice, is_missing, open_file_cell,
+from ._base import (PREPROCESSORS, Preprocessor, ReadContext, bad, check_choice, check_number, is_missing, open_file_cell,
                     present_rows, read_for_fit, sample_rows)
 
 _FORMATS = ("WAV", "FLAC", "OGG", "MP3", "AIFF", "AU", "WAVEX", "W64", "RF64", "CAF")
@@ -132,7 +132,12 @@ class AudioPreprocessor(Preprocessor):
         return self._logmel
 
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
-        check_choice(type(self).__name__, "crop", self.crop, ("start", "center"))
+        name = type(self).__name__
+        check_choice(name, "crop", self.crop, ("start", "center"))
+        check_number(name, "sample_rate", self.sample_rate, 1)
+        check_number(name, "n_mels", self.n_mels, 1)
+        for what in ("duration", "win_ms", "hop_ms"):
+            check_number(name, what, getattr(self, what), 0, integer=False, low_open=True)
         sample = sample_rows(present_rows(df[self.columns]), 128)
         waves = read_for_fit(sample, lambda cells, row: self.read(cells, row, ctx)["wave"])
         with torch.no_grad():

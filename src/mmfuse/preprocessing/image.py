@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._base import (PREPROCESSORS, Preprocessor, ReadContext, bad, check_choice, is_missing, open_file_cell,
+from ._base import (PREPROCESSORS, Preprocessor, ReadContext, bad, check_choice, check_number, is_missing, open_file_cell,
                     present_rows, read_for_fit, sample_rows)
 
 _RESIZE = ("crop", "squash", "pad")
@@ -52,6 +52,8 @@ class ImagePreprocessor(Preprocessor):
         for op in self.augment:
             check_choice(name, "each augment", op, _AUGMENT)
         check_choice(name, "channels", self.channels, (None, 1, 3))
+        check_number(name, "size", self.size, 1)
+        check_number(name, "min_size", self.min_size, 1)
 
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
         self._validate()

@@ -6,9 +6,8 @@ from collections import Counter
 
 import numpy as np
 import pandas as pd
-import torch
 
-from ._base import PREPROCESSORS, Preprocessor, ReadContext, bad, is_missing
+from ._base import PREPROCESSORS, Preprocessor, ReadContext, bad, check_number, is_missing
 
 MISSING_ID, UNKNOWN_ID = 0, 1
 
@@ -113,6 +112,7 @@ class CategoricalPreprocessor(Preprocessor):
         self.unknown_counts: Counter = Counter()
 
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
+        check_number(type(self).__name__, "min_freq", self.min_freq, 1)
         self.vocab_ = {}
         for c in self.columns:
             counts = Counter(category_key(v) for v in df[c] if not is_missing(v))

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from ._base import PREPROCESSORS, Preprocessor, ReadContext, bad, is_missing
+from ._base import PREPROCESSORS, Preprocessor, ReadContext, bad, check_number, is_missing
 
 PAD, UNK, SEP = "<pad>", "<unk>", "<sep>"
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -44,6 +44,8 @@ class TextPreprocessor(Preprocessor):
         return _TOKEN.findall(text.lower() if self.lowercase else text)
 
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
+        for what, low in (("min_freq", 1), ("max_vocab", 3), ("max_length", 1)):
+            check_number(type(self).__name__, what, getattr(self, what), low)
         counts: Counter = Counter()
         for c in self.columns:
             for v in df[c]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._base import (PREPROCESSORS, Preprocessor, ReadContext, bad, check_choice, is_missing, open_file_cell,
+from ._base import (PREPROCESSORS, Preprocessor, ReadContext, bad, check_choice, check_number, is_missing, open_file_cell,
                     present_rows, read_for_fit, sample_rows)
 
 _TIME_NAMES = {"t", "time", "timestamp", "ts", "datetime", "date"}
@@ -45,6 +45,7 @@ class TimeseriesPreprocessor(Preprocessor):
         name = type(self).__name__
         check_choice(name, "mode", self.mode, ("pad", "resample"))
         check_choice(name, "nan", self.nan, ("interpolate", "raise"))
+        check_number(name, "length", self.length, 1)
         chans, sums, sq, n = [], [], [], []
         for c in self.columns:
             load = lambda cells, row, c=c: self._load(cells[0], row, c, ctx)  # noqa: E731

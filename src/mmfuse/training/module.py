@@ -11,6 +11,8 @@ import torch
 from ..config import ModelConfig, TrainConfig
 from ..tasks import Task
 
+__all__ = ["LitMultimodal", "cosine_with_warmup"]
+
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int):
     """LR multiplier: linear 0 -> 1 over the warm-up, then cosine 1 -> 0."""
