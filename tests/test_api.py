@@ -270,6 +270,8 @@ def test_skip_policy_predictions_stay_aligned_with_the_input(tmp_path):
     assert m.predictor_.skipped_rows() == [4]
     frame = m.predictor_.predict_frame(path, on_bad_input="skip")
     assert frame["skipped"].notna().tolist() == [i == 4 for i in range(24)]
+    one = m.predict(path, on_bad_input="skip", batch_size=1)  # a batch whose only row is skipped
+    assert one[4] is None and one.tolist()[:4] == pred.tolist()[:4]
 
 
 def test_resume_refuses_a_run_folder_of_other_data_or_settings(tmp_path):
@@ -299,3 +301,41 @@ def test_resume_accepts_another_decision_threshold(tmp_path):
 def test_a_table_too_small_to_split_is_a_clear_error():
     with pytest.raises(MmfuseError, match="the table has 3 labelled rows; splitting off validation rows needs more"):
         MultimodalPredictor(target="y", **FAST).fit(make_tabular_text_table(3))
+
+
+def test_prediction_needs_at_least_one_input_and_names_the_absent_ones(tmp_path):
+    df = make_tabular_text_table(80)
+    m = MultimodalPredictor(target="y", epochs=1, **FAST).fit(df)
+    with pytest.raises(MmfuseError, match=r"none of the model's inputs is in this table: it reads"):
+        m.predict(df[["y"]])
+    m.predict(df.drop(columns=["note"]))
+    assert m.predictor_.describe_absent() == ("inputs absent from this table, treated as missing in every row: "
+                                              "note (columns note)")
+    with pytest.raises(MmfuseError, match=r"has no target column 'y' to score against"):
+        m.evaluate(df.drop(columns=["y"]))
+
+
+def test_targets_users_write_become_the_right_task():
+    df = make_tabular_text_table(90, task="binary")
+    bools = df.assign(y=df["y"] == "pos")
+    m = MultimodalPredictor(target="y", epochs=1, **FAST).fit(bools)
+    assert m.task_.name == "binary" and set(m.predict(bools).tolist()) <= {True, False}
+    spaced = df.assign(y=df["y"].where(df.index % 3 != 0, df["y"] + " "))  # 'pos' and 'pos ' are one class
+    assert MultimodalPredictor(target="y", epochs=1, **FAST).fit(spaced).task_.classes_ == ["neg", "pos"]
+    two = MultimodalPredictor(target="y", task="multiclass", epochs=1, **FAST).fit(df)  # two classes, softmax
+    assert "roc_auc_ovr_macro" in two.metrics_["val"]
+    with pytest.raises(MmfuseError, match="has 4 classes .* a binary target has two"):
+        MultimodalPredictor(target="y", task="binary", epochs=1, **FAST).fit(make_tabular_text_table(60))
+    numbers = df.assign(y=[str(0.37 * i) for i in range(90)])
+    numbers.loc[17, "y"] = "n/a?"
+    with pytest.raises(MmfuseError, match="row 17, column 'y': holds 'n/a\\?', but the other values of this target"):
+        MultimodalPredictor(target="y", epochs=1, **FAST).fit(numbers)
+
+
+def test_a_diverging_run_says_so_and_a_val_table_may_lack_an_input():
+    df = make_tabular_text_table(80, task="binary")
+    with pytest.raises(MmfuseError, match=r"training diverged: .* became (nan|inf).*lower the learning rate"):
+        MultimodalPredictor(target="y", epochs=2, lr=1e9, grad_clip=0.0, **FAST).fit(df)
+    val = make_tabular_text_table(40, seed=5, task="binary").drop(columns=["note"])
+    m = MultimodalPredictor(target="y", epochs=1, **FAST).fit(df, val=val)
+    assert m.metrics_["rows"]["val"] == 40

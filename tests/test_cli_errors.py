@@ -166,3 +166,37 @@ def test_predict_refuses_an_output_format_it_cannot_write(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --out {tmp_path / 'p.xlsx'}: write predictions to a .csv, .parquet or .jsonl file"]
+
+
+def test_usage_mistakes_are_click_usage_lines_not_tracebacks(capsys):
+    import pytest
+
+    from mmfuse.cli import main
+
+    for argv, expected in ((["fit", "x.csv", "--epoch", "1"], "No such option: --epoch"),
+                           (["fitt", "x.csv"], "No such command 'fitt'. Did you mean 'fit'?"),
+                           (["fit", "x.csv"], "Missing option '--target'"),
+                           (["fit", "x.csv", "-t", "y", "--lr", "abc"], "Invalid value for '--lr'")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and expected in err and "Traceback" not in err, (argv, err)
+    main(["--version"])
+    assert capsys.readouterr().out.startswith("mmfuse ")
+
+
+def test_predict_and_evaluate_protect_what_they_would_overwrite(tmp_path, capsys):
+    import pytest
+
+    from mmfuse.cli import main
+
+    (tmp_path / "t.csv").write_text("a,y\n1,x\n")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for argv, expected in ((["predict", str(tmp_path / "b"), str(tmp_path / "t.csv"), "--out", str(tmp_path / "t.csv")],
+                            "is the input table; write the predictions to another file"),
+                           (["evaluate", str(tmp_path / "b"), str(tmp_path / "t.csv"), "--out", str(tmp_path / "run")],
+                            "holds a training run, whose metrics.json and report.md would be overwritten")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and expected in err[0]

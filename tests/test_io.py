@@ -155,7 +155,7 @@ def test_bom_and_semicolon_or_tab_separated_csv(tmp_path):
 
 def test_utf16_file_and_unknown_encoding_say_what_to_pass(tmp_path):
     (tmp_path / "u.csv").write_bytes("a\n1\n".encode("utf-16"))
-    with pytest.raises(InputError, match=r"is not valid utf-8: .*UTF-16 text: pass encoding='utf-16'"):
+    with pytest.raises(InputError, match=r"is not valid utf-8: .*UTF-16 text: re-save it as UTF-8, or pass encoding='utf-16'"):
         read_table(tmp_path / "u.csv")
     assert read_table(tmp_path / "u.csv", encoding="utf-16").df["a"].tolist() == [1]
     with pytest.raises(SchemaError, match="unknown text encoding 'klingon'"):
@@ -193,3 +193,11 @@ def test_mapping_files_empty_and_valid(tmp_path):
     (tmp_path / "ok.yaml").write_text("\ufefftrain: {epochs: 2}\n")
     assert read_mapping_file(tmp_path / "e.json", "x") == {} and read_mapping_file(tmp_path / "e.YAML", "x") == {}
     assert read_mapping_file(tmp_path / "ok.yaml", "x") == {"train": {"epochs": 2}}
+
+
+def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path):
+    from mmfuse.io import read_mapping_file
+
+    (tmp_path / "c.yaml").write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-2\n  note: v1e3\n")
+    assert read_mapping_file(tmp_path / "c.yaml", "config file") == {
+        "train": {"lr": 0.001, "weight_decay": 0.05, "note": "v1e3"}}

@@ -45,6 +45,9 @@ def data_fingerprint(df: pd.DataFrame, columns: Sequence[str] | None = None) -> 
     cols = sorted(map(str, df.columns if columns is None else columns))
     h = hashlib.sha256(json.dumps([cols, len(df)]).encode())
     for c in cols:
+        if c not in df.columns:  # an input absent from this table (absent in every row) counts by its name
+            h.update(c.encode() + b"\0absent")
+            continue
         s = df[c]
         try:
             hashes = pd.util.hash_pandas_object(s, index=False)

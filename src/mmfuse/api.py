@@ -140,8 +140,7 @@ class MultimodalPredictor:
                            | {"fusion_kwargs": dict(self.fusion_kwargs or {}), "encoders": dict(self.encoders or {})})
         tcfg = TrainConfig(**{k: getattr(self, k) for k in _TRAIN_FIELDS})
         if self.task is not None and self.task not in list_tasks():
-            raise MmfuseError(f"MultimodalPredictor: parameter 'task' must be one of {list_tasks()} or None; "
-                              + unknown_name_message("task", self.task, list_tasks()))
+            raise MmfuseError(unknown_name_message("task", self.task, list_tasks()) + " (or None: inferred)")
         BadInputPolicy.parse(self.on_bad_input)
         if not isinstance(self.target, str) or not self.target:
             raise MmfuseError(f"MultimodalPredictor: parameter 'target' must be a column name, got {self.target!r}")
@@ -263,7 +262,13 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
     from .io import read_table
 
     table = read_table(data, root=root)
+    column = predictor.target.column
+    if column not in table.df.columns:
+        raise MmfuseError(f"table {table.source} has no target column {column!r} to score against; "
+                          "`mmfuse predict` (or .predict) works on unlabelled rows")
     blank = predictor.target.blank(table.df)
+    if blank.all():
+        raise MmfuseError(f"every cell of the target column {column!r} is blank: there is nothing to score against")
     ds = MultimodalDataset(table.df[~blank], predictor.preprocessors, predictor.target, on_bad_input=on_bad_input,
                            root=table.root, allow_outside_root=allow_outside_root)
     out = compute_metrics(predictor, ds)

@@ -345,6 +345,7 @@ class Predictor:
         from .data import make_loader
 
         ds = dataset if dataset is not None else self._dataset(data, on_bad_input, root, allow_outside_root)
+        self.check_inputs(ds)
         outs, rows = [], []
         for b in make_loader(ds, batch_size=batch_size, num_workers=num_workers):
             outs.append(self.model(b["inputs"], b["mask"], absent=absent)["logits"].float())
@@ -354,6 +355,27 @@ class Predictor:
             raise MmfuseError("no rows to predict on (every row was skipped as bad input: "
                               f"{ds.report.summary()})" if len(ds.table.df) else "the table has no rows to predict on")
         return torch.cat(outs), torch.cat(rows).numpy()
+
+    def check_inputs(self, dataset) -> list[str]:
+        """The inputs absent from this table (kept in :attr:`last_absent`); an error when all are: every
+        prediction would then be the same, whatever the row."""
+        absent = dataset.absent_inputs()
+        self.last_absent = absent
+        if absent and len(absent) == len(self.preprocessors):
+            need = {n: list(p.columns) for n, p in self.preprocessors.items()}
+            have = list(dataset.table.df.columns)
+            raise MmfuseError(f"none of the model's inputs is in this table: it reads {need}; the table has "
+                              f"{have[:20]}{' ...' if len(have) > 20 else ''}. Check the column names (renamed? "
+                              "another table?)")
+        return absent
+
+    def describe_absent(self) -> str:
+        """One line naming the inputs the last table lacked, or '' when it had all of them."""
+        absent = getattr(self, "last_absent", [])
+        if not absent:
+            return ""
+        cols = "; ".join(f"{n} (columns {', '.join(map(str, self.preprocessors[n].columns))})" for n in absent)
+        return f"inputs absent from this table, treated as missing in every row: {cols}"
 
     def decode(self, data, threshold=None, **kw):
         """The one call behind every prediction (``predict``, ``predict_proba``, ``predict_frame``, the CLI):

@@ -17,8 +17,18 @@ _state = {"debug": False, "fast_exit": False}
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+          version: bool = typer.Option(False, "--version", is_eager=True, callback=lambda v: _print_version(v),
+                                       help="Print the version and exit.")):
     _state["debug"] = debug
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"mmfuse {__version__}")
+        raise typer.Exit()
 
 
 def _parse_groups(items: List[str]) -> dict:
@@ -129,6 +139,10 @@ def fit(
     with warnings.catch_warnings():  # the rows left out for a blank target are reported below, once
         warnings.filterwarnings("ignore", message=".*with a blank target")
         m.fit(data, val=val, test=test)
+    if resume:
+        at = m.metrics_.get("resumed_from_epoch")
+        typer.echo(f"resumed after epoch {at + 1}" if at is not None else
+                   f"note: --resume found no checkpoint in {out}; trained from the start")
     _print_metrics(m.metrics_)
     blank = m.splits_["blank_target"]
     if blank:
@@ -162,10 +176,18 @@ def evaluate(
     """Metrics of a bundle on a labelled table."""
     from .api import evaluate_predictor
     from .bundle import Predictor
+    from .errors import MmfuseError
 
+    if out is not None and ((out / "checkpoints").exists() or (out / "bundle").exists()):
+        raise MmfuseError(f"--out {out} holds a training run, whose metrics.json and report.md would be "
+                          f"overwritten; choose another folder (e.g. {out / 'eval'})")
     pred = Predictor.load(bundle)
     m = evaluate_predictor(pred, _table(data, root), contribution=contribution, on_bad_input=on_bad_input,
                            allow_outside_root=allow_outside_root)
+    if pred.describe_absent():
+        typer.echo(f"note: {pred.describe_absent()}")
+    if m.get("bad_input"):
+        typer.echo(f"bad input: {pred.last_report.summary()}")
     _print_metrics({"test": m})
     if m.get("blank_target_rows"):
         rows = m["blank_target_rows"]
@@ -208,6 +230,8 @@ def predict(
 
     if out.suffix.lower() not in (".csv", ".parquet", ".jsonl", ".ndjson"):
         raise MmfuseError(f"--out {out}: write predictions to a .csv, .parquet or .jsonl file")
+    if out.resolve() == data.resolve():
+        raise MmfuseError(f"--out {out} is the input table; write the predictions to another file")
     pred = Predictor.load(bundle)
     table = _table(data, root)
     res = pred.predict_frame(table, proba=proba, batch_size=batch_size, on_bad_input=on_bad_input, root=root,
@@ -220,9 +244,12 @@ def predict(
     else:
         res.to_csv(out, index=False)
     skipped = pred.skipped_rows()
+    if pred.describe_absent():
+        typer.echo(f"note: {pred.describe_absent()}")
     typer.echo(f"{len(res) - len(skipped)} predictions written to {out}" + (
         f"; {len(skipped)} rows skipped as bad input, marked in its 'skipped' column "
-        f"({pred.last_report.summary()})" if skipped else ""))
+        f"({', '.join(f'{c!r}: {n}' for c, n in pred.last_report.counts().items())})" if skipped else
+        f"; {pred.last_report.summary()}" if pred.last_report.issues else ""))
     _state["fast_exit"] = True  # every file is written and closed; nothing runs in the background
 
 
@@ -322,13 +349,11 @@ def main(argv=None) -> None:
         sys.exit(2)
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+    except Exception as e:  # usage errors of click (or of the click typer carries): a typo'd option or command
+        if "--debug" not in args and hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()  # one usage line, with click's own "Did you mean"
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":  # Ctrl-C at a prompt
             sys.exit(1)
         raise
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -144,7 +145,7 @@ def _real(lo=None, hi=None, lo_open=False, hi_open=False, none=False):
     def ok(v):
         if v is None:
             return none
-        return (_num(v) and (lo is None or (v > lo if lo_open else v >= lo))
+        return (_num(v) and math.isfinite(v) and (lo is None or (v > lo if lo_open else v >= lo))
                 and (hi is None or (v < hi if hi_open else v <= hi)))
 
     rng = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}" \

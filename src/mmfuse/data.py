@@ -170,6 +170,10 @@ class MultimodalDataset(Dataset):
                     self.cache_dirs[name] = d
                     self._caches[name] = ItemCache(n, p.item_spec(), d)
 
+    def absent_inputs(self) -> list[str]:
+        """Inputs none of whose columns is in the table: absent in every row."""
+        return [name for name, cells in self._cells.items() if cells is None]
+
     # --- construction helpers --------------------------------------------------------------
     def _columns_of(self, p: Preprocessor) -> list[np.ndarray] | None:
         df = self.table.df
@@ -447,6 +451,8 @@ class MultimodalLoader:
                 raise batch["error"]
             for issue in batch.pop("issues"):
                 self.dataset.report.add(issue)
+            if len(batch["row"]) == 0:  # every row of this batch was skipped as bad input
+                continue
             yield batch
 
 

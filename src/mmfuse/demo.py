@@ -90,6 +90,11 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 8, fusions=None, seed:
     from .io import read_table
     from .schema import infer_schema
 
+    from .config import ModelConfig, TrainConfig
+
+    for f in fusions or []:
+        ModelConfig(fusion=f)  # an unknown fusion fails now, not after the single-input models
+    TrainConfig(epochs=epochs, seed=seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -310,10 +310,11 @@ def _decode(raw: bytes, path: Path, encoding: str) -> str:
         line = raw.count(b"\n", 0, e.start) + 1
         bad = raw[e.start:e.end].hex(" ")
         shown = "utf-8" if encoding == "utf-8-sig" else encoding
-        hint = ("The file is UTF-16 text: pass encoding='utf-16' (--encoding utf-16)"
+        hint = ("The file is UTF-16 text: re-save it as UTF-8, or pass encoding='utf-16' (read_table, mmfuse inspect "
+                "--encoding)"
                 if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else
-                "Re-save the file as UTF-8, or pass encoding='latin-1' (--encoding latin-1) if that is its real "
-                "encoding")
+                "Re-save the file as UTF-8, or pass encoding='latin-1' (read_table, mmfuse inspect --encoding) if "
+                "that is its real encoding")
         raise InputError(row=None, column=None, file=str(path),
                          reason=f"is not valid {shown}: byte(s) 0x{bad} on line {line}", hint=hint) from None
 
@@ -366,7 +367,7 @@ def read_mapping_file(path: str | os.PathLike, what: str) -> dict:
         import yaml
 
         try:
-            d = yaml.safe_load(text)
+            d = yaml.load(text, Loader=_yaml_loader())
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -400,3 +401,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _yaml_loader():
+    """PyYAML's safe loader, reading ``1e-3`` as a number (YAML 1.1 wants ``1.0e-3``; users write ``1e-3``)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."))
+    return Loader

@@ -283,9 +283,17 @@ def train(model, task, data: FitData, mcfg: ModelConfig, tcfg: TrainConfig, run_
     Class weights come from ``tcfg.class_weight`` and the training rows' targets."""
     from .training import train_model
 
+    import math
+
     weights = task.class_weights(tcfg.class_weight, data.train.y)
-    return train_model(model, task, data.train_loader, data.val_loader, tcfg, mcfg, Path(run_dir), weights,
-                       resume=resume, fingerprint=fingerprint, callbacks=callbacks)
+    result = train_model(model, task, data.train_loader, data.val_loader, tcfg, mcfg, Path(run_dir), weights,
+                         resume=resume, fingerprint=fingerprint, callbacks=callbacks)
+    for h in result["history"]:
+        bad = [k for k in ("train_loss", "val_loss") if not math.isfinite(h.get(k, 0.0))]
+        if bad:
+            raise MmfuseError(f"training diverged: {bad[0]} became {h[bad[0]]} in epoch {h['epoch'] + 1} "
+                              f"(lr {tcfg.lr}); lower the learning rate (--lr), or check the target's scale")
+    return result
 
 
 # --- 7. threshold and metrics ---------------------------------------------------------------

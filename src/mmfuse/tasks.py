@@ -123,7 +123,9 @@ class Task:
         return len(self.classes_)
 
     def labels(self) -> np.ndarray:
-        """The class labels as given in training: numbers stay numbers (``3``, not ``'3'``)."""
+        """The class labels as given in training: numbers stay numbers (``3``, not ``'3'``), booleans booleans."""
+        if getattr(self, "bool_labels_", False):
+            return np.asarray([k == "True" for k in self.classes_], dtype=object)
         if self.numeric_labels_:
             vals = [float(k) for k in self.classes_]
             return np.asarray([int(v) for v in vals] if all(v.is_integer() for v in vals) else vals)
@@ -203,7 +205,7 @@ class Task:
     # --- bundles -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"column": self.column, "task": self.name, "classes": self.classes_, "label_sep": self.label_sep,
-                "numeric_labels": self.numeric_labels_}
+                "numeric_labels": self.numeric_labels_, "bool_labels": getattr(self, "bool_labels_", False)}
 
     def _load(self, d: dict) -> None:
         classes = d.get("classes")
@@ -213,6 +215,7 @@ class Task:
                               f"got {classes!r}")
         self.classes_ = d.get("classes")
         self.numeric_labels_ = d.get("numeric_labels", False)
+        self.bool_labels_ = d.get("bool_labels", False)
         self._index = {k: i for i, k in enumerate(self.classes_ or [])}
 
     # --- helpers -----------------------------------------------------------------------------
@@ -250,7 +253,8 @@ class _Classification(Task):
             raise SchemaError(f"target {self.column!r} has a single class ({keys[0] if keys else 'none'}) in the "
                               "training rows; a classifier needs at least two")
         self.classes_ = keys
-        self.numeric_labels_ = bool(pd.api.types.is_numeric_dtype(y))
+        self.numeric_labels_ = bool(pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y))
+        self.bool_labels_ = bool(pd.api.types.is_bool_dtype(y)) or set(keys) == {"False", "True"}
 
     def _encode(self, row, v):
         k = _key(v)
@@ -319,6 +323,9 @@ class MulticlassTask(_Classification):
 
         if len(present) < len(self.classes_):
             return {}  # ROC-AUC one-vs-rest needs every class among the true labels
+        if len(self.classes_) == 2:  # scikit-learn scores two classes on the second one's probability
+            return {"roc_auc_ovr_macro": float(M.roc_auc_score(y, proba[:, 1])),
+                    "pr_auc_macro": float(np.mean([M.average_precision_score(y == j, proba[:, j]) for j in (0, 1)]))}
         return {"roc_auc_ovr_macro": float(M.roc_auc_score(y, proba, multi_class="ovr", average="macro",
                                                            labels=list(range(len(self.classes_))))),
                 "pr_auc_macro": float(M.average_precision_score(np.eye(len(self.classes_))[y], proba,
@@ -336,6 +343,13 @@ class BinaryTask(_Classification):
     def __init__(self, column: str, label_sep: str = "|"):
         super().__init__(column, label_sep)
         self._threshold = 0.5
+
+    def _fit(self, y):
+        super()._fit(y)
+        if len(self.classes_) != 2:
+            raise SchemaError(f"target {self.column!r} has {len(self.classes_)} classes "
+                              f"({', '.join(self.classes_[:10])}{', ...' if len(self.classes_) > 10 else ''}) in the "
+                              "training rows; a binary target has two. Use task='multiclass' (--task multiclass)")
 
     @property
     def n_outputs(self) -> int:
@@ -611,7 +625,14 @@ def infer_task(y: pd.Series, max_classes: int = 100) -> str:
     v = y[~y.map(_blank)]
     if len(v) and isinstance(v.iloc[0], (list, tuple, np.ndarray)):
         return "multilabel"
-    n = v.nunique()
+    n = v.map(_key).nunique()  # 'yes' and 'yes ' are one class
+    if not pd.api.types.is_numeric_dtype(v) and n > 20:
+        numbers = pd.to_numeric(v, errors="coerce")
+        if numbers.notna().mean() >= 0.9:  # numbers with a few stray strings: a typo, not hundreds of classes
+            row = numbers.index[numbers.isna().to_numpy()][0]
+            raise InputError(row, y.name, f"holds {v[row]!r}, but the other values of this target are numbers",
+                             hint="fix the cell, or set the task (task='regression' / --task regression, or "
+                                  "'multiclass')")
     if pd.api.types.is_float_dtype(v) and n > 20 and not np.allclose(v, np.round(v)):
         return "regression"
     if pd.api.types.is_numeric_dtype(v) and n > max_classes:

@@ -82,7 +82,7 @@ def test_batch_gives_normalized_logmel(prep):
     ("missing", r"row 9, column 'a': file 'bad.wav' does not exist"),
     ("empty", r"file 'bad.wav' is empty \(0 bytes\)"),
     ("truncated", r"is a truncated WAV: its header declares 16000 bytes of audio but only 7956 are present"),
-    ("unsupported", r"is not a supported audio file .*convert .wav to WAV or FLAC"),
+    ("unsupported", r"is not a readable audio file \(Format not recognised\.?\) \(resolved.*re-encode the file as WAV or FLAC"),
 ])
 def test_bad_audio(tmp_path, prep, case, match):
     f = tmp_path / "bad.wav"
@@ -124,6 +124,6 @@ def test_fit_that_reads_no_audio_fails_naming_column_and_reasons(tmp_path):
     (tmp_path / "b.wav").write_bytes(b"RIFF" + bytes(100))
     df = pd.DataFrame({"a": ["a.wav", "", "b.wav"]})
     with pytest.raises(MmfuseError, match=r"^no value of column 'a' could be read while fitting \(2 tried; does not "
-                                          r"exist: 1, is not a supported audio file .*: 1\)\. "
+                                          r"exist: 1, is not a readable audio file .*: 1\)\. "
                                           r"First failure: row 0, column 'a': file 'a.wav' does not exist"):
         AudioPreprocessor(["a"]).fit(df, ReadContext(tmp_path))  # not the old fallback: mean 0, std 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import math
 import struct
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -166,9 +165,11 @@ class AudioPreprocessor(Preprocessor):
         try:
             data, sr = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)  # (N, channels)
         except Exception as e:  # libsndfile's errors for unknown or broken formats
-            ext = Path(file).suffix if file else ""
-            raise bad(row, col, f"is not a supported audio file ({e})", file, resolved,
-                      f"supported formats: {', '.join(_FORMATS)}; convert {ext or 'it'} to WAV or FLAC") from None
+            import re
+
+            why = re.sub(r"Error opening <[^>]*>: ", "", " ".join(str(e).split())).strip("() ")
+            raise bad(row, col, f"is not a readable audio file ({why})", file, resolved,
+                      f"supported formats: {', '.join(_FORMATS)}; re-encode the file as WAV or FLAC") from None
         if data.shape[0] == 0:
             raise bad(row, col, "holds no audio samples", file, resolved)
         if not np.isfinite(data).all():
