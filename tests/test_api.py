@@ -339,3 +339,17 @@ def test_a_diverging_run_says_so_and_a_val_table_may_lack_an_input():
     val = make_tabular_text_table(40, seed=5, task="binary").drop(columns=["note"])
     m = MultimodalPredictor(target="y", epochs=1, **FAST).fit(df, val=val)
     assert m.metrics_["rows"]["val"] == 40
+
+
+def test_python_callers_get_tables_from_dicts_and_clear_words_for_x_y(tmp_path):
+    df = make_tabular_text_table(80)
+    m = MultimodalPredictor(target="y", epochs=1, **FAST).fit(df)
+    row = df.drop(columns=["y"]).iloc[3]
+    one = m.predict(row.to_dict())
+    assert one.tolist() == m.predict(df.iloc[[3]]).tolist() == m.predict(row).tolist()
+    assert m.predict(df.drop(columns=["y"]).head(3).to_dict("records")).tolist() == m.predict(df.head(3)).tolist()
+    with pytest.raises(MmfuseError, match=r"cannot read a table from a int"):
+        m.predict(3)
+    with pytest.raises(MmfuseError, match=r"not fit\(X, y\)"):
+        MultimodalPredictor(target="y", **FAST).fit(df.drop(columns=["y"]), df["y"])
+    assert m.score(df) == pytest.approx(m.evaluate(df)["accuracy"])

@@ -161,6 +161,11 @@ class MultimodalPredictor:
         from .evaluation import write_report
         from .io import read_table
 
+        for name, v in (("val", val), ("test", test)):
+            if v is not None and (isinstance(v, (np.ndarray, list)) or type(v).__name__ == "Series"):
+                raise MmfuseError(f"fit({name}=...) takes a table with the target column, not labels: mmfuse reads the "
+                                  f"target from the column target={self.target!r} of each table (fit(train_df), "
+                                  "not fit(X, y))")
         mcfg, tcfg = self.configs()
         t0 = time.perf_counter()
         table = read_table(train, root=self.root)
@@ -229,6 +234,13 @@ class MultimodalPredictor:
         policy = self.on_bad_input if on_bad_input is None else on_bad_input
         return evaluate_predictor(self.predictor_, data, contribution=contribution, on_bad_input=policy,
                                   root=self.root, allow_outside_root=self.allow_outside_root)
+
+    def score(self, data) -> float:
+        """The task's headline metric on a labelled table (accuracy, macro-F1 for multilabel; for
+        regression the negated RMSE, so that greater is better, as scikit-learn's ``score`` expects)."""
+        m = self.evaluate(data)
+        value = m[self.predictor_.target.headline]
+        return value if self.predictor_.target.higher_is_better else -value
 
     def save(self, path, embed_backbones: bool = False) -> Path:
         """Write a bundle folder (``model.safetensors`` + ``config.json``), atomically.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+import numpy as np
 import pandas as pd
 
 from .errors import InputError, MmfuseError, SchemaError
@@ -64,6 +65,20 @@ def read_table(data: TableLike, root: str | os.PathLike | None = None, encoding:
     """
     if isinstance(data, Table):
         return data if root is None else Table(data.df, Path(root).resolve(), data.source)
+    if isinstance(data, dict) and data and not any(isinstance(v, (list, tuple, np.ndarray, pd.Series))
+                                                   for v in data.values()):
+        data = pd.DataFrame([data])  # one row: {column: value}
+    elif isinstance(data, (dict, list, tuple)) and data and not isinstance(data, (str, bytes)):
+        try:  # {column: [values]} or [{column: value}, ...]
+            data = pd.DataFrame(data)
+        except (ValueError, TypeError) as e:
+            raise SchemaError(f"cannot make a table of this {type(data).__name__} ({e}); pass a DataFrame, a "
+                              "{column: value} dict, a list of such dicts, or a path") from None
+    elif isinstance(data, pd.Series):
+        data = data.to_frame().T  # one row, as DataFrame.iloc[i] gives it
+    elif not isinstance(data, (pd.DataFrame, str, os.PathLike)):
+        raise SchemaError(f"cannot read a table from a {type(data).__name__}; pass a DataFrame, a {{column: value}} "
+                          "dict, a list of such dicts, or the path of a .csv, .tsv, .parquet or .jsonl file")
     if isinstance(data, pd.DataFrame):
         _check_columns(list(map(str, data.columns)), "<DataFrame>")
         df = data.copy()
