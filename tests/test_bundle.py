@@ -219,7 +219,8 @@ def test_embedded_backbone_folders_of_two_inputs_never_collide():
 
 def test_a_format_1_bundle_with_names_escaped_today_still_loads_and_predicts_the_same():
     """tests/data/format1_bundle was written by mmfuse at 1dc8a8b (make.py beside it): inputs named
-    'Discount %' and 'get', which today's safe keys escape, with cross-attention pair keys and aux heads."""
+    'Discount %', 'get' and 'num %' (a tabular group, so its preprocessor arrays are renamed too), which
+    today's safe keys escape, with cross-attention pair keys and aux heads."""
     from pathlib import Path
 
     import pandas as pd
@@ -228,7 +229,7 @@ def test_a_format_1_bundle_with_names_escaped_today_still_loads_and_predicts_the
 
     d = Path(__file__).parent / "data" / "format1_bundle"
     pred = Predictor.load(d / "bundle")
-    assert sorted(pred.model.names) == ["Discount %", "get", "tabular"]
+    assert sorted(pred.model.names) == ["Discount %", "get", "num %"]
     expected = pd.read_csv(d / "expected.csv")
     table = pd.read_csv(d / "table.csv")
     np.testing.assert_allclose(pred.predict_proba(table)[:, 1], expected["proba_yes"], atol=1e-5)

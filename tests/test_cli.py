@@ -55,7 +55,7 @@ def test_fit_predict_evaluate_end_to_end(tmp_path):
     r = run("fit", path, "--target", "label", "--fusion", "late", "--epochs", "2", "--config", cfg, "--out",
             tmp_path / "run", "--no-progress", "--decision-threshold", "0.3")
     assert r.returncode == 0, r.stderr
-    assert "test: accuracy" in r.stdout and (tmp_path / "run" / "bundle" / "config.json").exists()
+    assert f"test (held-out 10% of {path}, stratified random): accuracy" in r.stdout and (tmp_path / "run" / "bundle" / "config.json").exists()
     r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "p.csv")
     assert r.returncode == 0, r.stderr
     p = pd.read_csv(tmp_path / "p.csv")
@@ -100,3 +100,159 @@ def test_fusions_lists_every_strategy():
     from mmfuse.fusion import list_fusions
 
     assert [l.split()[0] for l in r.stdout.splitlines()] == list_fusions()
+
+
+def test_inspect_reads_real_world_numbers_groups_by_pattern_and_lists_left_out_columns(tmp_path):
+    n = 30
+    rows = [";Rating;price;fac_a;fac_b;note;label"] + [
+        f"{i};{i % 5 + 1};{i},5;{i * 0.5};{(i * 7) % 11};the item number {i} is fine;{'ab'[i % 2]}" for i in range(n)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    r = run("inspect", tmp_path / "t.csv", "--target", "label", "--group", "fac=fac_*", "--group", "all=note,Rating")
+    assert r.returncode == 0, r.stderr
+    lines = {l.split("│")[1].strip(): [p.strip() for p in l.split("│")[1:-1]]
+             for l in r.stdout.splitlines() if l.count("│") > 5}
+    assert lines["Unnamed: 0"][1:3] == ["id", ""] and "saved row index" in lines["Unnamed: 0"][3]
+    assert lines["price"][1:3] == ["numeric", "tabular"] and "'0,5' reads as 0.5" in lines["price"][3]
+    assert lines["fac_a"][1:3] == lines["fac_b"][1:3] == ["numeric", "fac"]
+    assert lines["Rating"][1:3] == ["numeric", "all, tabular"] and "numeric or categorical?" in lines["Rating"][3]
+    assert "not used for training (1): Unnamed: 0 (id)" in r.stdout
+    r = run("inspect", tmp_path / "t.csv", "--group", "fac=fax_*")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1
+    assert err[0].startswith("error: unknown column pattern in group 'fac': 'fax_*'; known: Rating, Unnamed: 0, "
+                             "fac_a, fac_b, label, note, price. Did you mean 'fac_")
+
+
+def test_fit_prints_its_plan_and_guards_its_folder_and_evaluate_reports_the_training(tmp_path):
+    import json
+
+    import pandas as pd
+
+    # 30 rows of class a and 10 of b, all for training (--val given): balanced weights by hand are
+    # N / (K * count) = 40 / (2 * 30) = 0.667 for a and 40 / (2 * 10) = 2 for b
+    import torch
+
+    device = "gpu (precision" if torch.cuda.is_available() else "cpu (precision 32-true)"
+    rows = pd.DataFrame({"x": [float(i % 7) for i in range(40)], "y": ["a"] * 30 + ["b"] * 10})
+    rows.to_csv(tmp_path / "t.csv", index=False)
+    rows.iloc[::4].to_csv(tmp_path / "v.csv", index=False)
+    (tmp_path / "cfg.yaml").write_text("train:\n  class_weight: balanced\n  batch_size: 8\n")
+    args = ("fit", tmp_path / "t.csv", "--target", "y", "--val", tmp_path / "v.csv", "--epochs", "1", "--no-progress",
+            "--config", tmp_path / "cfg.yaml", "--out", tmp_path / "run")
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    start = out.index("plan:")
+    plan = "\n".join(out[start:start + 1 + next(i for i, x in enumerate(out[start + 1:]) if not x.startswith("  "))])
+    assert start < out.index(next(x for x in out if "accuracy" in x))  # printed before the metrics
+    assert "plan:\n  inputs: tabular (tabular, encoder tabular_mlp)\n  fusion: none (one input)\n" in plan
+    assert "rows: train 40, validation 10" in plan
+    assert "epochs: at most 1 (early stopping after 5 without improvement); batch size 8; learning rate 0.001" in plan
+    assert "class weighting: balanced: a 0.667, b 2\n" in plan and f"  device: {device}" in plan
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "- fusion: none (one input)" in report and "- best epoch: 1 of 1" in report
+    assert "- class weighting: balanced: a 0.667, b 2" in report
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["plan"]["fusion"] == "none (one input)" and metrics["plan"]["split"]["rows"]["train"] == 40
+
+    # the same folder again: refused in one line, unless --overwrite
+    r = run(*args)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: --out {tmp_path / 'run'} holds another run (metrics.json, checkpoints, bundle); pass --overwrite "
+        "to replace it, --resume to continue it, or choose another folder"]
+    assert run(*args, "--overwrite").returncode == 0
+
+    # evaluate --out: the evaluation, plus the training facts kept in the bundle
+    r = run("evaluate", tmp_path / "run" / "bundle", tmp_path / "v.csv", "--out", tmp_path / "eval")
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "eval" / "report.md").read_text()
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert f"- evaluated: bundle {tmp_path / 'run' / 'bundle'} on {tmp_path / 'v.csv'}, 10 rows" in text
+    assert f"- training time: {trained['train_seconds']:.1f} s" in text and "- best epoch: 1 of 1" in text
+    assert "None" not in text and "- class weighting: balanced: a 0.667, b 2" in text
+
+
+def test_bad_config_keys_and_values_are_one_line_with_the_closest_match(tmp_path):
+    (tmp_path / "t.csv").write_text("x,y\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(20)))
+    for content, expected in (
+            ("train:\n  epoch: 3\n", "error: unknown train setting 'epoch'"),
+            ("model:\n  fusion: concatt\n", "error: setting 'fusion' must be a registered fusion"),
+            ("fusoin: concat\n", "error: unknown config key 'fusoin'")):
+        (tmp_path / "cfg.yaml").write_text(content)
+        r = run("fit", tmp_path / "t.csv", "--target", "y", "--config", tmp_path / "cfg.yaml", "--out", tmp_path / "r")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), r.stderr
+        assert "did you mean" in lines[0].lower()
+
+
+def wide_image_table(tmp_path, n=40, size=(48, 16)):
+    """n rows: a wide image, a subject (10 of them) and a label; written to data.csv."""
+    import numpy as np
+    import pandas as pd
+
+    from conftest import write_png
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for i in range(n):
+        write_png(tmp_path / "img" / f"{i}.png", rng, size=size)
+    df = pd.DataFrame({"photo": [f"img/{i}.png" for i in range(n)], "subj": [f"s{i // 4}" for i in range(n)],
+                       "y": ["a", "b"] * (n // 2)})
+    df.to_csv(tmp_path / "data.csv", index=False)
+    return df
+
+
+def test_fit_group_column_image_flags_and_metrics_named_by_their_rows(tmp_path):
+    import json
+
+    df = wide_image_table(tmp_path)
+    df.iloc[:8].to_csv(tmp_path / "test.csv", index=False)
+    data = tmp_path / "data.csv"
+    (tmp_path / "cfg.yaml").write_text("preprocessing:\n  image: {size: 16, channels: 1}\n")
+    base = ("fit", data, "--target", "y", "--epochs", "1", "--no-progress", "--batch-size", "8")
+    r = run(*base, "--group-column", "subj", "--image-size", "24x8", "--image-resize", "letterbox", "--config",
+            tmp_path / "cfg.yaml", "--out", tmp_path / "r1")
+    assert r.returncode == 0, r.stderr
+    held = f"held-out 10% of the groups of 'subj' in {data}"
+    assert f"\nvalidation ({held}): accuracy" in r.stdout and f"\ntest ({held}): accuracy" in r.stdout
+    assert "validation split is small: 4 rows" in r.stderr and "aspect ratio" not in r.stderr  # 24x8 is 48x16's shape
+    metrics = json.loads((tmp_path / "r1" / "metrics.json").read_text())
+    assert metrics["split_source"] == f"validation: {held}; test: {held}"
+    bundle = json.loads((tmp_path / "r1" / "bundle" / "config.json").read_text())
+    assert bundle["schema"]["columns"]["subj"] == "group"
+    image = bundle["preprocessors"]["photo"]["config"]  # the flags win over the config file; its channels stay
+    assert (image["size"], image["resize"], image["channels"]) == ([24, 8], "letterbox", 1)
+    r = run("predict", tmp_path / "r1" / "bundle", data, "--out", tmp_path / "p.csv")  # a non-square bundle predicts
+    assert r.returncode == 0, r.stderr
+
+    r = run(*base, "--test", tmp_path / "test.csv", "--out", tmp_path / "r2")  # default size 64: crop warning
+    assert r.returncode == 0, r.stderr
+    assert f"\ntest ({tmp_path / 'test.csv'}): accuracy" in r.stdout
+    assert f"\nvalidation (held-out 10% of {data}, stratified random): accuracy" in r.stdout
+    assert "a center crop keeps 33% of each 48x16 image" in r.stderr
+
+    r = run(*base, "--val", tmp_path / "test.csv", "--out", tmp_path / "r3")
+    assert r.returncode == 0, r.stderr
+    assert f"\nvalidation ({tmp_path / 'test.csv'}): accuracy" in r.stdout and "\ntest (" not in r.stdout
+    assert "test: none (no test rows; pass --test TEST.csv" in r.stdout
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (("--image-size", "24by8"), "error: --image-size must be a side in pixels (64) or WIDTHxHEIGHT (128x32, or "
+                                "[128, 32] in a config file); got '24by8'"),
+    (("--image-resize", "letterbx"), "error: unknown --image-resize 'letterbx'; known: crop, letterbox, pad, squash. "
+                                     "Did you mean 'letterbox'?"),
+])
+def test_bad_image_flags_are_one_line(tmp_path, flags, expected):
+    wide_image_table(tmp_path, n=8)
+    r = run("fit", tmp_path / "data.csv", "--target", "y", "--out", tmp_path / "r", *flags)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [expected]
+
+
+def test_inspect_warns_what_the_default_crop_loses_of_wide_images(tmp_path):
+    wide_image_table(tmp_path, n=8, size=(80, 20))
+    r = run("inspect", tmp_path / "data.csv", "--target", "y")
+    assert r.returncode == 0, r.stderr
+    assert ("image column 'photo': the training images' median aspect ratio (width/height) is 4.00 (e.g. 80x20) but "
+            "size is 64x64: a center crop keeps 25% of each 80x20 image") in r.stderr
+    assert "(--image-size 128x32)" in r.stderr

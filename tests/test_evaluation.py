@@ -35,3 +35,45 @@ def test_binary_metrics_by_hand():
     assert m["accuracy"] == 0.75 and m["f1_positive"] == pytest.approx(2 / 3)
     assert m["roc_auc"] == 1.0 and m["confusion_matrix"] == [[2, 1], [0, 1]]
     assert set(m["report"]) >= {"a", "b", "macro avg", "weighted avg"} and m["absent_classes"] == []
+
+
+def _report(tmp_path, metrics) -> str:
+    from mmfuse.evaluation import write_report
+
+    write_report(tmp_path, metrics)
+    return (tmp_path / "report.md").read_text()
+
+
+PLAN = {"inputs": {"x": {"modality": "tabular", "encoder": "tabular_mlp"}}, "fusion": "none (one input)",
+        "split": {"rows": {"train": 8, "val": 2, "test": 0}, "source": "given tables"}, "epochs": 3, "patience": 5,
+        "batch_size": 4, "lr": 0.01, "class_weight": "none (every class weighs 1)", "device": "cpu",
+        "precision": "32-true"}
+
+
+def test_fit_report_counts_epochs_from_one_names_no_fusion_for_one_input_and_lists_the_plan(tmp_path):
+    text = _report(tmp_path, {"task": "binary", "fusion": "gated", "inputs": ["x"], "best_epoch": 0, "epochs_run": 3,
+                              "train_seconds": 2.4, "rows": {"train": 8, "val": 2, "test": 0}, "plan": PLAN})
+    assert "- best epoch: 1 of 3 (epochs counted from 1)" in text  # history's epoch 0 is the first
+    assert "- fusion: none (one input)" in text and "gated" not in text
+    assert "- training time: 2.4 s" in text
+    assert "## plan" in text and "- inputs: x (tabular, encoder tabular_mlp)" in text
+    assert "- rows: train 8, validation 2, test 0 (given tables)" in text
+    assert "- epochs: at most 3 (early stopping after 5 without improvement); batch size 4; learning rate 0.01" in text
+    assert "- device: cpu (precision 32-true)" in text
+    two = _report(tmp_path, {"task": "binary", "fusion": "gated", "inputs": ["x", "z"]})
+    assert "- fusion: gated" in two
+
+
+def test_evaluation_report_shows_the_bundles_training_facts_not_placeholders(tmp_path):
+    text = _report(tmp_path, {"task": "binary", "fusion": "concat", "inputs": ["x", "z"], "test": {"accuracy": 0.5},
+                              "evaluated": {"bundle": "run/bundle", "table": "t.csv", "rows": 10},
+                              "training": {"best_epoch": 4, "epochs_run": 7, "train_seconds": 12.5,
+                                           "rows": {"train": 80, "val": 10, "test": 10}}})
+    assert text.startswith("# mmfuse evaluation report")
+    assert "- evaluated: bundle run/bundle on t.csv, 10 rows" in text
+    assert "## training (from the bundle)" in text and "- best epoch: 5 of 7" in text
+    assert "- training time: 12.5 s" in text and "- rows: train 80, val 10, test 10" in text
+    assert "None" not in text
+    bare = _report(tmp_path, {"task": "binary", "fusion": "concat", "inputs": ["x", "z"], "test": {"accuracy": 0.5},
+                              "training": {}})  # a bundle written without metrics
+    assert "None" not in bare and "0.0 s" not in bare and "- not recorded" in bare

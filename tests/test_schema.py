@@ -185,3 +185,134 @@ def test_missing_cells_agree_between_inspect_and_training(value, missing):
     prep = TextPreprocessor(["t"], min_freq=1).fit(df, ReadContext(Path(".")))
     b = MultimodalDataset(df, {"t": prep})[0]
     assert b["mask"]["t"].tolist() == [not missing]
+
+
+# --- role inference on real tables: row numbers, few integer codes, numbers written for people ---
+
+
+def test_row_counters_and_saved_indexes_are_ids_with_the_reason():
+    n = 30
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"Unnamed: 0": rng.permutation(n) + 100,  # a saved index of a shuffled subset
+                       "row": np.arange(1, n + 1), "pos": rng.permutation(n).astype(float),
+                       "gap": np.r_[np.arange(n - 1), n],  # 0..28, 30: no counter
+                       "x": rng.normal(size=n)})
+    s = infer_schema(df)
+    assert {c: r.value for c, r in s.roles.items()} == {"Unnamed: 0": "id", "row": "id", "pos": "id",
+                                                        "gap": "numeric", "x": "numeric"}
+    assert "saved row index" in s.reasons["Unnamed: 0"]
+    assert s.reasons["row"].startswith("counts 1..30, one value per row: a saved row number; not used for training")
+    assert "counts 0..29" in s.reasons["pos"]
+    why = describe_schema(s, df).set_index("column")["why"]
+    assert "not used for training" in why["row"]
+    # too few rows to tell a row number from a feature
+    assert infer_schema(df.iloc[:19].assign(row=np.arange(19))).roles["row"] is Role.NUMERIC
+
+
+def test_few_integer_codes_are_flagged_and_chosen_by_the_documented_rule():
+    n = 40
+    df = pd.DataFrame({"Rating": np.tile([1, 2, 3, 4, 5], n // 5), "dept": np.tile([3, 7, 12, 40], n // 4),
+                       "kids": np.tile([0, 1, 2], n // 3 + 1)[:n].astype(float),
+                       "flag": [1.0, 0.0, np.nan, 0.0] * (n // 4), "count": np.arange(n) % 20})
+    df.loc[5, "kids"] = np.nan  # a missing cell makes pandas store the integers as floats
+    s = infer_schema(df)
+    assert {c: r.value for c, r in s.roles.items()} == {"Rating": "numeric", "dept": "categorical",
+                                                        "kids": "numeric", "flag": "categorical", "count": "numeric"}
+    assert s.reasons["Rating"] == ("numeric or categorical? 5 distinct integers 1..5: read as numeric; "
+                                   "pass --column 'Rating=categorical' to treat them as categories")
+    assert s.reasons["dept"] == ("numeric or categorical? 4 distinct integers with gaps (3, 7, 12, 40): read as "
+                                 "category codes; pass --column 'dept=numeric' to read them as numbers")
+    assert s.reasons["kids"].startswith("numeric or categorical? 3 distinct integers 0..2")
+    assert "numeric or categorical?" not in s.reasons["count"]  # 20 distinct values are not few codes
+    # codes must repeat: 5 distinct values in 8 rows are numbers, not codes
+    small = pd.DataFrame({"v": [3, 7, 12, 40, 3, 7, 12, 41]})
+    assert infer_schema(small).roles["v"] is Role.NUMERIC
+
+
+PARSED = [("12,5", 12.5), ("0,125", 0.125), ("1,000", 1000.0), ("1,000,000.5", 1000000.5), ("1.000,5", 1000.5),
+          ("1.000.000", 1e6), ("1 000", 1000.0), ("1'000", 1000.0), ("$1,000", 1000.0), ("-$5", -5.0),
+          ("$-5", -5.0), ("5 €", 5.0), ("€ 3,50", 3.5), ("10%", 0.1), ("-12,5 %", -0.125), ("1.000", 1.0),
+          ("2024.01.05", None), ("1.2.3", None), ("1,5,3", None), ("555 1234", None), ("12:30", None), ("abc", None),
+          ("$", None), ("%", None)]
+
+
+@pytest.mark.parametrize("text,value", PARSED, ids=[t for t, _ in PARSED])
+def test_parse_number_reads_numbers_written_for_people(text, value):
+    from mmfuse.schema import parse_number
+
+    assert parse_number(text) == value
+
+
+def test_decimal_commas_percents_and_currencies_are_numbers_in_inspect_and_in_training(tmp_path):
+    from mmfuse.preprocessing import NumericPreprocessor, ReadContext
+
+    n = 60
+    rows = ["price;share;amount;label"] + [f"{i},5;{i}%;${i},000;{'ab'[i % 2]}" for i in range(1, n + 1)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    s = infer_schema(tmp_path / "t.csv", target="label")
+    assert {c: r.value for c, r in s.roles.items()} == {"price": "numeric", "share": "numeric", "amount": "numeric",
+                                                        "label": "target"}
+    assert "('1,5' reads as 1.5)" in s.reasons["price"] and "('1%' reads as 0.01)" in s.reasons["share"]
+    df = pd.read_csv(tmp_path / "t.csv", sep=";")
+    prep = NumericPreprocessor(["price", "share", "amount"]).fit(df, ReadContext(tmp_path))
+    assert prep.median_.tolist() == [31.0, 0.305, 30500.0]  # medians of 1.5..60.5, 0.01..0.60, 1000..60000
+    assert prep.center_.tolist() == pytest.approx([31.0, 0.305, 30500.0])
+    out = prep.read(["12,5", "10%", "$1,000"], 0, ReadContext(tmp_path))["num"]
+    assert out[:3] == pytest.approx((np.array([12.5, 0.1, 1000.0]) - prep.center_) / prep.scale_)
+
+
+def test_group_patterns_pick_data_columns_and_form_a_tabular_input():
+    n = 30
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"fac_a": rng.normal(size=n), "fac_b": rng.normal(size=n), "fac_c": ["u", "v", "w"] * 10,
+                       "fac_id": [f"k{i}" for i in range(n)], "x": rng.normal(size=n), "y": [0, 1] * 15})
+    s = infer_schema(df, target="y", groups={"fac": ["fac_*"]})
+    assert s.roles["fac_id"] is Role.ID and s.groups == {"fac": ["fac_a", "fac_b", "fac_c"]}
+    inputs = {i.name: (i.modality, i.columns) for i in s.inputs()}
+    assert inputs == {"fac": (Modality.TABULAR, ("fac_a", "fac_b", "fac_c")), "tabular": (Modality.TABULAR, ("x",))}
+    from mmfuse import build_preprocessors
+
+    p = build_preprocessors(s, df)["fac"]
+    assert p.numeric == ["fac_a", "fac_b"] and p.categorical == ["fac_c"]
+    assert infer_schema(df, target="y", groups={"g": "x, fac_?"}).groups == {"g": ["x", "fac_a", "fac_b", "fac_c"]}
+    with pytest.raises(SchemaError, match=r"unknown column pattern in group 'g': 'fax_\*'.*Did you mean"):
+        infer_schema(df, target="y", groups={"g": ["fax_*"]})
+
+
+def test_describe_shows_a_text_groups_numbers_under_both_inputs(mm_table):
+    s = infer_schema(mm_table, target="label", groups={"all_text": ["age", "review", "color"]})
+    d = describe_schema(s, mm_table).set_index("column")["input"]
+    assert d["age"] == "all_text, tabular" and d["color"] == "all_text, tabular" and d["review"] == "all_text"
+
+
+def test_left_out_columns_lists_ids_ignored_and_unread_columns_with_reasons():
+    from mmfuse.schema import left_out_columns
+
+    n = 30
+    df = pd.DataFrame({"row": np.arange(n), "empty": [None] * n, "x": np.linspace(0, 1, n),
+                       "note": ["some long free text here"] * n, "y": [0, 1] * 15})
+    s = infer_schema(df, target="y")
+    assert left_out_columns(s) == {"row": "id: " + s.reasons["row"], "empty": "ignore: every value is missing"}
+    assert list(left_out_columns(s, inputs=["note"])) == ["row", "empty", "x"]
+    assert left_out_columns(s, inputs=["note"])["x"] == "numeric: not read by the chosen inputs"
+
+
+def test_errors_that_list_columns_show_at_most_twenty_and_the_closest():
+    df = pd.DataFrame({f"col_{i:03d}": [1.0, 2.0] for i in range(200)})
+    with pytest.raises(SchemaError) as e:
+        infer_schema(df, target="col_1999")
+    msg = str(e.value)
+    assert msg.startswith("unknown target column 'col_1999'; known: col_000, col_001,")
+    assert "col_019, ... (and 180 more). Did you mean " in msg and "col_020" not in msg.split("Did you mean")[0]
+    assert "'col_199'" in msg.split("Did you mean")[1] and len(msg) < 400
+
+
+def test_number_rules_hold_for_numbers_stored_as_strings():
+    n = 30
+    df = pd.DataFrame({"row": [str(i) for i in range(1, n + 1)], "Rating": [str(i % 5 + 1) for i in range(n)],
+                       "dept": ["3", "7", "12"] * 10, "price": [f"{i},5" for i in range(n)]}, dtype=object)
+    s = infer_schema(df)
+    assert {c: r.value for c, r in s.roles.items()} == {"row": "id", "Rating": "numeric", "dept": "categorical",
+                                                        "price": "numeric"}
+    assert s.reasons["Rating"].startswith("numeric or categorical? 5 distinct integers 1..5")
+    assert "'0,5' reads as 0.5" in s.reasons["price"]

@@ -9,7 +9,7 @@ SRC = ROOT / "src" / "mmfuse"
 
 
 def test_no_branch_on_the_kind_of_task_outside_the_task_module():
-    pattern = re.compile(r"task is (?!(not )?None)|task ==|task\.value|Task\.(BINARY|MULTICLASS|MULTILABEL|REGRESSION)"
+    pattern = re.compile(r"task is (?!(not )?None)|task ==|task\.value|(task|\.name) == \"(binary|multiclass|multilabel|regression)\"|Task\.(BINARY|MULTICLASS|MULTILABEL|REGRESSION)"
                          r"|isinstance\([^)]*(Binary|Multiclass|Multilabel|Regression)Task")
     hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in SRC.rglob("*.py") if p.name != "tasks.py"
             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]

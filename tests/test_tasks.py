@@ -107,6 +107,20 @@ def test_balanced_class_weights_by_hand():
         fit_task(df([1.0, 2.0]), "y", "regression").class_weights("balanced", None)
 
 
+def test_auto_class_weight_balances_only_imbalanced_multiclass_targets():
+    t = fit_task(df(["a", "a", "a", "b", "c"]), "y", "multiclass")
+    # largest class 3 rows, rarest 1: ratio 3 >= 3, so balanced: N / (K * count) = 5 / (3 * count)
+    assert t.class_weights("auto", np.array([0, 0, 0, 1, 2])).tolist() == pytest.approx([5 / 9, 5 / 3, 5 / 3])
+    assert t.class_weights("auto", np.array([0, 0, 1, 1, 2])) is None  # ratio 2: unweighted
+    assert t.class_weights("auto", np.array([0, 0, 0, 0, 1])) is not None  # a class without rows counts as 1
+    b = fit_task(df(["a", "a", "a", "a", "b"]), "y", "binary")  # binary: a decision threshold's job
+    assert b.class_weights("auto", np.array([0, 0, 0, 0, 1])) is None
+    assert fit_task(df([1.0, 2.0]), "y", "regression").class_weights("auto", None) is None
+    from mmfuse.config import TrainConfig
+
+    assert TrainConfig().class_weight == "auto"
+
+
 # --- decoding: thresholds flip rows -------------------------------------------------------------
 def test_binary_decision_threshold_flips_rows_and_survives_to_dict():
     t = fit_task(df(["no", "yes"]), "y")
@@ -228,3 +242,8 @@ def test_a_damaged_target_description_is_refused():
         task_from_dict({"column": "y", "task": "binary", "classes": None})
     with pytest.raises(MmfuseError, match="positive std"):
         task_from_dict({"column": "y", "task": "regression", "mean": 0.0, "std": 0.0})
+
+
+def test_numbers_written_as_text_are_numbers():
+    y = pd.Series([str(round(0.37 * i, 2)) for i in range(40)], name="y")  # JSON Lines with quoted numbers
+    assert infer_task(y) == "regression"

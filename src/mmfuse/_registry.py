@@ -42,15 +42,25 @@ class Registry(Generic[T]):
         return name in self._entries
 
 
+MAX_KNOWN_SHOWN = 20  # a table may have hundreds of columns: an error line lists this many
+
+
 def unknown_name_message(kind: str, name, known) -> str:
-    """``unknown encoder 'cnn'; known: a, b. Did you mean 'image_cnn'?``"""
-    known = sorted(known)
-    msg = f"unknown {kind} {name!r}; known: {', '.join(known)}"
-    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
+    """``unknown encoder 'cnn'; known: a, b. Did you mean 'image_cnn'?``
+
+    At most :data:`MAX_KNOWN_SHOWN` known names are listed (``known: a, b, ... (and 180 more)``);
+    then up to three closest names are suggested instead of one, since the rest are not shown."""
+    known = sorted(map(str, known))
+    shown = known if len(known) <= MAX_KNOWN_SHOWN else known[:MAX_KNOWN_SHOWN] + ["..."]
+    msg = f"unknown {kind} {name!r}; known: {', '.join(shown)}"
+    if len(known) > MAX_KNOWN_SHOWN:
+        msg += f" (and {len(known) - MAX_KNOWN_SHOWN} more)"
+    n = 1 if len(known) <= MAX_KNOWN_SHOWN else 3
+    close = difflib.get_close_matches(str(name), known, n=n, cutoff=0.5)
     if not close:  # substring match catches 'cnn' -> 'image_cnn'
-        close = [k for k in known if str(name).lower() in k.lower()][:1]
+        close = [k for k in known if str(name).lower() in k.lower()][:n]
     if close:
-        msg += f". Did you mean {close[0]!r}?"
+        msg += ". Did you mean " + (" or ".join(map(repr, close))) + "?"
     return msg
 
 

@@ -68,7 +68,8 @@ class MultimodalPredictor:
                  epochs: int = _T.epochs, batch_size: int = _T.batch_size, lr: float = _T.lr,
                  backbone_lr: float = _T.backbone_lr, layer_decay: float = _T.layer_decay,
                  weight_decay: float = _T.weight_decay, warmup: float = _T.warmup, grad_clip: float = _T.grad_clip,
-                 patience: int = _T.patience, max_time: float | None = _T.max_time, precision: str = _T.precision,
+                 patience: int = _T.patience, min_steps: int = _T.min_steps, max_time: float | None = _T.max_time,
+                 precision: str = _T.precision,
                  accelerator: str = _T.accelerator, seed: int = _T.seed, num_workers: int = _T.num_workers,
                  cache: str | None = _T.cache, group_by_length: bool | None = _T.group_by_length,
                  class_weight: Any = _T.class_weight, regression_loss: str = _T.regression_loss,
@@ -147,17 +148,25 @@ class MultimodalPredictor:
         return mcfg, tcfg
 
     # --- fit: the public steps of mmfuse.pipeline, in order -----------------------------------
-    def fit(self, train, val=None, test=None) -> "MultimodalPredictor":
+    def fit(self, train, val=None, test=None, *, echo=None) -> "MultimodalPredictor":
         """Fit on ``train`` (a table, DataFrame or path); ``val``/``test`` default to splits of it.
 
+        The plan of the fit (inputs and encoders, fusion, splits, settings, device;
+        :func:`mmfuse.pipeline.describe_plan`) is kept in ``metrics_["plan"]`` and ``report.md``;
+        ``echo``, a function of one line (the command line passes its ``echo``), also gets its
+        lines before training starts.
+
         Without ``val``, the validation rows come from a ``split`` column, a ``group`` split, or
-        a stratified random split of ``val_fraction``; likewise the test rows with ``test_fraction``.
+        a stratified random split of ``val_fraction``; likewise the test rows with ``test_fraction``
+        unless ``test`` is given. With ``val`` and no ``test`` there are no test rows: every row of
+        ``train`` trains. :attr:`splits_` says where each split came from.
         Rows with a blank target are left out, counted and listed in :attr:`splits_`.
         """
         import torch
 
         from . import pipeline as P
         from .bundle import Predictor
+        from .data import BadInputPolicy
         from .evaluation import write_report
         from .io import read_table
 
@@ -181,7 +190,12 @@ class MultimodalPredictor:
         data = P.make_datasets(splits, preps, task, tcfg, self.on_bad_input, self.allow_outside_root)
         torch.manual_seed(tcfg.seed)
         model, spec = P.build_model(preps, task.n_outputs, mcfg)
-        fingerprint = P.fit_fingerprint(splits, preps, task, mcfg, tcfg, on_bad_input=str(self.on_bad_input))
+        plan = P.describe_plan(splits, spec, preps, task, data, tcfg, schema)
+        if echo is not None:
+            for line in ["plan:", *(f"  {x}" for x in P.format_plan(plan))]:
+                echo(line)
+        policy = BadInputPolicy.parse(self.on_bad_input).value
+        fingerprint = P.fit_fingerprint(splits, preps, task, mcfg, tcfg, on_bad_input=policy)
         t_train = time.perf_counter()
         result = P.train(model, task, data, mcfg, tcfg, run_dir, self.resume, fingerprint)
         train_seconds = time.perf_counter() - t_train
@@ -194,7 +208,7 @@ class MultimodalPredictor:
                    "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
                    "monitor": result["monitor"], "train_seconds": train_seconds, "history": result["history"],
                    "resumed_from_epoch": result["resumed_from_epoch"], "rows": splits.counts(),
-                   "split_source": splits.source, **scores}
+                   "split_source": splits.source, "plan": plan, **scores}
         if splits.blank_target:
             metrics["blank_target_rows"] = splits.blank_target
         reports = data.reports()

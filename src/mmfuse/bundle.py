@@ -252,8 +252,10 @@ def _legacy_tensor_names(tensors: dict, names: list[str]) -> dict:
             name = next((n for n in moved if key.startswith(f"prep/{n}/")), None)
             if name is not None:
                 key = f"prep/{moved[name]}/" + key[len(f"prep/{name}/"):]
-        else:
-            key = ".".join(moved.get(part, pairs.get(part, part)) for part in key.split("."))
+        else:  # input names anywhere in the module path; "a->b" pairs only as cross-attention block names
+            parts = key.split(".")
+            key = ".".join(pairs.get(part, part) if i and parts[i - 1] == "blocks" else moved.get(part, part)
+                           for i, part in enumerate(parts))
         out[key] = value
     return out
 

@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from .config import ModelConfig, TrainConfig, setting_help  # light: dataclasses only (help texts of fit)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="mmfuse: multimodal fusion for tables of text, images, audio, time series, numbers and categories.")
 cache_app = typer.Typer(no_args_is_help=True, help="See or clear the on-disk caches.")
@@ -32,6 +34,8 @@ def _print_version(value: bool) -> None:
 
 
 def _parse_groups(items: List[str]) -> dict:
+    """``NAME=COL1,COL2`` items as ``{NAME: [COL1, COL2]}``; glob patterns (``fac_*``) are expanded by
+    :func:`mmfuse.schema.infer_schema`, which knows the columns."""
     from .errors import SchemaError
 
     out = {}
@@ -40,6 +44,8 @@ def _parse_groups(items: List[str]) -> dict:
             raise SchemaError(f"--group expects NAME=COL1,COL2, got {item!r}")
         name, cols = item.split("=", 1)
         out[name.strip()] = [c.strip() for c in cols.split(",") if c.strip()]
+        if not name.strip() or not out[name.strip()]:
+            raise SchemaError(f"--group expects NAME=COL1,COL2 (or NAME='PATTERN*'), got {item!r}")
     return out
 
 
@@ -48,7 +54,8 @@ def inspect(
     data: Path = typer.Argument(..., help="Table: .csv, .tsv, .parquet or .jsonl."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target column."),
     column: List[str] = typer.Option([], "--column", "-c", help="Override a role: NAME=ROLE (repeatable)."),
-    group: List[str] = typer.Option([], "--group", "-g", help="Read columns as one input: NAME=COL1,COL2."),
+    group: List[str] = typer.Option([], "--group", "-g", help="Read columns as one input: NAME=COL1,COL2 or glob "
+                                    "patterns, NAME='fac_*' (numeric and categorical columns form a tabular input)."),
     schema: Optional[Path] = typer.Option(None, "--schema", help="YAML/JSON schema file with roles and groups."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
     save_schema: Optional[Path] = typer.Option(None, "--save-schema", help="Write the schema to this YAML/JSON file."),
@@ -59,7 +66,7 @@ def inspect(
     from rich.table import Table as RichTable
 
     from .io import read_table
-    from .schema import describe_schema, infer_schema, parse_column_overrides
+    from .schema import describe_schema, infer_schema, left_out_columns, parse_column_overrides
 
     table = read_table(data, root=root, encoding=encoding)
     sch = infer_schema(table, target=target, overrides=parse_column_overrides(column), groups=_parse_groups(group),
@@ -71,6 +78,10 @@ def inspect(
     for _, r in desc.iterrows():
         out.add_row(*[str(v) for v in r])
     Console(width=None if sys.stdout.isatty() else 200).print(out)
+    left_out = left_out_columns(sch)
+    if left_out:
+        typer.echo(f"not used for training ({len(left_out)}): " + ", ".join(
+            f"{c} ({why.split(':', 1)[0]})" for c, why in left_out.items()) + "; see 'why' above")
     if save_schema:
         sch.save(save_schema)
         typer.echo(f"schema written to {save_schema}")
@@ -89,8 +100,9 @@ def _load_config(path: Optional[Path]) -> dict:
 def fit(
     data: Path = typer.Argument(..., help="Training table (.csv, .tsv, .parquet, .jsonl)."),
     target: str = typer.Option(..., "--target", "-t", help="Target column."),
-    fusion: Optional[str] = typer.Option(None, "--fusion", "-f", help="Fusion strategy (see `mmfuse fusions`)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings (model, train, ...)."),
+    fusion: Optional[str] = typer.Option(None, "--fusion", "-f", help=setting_help(ModelConfig, "fusion")),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings (model, train, ...); "
+                                          "`mmfuse config --defaults` prints every one. Options given here win."),
     out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder (checkpoints, report, bundle)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation table (default: split off the data)."),
     test: Optional[Path] = typer.Option(None, "--test", help="Test table (default: split off the data)."),
@@ -98,25 +110,39 @@ def fit(
     column: List[str] = typer.Option([], "--column", "-c", help="Override a role: NAME=ROLE (repeatable)."),
     group: List[str] = typer.Option([], "--group", "-g", help="Read columns as one input: NAME=COL1,COL2."),
     input_: List[str] = typer.Option([], "--input", help="Use only these inputs (repeatable)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers."),
-    max_time: Optional[float] = typer.Option(None, "--max-time", help="Stop training after this many seconds."),
+    group_column: Optional[str] = typer.Option(
+        None, "--group-column", help="Split by this column: rows sharing a value (a subject, a sentence, a "
+                                     "product) all go to one of train/validation/test."),
+    image_size: Optional[str] = typer.Option(
+        None, "--image-size", help="Image size in pixels: 64 (square) or WIDTHxHEIGHT, e.g. 128x32 "
+                                   "(default: 64, or the config file's preprocessing.image.size)."),
+    image_resize: Optional[str] = typer.Option(
+        None, "--image-resize", help="How images meet --image-size: crop (center), squash, pad or letterbox "
+                                     "(keep the aspect ratio, pad the rest) (default: crop)."),
+    # default None: the config file's value, else the TrainConfig default that the help shows (generated)
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=setting_help(TrainConfig, "epochs")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=setting_help(TrainConfig, "batch_size")),
+    lr: Optional[float] = typer.Option(None, "--lr", help=setting_help(TrainConfig, "lr")),
+    seed: Optional[int] = typer.Option(None, "--seed", help=setting_help(TrainConfig, "seed")),
+    workers: Optional[int] = typer.Option(None, "--workers", help=setting_help(TrainConfig, "num_workers")),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help=setting_help(TrainConfig, "max_time")),
     decision_threshold: Optional[str] = typer.Option(
-        None, "--decision-threshold", help="Binary targets: a probability, or f1, balanced_accuracy, accuracy or "
-                                           "mcc to choose it on the validation rows."),
+        None, "--decision-threshold", help=setting_help(TrainConfig, "decision_threshold")),
     on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out.", show_default=True),
+    overwrite: bool = typer.Option(False, "--overwrite", show_default=True,
+                                   help="Replace the run already in --out (by default fit refuses such a folder)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ):
     """Train a model on a table; writes checkpoints, metrics.json, report.md, plots and bundle/ to --out."""
     from .api import MultimodalPredictor
+    from .preprocessing.image import RESIZE, parse_image_size
     from .schema import parse_column_overrides
 
+    if not (overwrite or resume):
+        _refuse_another_run(out)
     cfg = _load_config(config)
     if decision_threshold is not None:
         try:
@@ -130,6 +156,18 @@ def fit(
     if test is not None:
         overrides["test_fraction"] = 0.0
     cfg["columns"] = {**(cfg.get("columns") or {}), **parse_column_overrides(column)}
+    if group_column is not None:
+        cfg["columns"][group_column] = "group"
+    if image_resize is not None and image_resize not in RESIZE:
+        from ._registry import unknown_name_message
+        from .errors import MmfuseError
+
+        raise MmfuseError(unknown_name_message("--image-resize", image_resize, RESIZE))
+    image = {k: v for k, v in (("size", image_size and parse_image_size(image_size, "--image-size")),
+                               ("resize", image_resize)) if v is not None}
+    if image:  # the flags win over the config file's preprocessing.image
+        pre = dict(cfg.get("preprocessing") or {})
+        cfg["preprocessing"] = {**pre, "image": {**(pre.get("image") or {}), **image}}
     cfg["groups"] = {**(cfg.get("groups") or {}), **_parse_groups(group)}
     m = MultimodalPredictor.from_config(cfg, target=target, out=out, on_bad_input=on_bad_input,
                                         allow_outside_root=allow_outside_root, resume=resume, progress=progress,
@@ -138,7 +176,7 @@ def fit(
 
     with warnings.catch_warnings():  # the rows left out for a blank target are reported below, once
         warnings.filterwarnings("ignore", message=".*with a blank target")
-        m.fit(data, val=val, test=test)
+        m.fit(data, val=val, test=test, echo=typer.echo)  # echo: the plan, before training
     if resume:
         at = m.metrics_.get("resumed_from_epoch")
         typer.echo(f"resumed after epoch {at + 1}" if at is not None else
@@ -152,13 +190,31 @@ def fit(
     typer.echo(f"run folder: {out} (report.md, metrics.json, bundle/)")
 
 
+def _refuse_another_run(out: Path) -> None:
+    """``fit --out``: a folder that holds a run (its metrics.json, checkpoints/ or bundle/) is not
+    silently replaced."""
+    from .errors import MmfuseError
+
+    found = [n for n in ("metrics.json", "checkpoints", "bundle") if (out / n).exists()]
+    if found:
+        raise MmfuseError(f"--out {out} holds another run ({', '.join(found)}); pass --overwrite to replace it, "
+                          "--resume to continue it, or choose another folder")
+
+
 def _print_metrics(metrics: dict) -> None:
-    for split in ("val", "test"):
+    """One line of metrics per split, named by where its rows come from (``split_source``, as
+    :attr:`mmfuse.pipeline.Splits.source` writes it: ``validation: <label>; test: <label>``)."""
+    head, sep, test_label = (metrics.get("split_source") or "").rpartition("; test: ")
+    labels = {"val": head.removeprefix("validation: "), "test": test_label} if sep else {}
+    for split, name in (("val", "validation"), ("test", "test")):
         mm = metrics.get(split)
         if mm:
             keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "f1_positive", "roc_auc", "pr_auc",
                                 "log_loss", "ece", "mae", "rmse", "r2", "subset_accuracy") if k in mm]
-            typer.echo(f"{split}: " + ", ".join(f"{k} {mm[k]:.4f}" for k in keys))
+            where = f" ({labels[split]})" if labels.get(split) else ""
+            typer.echo(f"{name}{where}: " + ", ".join(f"{k} {mm[k]:.4f}" for k in keys))
+    if labels.get("test") == "none":
+        typer.echo("test: none (no test rows; pass --test TEST.csv to score the model on your own test file)")
     if metrics.get("bad_input"):
         typer.echo(f"bad input: {metrics['bad_input']}")
 
@@ -200,8 +256,12 @@ def evaluate(
     if out:
         from .evaluation import write_report
 
+        trained = {k: v for k, v in (pred.config.get("metrics") or {}).items()  # fit's facts, kept in the bundle
+                   if k in ("best_epoch", "epochs_run", "train_seconds", "rows", "split_source", "plan")}
         write_report(out, {"test": m, "contribution": c, "task": pred.task.name,
-                           "fusion": pred.config["model"]["model"]["fusion"], "inputs": pred.model.names},
+                           "fusion": pred.config["model"]["model"]["fusion"], "inputs": pred.model.names,
+                           "evaluated": {"bundle": str(bundle), "table": str(data), "rows": m.get("n")},
+                           "blank_target_rows": m.get("blank_target_rows"), "training": trained},
                      pred.target.classes_)
         typer.echo(f"report written to {out}")
 
@@ -260,6 +320,22 @@ def fusions():
 
     for name, line in describe_fusions().items():
         typer.echo(f"{name:16s} {line}")
+
+
+@app.command("config")
+def config_(
+    defaults: bool = typer.Option(False, "--defaults", help="Print every setting at its default, as a YAML file "
+                                                            "for --config with a comment on each key."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print it as Markdown (docs/config.md is this output)."),
+):
+    """The settings reference: every key of a --config file, its default, allowed values and meaning."""
+    from .config import settings_reference
+    from .errors import MmfuseError
+
+    if not defaults:
+        raise MmfuseError("mmfuse config: pass --defaults to print every setting at its default "
+                          "(`mmfuse config --defaults > cfg.yaml`, then keep the keys you change)")
+    typer.echo(settings_reference(markdown=markdown), nl=False)
 
 
 @app.command()
@@ -350,7 +426,7 @@ def main(argv=None) -> None:
     except SystemExit:
         raise
     except Exception as e:  # usage errors of click (or of the click typer carries): a typo'd option or command
-        if "--debug" not in args and hasattr(e, "show") and hasattr(e, "exit_code"):
+        if not _state["debug"] and hasattr(e, "show") and hasattr(e, "exit_code"):  # --debug before the command
             e.show()  # one usage line, with click's own "Did you mean"
             sys.exit(e.exit_code)
         if type(e).__name__ == "Abort":  # Ctrl-C at a prompt

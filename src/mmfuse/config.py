@@ -10,34 +10,32 @@ from typing import Any, Optional
 
 from .errors import MmfuseError
 
-__all__ = ["ModelConfig", "TrainConfig", "from_dict", "validate", "CONSTRAINTS"]
+__all__ = ["ModelConfig", "TrainConfig", "from_dict", "validate", "CONSTRAINTS", "setting_help", "settings_reference"]
+
+
+def _doc(default=dataclasses.MISSING, help: str = "", factory=dataclasses.MISSING):
+    """A dataclass field whose meaning lives in ``metadata["help"]``: the one source of the settings
+    reference (``mmfuse config --defaults``, ``docs/config.md``) and of the command line's help."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
 
 
 @dataclass
 class ModelConfig:
-    """What the model is made of.
+    """What the model is made of. Each field's meaning is its ``metadata["help"]``;
+    ``mmfuse config --defaults`` prints them all (and ``docs/config.md`` holds the same reference)."""
 
-    Attributes:
-        fusion: A registered fusion name (``mmfuse fusions`` lists them).
-        fusion_kwargs: Extra arguments of that fusion (e.g. ``{"weights": [0.7, 0.3]}``).
-        dim: Width D of the fused representation (and of each encoder's output unless set).
-        encoders: Per input name or modality, ``{"name": encoder, **kwargs}``; for a pretrained
-            model ``{"name": "hf", "model": id_or_folder, "train": "frozen"|"full"|"last",
-            "last_n": 2, "pooling": "mean", "max_length": 128, "cache": True}``.
-        head_hidden: Hidden width of the prediction head.
-        dropout: Dropout in the head.
-        modality_dropout: Probability of dropping each input of each row in training.
-        aux_weight: Weight of the auxiliary unimodal losses (0 disables them).
-    """
-
-    fusion: str = "concat"
-    fusion_kwargs: dict = field(default_factory=dict)
-    dim: int = 128
-    encoders: dict = field(default_factory=dict)
-    head_hidden: int = 128
-    dropout: float = 0.1
-    modality_dropout: float = 0.0
-    aux_weight: float = 0.0
+    fusion: str = _doc("concat", "A registered fusion name (`mmfuse fusions` lists them).")
+    fusion_kwargs: dict = _doc(help='Extra arguments of that fusion (e.g. `{"weights": [0.7, 0.3]}`).',
+                               factory=dict)
+    dim: int = _doc(128, "Width D of the fused representation (and of each encoder's output unless set).")
+    encoders: dict = _doc(help='Per input name or modality, `{"name": encoder, **kwargs}`; for a pretrained model '
+                               '`{"name": "hf", "model": id_or_folder, "train": "frozen"/"full"/"last", "last_n": 2, '
+                               '"pooling": "mean", "max_length": 128, "cache": true}`. Unset: the modality\'s default '
+                               'encoder.', factory=dict)
+    head_hidden: int = _doc(128, "Hidden width of the prediction head.")
+    dropout: float = _doc(0.1, "Dropout in the head.")
+    modality_dropout: float = _doc(0.0, "Probability of dropping each input of each row in training.")
+    aux_weight: float = _doc(0.0, "Weight of the auxiliary unimodal losses (0 disables them).")
 
     def __post_init__(self):  # every way of making a config (Python, CLI, config file, replace) is checked
         validate(self)
@@ -45,62 +43,47 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """How the model is trained.
+    """How the model is trained. Each field's meaning is its ``metadata["help"]``;
+    ``mmfuse config --defaults`` prints them all (and ``docs/config.md`` holds the same reference)."""
 
-    Attributes:
-        epochs: Maximum epochs.
-        batch_size: Rows per batch.
-        lr: Peak learning rate of AdamW.
-        backbone_lr: Peak learning rate of fine-tuned pretrained backbones (lower than ``lr``).
-        layer_decay: Layer-wise learning-rate decay for backbones: layer i of L gets
-            ``backbone_lr * layer_decay^(L-1-i)`` (1.0: the same rate for every layer).
-        weight_decay: AdamW weight decay (not applied to biases and norms).
-        warmup: Fraction of the steps with a linear warm-up before the cosine decay.
-        grad_clip: Clip the gradient norm to this (0 disables).
-        patience: Early stopping after this many epochs without improvement of the monitored metric.
-        max_time: Stop after this many seconds (None: no limit).
-        precision: ``auto`` (bf16/fp16 mixed on GPU, 32 on CPU) or a Lightning precision string.
-        accelerator: ``auto``, ``cpu`` or ``gpu``.
-        seed: Seed for weights, data order, augmentation and splits.
-        num_workers: DataLoader workers decoding files.
-        cache: ``memory``, a folder, or None.
-        group_by_length: Batch training texts of similar length together, so that fine-tuned
-            text backbones spend less time on padding (None: on when a pretrained text
-            backbone is trained, off otherwise).
-        class_weight: None, ``balanced`` or a list of per-class weights.
-        regression_loss: ``mse`` or ``huber``.
-        decision_threshold: Binary tasks: the probability of the positive class from which a row
-            is labelled positive. A number, or a metric (``f1``, ``balanced_accuracy``,
-            ``accuracy``, ``mcc``) to choose the threshold that maximizes it on the validation rows
-            (test rows are never used); None: 0.5.
-        val_fraction, test_fraction: Split sizes when the table has no split column.
-        log: ``tensorboard``, ``csv`` or None.
-        progress: Show Lightning's progress bar.
-    """
-
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    backbone_lr: float = 3e-5
-    layer_decay: float = 1.0
-    weight_decay: float = 1e-2
-    warmup: float = 0.05
-    grad_clip: float = 1.0
-    patience: int = 5
-    max_time: Optional[float] = None
-    precision: str = "auto"
-    accelerator: str = "auto"
-    seed: int = 0
-    num_workers: int = 0
-    cache: Optional[str] = "memory"
-    group_by_length: Optional[bool] = None
-    class_weight: Any = None
-    regression_loss: str = "mse"
-    decision_threshold: Any = None
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    log: Optional[str] = "tensorboard"
-    progress: bool = True
+    epochs: int = _doc(30, "Maximum epochs.")
+    batch_size: int = _doc(64, "Rows per batch.")
+    lr: float = _doc(1e-3, "Peak learning rate of AdamW.")
+    backbone_lr: float = _doc(3e-5, "Peak learning rate of fine-tuned pretrained backbones (lower than `lr`).")
+    layer_decay: float = _doc(1.0, "Layer-wise learning-rate decay for backbones: layer i of L gets "
+                                   "`backbone_lr * layer_decay^(L-1-i)` (1.0: the same rate for every layer).")
+    weight_decay: float = _doc(1e-2, "AdamW weight decay (not applied to biases and norms).")
+    warmup: float = _doc(0.05, "Fraction of the steps with a linear warm-up before the cosine decay.")
+    grad_clip: float = _doc(1.0, "Clip the gradient norm to this (0 disables).")
+    patience: int = _doc(5, "Early stopping after this many epochs without improvement of the monitored metric.")
+    # a small MLP or CNN at lr 1e-3 needs a few hundred AdamW steps before its validation loss means much
+    min_steps: int = _doc(300, "Early stopping waits for at least this many optimizer steps, so that a small table "
+                               "(a few batches per epoch) is not stopped after a few dozen steps; `epochs` still caps "
+                               "training (0: epochs and patience alone decide).")
+    max_time: Optional[float] = _doc(None, "Stop after this many seconds (null: no limit).")
+    precision: str = _doc("auto", "`auto` (bf16/fp16 mixed on GPU, 32 on CPU) or a Lightning precision string.")
+    accelerator: str = _doc("auto", "`auto` (a GPU when there is one), `cpu` or `gpu`.")
+    seed: int = _doc(0, "Seed for weights, data order, augmentation and splits.")
+    num_workers: int = _doc(0, "DataLoader workers decoding files.")
+    cache: Optional[str] = _doc("memory", "Cache of decoded inputs: `memory`, a folder, or null (none).")
+    group_by_length: Optional[bool] = _doc(None, "Batch training texts of similar length together, so that fine-tuned "
+                                                 "text backbones spend less time on padding (null: on when a "
+                                                 "pretrained text backbone is trained, off otherwise).")
+    class_weight: Any = _doc("auto", "Loss weight per class: `auto` (`balanced` for a multiclass target whose "
+                                     "largest training class has 3 or more times the rows of its rarest, for "
+                                     "macro-F1; else all 1), null (all 1), `balanced` (N / (K * count), from the "
+                                     "training rows) or a list of per-class weights.")
+    regression_loss: str = _doc("mse", "Loss of regression targets: `mse` or `huber`.")
+    decision_threshold: Any = _doc(None, "Binary tasks: the probability of the positive class from which a row is "
+                                         "labelled positive. A number, or a metric (`f1`, `balanced_accuracy`, "
+                                         "`accuracy`, `mcc`) to choose the threshold that maximizes it on the "
+                                         "validation rows (test rows are never used); null: 0.5.")
+    val_fraction: float = _doc(0.1, "Fraction of the rows held out for validation when no validation table or "
+                                    "split column is given.")
+    test_fraction: float = _doc(0.1, "Fraction of the rows held out for testing when no test table or split "
+                                     "column is given.")
+    log: Optional[str] = _doc("tensorboard", "Training logs in the run folder: `tensorboard`, `csv` or null.")
+    progress: bool = _doc(True, "Show Lightning's progress bar.")
 
     def __post_init__(self):
         validate(self)
@@ -165,7 +148,8 @@ def _fusion():
 
 
 def _class_weight(v) -> bool:
-    return v is None or v == "balanced" or (isinstance(v, (list, tuple)) and all(_num(x) and x > 0 for x in v))
+    return v is None or v in ("auto", "balanced") or (isinstance(v, (list, tuple))
+                                                      and all(_num(x) and x > 0 for x in v))
 
 
 def _threshold(v) -> bool:
@@ -183,13 +167,14 @@ CONSTRAINTS = {
     "epochs": lambda: _int(1), "batch_size": lambda: _int(1), "lr": lambda: _real(0, lo_open=True),
     "backbone_lr": lambda: _real(0, lo_open=True), "layer_decay": lambda: _real(0, 1, lo_open=True),
     "weight_decay": lambda: _real(0), "warmup": lambda: _real(0, 1, hi_open=True), "grad_clip": lambda: _real(0),
-    "patience": lambda: _int(0), "max_time": lambda: _real(0, lo_open=True, none=True),
+    "patience": lambda: _int(0), "min_steps": lambda: _int(0), "max_time": lambda: _real(0, lo_open=True, none=True),
     "precision": lambda: _one_of("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"),
     "accelerator": lambda: _one_of("auto", "cpu", "gpu", "cuda", "mps"), "seed": lambda: _int(0),
     "num_workers": lambda: _int(0),
     "cache": lambda: _Check(lambda v: v is None or isinstance(v, (str, os.PathLike)), "None, 'memory' or a folder"),
     "group_by_length": lambda: _one_of(None, True, False),
-    "class_weight": lambda: _Check(_class_weight, "None, 'balanced' or a list of positive numbers, one per class"),
+    "class_weight": lambda: _Check(_class_weight,
+                                   "'auto', None, 'balanced' or a list of positive numbers, one per class"),
     "regression_loss": lambda: _one_of("mse", "huber"),
     "decision_threshold": lambda: _Check(_threshold, "None, a probability in (0, 1), a list of them (multilabel), "
                                                      "or one of 'f1', 'balanced_accuracy', 'accuracy', 'mcc'"),
@@ -217,3 +202,91 @@ def validate(cfg):
         raise MmfuseError(f"settings 'val_fraction' + 'test_fraction' must be < 1 (rows are left for training); "
                           f"got {cfg.val_fraction} + {cfg.test_fraction}")
     return cfg
+
+
+# --- the settings reference, generated from the fields' metadata -----------------------------------
+def setting_help(cls, name: str) -> str:
+    """The meaning and default of one field of ``cls`` (``ModelConfig`` or ``TrainConfig``), for the
+    command line's help (e.g. "Maximum epochs. Default: 30 (train.epochs)")."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    section = "model" if cls is ModelConfig else "train"
+    return f"{f.metadata['help']} Default: {_yaml_value(_default(f))} ({section}.{name})."
+
+
+def _default(f):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _yaml_value(v) -> str:
+    import yaml
+
+    return yaml.safe_dump({"k": v}, default_flow_style=True, width=10_000).strip()[4:-1]  # "{k: V}" -> "V"
+
+
+def _run_settings() -> list[tuple[str, Any, str]]:
+    """``(name, default, help)`` of the top-level keys of a config file: the run parameters of
+    :class:`~mmfuse.api.MultimodalPredictor`, documented in its ``Args:``."""
+    import inspect
+    import re
+
+    from .api import _RUN_FIELDS, MultimodalPredictor
+
+    helps, name = {}, None
+    doc = inspect.getdoc(MultimodalPredictor)
+    for line in doc.split("Args:", 1)[1].splitlines()[1:]:
+        m = re.match(r"^    (\w+): (.*)$", line)
+        if m:
+            name = m.group(1)
+            helps[name] = m.group(2)
+        elif line.startswith("        ") and name:
+            helps[name] += " " + line.strip()
+        elif line.strip():  # a line of several names (the model and training settings), or the next section
+            name = None
+    params = inspect.signature(MultimodalPredictor.__init__).parameters
+    out = []
+    for n in _RUN_FIELDS:
+        default = params[n].default
+        required = default is inspect.Parameter.empty
+        text = helps[n].replace("``", "`") + (" Required (`mmfuse fit --target` sets it)." if required else "")
+        out.append((n, None if required else default, text))
+    return out
+
+
+def settings_reference(markdown: bool = False) -> str:
+    """Every setting of a config file, at its default, with its meaning and allowed values: the format
+    that ``mmfuse fit --config`` and :meth:`~mmfuse.api.MultimodalPredictor.from_config` accept.
+
+    Generated from the fields' ``metadata["help"]``, :data:`CONSTRAINTS` and the run parameters of
+    :class:`~mmfuse.api.MultimodalPredictor`. ``markdown=False``: a YAML file with a comment above
+    each key (``mmfuse config --defaults``); ``True``: the Markdown page ``docs/config.md``.
+    """
+    import textwrap
+
+    sections = [("", "Run settings (top level)", _run_settings())]
+    for cls, key, title in ((ModelConfig, "model", "Model settings (`model:`, ModelConfig)"),
+                            (TrainConfig, "train", "Training settings (`train:`, TrainConfig)")):
+        sections.append((key, title, [(f.name, _default(f), f"{f.metadata['help']} Allowed: "
+                                      f"{CONSTRAINTS[f.name]().allowed}.") for f in dataclasses.fields(cls)]))
+    intro = ("mmfuse settings, every one at its default: the format of `mmfuse fit --config FILE` and of "
+             "MultimodalPredictor.from_config. Keep only the keys you change; options given on the command line "
+             "win over the file.")
+    if markdown:
+        lines = ["# Configuration reference", "",
+                 "<!-- Generated by `mmfuse config --defaults --markdown > docs/config.md`; do not edit by hand. -->",
+                 "", intro.replace("mmfuse settings, every one at its default", "Every setting of mmfuse"), "",
+                 "`mmfuse config --defaults` prints the same settings as a YAML file with a comment on each key.", ""]
+        for key, title, items in sections:
+            lines += [f"## {title}", "", "| key | default | meaning |", "|---|---|---|"]
+            lines += [f"| `{n}` | `{_yaml_value(v)}` | {h.replace('|', '&#124;')} |" for n, v, h in items]
+            lines.append("")
+        return "\n".join(lines)
+    lines = [f"# {line}" for line in textwrap.wrap(intro, 98)]
+    for key, title, items in sections:
+        lines += ["", f"# --- {title} " + "-" * max(3, 90 - len(title))]
+        if key:
+            lines.append(f"{key}:")
+        pad = "  " if key else ""
+        for n, v, h in items:
+            lines += [f"{pad}# {line}" for line in textwrap.wrap(h, 98 - len(pad))]
+            lines.append(f"{pad}{n}: {_yaml_value(v)}")
+    return "\n".join(lines) + "\n"

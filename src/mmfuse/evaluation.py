@@ -96,8 +96,42 @@ def plot_contribution(contrib: dict, path: Path) -> Path:
     return path
 
 
+def fusion_label(fusion: str | None, inputs) -> str | None:
+    """The fusion as reports name it: a model of one input fuses nothing."""
+    return "none (one input)" if inputs is not None and len(inputs) == 1 else fusion
+
+
+def _summary_lines(metrics: dict) -> list[str]:
+    return [f"- task: {metrics.get('task')}", f"- inputs: {', '.join(metrics.get('inputs', []))}",
+            f"- fusion: {fusion_label(metrics.get('fusion'), metrics.get('inputs'))}"]
+
+
+def _training_lines(t: dict) -> list[str]:
+    """Best epoch (counted from 1, like the learning curves and the "resumed after epoch" line),
+    training time and rows, where ``t`` (fit's metrics) records them."""
+    lines = []
+    if t.get("best_epoch") is not None and t.get("epochs_run"):
+        lines.append(f"- best epoch: {t['best_epoch'] + 1} of {t['epochs_run']} (epochs counted from 1)")
+    if t.get("train_seconds") is not None:
+        lines.append(f"- training time: {t['train_seconds']:.1f} s")
+    if t.get("rows") and not t.get("plan"):  # the plan says the same, with where the rows come from
+        lines.append("- rows: " + ", ".join(f"{k} {v}" for k, v in t["rows"].items())
+                     + (f" ({t['split_source']})" if t.get("split_source") else ""))
+    return lines
+
+
+def _plan_lines(t: dict) -> list[str]:
+    from .pipeline import format_plan
+
+    return [f"- {x}" for x in format_plan(t["plan"])] if t.get("plan") else []
+
+
 def write_report(run_dir: Path, metrics: dict, classes: list | None = None) -> None:
-    """``metrics.json`` plus a readable ``report.md`` (and PNG plots) in the run folder."""
+    """``metrics.json`` plus a readable ``report.md`` (and PNG plots) in the run folder.
+
+    ``metrics`` is what fit measured (``best_epoch``, ``train_seconds``, ``plan``, ...); for an
+    evaluation it holds the evaluation's metrics under ``test``, ``evaluated`` (bundle, table,
+    rows) and the bundle's training facts under ``training`` (reported as such)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
@@ -109,17 +143,22 @@ def write_report(run_dir: Path, metrics: dict, classes: list | None = None) -> N
         plots["confusion matrix"] = plot_confusion(test["confusion_matrix"], classes, run_dir / "confusion_matrix.png").name
     if metrics.get("contribution"):
         plots["modality contribution"] = plot_contribution(metrics["contribution"], run_dir / "contribution.png").name
-    lines = ["# mmfuse run report", "", f"- task: {metrics.get('task')}", f"- fusion: {metrics.get('fusion')}",
-             f"- inputs: {', '.join(metrics.get('inputs', []))}",
-             f"- best epoch: {metrics.get('best_epoch')} of {metrics.get('epochs_run')}",
-             f"- training time: {metrics.get('train_seconds', 0):.1f} s"]
-    if metrics.get("rows"):
-        lines.append("- rows: " + ", ".join(f"{k} {v}" for k, v in metrics["rows"].items())
-                     + (f" ({metrics['split_source']})" if metrics.get("split_source") else ""))
+    training = metrics.get("training")  # evaluate: the training facts kept in the bundle
+    lines = ["# mmfuse run report" if training is None else "# mmfuse evaluation report", ""]
+    lines += _summary_lines(metrics) + (_training_lines(metrics) if training is None else [])
+    ev = metrics.get("evaluated")
+    if ev:
+        lines.append(f"- evaluated: bundle {ev['bundle']} on {ev['table']}, {ev['rows']} rows")
     if metrics.get("blank_target_rows"):
-        rows = [r for v in metrics["blank_target_rows"].values() for r in v]
+        rows = metrics["blank_target_rows"]
+        rows = [r for v in rows.values() for r in v] if isinstance(rows, dict) else list(rows)
         lines.append(f"- left out for a blank target: {len(rows)} rows ({', '.join(map(str, rows[:20]))}"
                      f"{', ...' if len(rows) > 20 else ''})")
+    if training is not None:
+        lines += ["", "## training (from the bundle)", ""] + (_training_lines(training) or ["- not recorded"])
+        lines += _plan_lines(training)
+    else:
+        lines += ["", "## plan", ""] + _plan_lines(metrics) if metrics.get("plan") else []
     lines.append("")
     for split in ("val", "test"):
         m = metrics.get(split)

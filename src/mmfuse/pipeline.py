@@ -30,7 +30,8 @@ from .config import ModelConfig, TrainConfig
 from .errors import MmfuseError
 
 __all__ = ["select_inputs", "infer_task_of", "Splits", "split_table", "fit_target", "fit_preprocessors", "FitData", "make_datasets",
-           "build_model", "train", "choose_threshold_and_score", "fit_fingerprint"]
+           "build_model", "train", "choose_threshold_and_score", "fit_fingerprint",
+           "describe_plan", "format_plan"]
 
 
 # --- 1. schema and inputs -------------------------------------------------------------------
@@ -64,8 +65,10 @@ def select_inputs(table, target: str, columns: Mapping[str, str] | None = None, 
     used = {c for s in specs for c in s.columns}
     data_roles = (Role.TEXT, Role.IMAGE, Role.AUDIO, Role.NUMERIC, Role.CATEGORICAL, Role.TIMESERIES)
     roles = {c: (r if r not in data_roles or c in used else Role.IGNORE) for c, r in schema.roles.items()}
+    reasons = {c: (schema.reasons.get(c, "") if roles[c] is r else f"not read by the chosen inputs (a {r.value} column)")
+               for c, r in schema.roles.items()}
     names = {s.name for s in specs}
-    return Schema(roles, schema.reasons, {g: cols for g, cols in schema.groups.items() if g in names}), sorted(names)
+    return Schema(roles, reasons, {g: cols for g, cols in schema.groups.items() if g in names}), sorted(names)
 
 
 def infer_task_of(table, target: str) -> str:
@@ -89,8 +92,13 @@ class Splits:
     Attributes:
         train, val, test: DataFrames (``test`` may be empty).
         root: Folder that relative file paths are resolved against.
-        source: Where the split comes from (``"split column 'split'"``, ``"groups of 'subject'"``,
-            ``"stratified random"``, ``"random"``, ``"given tables"``).
+        source: Where the validation and test rows come from, in words, as
+            ``"validation: <label>; test: <label>"`` (the two entries of ``labels``).
+        labels: ``{"val": ..., "test": ...}``, each where those rows come from: a given table
+            (``"val.csv"``), ``"held-out 10% of data.csv, stratified random"``, ``"held-out 10%
+            of the groups of 'subject' in data.csv"``, ``"rows of data.csv with split column
+            'split' = val"``, or ``"none"`` (no test rows: ``val`` was given without ``test``,
+            or the test fraction is 0).
         blank_target: Row ids left out because their target cell is blank, per split.
         task: The kind of task the split was made for (stratified for classification); pass it to
             :func:`fit_target` so that both steps agree.
@@ -103,6 +111,7 @@ class Splits:
     source: str
     blank_target: dict = field(default_factory=dict)
     task: str | None = None
+    labels: dict = field(default_factory=dict)
 
     def counts(self) -> dict:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -111,13 +120,20 @@ class Splits:
         return sum(len(v) for v in self.blank_target.values())
 
 
+# A validation split smaller than this (rows, or rows of one class) makes early stopping noisy.
+SMALL_VAL_ROWS, SMALL_VAL_CLASS_ROWS = 500, 30
+
+
 def split_table(table, schema, target: str, task: str | None = None, val=None, test=None, val_fraction: float = 0.1,
                 test_fraction: float = 0.1, seed: int = 0, on_blank_target: str = "drop") -> Splits:
     """Split the table into training, validation and test rows.
 
-    Without ``val``, the validation rows come from a split column, a group split, or a random
-    split of ``val_fraction`` (stratified by class for classification); likewise the test rows
-    with ``test_fraction`` unless ``test`` is given. ``val``/``test`` may be tables, DataFrames or paths.
+    Without ``val``, the validation rows come from a split column, a group split (a column of
+    role ``group``), or a random split of ``val_fraction`` (stratified by class for
+    classification); likewise the test rows with ``test_fraction`` unless ``test`` is given.
+    With ``val`` but no ``test`` there are no test rows: every row of the table trains.
+    ``val``/``test`` may be tables, DataFrames or paths. :attr:`Splits.labels` and
+    :attr:`Splits.source` say where each split comes from.
 
     Rows whose target cell is blank cannot be learned from nor scored: with ``on_blank_target="drop"``
     they are left out of every split and listed in :attr:`Splits.blank_target`; ``"raise"`` refuses them.
@@ -125,14 +141,21 @@ def split_table(table, schema, target: str, task: str | None = None, val=None, t
     When ``task`` is None its kind is inferred from the training rows where the split is known
     beforehand (split column, group split, given tables), and from all labelled rows for a random
     split, which needs the kind to stratify; it is kept in :attr:`Splits.task`.
+
+    Warns when the validation rows are few (under :data:`SMALL_VAL_ROWS`, or under
+    :data:`SMALL_VAL_CLASS_ROWS` of some class): early stopping then follows noise.
     """
     from .io import read_table
     from .schema import Role
-    from .splits import split_rows
+    from .splits import can_stratify, split_rows
     from .tasks import Task, create_task, infer_task
 
     df = table.df
-    infer_task_of(table, target)  # the column exists
+    if target not in df.columns:
+        from ._registry import unknown_name_message
+        from .errors import SchemaError
+
+        raise SchemaError(unknown_name_message("target column", target, df.columns))
     blank: dict[str, list] = {}
     rows = Task(target)  # blank cells mean the same for every kind of task
 
@@ -147,6 +170,11 @@ def split_table(table, schema, target: str, task: str | None = None, val=None, t
             blank[name] = part.index[mask].tolist()
         return part[~mask]
 
+    def given(data) -> tuple[pd.DataFrame, str]:
+        t = read_table(data, root=table.root)
+        return t.df, ("the given table" if t.source == "<DataFrame>" else t.source)
+
+    data_name = "the training table" if table.source == "<DataFrame>" else table.source
     if val is None:
         labelled = keep("train", df)
         if len(labelled) < 5:
@@ -157,18 +185,36 @@ def split_table(table, schema, target: str, task: str | None = None, val=None, t
         known = schema.columns_with(Role.SPLIT) or schema.columns_with(Role.GROUP)
         kind = task if task is not None or known else infer_task(labelled[target])
         strat = create_task(kind, target).stratify(labelled) if kind is not None else None
-        parts = split_rows(labelled, schema, val_fraction, test_fraction if test is None else 0.0, seed, strat)
+        test_part = test_fraction if test is None else 0.0
+        strat = strat if can_stratify(strat, val_fraction, test_part) else None  # as split_rows decides
+        parts = split_rows(labelled, schema, val_fraction, test_part, seed, strat)
         tr, va = labelled.iloc[parts["train"]], labelled.iloc[parts["val"]]
-        te = labelled.iloc[parts["test"]] if test is None else keep("test", read_table(test, root=table.root).df)
-        if known:
-            source = f"split column {known[0]!r}" if schema.columns_with(Role.SPLIT) else f"groups of {known[0]!r}"
+        if test is None:
+            te, test_label = labelled.iloc[parts["test"]], None
         else:
-            source = "stratified random" if strat is not None else "random"
+            te, test_label = given(test)
+            te = keep("test", te)
+
+        def held_out(name: str, fraction: float) -> str:
+            if schema.columns_with(Role.SPLIT):
+                return f"rows of {data_name} with split column {known[0]!r} = {name}"
+            if known:
+                return f"held-out {fraction:.0%} of the groups of {known[0]!r} in {data_name}"
+            return f"held-out {fraction:.0%} of {data_name}, {'stratified random' if strat is not None else 'random'}"
+
+        val_label = held_out("val", val_fraction)
+        if test_label is None:
+            test_label = held_out("test", test_fraction) if len(te) else "none"
     else:
         tr = keep("train", df)
-        va = keep("val", read_table(val, root=table.root).df)
-        te = keep("test", read_table(test, root=table.root).df) if test is not None else df.iloc[:0]
-        kind, source = task, "given tables"
+        va, val_label = given(val)
+        va = keep("val", va)
+        if test is not None:
+            te, test_label = given(test)
+            te = keep("test", te)
+        else:
+            te, test_label = df.iloc[:0], "none"
+        kind = task
     if len(va) == 0:
         raise MmfuseError("no validation rows: pass val=..., add a split column, or set val_fraction > 0")
     if kind is None:
@@ -178,7 +224,31 @@ def split_table(table, schema, target: str, task: str | None = None, val=None, t
         warnings.warn(f"{n} rows with a blank target {target!r} were left out (rows "
                       f"{', '.join(map(str, [r for v in blank.values() for r in v][:10]))}"
                       f"{', ...' if n > 10 else ''})", stacklevel=2)
-    return Splits(tr, va, te, table.root, source, blank, kind)
+    _warn_small_validation(va[target], tr[target], kind)
+    labels = {"val": val_label, "test": test_label}
+    source = f"validation: {val_label}; test: {test_label}"
+    return Splits(tr, va, te, table.root, source, blank, kind, labels)
+
+
+def _warn_small_validation(y: pd.Series, y_train: pd.Series, kind: str | None) -> None:
+    """Warn when the validation rows ``y`` are too few for early stopping to follow more than noise
+    (a class of the training rows ``y_train`` absent from ``y`` counts as 0 rows)."""
+    def rows(n: int) -> str:
+        return f"{n} row{'' if n == 1 else 's'}"
+
+    small = []
+    if len(y) < SMALL_VAL_ROWS:
+        small.append(f"{rows(len(y))} (fewer than {SMALL_VAL_ROWS})")
+    if kind in ("binary", "multiclass"):
+        counts = y.astype(str).value_counts().reindex(sorted(set(y_train.astype(str)) | set(y.astype(str))),
+                                                      fill_value=0)
+        if counts.min() < SMALL_VAL_CLASS_ROWS:
+            small.append(f"{rows(counts.min())} of class {counts.idxmin()!r} (fewer than {SMALL_VAL_CLASS_ROWS})")
+    if small:
+        warnings.warn(f"the validation split is small: {' and '.join(small)}; early stopping and the best epoch "
+                      "will follow noise, and its metrics vary from seed to seed. Use more validation rows "
+                      "(val_fraction, --val), or compare settings by cross-validation (several fits, each with "
+                      "another fold as its split column)", stacklevel=3)
 
 
 # --- 3. the target and the preprocessors ----------------------------------------------------
@@ -321,3 +391,63 @@ def choose_threshold_and_score(predictor, data: FitData, tcfg: TrainConfig, cont
         out["contribution"] = {**modality_contribution(predictor, ds), "split": "test" if ds is data.test else "val"}
     return out
 
+
+
+# --- the plan of a fit, shown before training ------------------------------------------------
+def describe_plan(splits: Splits, spec: dict, preps: dict, task, data: FitData, tcfg: TrainConfig,
+                  schema=None) -> dict:
+    """What a fit is about to do, read from the objects that decide it: the inputs and the encoder
+    :func:`build_model` chose for each (``spec``), the fusion, the splits with their row counts and
+    origin, the main training settings, the class weighting (the task's :meth:`class_weights` of the
+    training rows), the device the trainer will use, and, given the ``schema`` of :func:`select_inputs`,
+    the columns left out with why (:func:`mmfuse.schema.left_out_columns`).
+
+    Returns:
+        A JSON-ready dict (kept in ``metrics["plan"]``); :func:`format_plan` writes it as lines.
+    """
+    import torch
+
+    from .evaluation import fusion_label
+    from .schema import left_out_columns
+    from .training.trainer import resolve_precision
+
+    inputs = {n: {"modality": preps[n].modality, "encoder": spec["encoders"][n]["name"]} for n in sorted(preps)}
+    fusion = fusion_label(spec["model"]["fusion"], inputs)
+    labels = getattr(splits, "labels", None) or {}
+    split = {"rows": splits.counts(), "source": splits.source,
+             **({"val_from": labels["val"], "test_from": labels["test"]} if labels else {})}
+    weights = task.class_weights(tcfg.class_weight, data.train.y)
+    if weights is None:
+        weighting = "none (every class weighs 1)" if task.classes_ else "none"
+    else:
+        pairs = [f"{c} {w:.3g}" for c, w in zip(task.classes_, weights.tolist())]
+        weighting = (f"{tcfg.class_weight if isinstance(tcfg.class_weight, str) else 'given'}: "
+                     + ", ".join(pairs[:10]) + (f", ... ({len(pairs)} classes)" if len(pairs) > 10 else ""))
+    # the trainer's rule (training/trainer.py): "auto" takes the GPU when there is one
+    device = ("gpu" if torch.cuda.is_available() else "cpu") if tcfg.accelerator == "auto" else tcfg.accelerator
+    return {"inputs": inputs, "fusion": fusion, "split": split, "epochs": tcfg.epochs, "patience": tcfg.patience,
+            "batch_size": tcfg.batch_size, "lr": tcfg.lr, "class_weight": weighting, "device": device,
+            "precision": resolve_precision(tcfg.precision, device),
+            "left_out": {} if schema is None else left_out_columns(schema)}
+
+
+def format_plan(plan: dict) -> list[str]:
+    """The lines of a :func:`describe_plan` dict, as ``fit`` prints them and ``report.md`` lists them."""
+    s = plan["split"]
+    rows = s["rows"]
+    if "val_from" in s:
+        split = (f"train {rows['train']}, validation {rows['val']} ({s['val_from']}), test {rows['test']}"
+                 + (f" ({s['test_from']})" if rows["test"] else ""))
+    else:
+        split = f"train {rows['train']}, validation {rows['val']}, test {rows['test']} ({s['source']})"
+    inputs = ", ".join(f"{n} ({v['modality']}, encoder {v['encoder']})" for n, v in plan["inputs"].items())
+    return [f"inputs: {inputs}",
+            f"fusion: {plan['fusion']}",
+            f"rows: {split}",
+            f"epochs: at most {plan['epochs']} (early stopping after {plan['patience']} without improvement); "
+            f"batch size {plan['batch_size']}; learning rate {plan['lr']:g}",
+            f"class weighting: {plan['class_weight']}",
+            f"device: {plan['device']} (precision {plan['precision']})"] + (
+        [f"left out ({len(plan['left_out'])}): " + "; ".join(f"{c} ({why})" for c, why in
+                                                           list(plan["left_out"].items())[:12])
+         + ("; ..." if len(plan["left_out"]) > 12 else "")] if plan.get("left_out") else [])

@@ -4,10 +4,29 @@ Every column gets a :class:`Role`. Columns of the data modalities form *inputs*:
 each text, image, audio and time-series column is its own input with its own encoder, and
 all numeric and categorical columns together form one ``tabular`` input (one MLP with
 categorical embeddings). The user can override any role and group columns into inputs.
+
+The rules for numbers (:func:`infer_schema` lists the others):
+
+- A cell is a number when :func:`parse_number` reads it: plain numbers, and numbers written with a
+  decimal comma (``12,5``), thousands separators (``1,000``, ``1.000,5``, ``1 000``), a currency
+  sign (``$1,000``, ``5 €``) or a percent sign (``10%`` is 0.1). Inspection and the numeric
+  preprocessor both read cells with it, so a column inspected as numeric trains as numeric.
+- A column of whole numbers that counts ``0..n-1`` or ``1..n`` (in any order, one value per row,
+  at least 20 rows) is a saved row number: an ``id``. So is a column named ``Unnamed: N`` (pandas'
+  name for a blank header, which is a saved index) when its values are distinct.
+- Whole numbers with 2 distinct values are a flag: ``categorical``.
+- Whole numbers with 3 to 10 distinct values, each seen at least twice on average, are *few codes*,
+  and the reason starts with "numeric or categorical?". A run of consecutive integers (``1..5``: a
+  rating, a count) keeps its order and is ``numeric``; values with gaps (``3, 7, 12, 40``) are codes
+  and are ``categorical``. ``--column NAME=ROLE`` overrides either choice.
+- ``id`` and ``ignore`` columns are not used for training; :func:`left_out_columns` lists them with
+  the reasons.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -23,7 +42,7 @@ from .errors import SchemaError
 from .io import read_table
 
 __all__ = ["Role", "Modality", "Schema", "InputSpec", "infer_schema", "describe_schema", "parse_column_overrides",
-           "is_missing", "missing_mask"]
+           "is_missing", "missing_mask", "parse_number", "to_numbers", "left_out_columns"]
 
 
 class Role(str, Enum):
@@ -69,6 +88,9 @@ TIMESERIES_EXT = {".npy", ".csv", ".tsv", ".parquet"}
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
 _AUDIO_MAGIC = (b"RIFF", b"fLaC", b"OggS", b"ID3", b"FORM")
 _ID_NAME = re.compile(r"(^|_|\b)(id|uuid|key)$", re.I)
+_UNNAMED = re.compile(r"^Unnamed: \d+$")  # pandas' name for a blank header: a saved index
+_MIN_COUNTER_ROWS = 20  # fewer rows that count 0..n-1 are too weak a sign of a saved row number
+_FEW_CODES = 10  # whole numbers with at most this many distinct values: "numeric or categorical?"
 _SAMPLE = 200
 _SPLIT_VALUES = {"train", "val", "valid", "validation", "dev", "test"}
 
@@ -215,10 +237,16 @@ def infer_schema(data, target: str | None = None, overrides: Mapping[str, Role |
     """Give every column a role by explainable rules, then apply the user's overrides.
 
     Rules, in order: the target; the user's overrides; all-missing columns are ignored;
+    ``Unnamed: N`` columns with one value per row are ids; columns of numbers follow the rules
+    in the module docstring (row counters are ids, flags and gapped codes categorical);
     bytes cells are sniffed by magic number; list cells are time series; strings that end
     in a known file extension are image/audio/timeseries paths (checked for existence
-    under the root); values that parse as numbers are numeric; id-like names with one
+    under the root); values that :func:`parse_number` reads are numeric; id-like names with one
     value per row are ids; long strings (mean >= 4 words) are text; the rest categorical.
+
+    A group may name columns by glob pattern (``{"fac": ["fac_*"]}``): a pattern stands for the
+    matching columns with a data role (text, image, audio, timeseries, numeric, categorical), in
+    table order. A group of numeric and categorical columns is a tabular input of that name.
 
     Args:
         data: A table, DataFrame or path.
@@ -250,7 +278,25 @@ def infer_schema(data, target: str | None = None, overrides: Mapping[str, Role |
             roles[c], reasons[c] = Role.parse(overrides[c], f"role for column {c!r}"), "set by the user"
         else:
             roles[c], reasons[c] = _infer_column(df[c], c, table.root)
-    return Schema(roles, reasons, {k: list(v) for k, v in groups.items()}).validate(df)
+    groups = {k: _expand_group(k, v, roles) for k, v in groups.items()}
+    return Schema(roles, reasons, groups).validate(df)
+
+
+def _expand_group(name: str, cols, roles: Mapping[str, Role]) -> list[str]:
+    """A group's columns with glob patterns (``fac_*``) replaced by the data columns they match."""
+    if isinstance(cols, str):  # "a,b" from a YAML file
+        cols = [c.strip() for c in cols.split(",") if c.strip()]
+    out: list[str] = []
+    for c in cols:
+        if c in roles or not any(ch in str(c) for ch in "*?["):
+            hits = [c]
+        else:
+            hits = [k for k, r in roles.items() if r in _ROLE_MODALITY and fnmatch.fnmatchcase(str(k), c)]
+            if not hits:
+                raise SchemaError(unknown_name_message(f"column pattern in group {name!r}:", c, roles) + " (a "
+                                  "pattern matches text, image, audio, timeseries, numeric and categorical columns)")
+        out += [h for h in hits if h not in out]
+    return out
 
 
 def _infer_column(s: pd.Series, name: str, root: Path) -> tuple[Role, str]:
@@ -260,16 +306,11 @@ def _infer_column(s: pd.Series, name: str, root: Path) -> tuple[Role, str]:
         return Role.IGNORE, "every value is missing"
     if pd.api.types.is_bool_dtype(s):
         return Role.CATEGORICAL, "boolean values"
+    if _UNNAMED.match(str(name)) and nonnull.astype(str).nunique() == n:
+        return Role.ID, (f"named {name!r}, pandas' name for a blank header, with a distinct value per row: a saved "
+                         f"row index; not used for training (pass --column '{name}=numeric' to use it)")
     if pd.api.types.is_numeric_dtype(s):
-        nunique = nonnull.nunique()
-        if _ID_NAME.search(name) and pd.api.types.is_integer_dtype(s):
-            if nunique == n:
-                return Role.ID, f"id-like name and {nunique} distinct integers, one per row"
-            return Role.CATEGORICAL, f"id-like name with {nunique} distinct integers shared by rows: a category"
-        kind = "integer" if pd.api.types.is_integer_dtype(s) else "float"
-        if nunique <= 2 and kind == "integer":
-            return Role.CATEGORICAL, f"{kind} values with only {nunique} distinct values"
-        return Role.NUMERIC, f"{kind} values, {nunique} distinct"
+        return _infer_number_column(nonnull.astype(float), n, name, pd.api.types.is_integer_dtype(s))
     sample = nonnull.iloc[np.unique(np.linspace(0, len(nonnull) - 1, min(len(nonnull), _SAMPLE)).astype(int))]
     first = sample.iloc[0]
     if isinstance(first, (bytes, bytearray, memoryview, dict)):
@@ -299,25 +340,164 @@ def _infer_column(s: pd.Series, name: str, root: Path) -> tuple[Role, str]:
         values = set(nonnull.astype(str).str.strip().str.lower().unique())
     if values <= _SPLIT_VALUES and {"train"} <= values and len(values) >= 2:
         return Role.SPLIT, f"values {sorted(values)} name data splits"
-    numeric = pd.to_numeric(strs, errors="coerce")
+    numeric = pd.Series(to_numbers(strs), index=strs.index)
     ok = float(numeric.notna().mean())
     if ok >= 0.95:
         strays = strs[numeric.isna()].unique()[:3].tolist()
         why = f"{ok:.0%} of sampled values parse as numbers"
+        written = strs[numeric.notna() & pd.to_numeric(strs, errors="coerce").isna()]
+        if len(written):  # read by the lenient rules of parse_number: show one, so a misreading shows
+            why += f" ({written.iloc[0].strip()!r} reads as {numeric[written.index[0]]:g})"
         if strays:
             why += f"; stray values such as {strays} will be reported as bad input"
+        x = pd.Series(to_numbers(nonnull)).dropna()  # the number rules, on every value: "1".."n" is a row number
+        role, why_number = _infer_number_column(x, n, name, False)
+        if role is not Role.NUMERIC or why_number.startswith("numeric or categorical?"):
+            return role, why_number
         return Role.NUMERIC, why
     nunique = nonnull.astype(str).nunique()
     words = float(strs.str.split().str.len().mean())
     if _ID_NAME.search(name) and nunique == n:
-        return Role.ID, f"id-like name and {nunique} distinct values, one per row"
+        return Role.ID, f"id-like name and {nunique} distinct values, one per row: an identifier; not used for training"
     if words >= 4:
         return Role.TEXT, f"free text: mean {words:.1f} words per value, {nunique} distinct values"
     if nunique == n and n > 50 and words < 4:
-        return Role.ID, f"{nunique} distinct short values, one per row"
+        return Role.ID, (f"{nunique} distinct short values, one per row: an identifier; not used for training "
+                         f"(pass --column '{name}=text' to read them as text)")
     if nunique > max(50, 0.5 * len(nonnull)):
         return Role.TEXT, f"{nunique} distinct values in {len(nonnull)} rows (too many for categories)"
     return Role.CATEGORICAL, f"{nunique} distinct values, mean {words:.1f} words each"
+
+
+def _infer_number_column(x: pd.Series, n: int, name: str, integer_dtype: bool) -> tuple[Role, str]:
+    """The role of a column of numbers ``x`` (its non-missing cells, as floats) in a table of ``n`` rows;
+    the rules are in the module docstring."""
+    nunique = x.nunique()
+    whole = integer_dtype or bool(np.all(np.mod(x.to_numpy(), 1) == 0))
+    kind = "whole numbers" if whole else "decimal numbers"
+    if whole and nunique == n and n >= _MIN_COUNTER_ROWS and x.min() in (0, 1) and x.max() - x.min() == n - 1:
+        return Role.ID, (f"counts {x.min():g}..{x.max():g}, one value per row: a saved row number; not used for "
+                         f"training (pass --column '{name}=numeric' to use it)")
+    if _ID_NAME.search(name) and whole:
+        if nunique == n:
+            return Role.ID, (f"id-like name and {nunique} distinct integers, one per row: an identifier; "
+                             "not used for training")
+        return Role.CATEGORICAL, f"id-like name with {nunique} distinct integers shared by rows: a category"
+    if whole and nunique <= 2:
+        return Role.CATEGORICAL, f"{kind} with only {nunique} distinct values: a flag"
+    if whole and nunique <= _FEW_CODES and len(x) >= 2 * nunique:
+        values = np.sort(x.unique())
+        if values[-1] - values[0] == nunique - 1:
+            return Role.NUMERIC, (f"numeric or categorical? {nunique} distinct integers {values[0]:g}..{values[-1]:g}: "
+                                  f"read as numeric; pass --column '{name}=categorical' to treat them as categories")
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if nunique > 6 else "")
+        return Role.CATEGORICAL, (f"numeric or categorical? {nunique} distinct integers with gaps ({shown}): read as "
+                                  f"category codes; pass --column '{name}=numeric' to read them as numbers")
+    return Role.NUMERIC, f"{kind}, {nunique} distinct"
+
+
+_CURRENCY = "$€£¥₹₩₽¢"
+_GROUP_MARKS = " '\u00a0\u202f"  # space, apostrophe, no-break spaces: only ever thousands separators
+
+
+def parse_number(v) -> float | None:
+    """A cell as a float, or ``None`` when it is not a number: the one answer to "is this a number?"
+    in mmfuse (inspection and the numeric preprocessor both ask it).
+
+    Reads what ``float`` reads (``12.5``, ``1e3``, ``nan``), and numbers written for people: a decimal
+    comma (``12,5``), thousands separators (``1,000``, ``1.000.000``, ``1,000.5``, ``1.000,5``,
+    ``1 000``, ``1'000``), a currency sign before or after (``$1,000``, ``-$5``, ``5 €``) and a
+    trailing percent sign (``10%`` is 0.1). When a number has both ``,`` and ``.``, the last one is
+    the decimal mark; a single ``.`` is always one (``1.000`` is 1, as ``float`` reads it). A single
+    ``,`` with exactly three digits after it and one to three digits before, not starting with 0,
+    is a thousands separator (``1,000`` is 1000; ``0,125`` is 0.125); any other single ``,`` is a
+    decimal comma (``12,5``). Missing cells are not numbers: ask :func:`is_missing` first.
+    """
+    if isinstance(v, (bool, np.bool_)):
+        return float(v)
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return float(v)
+    if not isinstance(v, str):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return None
+    s = v.strip()
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    scale = 1.0
+    if s.endswith("%"):
+        s, scale = s[:-1].rstrip(), 0.01
+    sign = 1.0
+    if s[:1] in ("-", "+"):
+        sign, s = (-1.0 if s[0] == "-" else 1.0), s[1:].lstrip()
+    if s[:1] and s[0] in _CURRENCY:
+        s = s[1:].lstrip()
+    elif s[-1:] and s[-1] in _CURRENCY:
+        s = s[:-1].rstrip()
+    if s[:1] == "-" and sign > 0:  # "$-5"
+        sign, s = -1.0, s[1:].lstrip()
+    if not re.fullmatch(r"\d[\d.,'\s\u00a0\u202f]*\d|\d", s):
+        return None
+    marks = [ch for ch in s if not ch.isdigit()]
+    decimal = None
+    if "," in marks and "." in marks:
+        decimal = max((",", "."), key=s.rfind)
+    elif marks.count(".") == 1:
+        decimal = "."
+    elif marks.count(",") == 1:
+        head, tail = s.rsplit(",", 1)
+        if len(tail) != 3 or not re.fullmatch(r"[1-9]\d{0,2}", head):
+            decimal = ","
+    whole, frac = s.rsplit(decimal, 1) if decimal else (s, "")
+    if decimal and not frac.isdigit():
+        return None
+    seps = {ch for ch in whole if not ch.isdigit()}
+    if len(seps) > 1 or seps and not re.fullmatch(r"[1-9]\d{0,2}(" + re.escape(next(iter(seps))) + r"\d{3})+", whole):
+        return None
+    x = float("".join(ch for ch in whole if ch.isdigit()) + ("." + frac if frac else ""))
+    return sign * x * scale
+
+
+def to_numbers(values) -> np.ndarray:
+    """:func:`parse_number` of every cell, as ``float64 [n]``; missing cells and non-numbers are NaN."""
+    s = pd.Series(values) if not isinstance(values, pd.Series) else values
+    x = pd.to_numeric(s, errors="coerce").astype(float).to_numpy(copy=True)  # the fast path: plain numbers
+    for i in np.flatnonzero(np.isnan(x)):
+        v = s.iloc[i]
+        if isinstance(v, str) and not is_missing(v):
+            p = parse_number(v)
+            x[i] = math.nan if p is None else p
+    return x
+
+
+def left_out_columns(schema: Schema, inputs: Iterable[str] | None = None) -> dict[str, str]:
+    """The columns that training leaves out, each with why: ``{column: "id: <reason>"}``, in table order.
+
+    Args:
+        schema: A schema from :func:`infer_schema` (not the one ``select_inputs`` returns, which
+            has already set the unread columns to ``ignore`` and so hides why).
+        inputs: The names of the inputs kept for training (default: all of ``schema.inputs()``); data
+            columns that no kept input reads are listed as "not read by the chosen inputs".
+
+    Returns:
+        Column -> ``"<role>: <reason>"`` for every ``id`` and ``ignore`` column, and every data column
+        that no kept input reads. Target, group and split columns are used, so they are not listed.
+    """
+    specs = schema.inputs()
+    if inputs is not None:
+        keep = set(inputs)
+        specs = [s for s in specs if s.name in keep]
+    read = {c for s in specs for c in s.columns}
+    out = {}
+    for c, r in schema.roles.items():
+        if r in (Role.ID, Role.IGNORE):
+            out[c] = f"{r.value}: {schema.reasons.get(c, '')}".rstrip(": ")
+        elif r in _ROLE_MODALITY and c not in read:
+            out[c] = f"{r.value}: not read by the chosen inputs"
+    return out
 
 
 def _bytes_of(v) -> bytes:
@@ -374,15 +554,30 @@ def describe_schema(schema: Schema, data, root=None) -> pd.DataFrame:
     """The inferred schema as a table: column, role, input, why, missing count, example value."""
     table = read_table(data, root=root)
     df = table.df
-    owner = {c: spec.name for spec in schema.inputs() for c in spec.columns}
+    owner: dict[str, list[str]] = {}  # a numeric column in a text group feeds that input and the tabular one
+    for spec in schema.inputs():
+        for c in spec.columns:
+            owner.setdefault(c, []).append(spec.name)
     rows = []
     for c, r in schema.roles.items():
         s = df[c]
         mask = missing_mask(s)
         missing = int(mask.sum())
         ex = s[~mask]
-        rows.append({"column": c, "role": r.value, "input": owner.get(c, ""), "why": schema.reasons.get(c, ""),
+        rows.append({"column": c, "role": r.value, "input": ", ".join(owner.get(c, [])),
+                     "why": schema.reasons.get(c, ""),
                      "missing": missing, "example": _short(ex.iloc[0]) if len(ex) else ""})
+    if schema.columns_with(Role.IMAGE):  # warn, as fit will, of images whose shape the default size cuts
+        import warnings
+
+        from .preprocessing._base import ReadContext
+        from .preprocessing.image import ImagePreprocessor
+
+        for c in schema.columns_with(Role.IMAGE):
+            note = ImagePreprocessor([c]).aspect_warning(df, ReadContext(table.root))
+            if note:
+                warnings.warn(f"{note} (the default size and resize; fit takes --image-size/--image-resize)",
+                              stacklevel=2)
     return pd.DataFrame(rows)
 
 

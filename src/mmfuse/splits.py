@@ -10,6 +10,16 @@ from .schema import Role, Schema
 _NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 
 
+def can_stratify(labels: np.ndarray | None, val_fraction: float, test_fraction: float) -> bool:
+    """Whether a random split can be stratified by ``labels``: one label per row, every class with at
+    least 3 rows, and each held-out part large enough to hold one row of every class."""
+    if labels is None or labels.ndim != 1 or len(labels) == 0:
+        return False
+    classes, counts = np.unique(labels, return_counts=True)
+    parts = [f for f in (val_fraction, test_fraction) if f > 0]
+    return counts.min() >= 3 and all(int(np.ceil(f * len(labels))) >= len(classes) for f in parts)
+
+
 def split_rows(df: pd.DataFrame, schema: Schema, val_fraction: float, test_fraction: float, seed: int,
                stratify: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Row positions per split.
@@ -50,9 +60,7 @@ def split_rows(df: pd.DataFrame, schema: Schema, val_fraction: float, test_fract
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(n)
-    strat = stratify
-    if strat is not None and (strat.ndim != 1 or np.unique(strat, return_counts=True)[1].min() < 3):
-        strat = None
+    strat = stratify if can_stratify(stratify, val_fraction, test_fraction) else None
     out = {"test": np.zeros(0, int)}
     rest = idx
     if test_fraction > 0:

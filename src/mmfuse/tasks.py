@@ -143,8 +143,11 @@ class Task:
 
     # --- training ----------------------------------------------------------------------------
     def class_weights(self, setting, y: np.ndarray) -> torch.Tensor | None:
-        """Per-class loss weights from ``setting`` (None, ``"balanced"`` or a list) and the encoded
-        training targets ``y``. ``balanced``: ``N / (K · count_k)`` (scikit-learn's rule)."""
+        """Per-class loss weights from ``setting`` (``"auto"``, None, ``"balanced"`` or a list) and the
+        encoded training targets ``y``. ``balanced``: ``N / (K · count_k)`` (scikit-learn's rule);
+        ``auto``: what :meth:`auto_class_weight` chooses for ``y``."""
+        if isinstance(setting, str) and setting == "auto":
+            setting = self.auto_class_weight(y)
         if setting is None:
             return None
         k = len(self.classes_)
@@ -161,6 +164,11 @@ class Task:
             raise MmfuseError(f"class_weight must have {k} positive values (one per class, in the order "
                               f"{self.classes_}), got {list(w)}")
         return torch.tensor(w, dtype=torch.float32)
+
+    def auto_class_weight(self, y: np.ndarray) -> str | None:
+        """The ``class_weight`` that ``"auto"`` stands for, given the encoded training targets: None
+        (no weights) here; multiclass targets override it."""
+        return None
 
     def _counts(self, y, k):
         return np.bincount(np.asarray(y, np.int64), minlength=k).astype(float)
@@ -306,6 +314,15 @@ class _Classification(Task):
 @register_task("multiclass")
 class MulticlassTask(_Classification):
     """One label of K ≥ 2 classes per row: softmax cross-entropy, argmax labels."""
+
+    #: ``class_weight="auto"`` weights classes (``balanced``) when the most frequent training class
+    #: has at least this many times the rows of the rarest: unweighted cross-entropy then favours the
+    #: large classes, and macro-F1 (every class counts alike) drops.
+    auto_balance_ratio: ClassVar[float] = 3.0
+
+    def auto_class_weight(self, y):
+        counts = self._counts(y, len(self.classes_))
+        return "balanced" if counts.max() >= self.auto_balance_ratio * max(counts.min(), 1) else None
 
     def loss(self, logits, y, class_weights=None):
         return F.cross_entropy(logits.float(), y.long(), weight=class_weights)
@@ -568,7 +585,7 @@ class RegressionTask(Task):
         return np.asarray(out, np.float32)
 
     def class_weights(self, setting, y):
-        if setting is not None:
+        if setting is not None and setting != "auto":
             raise MmfuseError(f"class_weight applies to classification; {self.column!r} is a regression target: "
                               "leave it unset")
         return None
@@ -628,7 +645,9 @@ def infer_task(y: pd.Series, max_classes: int = 100) -> str:
     n = v.map(_key).nunique()  # 'yes' and 'yes ' are one class
     if not pd.api.types.is_numeric_dtype(v) and n > 20:
         numbers = pd.to_numeric(v, errors="coerce")
-        if numbers.notna().mean() >= 0.9:  # numbers with a few stray strings: a typo, not hundreds of classes
+        if numbers.notna().all():  # numbers written as text ("0.37" in JSON Lines): read them as numbers
+            v = numbers
+        elif numbers.notna().mean() >= 0.9:  # numbers with a few stray strings: a typo, not hundreds of classes
             row = numbers.index[numbers.isna().to_numpy()][0]
             raise InputError(row, y.name, f"holds {v[row]!r}, but the other values of this target are numbers",
                              hint="fix the cell, or set the task (task='regression' / --task regression, or "

@@ -67,7 +67,7 @@ def test_read_for_fit_passes_over_bad_rows_and_fails_when_nothing_is_read():
 
 @pytest.mark.parametrize("make,match", [
     (lambda: ImagePreprocessor(["c"], resize="zoom"), r"ImagePreprocessor: resize must be one of 'crop', 'squash', "
-                                                      r"'pad'; got 'zoom'"),
+                                                      r"'pad', 'letterbox'; got 'zoom'"),
     (lambda: ImagePreprocessor(["c"], augment=("flip", "blur")), r"ImagePreprocessor: each augment must be one of "
                                                                  r"'crop', 'flip'; got 'blur'"),
     (lambda: ImagePreprocessor(["c"], channels=2), r"ImagePreprocessor: channels must be one of None, 1, 3; got 2"),
@@ -84,7 +84,7 @@ def test_bad_settings_are_mmfuse_errors_naming_owner_setting_allowed_and_receive
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: ImagePreprocessor(["c"], size=0), "size must be an integer >= 1; got 0"),
+    (lambda: ImagePreprocessor(["c"], size=0), r"size must be a side in pixels \(64\) or WIDTHxHEIGHT .*; got 0"),
     (lambda: AudioPreprocessor(["c"], duration=-1), "duration must be a number > 0; got -1"),
     (lambda: TimeseriesPreprocessor(["c"], length=0), "length must be an integer >= 1"),
     (lambda: TextPreprocessor(["c"], max_length=0), "max_length must be an integer >= 1"),

@@ -136,3 +136,98 @@ def test_fit_that_reads_no_image_fails_naming_column_and_reasons(tmp_path):
                                           r"exist: 1, is not a readable image \(UnidentifiedImageError: .*\): 1\)\. "
                                           r"First failure: row 0, column 'im': file 'a.png' does not exist"):
         ImagePreprocessor(["im"]).fit(df, ReadContext(tmp_path))  # not the old fallback: mean 0.5, std 0.25
+
+
+# --- sizes that are not square ----------------------------------------------------------------
+from mmfuse.preprocessing.image import aspect_message, parse_image_size  # noqa: E402
+
+
+@pytest.mark.parametrize("value,expected", [(64, 64), ("64", 64), ("128x32", (128, 32)), ("128X32", (128, 32)),
+                                            ([128, 32], (128, 32)), ((128, 32), (128, 32)), ([8, 8], 8)])
+def test_image_size_is_a_side_or_a_width_height_pair(value, expected):
+    assert parse_image_size(value) == expected
+
+
+@pytest.mark.parametrize("value", [0, -3, True, "12x", "x", "wide", [128], [128, 32, 3], [12.5, 3], 2.5, None])
+def test_bad_image_size_is_refused_naming_the_setting(value, tmp_path):
+    with pytest.raises(MmfuseError, match=r"^--image-size must be a side in pixels \(64\) or WIDTHxHEIGHT"):
+        parse_image_size(value, "--image-size")
+    with pytest.raises(MmfuseError, match=r"^ImagePreprocessor: size must be"):
+        fitted(tmp_path, size=value)
+
+
+def test_non_square_crop_squash_and_letterbox_by_hand(tmp_path):
+    ctx = ReadContext(tmp_path)
+    halves(4, 4).save(tmp_path / "sq.png")  # columns 0-1 black, 2-3 white
+    halves(8, 2).save(tmp_path / "wide.png")  # columns 0-3 black, 4-7 white
+    # crop to W=2, H=4: the 4x4 image already covers 2x4, so the middle columns 1 and 2 stay
+    p = fitted(tmp_path, size=(2, 4), resize="crop", min_size=1)
+    assert p.read(["sq.png"], 0, ctx)["image"].tolist() == [[[0, 255]] * 4]
+    assert p.item_spec()["image"][0] == (1, 4, 2)  # (C, H, W)
+    # squash 4x4 to W=4, H=2: rows are all alike, so halving them keeps the values
+    p = fitted(tmp_path, size=[4, 2], resize="squash", min_size=1)
+    assert p.read(["sq.png"], 0, ctx)["image"].tolist() == [[[0, 0, 255, 255]] * 2]
+    # letterbox 8x2 into W=8, H=4: fits at scale 1, one black row above and below
+    for mode in ("letterbox", "pad"):
+        p = fitted(tmp_path, size="8x4", resize=mode, min_size=1)
+        assert p.read(["wide.png"], 0, ctx)["image"].tolist() == [[[0] * 8, [0] * 4 + [255] * 4,
+                                                                     [0] * 4 + [255] * 4, [0] * 8]]
+
+
+def wide_images(tmp_path, n=6, size=(80, 20)):
+    from conftest import write_png
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        write_png(tmp_path / f"w{i}.png", rng, size=size)
+    return pd.DataFrame({"im": [f"w{i}.png" for i in range(n)]})
+
+
+def test_fit_warns_what_a_crop_loses_of_wide_images(tmp_path):
+    df, ctx = wide_images(tmp_path), ReadContext(tmp_path)
+    with pytest.warns(UserWarning, match=r"image column 'im': the training images' median aspect ratio \(width/height\) "
+                                         r"is 4\.00 \(e\.g\. 80x20\) but size is 64x64: a center crop keeps 25% of "
+                                         r"each 80x20 image; use resize='letterbox' \(--image-resize letterbox\) or "
+                                         r"size=\(128, 32\) \(--image-size 128x32\)"):
+        ImagePreprocessor(["im"]).fit(df, ctx)
+    with pytest.warns(UserWarning, match=r"letterbox leaves 75% of each 64x64 image as padding; use size=\(128, 32\)"):
+        ImagePreprocessor(["im"], resize="letterbox").fit(df, ctx)
+    with pytest.warns(UserWarning, match=r"squashing stretches each 80x20 image 4\.0-fold out of shape"):
+        ImagePreprocessor(["im"], resize="squash").fit(df, ctx)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a size of the images' shape, or a ratio within 1.5x, gives no warning
+        ImagePreprocessor(["im"], size=(128, 32)).fit(df, ctx)
+        ImagePreprocessor(["im"], size=(48, 16)).fit(df, ctx)  # 3 vs 4: 1.33x
+    assert aspect_message([(30, 20)] * 3, 64, "crop") is None  # 1.5x exactly is tolerated
+
+
+def test_non_square_augment_keeps_shape():
+    x = torch.arange(24.0).view(1, 1, 4, 6).repeat(8, 1, 1, 1)  # (B, C, H, W)
+    assert augment_images(x, ("crop", "flip")).shape == (8, 1, 4, 6)
+
+
+def test_image_cnn_takes_non_square_and_thin_images():
+    from mmfuse.encoders import ImageCNN
+
+    enc = ImageCNN(in_channels=1, dim=8).eval()
+    pooled, tokens, _ = enc.encode(torch.randn(2, 1, 32, 128))  # (B, C, H, W)
+    assert pooled.shape == (2, 8) and tokens.shape == (2, 4 * 16, 8)  # three halvings: 32x128 -> 4x16
+    _, tokens, _ = enc.encode(torch.randn(2, 1, 4, 64))  # a side of 1 is not halved again (MaxPool2d fails)
+    assert tokens.shape == (2, 1 * 8, 8)
+
+
+def test_non_square_bundle_round_trip_gives_the_same_predictions(tmp_path):
+    from mmfuse.api import MultimodalPredictor
+
+    df = wide_images(tmp_path, n=24, size=(48, 16))
+    df["y"] = ["a", "b"] * 12
+    df.to_csv(tmp_path / "t.csv", index=False)
+    m = MultimodalPredictor(target="y", epochs=1, progress=False, log=None, batch_size=8, dim=8, head_hidden=8,
+                            contribution=False, preprocessing={"image": {"size": [24, 8], "resize": "letterbox"}})
+    m.fit(tmp_path / "t.csv")
+    m.save(tmp_path / "b")
+    m2 = MultimodalPredictor.load(tmp_path / "b")
+    assert m2.predictor_.preprocessors["im"].item_spec()["image"][0] == (1, 8, 24)
+    np.testing.assert_allclose(m2.predict_proba(tmp_path / "t.csv"), m.predict_proba(tmp_path / "t.csv"), atol=1e-6)

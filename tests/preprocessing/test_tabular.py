@@ -61,3 +61,14 @@ def test_tabular_combines_and_round_trips(tmp_path):
     for cells in ([1.0, "x"], [None, "q"], [5.0, None]):
         a, b = p.read(cells, 0, CTX), q.read(cells, 0, CTX)
         assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_numbers_written_for_people_are_read_as_inspect_reads_them():
+    # "12,5" (decimal comma), "$1,000" and "10%": numbers, with the statistics computed on them
+    p = NumericPreprocessor(["x"]).fit(pd.DataFrame({"x": ["12,5", "$1,000", "10%", "oops"]}), CTX)
+    assert p.median_[0] == 12.5  # median of 12.5, 1000, 0.1; the stray string left out
+    assert p.center_[0] == pytest.approx((12.5 + 1000 + 0.1) / 3)
+    x = p.read(["1.000,5"], 0, CTX)["num"][0]
+    assert x == pytest.approx((1000.5 - p.center_[0]) / p.scale_[0])
+    with pytest.raises(InputError, match=r"row 3, column 'x': holds '1,5,3', which is not a number"):
+        p.read(["1,5,3"], 3, CTX)

@@ -7,12 +7,23 @@ from torch import nn
 from ._base import Encoder, register_encoder
 
 
+class HalvingPool(nn.Module):
+    """2x2 max-pool that leaves a side of 1 pixel as it is (``nn.MaxPool2d(2)`` would make it 0 and
+    fail), so that a thin input (a 128x8 image, a short spectrogram) passes every block.
+    Identical to ``nn.MaxPool2d(2)`` on sides >= 2; it has no parameters."""
+
+    def forward(self, x):  # (B, C, H, W) -> (B, C, H // 2 or 1, W // 2 or 1)
+        h, w = x.shape[-2:]
+        k = (2 if h > 1 else 1, 2 if w > 1 else 1)
+        return nn.functional.max_pool2d(x, k) if k != (1, 1) else x
+
+
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
     # BatchNorm trains several times faster here than GroupNorm; it is safe with missing
     # inputs because absent rows never reach the encoder, so they never enter its statistics.
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
                          nn.ReLU(inplace=True), nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True), HalvingPool())
 
 
 def init_conv(module: nn.Module) -> None:
@@ -29,8 +40,8 @@ def init_conv(module: nn.Module) -> None:
 class ImageCNN(Encoder):
     """Conv blocks (two 3x3 convs, BatchNorm, ReLU, 2x2 max-pool each), then a 1x1 projection.
 
-    Input ``(B, C, S, S)``; tokens are the final feature map's cells ``(B, (S/2^k)^2, D)``,
-    pooled is their mean.
+    Input ``(B, C, H, W)``, any H and W (a side of 1 is no longer halved); tokens are the final
+    feature map's cells ``(B, (H/2^k)(W/2^k), D)``, pooled is their mean.
 
     Args:
         in_channels: C.

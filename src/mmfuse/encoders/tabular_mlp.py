@@ -14,7 +14,12 @@ def embedding_dim(cardinality: int) -> int:
 
 @register_encoder("tabular_mlp")
 class TabularMLP(Encoder):
-    """``[num; embed(cat_1); ...; embed(cat_k)] -> (Linear, LayerNorm, ReLU, Dropout) x n -> Linear``.
+    """``x = [num; embed(cat_1); ...; embed(cat_k)] -> (Linear, LayerNorm, ReLU, Dropout) x n -> Linear``,
+    plus ``Linear(x)`` when ``linear_skip``.
+
+    The linear skip path (the "wide" part of wide-and-deep) lets the encoder pass a linear function
+    of the columns straight through, so that on a few hundred rows, where a linear model is often
+    the best one, the model does not have to find it through the hidden layers.
 
     Input: ``{"num": (B, 2 * n_numeric), "cat": (B, n_categorical)}``. No token sequence.
 
@@ -24,16 +29,21 @@ class TabularMLP(Encoder):
         dim: D.
         hidden: Hidden layer widths.
         dropout: Dropout after each hidden layer.
+        linear_skip: Add a linear map of the input to the output. New models get it (see
+            :meth:`preprocessor_kwargs`); the constructor's default stays False so that bundles
+            saved without it load unchanged.
     """
 
     modality = "tabular"
     has_tokens = False
 
-    def __init__(self, n_numeric: int = 0, cardinalities=(), dim: int = 64, hidden=(128,), dropout: float = 0.1):
+    def __init__(self, n_numeric: int = 0, cardinalities=(), dim: int = 64, hidden=(128,), dropout: float = 0.1,
+                 linear_skip: bool = False):
         super().__init__()
         self.n_numeric = n_numeric
         self.embeds = nn.ModuleList(nn.Embedding(c, embedding_dim(c)) for c in cardinalities)
         width = 2 * n_numeric + sum(e.embedding_dim for e in self.embeds)
+        self.skip = nn.Linear(width, dim) if linear_skip else None
         layers = []
         for h in hidden:
             layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
@@ -44,9 +54,12 @@ class TabularMLP(Encoder):
 
     @classmethod
     def preprocessor_kwargs(cls, preprocessor):
-        return dict(n_numeric=preprocessor.n_numeric, cardinalities=preprocessor.cardinalities)
+        # linear_skip: the default of every model built from now on (a user's encoder option overrides it)
+        return dict(n_numeric=preprocessor.n_numeric, cardinalities=preprocessor.cardinalities, linear_skip=True)
 
     def encode(self, x):
         parts = [x["num"]] if self.n_numeric else []
         parts += [e(x["cat"][:, j]) for j, e in enumerate(self.embeds)]
-        return self.mlp(torch.cat(parts, dim=1)), None, None
+        x = torch.cat(parts, dim=1)  # (B, width)
+        out = self.mlp(x)  # (B, D)
+        return (out if self.skip is None else out + self.skip(x)), None, None

@@ -7,21 +7,23 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from ..schema import parse_number, to_numbers
 from ._base import PREPROCESSORS, Preprocessor, ReadContext, bad, check_number, is_missing
 
 MISSING_ID, UNKNOWN_ID = 0, 1
 
 
 def to_float(v, row=None, column=None) -> float:
-    """A cell as a float; NaN for missing. Strings that are not numbers and inf are bad input."""
+    """A cell as a float; NaN for missing. Strings that are not numbers and inf are bad input.
+
+    Numbers are read by :func:`mmfuse.schema.parse_number`, as ``inspect`` reads them: ``12,5``,
+    ``$1,000`` and ``10%`` are 12.5, 1000 and 0.1."""
     if is_missing(v):
         return math.nan
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
+    x = parse_number(v)
+    if x is None:
         raise bad(row, column, f"holds {v!r}, which is not a number",
-                  hint="fix the cell, leave it empty to mark it missing, or use the 'missing' bad-input policy") \
-            from None
+                  hint="fix the cell, leave it empty to mark it missing, or use the 'missing' bad-input policy")
     if math.isinf(x):
         raise bad(row, column, f"holds {x}, an infinite value", hint="replace it with a finite number or leave it empty")
     return x
@@ -55,7 +57,7 @@ class NumericPreprocessor(Preprocessor):
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
         med, center, scale = [], [], []
         for c in self.columns:
-            x = pd.to_numeric(df[c], errors="coerce").astype(float).to_numpy()  # strays reported when read
+            x = to_numbers(df[c])  # strays are NaN here, and reported when read
             x = x[np.isfinite(x)]
             if len(x) == 0:
                 x = np.zeros(1)

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from ..config import ModelConfig, TrainConfig
 from ..tasks import Task
@@ -29,6 +29,10 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
                 class_weights: torch.Tensor | None = None, resume: bool = False, callbacks=(),
                 fingerprint: dict | None = None) -> dict:
     """Train with AdamW + cosine warm-up, early stopping and best-checkpoint selection.
+
+    Early stopping waits for ``tcfg.min_steps`` optimizer steps (Lightning's ``min_steps``), within
+    ``tcfg.epochs``: on a small table an epoch is a few steps, and ``patience`` epochs alone would
+    stop training before the model has settled.
 
     Checkpoints (safetensors, no pickle) go to ``run_dir/checkpoints``: ``last.ckpt`` after
     every epoch and ``best.ckpt``. With ``resume=True`` training continues from ``last.ckpt``.
@@ -71,9 +75,10 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
     accelerator = "gpu" if tcfg.accelerator == "auto" and torch.cuda.is_available() else (
         "cpu" if tcfg.accelerator == "auto" else tcfg.accelerator)
     trainer = L.Trainer(
-        max_epochs=tcfg.epochs, accelerator=accelerator, devices=1,
+        max_epochs=tcfg.epochs, min_steps=tcfg.min_steps or None, accelerator=accelerator, devices=1,
         precision=resolve_precision(tcfg.precision, accelerator),
-        gradient_clip_val=tcfg.grad_clip or None, callbacks=[early, best, _Fingerprint(fingerprint), *callbacks],
+        gradient_clip_val=tcfg.grad_clip or None,
+        callbacks=[early, best, _Fingerprint(fingerprint), *([_EpochFromOne()] if tcfg.progress else []), *callbacks],
         logger=logger,
         enable_progress_bar=tcfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
         max_time=datetime.timedelta(seconds=tcfg.max_time) if tcfg.max_time else None,
@@ -135,3 +140,11 @@ class _Fingerprint(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint[_FINGERPRINT_KEY] = self.fingerprint
+
+
+class _EpochFromOne(TQDMProgressBar):
+    """The progress bar counts epochs from 1, as the run report and the resume message do."""
+
+    def on_train_epoch_start(self, trainer, *args):
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")

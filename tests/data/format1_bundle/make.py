@@ -14,7 +14,7 @@ df = pd.DataFrame({
 df.to_csv(out / "table.csv", index=False)
 m = MultimodalPredictor(target="label", fusion="cross_attention", epochs=1, dim=8, head_hidden=8, batch_size=16,
                         progress=False, log=None, contribution=False, aux_weight=0.5,
-                        preprocessing={"text": {"min_freq": 1, "max_length": 8}},
+                        preprocessing={"text": {"min_freq": 1, "max_length": 8}}, groups={"num %": ["price"]},
                         model={"encoders": {"text": {"embed_dim": 8, "hidden": 8}}})
 m.fit(df)
 m.save(out / "bundle")
