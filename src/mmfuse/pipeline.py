@@ -148,7 +148,7 @@ def split_table(table, schema, target: str, task: str | None = None, val=None, t
     from .io import read_table
     from .schema import Role
     from .splits import can_stratify, split_rows
-    from .tasks import Task, create_task, infer_task
+    from .tasks import blank_targets, create_task, infer_task
 
     df = table.df
     if target not in df.columns:
@@ -157,10 +157,9 @@ def split_table(table, schema, target: str, task: str | None = None, val=None, t
 
         raise SchemaError(unknown_name_message("target column", target, df.columns))
     blank: dict[str, list] = {}
-    rows = Task(target)  # blank cells mean the same for every kind of task
 
     def keep(name, part: pd.DataFrame) -> pd.DataFrame:
-        mask = rows.blank(part)
+        mask = blank_targets(part[target])
         if mask.any():
             if on_blank_target == "raise":
                 from .errors import InputError
@@ -405,11 +404,9 @@ def describe_plan(splits: Splits, spec: dict, preps: dict, task, data: FitData, 
     Returns:
         A JSON-ready dict (kept in ``metrics["plan"]``); :func:`format_plan` writes it as lines.
     """
-    import torch
-
     from .evaluation import fusion_label
     from .schema import left_out_columns
-    from .training.trainer import resolve_precision
+    from .training.trainer import resolve_accelerator, resolve_precision
 
     inputs = {n: {"modality": preps[n].modality, "encoder": spec["encoders"][n]["name"]} for n in sorted(preps)}
     fusion = fusion_label(spec["model"]["fusion"], inputs)
@@ -423,8 +420,7 @@ def describe_plan(splits: Splits, spec: dict, preps: dict, task, data: FitData, 
         pairs = [f"{c} {w:.3g}" for c, w in zip(task.classes_, weights.tolist())]
         weighting = (f"{tcfg.class_weight if isinstance(tcfg.class_weight, str) else 'given'}: "
                      + ", ".join(pairs[:10]) + (f", ... ({len(pairs)} classes)" if len(pairs) > 10 else ""))
-    # the trainer's rule (training/trainer.py): "auto" takes the GPU when there is one
-    device = ("gpu" if torch.cuda.is_available() else "cpu") if tcfg.accelerator == "auto" else tcfg.accelerator
+    device = resolve_accelerator(tcfg.accelerator)
     return {"inputs": inputs, "fusion": fusion, "split": split, "epochs": tcfg.epochs, "patience": tcfg.patience,
             "batch_size": tcfg.batch_size, "lr": tcfg.lr, "class_weight": weighting, "device": device,
             "precision": resolve_precision(tcfg.precision, device),

@@ -24,6 +24,7 @@ from them has no defined recall and is left out; the full metrics list such clas
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -37,7 +38,7 @@ from .errors import InputError, MmfuseError, SchemaError
 
 __all__ = ["Task", "BinaryTask", "MulticlassTask", "MultilabelTask", "RegressionTask", "Decoded", "TASKS",
            "register_task", "create_task", "list_tasks", "infer_task", "fit_task", "task_from_dict",
-           "choose_threshold", "THRESHOLD_METRICS", "expected_calibration_error"]
+           "choose_threshold", "THRESHOLD_METRICS", "expected_calibration_error", "blank_targets"]
 
 TASKS: Registry[type["Task"]] = Registry("task")
 THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy", "mcc")
@@ -73,7 +74,7 @@ class Decoded:
     labels: np.ndarray
 
 
-class Task:
+class Task(ABC):
     """Base class. Subclasses set ``headline`` and implement the abstract methods.
 
     Args:
@@ -115,7 +116,7 @@ class Task:
 
     def blank(self, df: pd.DataFrame) -> np.ndarray:
         """Boolean mask of the rows whose target cell is blank."""
-        return self._column(df).map(_blank).to_numpy(dtype=bool)
+        return blank_targets(self._column(df))
 
     @property
     def n_outputs(self) -> int:
@@ -173,19 +174,19 @@ class Task:
     def _counts(self, y, k):
         return np.bincount(np.asarray(y, np.int64), minlength=k).astype(float)
 
+    @abstractmethod
     def loss(self, logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
         """The training objective (also the validation loss). ``logits``: (B, n_outputs)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def quick_metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict:
         """Validation metrics in torch, without scikit-learn (keys without the ``val_`` prefix)."""
-        raise NotImplementedError
 
     # --- prediction --------------------------------------------------------------------------
+    @abstractmethod
     def decode(self, logits: torch.Tensor, threshold=None) -> Decoded:
         """Logits (N, n_outputs) -> probabilities, encoded predictions and labels, in one place.
         ``threshold`` overrides the task's own decision threshold(s)."""
-        raise NotImplementedError
 
     def output_columns(self, decoded: Decoded, proba: bool = True) -> dict[str, np.ndarray]:
         """Columns of a prediction file: ``prediction`` and, when ``proba``, ``proba_<class>``."""
@@ -206,9 +207,9 @@ class Task:
         return None
 
     # --- evaluation --------------------------------------------------------------------------
+    @abstractmethod
     def metrics(self, logits: torch.Tensor, y: np.ndarray) -> dict:
         """Full metrics of these logits against encoded targets ``y`` (scikit-learn)."""
-        raise NotImplementedError
 
     # --- bundles -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -234,11 +235,13 @@ class Task:
             raise SchemaError(unknown_name_message("target column", self.column, df.columns))
         return df[self.column]
 
+    @abstractmethod
     def _fit(self, y: pd.Series) -> None:
-        raise NotImplementedError
+        """Learn the classes or the scale from the non-blank training targets."""
 
+    @abstractmethod
     def _encode(self, row, v):
-        raise NotImplementedError
+        """One target cell -> its encoded value; an :class:`InputError` naming ``row`` when it cannot be."""
 
     def _stack(self, out: list) -> np.ndarray:
         return np.asarray(out, np.int64)
@@ -734,6 +737,11 @@ def _probability(v) -> float:
         raise MmfuseError(f"decision_threshold must be a probability between 0 and 1 or a metric name "
                           f"({', '.join(THRESHOLD_METRICS)}), got {v!r}")
     return float(v)
+
+
+def blank_targets(y: pd.Series) -> np.ndarray:
+    """Boolean mask of the blank cells of a target column (the same for every kind of task)."""
+    return y.map(_blank).to_numpy(dtype=bool)
 
 
 def _blank(v) -> bool:

@@ -17,6 +17,13 @@ from ..errors import MmfuseError
 from .checkpoint_io import SafetensorsCheckpointIO, load_checkpoint_file
 from .module import LitMultimodal
 
+def resolve_accelerator(accelerator: str) -> str:
+    """The device training runs on: ``auto`` takes the GPU when there is one, else the CPU."""
+    if accelerator != "auto":
+        return accelerator
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     if precision != "auto":
         return precision
@@ -72,8 +79,7 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
                  "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
     L.seed_everything(tcfg.seed, workers=True, verbose=False)
-    accelerator = "gpu" if tcfg.accelerator == "auto" and torch.cuda.is_available() else (
-        "cpu" if tcfg.accelerator == "auto" else tcfg.accelerator)
+    accelerator = resolve_accelerator(tcfg.accelerator)
     trainer = L.Trainer(
         max_epochs=tcfg.epochs, min_steps=tcfg.min_steps or None, accelerator=accelerator, devices=1,
         precision=resolve_precision(tcfg.precision, accelerator),
