@@ -1,6 +1,8 @@
 """Building a model from fitted preprocessors, and rebuilding it from its JSON spec."""
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from .config import ModelConfig
@@ -40,7 +42,9 @@ def hf_preprocessing(cfg: ModelConfig, name: str, modality: str, cache: bool) ->
 
 
 def build_model(preps: dict, n_outputs: int, cfg: ModelConfig) -> tuple[MultimodalModel, dict]:
-    """The model for these inputs, and the JSON spec that rebuilds it (for bundles)."""
+    """The model for these inputs, and the JSON spec that rebuilds it (for bundles).
+
+    With one input the fusion is ``single`` (the encoder feeds the head), whatever ``cfg.fusion`` says."""
     encoders, enc_spec = {}, {}
     for name in sorted(preps):
         p = preps[name]
@@ -55,6 +59,8 @@ def build_model(preps: dict, n_outputs: int, cfg: ModelConfig) -> tuple[Multimod
         enc = encoder_for(p, enc_name, **opts)
         encoders[name] = enc
         enc_spec[name] = {"name": enc_name, "config": enc.init_config}
+    if len(encoders) == 1:  # nothing to fuse; the spec records it, so bundles rebuild what was trained
+        cfg = dataclasses.replace(cfg, fusion="single", fusion_kwargs={})
     return assemble(enc_spec, encoders, n_outputs, cfg)
 
 
@@ -88,6 +94,4 @@ def model_from_spec(spec: dict, resolve=lambda c: c) -> MultimodalModel:
 
 
 def _cfg_dict(cfg: ModelConfig) -> dict:
-    import dataclasses
-
     return dataclasses.asdict(cfg)

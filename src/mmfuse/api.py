@@ -204,7 +204,7 @@ class MultimodalPredictor:
         self.schema_, self.classes_, self.task_ = schema, task.classes_, task
         self.history_ = result["history"]
         self.splits_ = {"rows": splits.counts(), "source": splits.source, "blank_target": splits.blank_target}
-        metrics = {"task": task.name, "fusion": mcfg.fusion, "inputs": sorted(preps), "classes": task.classes_,
+        metrics = {"task": task.name, "fusion": spec["model"]["fusion"], "inputs": sorted(preps), "classes": task.classes_,
                    "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
                    "monitor": result["monitor"], "train_seconds": train_seconds, "history": result["history"],
                    "resumed_from_epoch": result["resumed_from_epoch"], "rows": splits.counts(),

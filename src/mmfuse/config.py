@@ -143,7 +143,8 @@ def _one_of(*values):
 def _fusion():
     from .fusion import list_fusions
 
-    return _Check(lambda v: v in list_fusions(), "a registered fusion (" + ", ".join(list_fusions()) + ")",
+    # `single` (one-input models) is accepted, so that saved specs rebuild, but not offered
+    return _Check(lambda v: v in list_fusions(automatic=True), "a registered fusion (" + ", ".join(list_fusions()) + ")",
                   list_fusions())
 
 

@@ -45,13 +45,14 @@ def create_fusion(name: str, input_dims: Mapping[str, int], dim: int = 128,
     return cls(input_dims=dict(input_dims), dim=dim, **kwargs)
 
 
-def list_fusions() -> list[str]:
-    return FUSIONS.names()
+def list_fusions(automatic: bool = False) -> list[str]:
+    """The fusions a user chooses from; ``automatic=True`` adds those mmfuse picks itself (``single``)."""
+    return [n for n in FUSIONS.names() if automatic or not FUSIONS.get(n).automatic]
 
 
 def describe_fusions() -> dict[str, str]:
-    """Name -> the first line of the strategy's docstring."""
-    return {n: (FUSIONS.get(n).__doc__ or "").strip().splitlines()[0] for n in FUSIONS.names()}
+    """Name -> the first line of the strategy's docstring (the fusions a user chooses from)."""
+    return {n: (FUSIONS.get(n).__doc__ or "").strip().splitlines()[0] for n in list_fusions()}
 
 
 class Fusion(nn.Module):
@@ -65,6 +66,7 @@ class Fusion(nn.Module):
 
     produces_logits: ClassVar[bool] = False
     uses_tokens: ClassVar[bool] = False
+    automatic: ClassVar[bool] = False  # chosen by mmfuse itself, not offered to users (``single``)
 
     def __init__(self, input_dims: Mapping[str, int], dim: int, token_dims: Mapping[str, int] | None = None):
         super().__init__()
