@@ -137,41 +137,15 @@ def fit(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ):
     """Train a model on a table; writes checkpoints, metrics.json, report.md, plots and bundle/ to --out."""
-    from .api import MultimodalPredictor
-    from .preprocessing.image import RESIZE, parse_image_size
-    from .schema import parse_column_overrides
-
     if not (overwrite or resume):
         _refuse_another_run(out)
-    cfg = _load_config(config)
-    if decision_threshold is not None:
-        try:
-            decision_threshold = float(decision_threshold)
-        except ValueError:
-            pass  # a metric name
-    flags = {"fusion": fusion, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-             "num_workers": workers, "max_time": max_time, "decision_threshold": decision_threshold, "task": task,
-             "inputs": list(input_) or None, "root": root}
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    if test is not None:
-        overrides["test_fraction"] = 0.0
-    cfg["columns"] = {**(cfg.get("columns") or {}), **parse_column_overrides(column)}
-    if group_column is not None:
-        cfg["columns"][group_column] = "group"
-    if image_resize is not None and image_resize not in RESIZE:
-        from ._registry import unknown_name_message
-        from .errors import MmfuseError
-
-        raise MmfuseError(unknown_name_message("--image-resize", image_resize, RESIZE))
-    image = {k: v for k, v in (("size", image_size and parse_image_size(image_size, "--image-size")),
-                               ("resize", image_resize)) if v is not None}
-    if image:  # the flags win over the config file's preprocessing.image
-        pre = dict(cfg.get("preprocessing") or {})
-        cfg["preprocessing"] = {**pre, "image": {**(pre.get("image") or {}), **image}}
-    cfg["groups"] = {**(cfg.get("groups") or {}), **_parse_groups(group)}
-    m = MultimodalPredictor.from_config(cfg, target=target, out=out, on_bad_input=on_bad_input,
-                                        allow_outside_root=allow_outside_root, resume=resume, progress=progress,
-                                        **overrides)
+    m = _predictor_from_options(
+        target, config, fusion=fusion, task=task, column=column, group=group, input_=input_,
+        group_column=group_column, image_size=image_size, image_resize=image_resize, epochs=epochs,
+        batch_size=batch_size, lr=lr, seed=seed, workers=workers, max_time=max_time,
+        decision_threshold=decision_threshold, root=root, out=out, on_bad_input=on_bad_input,
+        allow_outside_root=allow_outside_root, resume=resume, progress=progress,
+        **({"test_fraction": 0.0} if test is not None else {}))
     import warnings
 
     with warnings.catch_warnings():  # the rows left out for a blank target are reported below, once
@@ -188,6 +162,96 @@ def fit(
         typer.echo(f"left out {len(rows)} rows with a blank target {target!r}: {', '.join(map(str, rows[:20]))}"
                    f"{', ...' if len(rows) > 20 else ''} (all listed in {out / 'metrics.json'})")
     typer.echo(f"run folder: {out} (report.md, metrics.json, bundle/)")
+
+
+@app.command()
+def cv(
+    data: Path = typer.Argument(..., help="Table (.csv, .tsv, .parquet, .jsonl); every labelled row is held out once."),
+    target: str = typer.Option(..., "--target", "-t", help="Target column."),
+    folds: int = typer.Option(5, "--folds", "-k", help="Folds (stratified by class for classification)."),
+    group_column: Optional[str] = typer.Option(
+        None, "--group-column", help="Group k-fold: rows sharing a value of this column (a subject, a product) stay "
+                                     "in one fold; each fold's validation rows are split by group too."),
+    leave_one_out: Optional[str] = typer.Option(
+        None, "--leave-one-out", help="Leave-one-group-out: one fold per value of this column (e.g. a subject)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Folds fitted at once, each in its own process."),
+    out: Path = typer.Option(Path("runs/cv"), "--out", "-o", help="Run folder: cv.json, cv.md, oof.csv, fold_<i>/."),
+    overwrite: bool = typer.Option(False, "--overwrite", show_default=True,
+                                   help="Replace a cross-validation with other settings in --out (the same "
+                                        "settings resume: finished folds are kept)."),
+    fusion: Optional[str] = typer.Option(None, "--fusion", "-f", help=setting_help(ModelConfig, "fusion")),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings, as for fit."),
+    task: Optional[str] = typer.Option(None, "--task", help="binary, multiclass, multilabel or regression."),
+    column: List[str] = typer.Option([], "--column", "-c", help="Override a role: NAME=ROLE (repeatable)."),
+    group: List[str] = typer.Option([], "--group", "-g", help="Read columns as one input: NAME=COL1,COL2."),
+    input_: List[str] = typer.Option([], "--input", help="Use only these inputs (repeatable)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="As for fit: 64 or WIDTHxHEIGHT."),
+    image_resize: Optional[str] = typer.Option(None, "--image-resize", help="As for fit: crop, squash, pad or letterbox."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=setting_help(TrainConfig, "epochs")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=setting_help(TrainConfig, "batch_size")),
+    lr: Optional[float] = typer.Option(None, "--lr", help=setting_help(TrainConfig, "lr")),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the folds and of every fit. " +
+                                       setting_help(TrainConfig, "seed")),
+    workers: Optional[int] = typer.Option(None, "--workers", help=setting_help(TrainConfig, "num_workers")),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="Per fold. " + setting_help(TrainConfig, "max_time")),
+    on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Show each fold's progress bar (--jobs 1)."),
+):
+    """Cross-validate one configuration: per-fold metrics with mean, std and median; cv.json, cv.md, oof.csv.
+
+    Each fold's held-out rows are scored by a model fitted on the other rows only (target, preprocessors,
+    weights and early stopping included). A killed run resumes with the same command."""
+    from .cv import cross_validate
+
+    if group_column and leave_one_out:
+        from .errors import MmfuseError
+
+        raise MmfuseError("give --group-column (group k-fold) or --leave-one-out (one fold per group), not both")
+    m = _predictor_from_options(
+        target, config, fusion=fusion, task=task, column=column, group=group, input_=input_,
+        image_size=image_size, image_resize=image_resize, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        workers=workers, max_time=max_time, root=root, on_bad_input=on_bad_input,
+        allow_outside_root=allow_outside_root, progress=progress)
+    cross_validate(m, data, folds=folds, group_column=group_column, leave_one_out=leave_one_out, out=out, jobs=jobs,
+                   overwrite=overwrite, echo=typer.echo)
+
+
+def _predictor_from_options(target, config, *, fusion=None, task=None, column=(), group=(), input_=(),
+                            group_column=None, image_size=None, image_resize=None, epochs=None, batch_size=None,
+                            lr=None, seed=None, workers=None, max_time=None, decision_threshold=None, root=None,
+                            **settings):
+    """The estimator that ``fit`` and ``cv`` build from a config file and their options (options win)."""
+    from .api import MultimodalPredictor
+    from .preprocessing.image import RESIZE, parse_image_size
+    from .schema import parse_column_overrides
+
+    cfg = _load_config(config)
+    if decision_threshold is not None:
+        try:
+            decision_threshold = float(decision_threshold)
+        except ValueError:
+            pass  # a metric name
+    flags = {"fusion": fusion, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+             "num_workers": workers, "max_time": max_time, "decision_threshold": decision_threshold, "task": task,
+             "inputs": list(input_) or None, "root": root}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    cfg["columns"] = {**(cfg.get("columns") or {}), **parse_column_overrides(column)}
+    if group_column is not None:
+        cfg["columns"][group_column] = "group"
+    if image_resize is not None and image_resize not in RESIZE:
+        from ._registry import unknown_name_message
+        from .errors import MmfuseError
+
+        raise MmfuseError(unknown_name_message("--image-resize", image_resize, RESIZE))
+    image = {k: v for k, v in (("size", image_size and parse_image_size(image_size, "--image-size")),
+                               ("resize", image_resize)) if v is not None}
+    if image:  # the flags win over the config file's preprocessing.image
+        pre = dict(cfg.get("preprocessing") or {})
+        cfg["preprocessing"] = {**pre, "image": {**(pre.get("image") or {}), **image}}
+    cfg["groups"] = {**(cfg.get("groups") or {}), **_parse_groups(group)}
+    return MultimodalPredictor.from_config(cfg, target=target, **settings, **overrides)
 
 
 def _refuse_another_run(out: Path) -> None:
