@@ -51,6 +51,16 @@ def test_group_folds_never_split_a_group_and_leave_one_out_has_one_fold_per_grou
     assert [f.name for f in logo][:2] == ["subject=p", "subject=q"]
 
 
+def test_a_class_seen_only_in_a_held_out_fold_is_refused_before_any_fit(tmp_path):
+    df = table(60)
+    df.loc[df["subject"] == "s0", "y"] = "rare"  # only subject s0 has it: leaving s0 out, no fold can learn it
+    df.loc[0, "y"] = "rare"
+    with pytest.raises(MmfuseError, match="subject=s0: class 'rare' occurs only in the held-out rows"):
+        cross_validate(MultimodalPredictor(target="y", **FAST), df[df.index > 0], leave_one_out="subject",
+                       out=tmp_path / "cv")
+    assert not list((tmp_path / "cv").glob("fold_*"))
+
+
 def test_fold_errors_are_one_clear_line():
     with pytest.raises(MmfuseError, match="folds must be an integer >= 2"):
         make_folds(pd.Series(list("ab")), 1)
@@ -160,7 +170,6 @@ def test_a_killed_cv_run_resumes_without_refitting_finished_folds(tmp_path):
     log = p.communicate(timeout=600)[0]
     assert p.returncode == 0, log
     assert "fold 1: done in an earlier run" in log
-    assert "fold 2: done in an earlier run" not in log or (out / "fold_2" / "fold.json").exists()
     assert json.loads((out / "fold_1" / "fold.json").read_text()) == first  # not fitted again
     d = json.loads((out / "cv.json").read_text())
     assert [f["fold"] for f in d["folds"]] == [0, 1, 2] and d["folds"][0]["reused"] is True
@@ -200,3 +209,22 @@ def test_cv_command_writes_its_files_and_refuses_bad_options_in_one_line(tmp_pat
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
         assert __import__("re").search(message, err), err
+
+
+def test_regression_targets_get_plain_k_fold(tmp_path):
+    df = table(60)
+    df["y"] = df["a"] * 2.0 + 0.1
+    res = cross_validate(MultimodalPredictor(target="y", **FAST), df, folds=3, out=tmp_path / "cv")
+    assert res.scheme["name"] == "kfold" and res.metric == "rmse" and len(res.oof) == 60
+
+
+def test_blank_groups_are_refused_and_a_failed_start_does_not_block_the_rerun(tmp_path):
+    df = table(60)
+    df.loc[[4, 7], "subject"] = None
+    with pytest.raises(MmfuseError, match="2 rows have a blank group 'subject' \\(rows 4, 7\\)"):
+        cross_validate(MultimodalPredictor(target="y", **FAST), df, leave_one_out="subject", out=tmp_path / "g")
+    good = table(60)
+    with pytest.raises(MmfuseError):  # a bad setting fails inside the first fold, before any fold finished
+        cross_validate(MultimodalPredictor(target="y", **{**FAST, "epochs": 0}), good, folds=2, out=tmp_path / "cv")
+    res = cross_validate(MultimodalPredictor(target="y", **FAST), good, folds=2, out=tmp_path / "cv")  # no --overwrite
+    assert len(res.folds) == 2

@@ -22,7 +22,9 @@ _EXPORTS = {
     "select_inputs": "pipeline", "infer_task_of": "pipeline", "split_table": "pipeline", "fit_target": "pipeline", "fit_preprocessors": "pipeline",
     "make_datasets": "pipeline", "build_model": "pipeline", "train": "pipeline", "choose_threshold_and_score": "pipeline",
     "fit_fingerprint": "pipeline", "Splits": "pipeline", "FitData": "pipeline", "ModelConfig": "config", "TrainConfig": "config",
-    "cross_validate": "cv", "make_folds": "cv", "CVResult": "cv", "Fold": "cv",
+    "search_alpha": "alpha", "cross_validate": "cv", "make_folds": "cv", "CVResult": "cv", "Fold": "cv",
+    "search": "tuning", "SearchResult": "tuning",
+    "EnsemblePredictor": "ensemble", "build_ensemble": "ensemble", "ensemble_selection": "ensemble",
     "create_fusion": "fusion", "list_fusions": "fusion", "register_fusion": "fusion",
 }
 

@@ -50,6 +50,8 @@ def build_model(preps: dict, n_outputs: int, cfg: ModelConfig) -> tuple[Multimod
         p = preps[name]
         opts = encoder_options(cfg, name, p.modality)
         enc_name = opts.pop("name", DEFAULT_ENCODERS[p.modality])
+        if len(preps) == 1 and enc_name in ENCODERS:  # the only input: its encoder feeds the head directly
+            opts = {**ENCODERS.get(enc_name).alone_kwargs(), **opts}
         if enc_name == "hf":
             opts = {k: v for k, v in opts.items() if k in HF_ENC_KEYS}
             if getattr(p, "embed", False):

@@ -52,7 +52,7 @@ class MultimodalPredictor:
 
     Attributes (after fit):
         predictor_: the fitted :class:`~mmfuse.bundle.Predictor`; task_: its :class:`~mmfuse.tasks.Task`;
-        classes_, schema_, history_, metrics_, splits_ (row counts, source, rows left out), run_dir_.
+        classes_, schema_, history_, metrics_, splits_ (row counts, source, rows left out, the row ids of each split), run_dir_.
     """
 
     def __init__(self, target: str, *, task: str | None = None, inputs: Sequence[str] | None = None,
@@ -148,7 +148,7 @@ class MultimodalPredictor:
         return mcfg, tcfg
 
     # --- fit: the public steps of mmfuse.pipeline, in order -----------------------------------
-    def fit(self, train, val=None, test=None, *, echo=None) -> "MultimodalPredictor":
+    def fit(self, train, val=None, test=None, *, echo=None, callbacks=()) -> "MultimodalPredictor":
         """Fit on ``train`` (a table, DataFrame or path); ``val``/``test`` default to splits of it.
 
         The plan of the fit (inputs and encoders, fusion, splits, settings, device;
@@ -161,6 +161,9 @@ class MultimodalPredictor:
         unless ``test`` is given. With ``val`` and no ``test`` there are no test rows: every row of
         ``train`` trains. :attr:`splits_` says where each split came from.
         Rows with a blank target are left out, counted and listed in :attr:`splits_`.
+
+        ``callbacks``: extra Lightning callbacks for this fit's training (:func:`mmfuse.pipeline.train`),
+        e.g. the pruning callback of :func:`mmfuse.search`, which reads each epoch's validation metrics.
         """
         import torch
 
@@ -197,13 +200,15 @@ class MultimodalPredictor:
         policy = BadInputPolicy.parse(self.on_bad_input).value
         fingerprint = P.fit_fingerprint(splits, preps, task, mcfg, tcfg, on_bad_input=policy)
         t_train = time.perf_counter()
-        result = P.train(model, task, data, mcfg, tcfg, run_dir, self.resume, fingerprint)
+        result = P.train(model, task, data, mcfg, tcfg, run_dir, self.resume, fingerprint, callbacks)
         train_seconds = time.perf_counter() - t_train
         self.predictor_ = Predictor(model, preps, task, schema, {"model": spec})
         scores = P.choose_threshold_and_score(self.predictor_, data, tcfg, self.contribution)
         self.schema_, self.classes_, self.task_ = schema, task.classes_, task
         self.history_ = result["history"]
-        self.splits_ = {"rows": splits.counts(), "source": splits.source, "blank_target": splits.blank_target}
+        self.splits_ = {"rows": splits.counts(), "source": splits.source, "blank_target": splits.blank_target,
+                        "ids": {k: getattr(splits, k).index.tolist() for k in ("train", "val", "test")
+                                if getattr(splits, k) is not None}}
         metrics = {"task": task.name, "fusion": spec["model"]["fusion"], "inputs": sorted(preps), "classes": task.classes_,
                    "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
                    "monitor": result["monitor"], "train_seconds": train_seconds, "history": result["history"],
@@ -271,6 +276,9 @@ class MultimodalPredictor:
         from .bundle import Predictor
 
         pred = Predictor.load(path)
+        if "model" not in pred.config:  # an ensemble: no single configuration to put into an estimator
+            raise MmfuseError(f"{path} is an ensemble bundle; load it with mmfuse.Predictor.load(path), which "
+                              "predicts and evaluates like any bundle (MultimodalPredictor.load reads one model's bundle)")
         settings = {k: v for k, v in {**pred.config["model"]["model"], **(pred.config.get("training") or {})}.items()
                     if k in _MODEL_FIELDS or k in _TRAIN_FIELDS}  # get_params() and clone() see the fitted settings
         obj = cls(target=pred.target.column, task=pred.target.name, **settings)

@@ -70,7 +70,13 @@ def save_bundle(path: str | os.PathLike, model, preps: dict, target, schema, spe
               "preprocessors": prep_meta, "model": spec, "backbones": backbones,
               "input_keys": {n: safe_key(n) for n in sorted(preps)}, **(extra or {})}
     (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
-    if path.exists():  # replace an older bundle: move it aside first, so a crash leaves one of the two
+    return replace_folder(tmp, path)
+
+
+def replace_folder(tmp: Path, path: Path) -> Path:
+    """Move the finished folder ``tmp`` to ``path``; an older folder there is moved aside first, so a
+    crash leaves one of the two whole."""
+    if path.exists():
         old = path.parent / f".{path.name}.old{os.getpid()}"
         os.replace(path, old)
         os.replace(tmp, path)
@@ -279,7 +285,9 @@ class Predictor:
     @classmethod
     @_damaged_if_inconsistent
     def load(cls, path: str | os.PathLike) -> "Predictor":
-        """Load a bundle folder. Refuses bundles of another format version with a clear message.
+        """Load a bundle folder, or an ensemble folder (one holding ``ensemble.json``: an
+        :class:`~mmfuse.ensemble.EnsemblePredictor` is returned). Refuses bundles of another format
+        version with a clear message.
 
         Raises:
             BundleError: one line naming the bundle, when the folder is missing, is not a bundle
@@ -291,6 +299,10 @@ class Predictor:
         from .schema import Schema
 
         path = Path(path)
+        if (path / "ensemble.json").is_file():  # an ensemble folder (mmfuse.ensemble) loads as one predictor
+            from .ensemble import EnsemblePredictor
+
+            return EnsemblePredictor.load(path)
         config, tensors = _read_bundle(path)
         if "input_keys" not in config:  # written before input names were escaped: keys hold the names as they are
             tensors = _legacy_tensor_names(tensors, list(config["preprocessors"]))
@@ -357,6 +369,39 @@ class Predictor:
             raise MmfuseError("no rows to predict on (every row was skipped as bad input: "
                               f"{ds.report.summary()})" if len(ds.table.df) else "the table has no rows to predict on")
         return torch.cat(outs), torch.cat(rows).numpy()
+
+    @torch.no_grad()
+    def embed(self, data, batch_size: int = 256, on_bad_input="raise", root=None, num_workers: int = 0,
+              allow_outside_root: bool = False) -> dict:
+        """Each input's pooled encoder output, the representation the fusion receives.
+
+        Returns ``{"features": {input: float32 [N, D]}, "present": {input: bool [N]}, "rows": [N]}``:
+        one entry per row that was read (``rows``: their table positions); an input absent from a row
+        has zeros there and ``present`` False. Used to refit a fusion on frozen encoders
+        (:func:`mmfuse.alpha.search_alpha`), and for retrieval or inspection."""
+        from .data import make_loader
+
+        ds = self._dataset(data, on_bad_input, root, allow_outside_root)
+        self.check_inputs(ds)
+        feats = {n: [] for n in self.model.names}
+        present = {n: [] for n in self.model.names}
+        rows = []
+        for b in make_loader(ds, batch_size=batch_size, num_workers=num_workers):
+            ref = b["row"]
+            for n in self.model.names:
+                mask = b["mask"].get(n, torch.zeros(len(ref), dtype=torch.bool))
+                if n in b["inputs"]:
+                    pooled = self.model.encoders[n].forward_with_tokens(b["inputs"][n], mask)[0]
+                else:
+                    pooled = torch.zeros(len(ref), self.model.encoders[n].output_dim)
+                feats[n].append(pooled.float() * mask.unsqueeze(1))
+                present[n].append(mask)
+            rows.append(ref)
+        self.last_report = ds.report
+        if not rows:
+            raise MmfuseError("no rows to embed (every row was skipped as bad input)")
+        return {"features": {n: torch.cat(v).numpy() for n, v in feats.items()},
+                "present": {n: torch.cat(v).numpy() for n, v in present.items()}, "rows": torch.cat(rows).numpy()}
 
     def check_inputs(self, dataset) -> list[str]:
         """The inputs absent from this table (kept in :attr:`last_absent`); an error when all are: every

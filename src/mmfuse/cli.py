@@ -218,6 +218,72 @@ def cv(
                    overwrite=overwrite, echo=typer.echo)
 
 
+@app.command()
+def search(
+    data: Path = typer.Argument(..., help="Table (.csv, .tsv, .parquet, .jsonl)."),
+    target: str = typer.Option(..., "--target", "-t", help="Target column."),
+    space: Optional[str] = typer.Option(None, "--space", help="Search space: a YAML file (one key per setting: "
+                                        "{type: float|int|categorical, ...}), or 'alpha' to sweep the weights of "
+                                        "weighted fusion. Default: fusion, widths, dropout, lr, epochs."),
+    n_trials: int = typer.Option(20, "--n-trials", help="Budget: finished trials of the study, over all workers."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL shared by workers, e.g. "
+                                          "postgresql+psycopg://user@host/db (default: sqlite in --out)."),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="The study's name in the storage (default mmfuse)."),
+    objective: str = typer.Option("cv", "--objective", help="cv: mean over --folds folds; val: one fit scored on "
+                                  "its validation rows (faster)."),
+    folds: int = typer.Option(5, "--folds", "-k", help="Folds of each trial (--objective cv)."),
+    group_column: Optional[str] = typer.Option(None, "--group-column", help="Group k-fold on this column, as for cv."),
+    leave_one_out: Optional[str] = typer.Option(None, "--leave-one-out", help="Leave-one-group-out on this column."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Folds of a trial fitted at once, each in its own process."),
+    ensemble: int = typer.Option(0, "--ensemble", help="Greedy ensemble of this size over the trials' out-of-fold "
+                                 "predictions (--objective cv); 0: none."),
+    refit: bool = typer.Option(True, "--refit/--no-refit", help="Refit the best configuration into --out/best/bundle."),
+    out: Path = typer.Option(Path("runs/search"), "--out", "-o", help="Output folder: leaderboard.md/.csv, "
+                             "best_config.yaml, best/bundle, param_importance.png, trials/, study.db."),
+    fusion: Optional[str] = typer.Option(None, "--fusion", "-f", help=setting_help(ModelConfig, "fusion")),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings, as for fit: the "
+                                          "starting point; the space's keys vary per trial."),
+    task: Optional[str] = typer.Option(None, "--task", help="binary, multiclass, multilabel or regression."),
+    column: List[str] = typer.Option([], "--column", "-c", help="Override a role: NAME=ROLE (repeatable)."),
+    group: List[str] = typer.Option([], "--group", "-g", help="Read columns as one input: NAME=COL1,COL2."),
+    input_: List[str] = typer.Option([], "--input", help="Use only these inputs (repeatable)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="As for fit: 64 or WIDTHxHEIGHT."),
+    image_resize: Optional[str] = typer.Option(None, "--image-resize", help="As for fit: crop, squash, pad or letterbox."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=setting_help(TrainConfig, "epochs")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=setting_help(TrainConfig, "batch_size")),
+    lr: Optional[float] = typer.Option(None, "--lr", help=setting_help(TrainConfig, "lr")),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampler, the folds and every fit. " +
+                                       setting_help(TrainConfig, "seed")),
+    workers: Optional[int] = typer.Option(None, "--workers", help=setting_help(TrainConfig, "num_workers")),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="Per fit. " + setting_help(TrainConfig, "max_time")),
+    on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
+):
+    """Search settings with Optuna: leaderboard, best_config.yaml (for fit --config) and the best refit as a bundle.
+
+    Each trial is scored by cross-validation (or a validation split); the study lives in --storage (SQLite in
+    --out by default), so a killed search resumes, and workers given the same --storage and --study-name
+    share one study."""
+    from .tuning import search as run_search
+
+    if group_column and leave_one_out:
+        from .errors import MmfuseError
+
+        raise MmfuseError("give --group-column (group k-fold) or --leave-one-out (one fold per group), not both")
+    m = _predictor_from_options(
+        target, config, fusion=fusion, task=task, column=column, group=group, input_=input_,
+        image_size=image_size, image_resize=image_resize, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        workers=workers, max_time=max_time, root=root, on_bad_input=on_bad_input,
+        allow_outside_root=allow_outside_root, progress=False)
+    run_search(m, data, space=space, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name,
+               objective=objective, folds=folds, group_column=group_column, leave_one_out=leave_one_out, out=out,
+               jobs=jobs, seed=seed or 0, ensemble=ensemble, refit=refit, echo=typer.echo,
+               fixed=[n for n, v in (("fusion", fusion), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
+                      if v is not None])
+
+
 def _predictor_from_options(target, config, *, fusion=None, task=None, column=(), group=(), input_=(),
                             group_column=None, image_size=None, image_resize=None, epochs=None, batch_size=None,
                             lr=None, seed=None, workers=None, max_time=None, decision_threshold=None, root=None,
@@ -285,7 +351,7 @@ def _print_metrics(metrics: dict) -> None:
 
 @app.command()
 def evaluate(
-    bundle: Path = typer.Argument(..., help="Bundle folder written by fit."),
+    bundle: Path = typer.Argument(..., help="Bundle folder written by fit, or an ensemble folder."),
     data: Path = typer.Argument(..., help="Labelled table."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics.json and report.md here."),
     contribution: bool = typer.Option(True, "--contribution/--no-contribution", help="Measure each input's contribution."),
@@ -318,12 +384,14 @@ def evaluate(
         typer.echo(f"contribution ({c['metric']}; all inputs {c['all']:.4f}): " + ", ".join(
             f"{n}: without {c['without'][n]:.4f}, alone {c['only'][n]:.4f}" for n in c["without"]))
     if out:
+        from .ensemble import EnsemblePredictor
         from .evaluation import write_report
 
         trained = {k: v for k, v in (pred.config.get("metrics") or {}).items()  # fit's facts, kept in the bundle
                    if k in ("best_epoch", "epochs_run", "train_seconds", "rows", "split_source", "plan")}
         write_report(out, {"test": m, "contribution": c, "task": pred.task.name,
-                           "fusion": pred.config["model"]["model"]["fusion"], "inputs": pred.model.names,
+                           "fusion": pred.describe() if isinstance(pred, EnsemblePredictor)
+                           else pred.config["model"]["model"]["fusion"], "inputs": pred.model.names,
                            "evaluated": {"bundle": str(bundle), "table": str(data), "rows": m.get("n")},
                            "blank_target_rows": m.get("blank_target_rows"), "training": trained},
                      pred.target.classes_)
@@ -338,7 +406,7 @@ def _table(data: Path, root):
 
 @app.command()
 def predict(
-    bundle: Path = typer.Argument(..., help="Bundle folder written by fit."),
+    bundle: Path = typer.Argument(..., help="Bundle folder written by fit, or an ensemble folder."),
     data: Path = typer.Argument(..., help="Table to predict on; inputs may be absent or empty."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (.csv, .parquet or .jsonl)."),
     proba: bool = typer.Option(True, "--proba/--no-proba", help="Add a probability column per class."),

@@ -33,7 +33,7 @@ import pandas as pd
 
 from .errors import MmfuseError
 
-__all__ = ["Fold", "make_folds", "cross_validate", "CVResult", "summarize_folds"]
+__all__ = ["Fold", "make_folds", "cross_validate", "CVResult", "summarize_folds", "with_group_role"]
 
 SCHEMES = ("stratified", "kfold", "group", "leave_one_group_out")
 
@@ -114,6 +114,17 @@ def _check_k(k: int, n: int, what: str) -> None:
         raise MmfuseError(f"folds must be an integer >= 2, got {k!r}")
     if k > n:
         raise MmfuseError(f"{k} folds need at least {k} {what}; there are {n}: use fewer folds")
+
+
+def with_group_role(estimator, column: str | None):
+    """A copy of ``estimator`` that reads ``column`` as the group (never an input; validation splits by it), or
+    the estimator itself when ``column`` is None."""
+    if column is None:
+        return estimator
+    from .api import MultimodalPredictor
+
+    params = estimator.get_params()
+    return MultimodalPredictor(**{**params, "columns": {**(params.get("columns") or {}), column: "group"}})
 
 
 def summarize_folds(fold_metrics: Sequence[dict]) -> dict:
@@ -259,13 +270,20 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
             f"{', '.join(map(str, left_out[:10]))}{', ...' if len(left_out) > 10 else ''}")
     labelled = df[~blank]
     kind = estimator.task or P.infer_task_of(table, target)
-    y = labelled[target] if kind in ("binary", "multiclass") else None
-    if scheme is None and y is None and group_col is None:
-        scheme = "kfold"
     groups = labelled[group_col] if group_col is not None else None
+    if groups is not None and groups.isna().any():
+        blank_g = labelled.index[groups.isna().to_numpy()].tolist()
+        raise MmfuseError(f"{len(blank_g)} rows have a blank group {group_col!r} (rows "
+                          f"{', '.join(map(str, blank_g[:10]))}{', ...' if len(blank_g) > 10 else ''}): fill them in, "
+                          "or drop those rows, so that every row belongs to a group")
+    if scheme is None:
+        scheme = ("group" if groups is not None else
+                  "stratified" if kind in ("binary", "multiclass") else "kfold")  # regression, multilabel: plain
     seed = estimator.seed
-    fold_list = make_folds(y, folds, groups, scheme, seed)
-    scheme_name = scheme or ("group" if groups is not None else "stratified")
+    fold_list = make_folds(labelled[target], folds, groups, scheme, seed)
+    scheme_name = scheme
+    if kind in ("binary", "multiclass"):
+        _check_fold_classes(labelled[target], fold_list)
     scheme_info = {"name": scheme_name, "folds": len(fold_list), "group_column": group_col, "seed": seed,
                    "description": _describe_scheme(scheme_name, len(fold_list), group_col, table.source)}
     settings = _settings(estimator)
@@ -309,7 +327,7 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
 
     if jobs == 1 or len(todo) <= 1:
         for t in todo:
-            finished(_fit_fold(**t))
+            finished(_fit_fold(**{**t, "threads": None}))  # in this process: leave its thread count alone
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -318,8 +336,12 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
         # spawn, not fork: a forked copy of a process that already ran torch can hang in its thread pools
         try:
             with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=mp.get_context("spawn")) as pool:
-                for fut in as_completed([pool.submit(_fit_fold, **t) for t in todo]):
-                    finished(fut.result())
+                try:
+                    for fut in as_completed([pool.submit(_fit_fold, **t) for t in todo]):
+                        finished(fut.result())
+                except BaseException:  # a failed fold, a pruned trial, Ctrl-C: do not wait for the queued folds
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
         except BrokenProcessPool:
             raise MmfuseError(
                 f"a worker process of cross_validate(jobs={jobs}) died: either the script that calls it lacks "
@@ -331,6 +353,20 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
     s = result.summary.get(result.metric)
     say(f"{result.metric}: {_fmt_stat(s)}; written: {run_dir / 'cv.json'}, {run_dir / 'cv.md'}, {run_dir / 'oof.csv'}")
     return result
+
+
+def _check_fold_classes(y: pd.Series, fold_list) -> None:
+    """Every class of a fold's held-out rows must occur in its training rows (a model cannot predict a
+    class it never saw); one line naming the fold and the remedy otherwise."""
+    labels = y.astype(str).to_numpy()
+    for f in fold_list:
+        train = np.ones(len(labels), bool)
+        train[f.test] = False
+        unseen = sorted(set(labels[f.test]) - set(labels[train]))
+        if unseen:
+            raise MmfuseError(f"{f.name}: class {unseen[0]!r} occurs only in the held-out rows of this fold "
+                              f"({', '.join(map(repr, unseen))}), so no model of the fold can learn it; use fewer folds, "
+                              "another grouping, or drop or merge the rare class")
 
 
 def _describe_scheme(name: str, k: int, group_col, source: str) -> str:
@@ -377,7 +413,8 @@ def _check_run_folder(run_dir: Path, fp: dict, overwrite: bool) -> None:
             old = None
         if old == fp:
             return
-        if not overwrite:
+        began = any(run_dir.glob("fold_*/fold.json")) or any(run_dir.glob("fold_*/checkpoints"))
+        if not overwrite and began:
             what = ("unreadable state" if not old else "other data" if old.get("data") != fp["data"] else
                     "other folds" if old.get("folds") != fp["folds"] else "other settings")
             raise MmfuseError(f"{run_dir} holds a cross-validation run with {what}; pass overwrite=True (--overwrite) "
@@ -436,7 +473,8 @@ def _fit_fold(params: dict, train: pd.DataFrame, test: pd.DataFrame, fold: dict,
     res = {"fold": fold["index"], "name": fold["name"], "groups": fold["groups"], "rows": mm["rows"],
            "metrics": mm.get("test", {}), "best_epoch": _plus1(mm.get("best_epoch")), "epochs_run": mm.get("epochs_run"),
            "seconds": time.perf_counter() - t0, "resumed": resume, "fingerprint": fingerprint,
-           "test_rows_hash": fold["test_rows_hash"], "headline": m.task_.headline}
+           "test_rows_hash": fold["test_rows_hash"], "headline": m.task_.headline,
+           "ids": {k: m.splits_["ids"][k] for k in ("train", "val")}}
     atomic_write_text(fdir / "fold.json", json.dumps(res, indent=1, default=_jsonable))
     return res
 
@@ -456,7 +494,7 @@ def _write_outputs(run_dir: Path, fold_list, results: dict, scheme: dict, settin
 
     done = [results[f.index] for f in fold_list if f.index in results]
     metric = done[0].get("headline", "accuracy") if done else "accuracy"
-    folds = [{k: v for k, v in r.items() if k not in ("fingerprint", "test_rows_hash", "headline")} for r in done]
+    folds = [{k: v for k, v in r.items() if k not in ("fingerprint", "test_rows_hash", "headline", "ids")} for r in done]
     summary = summarize_folds([r["metrics"] for r in done])
     frames = [pd.read_csv(run_dir / f"fold_{r['fold'] + 1}" / "oof.csv") for r in done
               if (run_dir / f"fold_{r['fold'] + 1}" / "oof.csv").exists()]

@@ -195,6 +195,24 @@ class Task(ABC):
             cols.update({f"proba_{c}": decoded.proba[:, j] for j, c in enumerate(self.classes_)})
         return cols
 
+    # --- combining models (ensembles) ----------------------------------------------------------
+    @abstractmethod
+    def logits_of(self, proba: np.ndarray) -> torch.Tensor:
+        """The inverse of :meth:`decode`'s probability map: logits (N, n_outputs) whose
+        ``decode(...).proba`` is ``proba`` (class probabilities; regression: values in the target's
+        units). An ensemble averages its members' ``proba`` and decodes these logits, so its labels
+        follow this task's own rule (argmax, decision thresholds)."""
+
+    def proba_of_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """The inverse of :meth:`output_columns`: ``decode(...).proba`` read back from a prediction
+        frame (such as a cross-validation's ``oof.csv``): its ``proba_<class>`` columns, (N, K)."""
+        cols = [f"proba_{c}" for c in self.classes_]
+        lacking = [c for c in cols if c not in frame.columns]
+        if lacking:
+            raise MmfuseError(f"the predictions of {self.column!r} lack the columns {lacking} (they have "
+                              f"{list(frame.columns)}); they were written by a model with other classes")
+        return frame[cols].to_numpy(float)
+
     def set_threshold(self, setting, logits: torch.Tensor | None = None, y: np.ndarray | None = None):
         """Decision threshold(s) from ``setting``: a number, or a metric maximized on ``logits``/``y``
         (validation rows). Only binary and multilabel tasks have one."""
@@ -338,6 +356,9 @@ class MulticlassTask(_Classification):
         ids = proba.argmax(1)
         return Decoded(proba, ids, self.labels()[ids])
 
+    def logits_of(self, proba):
+        return torch.log(torch.as_tensor(np.clip(proba, _EPS, 1), dtype=torch.float64))  # softmax(log p) = p
+
     def _extra_metrics(self, proba, pred, y, present):
         from sklearn import metrics as M
 
@@ -391,6 +412,9 @@ class BinaryTask(_Classification):
         proba = np.stack([1 - p, p], axis=1)
         ids = _positive(p, self._threshold if threshold is None else _probability(threshold))
         return Decoded(proba, ids, self.labels()[ids])
+
+    def logits_of(self, proba):
+        return _logit(np.asarray(proba)[:, 1:2])  # the second class's probability, (N, 1)
 
     def set_threshold(self, setting, logits=None, y=None):
         if setting is None:
@@ -486,6 +510,9 @@ class MultilabelTask(Task):
         labels = np.empty(len(ids), dtype=object)
         labels[:] = [list(classes[r.astype(bool)]) for r in ids]
         return Decoded(proba, ids, labels)
+
+    def logits_of(self, proba):
+        return _logit(np.asarray(proba))
 
     def output_columns(self, decoded, proba=True):
         cols = super().output_columns(decoded, proba)
@@ -609,6 +636,16 @@ class RegressionTask(Task):
         """Standardized values -> the target's units."""
         return z * self.std_ + self.mean_
 
+    def logits_of(self, proba):
+        z = (np.asarray(proba, float) - self.mean_) / self.std_  # values -> the standardized scale
+        return torch.as_tensor(z, dtype=torch.float64).reshape(-1, 1)
+
+    def proba_of_frame(self, frame):
+        if "prediction" not in frame.columns:
+            raise MmfuseError(f"the predictions of {self.column!r} lack the column 'prediction' (they have "
+                              f"{list(frame.columns)})")
+        return pd.to_numeric(frame["prediction"], errors="coerce").to_numpy(float)
+
     def output_columns(self, decoded, proba=True):
         return {"prediction": decoded.labels}
 
@@ -719,6 +756,14 @@ def _report(M, y, pred, names: list[str], present: list[int]) -> dict:
         return {}
     return M.classification_report(y, pred, labels=present, target_names=[names[j] for j in present],
                                    output_dict=True, zero_division=0)
+
+
+_EPS = 1e-12  # probabilities are clipped to [_EPS, 1 - _EPS] before their logarithm
+
+
+def _logit(p: np.ndarray) -> torch.Tensor:
+    p = np.clip(np.asarray(p, float), _EPS, 1 - _EPS)
+    return torch.as_tensor(np.log(p) - np.log1p(-p), dtype=torch.float64)
 
 
 def _positive(p: np.ndarray, threshold: float) -> np.ndarray:

@@ -95,6 +95,12 @@ class Encoder(nn.Module):
         """Constructor arguments that a fitted preprocessor determines (vocabulary size, channels, ...)."""
 
     @classmethod
+    def alone_kwargs(cls) -> dict:
+        """Defaults for a model whose only input this encoder reads (it feeds the head directly, with
+        nothing to fuse); a user's encoder options override them. None by default."""
+        return {}
+
+    @classmethod
     def from_preprocessor(cls, preprocessor, **kwargs) -> "Encoder":
         """Build with sizes taken from a fitted preprocessor; ``kwargs`` set the rest."""
         return cls.from_config({**cls.preprocessor_kwargs(preprocessor), **kwargs})

@@ -1,0 +1,90 @@
+"""Fusion weights by cross-validation: the α search recovers a known best α (within one grid step)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmfuse import MmfuseError, MultimodalPredictor
+from mmfuse.alpha import search_alpha, weight_grid
+
+FAST = dict(epochs=3, min_steps=0, progress=False, log=None, contribution=False, batch_size=32,
+            groups={"a": ["a1", "a2"], "b": ["b1", "b2"]})
+
+
+def two_inputs(noise_a: float, noise_b: float, n=300, seed=0):
+    """Label y = sign(s); each input is s (two copies) plus noise of its own scale; an input with
+    noise 'inf' carries nothing (pure noise)."""
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=n)
+    cols = {}
+    for name, noise in (("a", noise_a), ("b", noise_b)):
+        signal = np.zeros(n) if noise == np.inf else s
+        scale = 1.0 if noise == np.inf else noise
+        for j in (1, 2):
+            cols[f"{name}{j}"] = signal + scale * rng.normal(size=n)
+    df = pd.DataFrame(cols)
+    df["y"] = np.where(s > 0, "pos", "neg")
+    return df
+
+
+@pytest.mark.parametrize("noise_a, noise_b, best_alpha", [
+    (0.3, np.inf, 1.0),    # b is pure noise: all weight on a
+    (np.inf, 0.3, 0.0),    # a is pure noise: all weight on b
+    (0.5, 0.5, 0.5),       # equally reliable, conditionally independent: equal weights
+])
+def test_alpha_search_recovers_the_known_best_alpha(tmp_path, noise_a, noise_b, best_alpha):
+    res = search_alpha(MultimodalPredictor(target="y", **FAST), two_inputs(noise_a, noise_b), folds=3,
+                       out=tmp_path / "alpha", compare_late=False, metric="log_loss")
+    assert res.inputs == ["a", "b"]
+    alpha = res.best["weights"]["a"]
+    assert abs(alpha - best_alpha) <= 0.1 + 1e-9, (alpha, [(r["weights"]["a"], round(r["mean"], 4)) for r in res.points])
+    # the honest score: each fold chooses on its validation rows and is scored on its held-out rows
+    chosen = [w["a"] for w in res.chosen["weights_per_fold"]]
+    assert len(chosen) == 3 and len(res.chosen["scores"]) == 3
+    if best_alpha in (0.0, 1.0):  # a useless input: even ~20 validation rows per fold see it (with two equally
+        assert abs(np.mean(chosen) - best_alpha) <= 0.2 + 1e-9, chosen  # good inputs the choice is noise)
+    d = json.loads((tmp_path / "alpha" / "alpha.json").read_text())
+    assert len(d["points"]) == 11 and len(d["best"]["scores"]) == 3
+    assert (tmp_path / "alpha" / "alpha.png").stat().st_size > 0
+    assert "CV-chosen weights" in (tmp_path / "alpha" / "alpha.md").read_text()
+
+
+def test_one_input_is_refused_before_any_fit(tmp_path):
+    df = two_inputs(0.5, 0.5, n=60).drop(columns=["b1", "b2"])
+    with pytest.raises(MmfuseError, match="at least 2 inputs; the model has 1"):
+        search_alpha(MultimodalPredictor(target="y", **{**FAST, "groups": {"a": ["a1", "a2"]}}), df, folds=2,
+                     out=tmp_path / "alpha")
+    assert not (tmp_path / "alpha" / "learned").exists()
+
+
+def test_weight_grids():
+    assert weight_grid(["a", "b"])[0] == (0.0, 1.0) and len(weight_grid(["a", "b"])) == 11
+    three = weight_grid(["a", "b", "c"], simplex_steps=4)
+    assert len(three) == 15 and all(abs(sum(w) - 1) < 1e-9 for w in three)
+    many = weight_grid(list("abcde"), samples=10)
+    assert len(many) == 16 and all(abs(sum(w) - 1) < 1e-3 for w in many)
+    with pytest.raises(MmfuseError, match="at least 2 inputs"):
+        weight_grid(["a"])
+    with pytest.raises(MmfuseError, match="alphas must be numbers in"):
+        weight_grid(["a", "b"], alphas=[0.5, 2])
+
+
+def test_embed_gives_each_inputs_pooled_output_and_presence(tmp_path):
+    df = two_inputs(0.5, 0.5, n=60)
+    m = MultimodalPredictor(target="y", **{**FAST, "epochs": 1}).fit(df)
+    part = df.head(5).copy()
+    part.loc[[1, 3], ["b1", "b2"]] = np.nan  # input b absent from rows 1 and 3
+    e = m.predictor_.embed(part)
+    assert list(e["rows"]) == [0, 1, 2, 3, 4]
+    assert e["present"]["b"].tolist() == [True, False, True, False, True] and e["present"]["a"].all()
+    assert not e["features"]["b"][[1, 3]].any() and e["features"]["b"][[0, 2, 4]].any()
+    # the features are what the fusion receives: the fusion on them gives the model's logits
+    import torch
+    feats = {n: torch.from_numpy(v) for n, v in e["features"].items()}
+    masks = {n: torch.from_numpy(v) for n, v in e["present"].items()}
+    model = m.predictor_.model
+    with torch.no_grad():
+        z = model.head(model.fusion(feats, masks))
+    ref, rows = m.predictor_.logits(part)
+    assert torch.allclose(z, ref, atol=1e-5)
