@@ -88,3 +88,19 @@ def test_embed_gives_each_inputs_pooled_output_and_presence(tmp_path):
         z = model.head(model.fusion(feats, masks))
     ref, rows = m.predictor_.logits(part)
     assert torch.allclose(z, ref, atol=1e-5)
+
+
+def test_search_alpha_command_refuses_other_settings_in_out_unless_overwrite(tmp_path, capsys):
+    from mmfuse.cli import main
+
+    path = tmp_path / "t.csv"
+    two_inputs(0.5, 0.5, n=60).to_csv(path, index=False)
+    args = ["search", str(path), "-t", "y", "--space", "alpha", "--folds", "2", "--out", str(tmp_path / "al"),
+            "-g", "a=a1,a2", "-g", "b=b1,b2"]
+    main(args + ["--epochs", "1"])
+    assert "CV-chosen weights" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--epochs", "2"])
+    assert e.value.code == 2 and "other settings" in capsys.readouterr().err
+    main(args + ["--epochs", "2", "--overwrite"])
+    assert json.loads((tmp_path / "al" / "alpha.json").read_text())["chosen"]["scores"]

@@ -239,6 +239,9 @@ def search(
     ensemble: int = typer.Option(0, "--ensemble", help="Greedy ensemble of this size over the trials' out-of-fold "
                                  "predictions (--objective cv); 0: none."),
     refit: bool = typer.Option(True, "--refit/--no-refit", help="Refit the best configuration into --out/best/bundle."),
+    overwrite: bool = typer.Option(False, "--overwrite", show_default=True,
+                                   help="--space alpha: replace its cross-validation runs in --out made with other "
+                                        "settings (an Optuna study resumes instead)."),
     out: Path = typer.Option(Path("runs/search"), "--out", "-o", help="Output folder: leaderboard.md/.csv, "
                              "best_config.yaml, best/bundle, param_importance.png, trials/, study.db."),
     fusion: Optional[str] = typer.Option(None, "--fusion", "-f", help=setting_help(ModelConfig, "fusion")),
@@ -279,7 +282,7 @@ def search(
         allow_outside_root=allow_outside_root, progress=False)
     run_search(m, data, space=space, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name,
                objective=objective, folds=folds, group_column=group_column, leave_one_out=leave_one_out, out=out,
-               jobs=jobs, seed=seed or 0, ensemble=ensemble, refit=refit, echo=typer.echo,
+               jobs=jobs, seed=seed or 0, ensemble=ensemble, refit=refit, echo=typer.echo, overwrite=overwrite,
                fixed=[n for n, v in (("fusion", fusion), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
                       if v is not None])
 

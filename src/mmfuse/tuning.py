@@ -201,7 +201,7 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
            study_name: str | None = None, objective: str = "cv", folds: int = 5, group_column: str | None = None,
            leave_one_out: str | None = None, out="runs/search", jobs: int = 1, seed: int = 0, ensemble: int = 0,
            echo: Callable[[str], None] | None = None, sampler=None, pruner=None, refit: bool = True,
-           fixed: Sequence[str] = ()) -> SearchResult:
+           fixed: Sequence[str] = (), overwrite: bool = False) -> SearchResult:
     """Search the estimator's parameters with Optuna.
 
     Args:
@@ -226,6 +226,8 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
             the complete trials' out-of-fold predictions (``objective="cv"`` only), saved in ``out/ensemble``
             and listed on the leaderboard (trial ``ensemble``, its mean and std over the folds, its members).
         echo: Called with one line per event.
+        overwrite: ``space="alpha"`` only: replace its cross-validation runs in ``out`` made with other settings
+            (an Optuna study resumes instead; give another ``out`` or ``study_name`` for a new one).
         fixed: Settings not to search even when the space lists them (the command line passes the options
             the user gave, such as ``--epochs``); the estimator's values are used.
         sampler, pruner: Optuna objects; defaults ``TPESampler(seed)`` and ``MedianPruner`` (5 startup
@@ -260,7 +262,7 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
         except ImportError as e:
             raise MmfuseError(f"--space alpha needs mmfuse.alpha.search_alpha, which is not available ({e})") from None
         return search_alpha(estimator, data, folds=folds, group_column=group_column, leave_one_out=leave_one_out,
-                            out=out, jobs=jobs, echo=echo)
+                            out=out, jobs=jobs, overwrite=overwrite, echo=echo)
     optuna = _import_optuna()
     from . import pipeline as P
     from ._registry import unknown_name_message
