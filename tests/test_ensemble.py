@@ -250,3 +250,16 @@ def test_a_regression_ensemble_averages_values_across_folds_with_their_own_scale
     oofs = [pd.read_csv(d / "oof.csv").set_index("row").sort_index() for d in dirs]
     pred = sum(w * o["prediction"] for w, o in zip(weights, oofs))
     assert res["pooled"]["rmse"] == pytest.approx(np.sqrt(np.mean((pred - oofs[0]["target"]) ** 2)), rel=1e-5)
+
+
+def test_selection_keeps_the_best_prefix_of_its_steps():
+    """a = +1 and b = -1 against y = 0: two steps reach the perfect 0 (a + b) / 2; a third step can only make
+    it worse (1/9). Caruana's rule keeps the best prefix: weights 1/2, 1/2, not 2/3, 1/3."""
+    from mmfuse.ensemble import ensemble_selection
+
+    mse = lambda p, y: float(np.mean((p - y) ** 2))  # noqa: E731
+    a, b, y = np.ones(4), -np.ones(4), np.zeros(4)
+    sel = ensemble_selection([a, b], y, mse, size=3)
+    assert sel.picks == [0, 1, 0] and sel.scores == pytest.approx([1.0, 0.0, 1 / 9])
+    assert sel.steps == 2 and sel.weights.tolist() == [0.5, 0.5]
+    assert ensemble_selection([a, b], y, mse, size=3, use_best=False).weights == pytest.approx([2 / 3, 1 / 3])

@@ -59,18 +59,21 @@ class Selection:
     """What :func:`ensemble_selection` chose.
 
     Attributes:
-        weights: (M,) one per candidate: the times it was picked / ``size`` (zero for those never picked).
+        weights: (M,) one per candidate: the times it was picked in the first ``steps`` steps / ``steps``
+            (zero for those never picked).
         picks: The candidate added at each step.
         scores: The metric of the ensemble after each step.
+        steps: The steps kept: the prefix with the best score (as Caruana et al. and AutoGluon do), or all.
     """
 
     weights: np.ndarray
     picks: list = field(default_factory=list)
     scores: list = field(default_factory=list)
+    steps: int = 0
 
 
 def ensemble_selection(probas: Sequence[np.ndarray], y, metric_fn: Callable[[np.ndarray, object], float], size: int,
-                       higher_is_better: bool = False) -> Selection:
+                       higher_is_better: bool = False, use_best: bool = True) -> Selection:
     """Greedy forward ensemble selection with replacement (Caruana et al. 2004).
 
     Starting from the empty ensemble, each of ``size`` steps adds the candidate (one already in
@@ -88,6 +91,9 @@ def ensemble_selection(probas: Sequence[np.ndarray], y, metric_fn: Callable[[np.
         metric_fn: ``metric_fn(prediction, y) -> float`` of an averaged prediction.
         size: Steps (picks); the weights are multiples of ``1 / size``.
         higher_is_better: False (default) for a loss to minimize.
+        use_best: Keep the prefix of the steps whose ensemble scored best (the earliest of equal ones),
+            not necessarily all ``size`` steps: a late step can make the ensemble worse when no candidate
+            improves it any more.
 
     Returns:
         A :class:`Selection`.
@@ -102,7 +108,7 @@ def ensemble_selection(probas: Sequence[np.ndarray], y, metric_fn: Callable[[np.
         raise MmfuseError(f"ensemble selection: the candidates' predictions have different shapes {sorted(shapes)}; "
                           "they must cover the same rows (and classes) in the same order")
     sign = -1.0 if higher_is_better else 1.0
-    total, counts, picks, scores = np.zeros_like(preds[0]), np.zeros(len(preds), int), [], []
+    total, picks, scores = np.zeros_like(preds[0]), [], []
     for step in range(1, size + 1):
         loss = np.array([sign * float(metric_fn((total + p) / step, y)) for p in preds])
         loss[~np.isfinite(loss)] = np.inf
@@ -112,10 +118,14 @@ def ensemble_selection(probas: Sequence[np.ndarray], y, metric_fn: Callable[[np.
                               "check the predictions for NaN")
         pick = int(np.flatnonzero(loss <= best + _TIE * max(1.0, abs(best)))[0])
         total += preds[pick]
-        counts[pick] += 1
         picks.append(pick)
         scores.append(sign * float(best))
-    return Selection(counts / size, picks, scores)
+    steps = size
+    if use_best:
+        signed = sign * np.asarray(scores)
+        steps = int(np.flatnonzero(signed <= signed.min() + _TIE * max(1.0, abs(signed.min())))[0]) + 1
+    kept = np.bincount(np.asarray(picks[:steps], int), minlength=len(preds))
+    return Selection(kept / steps, picks, scores, steps)
 
 
 # --- the predictor ---------------------------------------------------------------------------
