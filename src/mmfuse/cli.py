@@ -164,6 +164,23 @@ def fit(
     typer.echo(f"run folder: {out} (report.md, metrics.json, bundle/)")
 
 
+# Options that `cv` and `search` share (the same metadata object serves both commands)
+_OPT_FUSION = typer.Option(None, "--fusion", "-f", help=setting_help(ModelConfig, "fusion"))
+_OPT_TASK = typer.Option(None, "--task", help="binary, multiclass, multilabel or regression.")
+_OPT_COLUMN = typer.Option([], "--column", "-c", help="Override a role: NAME=ROLE (repeatable).")
+_OPT_GROUP = typer.Option([], "--group", "-g", help="Read columns as one input: NAME=COL1,COL2.")
+_OPT_INPUT = typer.Option([], "--input", help="Use only these inputs (repeatable).")
+_OPT_IMAGE_SIZE = typer.Option(None, "--image-size", help="As for fit: 64 or WIDTHxHEIGHT.")
+_OPT_IMAGE_RESIZE = typer.Option(None, "--image-resize", help="As for fit: crop, squash, pad or letterbox.")
+_OPT_EPOCHS = typer.Option(None, "--epochs", help=setting_help(TrainConfig, "epochs"))
+_OPT_BATCH_SIZE = typer.Option(None, "--batch-size", help=setting_help(TrainConfig, "batch_size"))
+_OPT_LR = typer.Option(None, "--lr", help=setting_help(TrainConfig, "lr"))
+_OPT_WORKERS = typer.Option(None, "--workers", help=setting_help(TrainConfig, "num_workers"))
+_OPT_ON_BAD_INPUT = typer.Option("raise", "--on-bad-input", help="raise, skip or missing.")
+_OPT_ROOT = typer.Option(None, "--root", help="Folder for relative paths (default: the table's).")
+_OPT_ALLOW_OUTSIDE_ROOT = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root.")
+
+
 @app.command()
 def cv(
     data: Path = typer.Argument(..., help="Table (.csv, .tsv, .parquet, .jsonl); every labelled row is held out once."),
@@ -179,24 +196,24 @@ def cv(
     overwrite: bool = typer.Option(False, "--overwrite", show_default=True,
                                    help="Replace a cross-validation with other settings in --out (the same "
                                         "settings resume: finished folds are kept)."),
-    fusion: Optional[str] = typer.Option(None, "--fusion", "-f", help=setting_help(ModelConfig, "fusion")),
+    fusion: Optional[str] = _OPT_FUSION,
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings, as for fit."),
-    task: Optional[str] = typer.Option(None, "--task", help="binary, multiclass, multilabel or regression."),
-    column: List[str] = typer.Option([], "--column", "-c", help="Override a role: NAME=ROLE (repeatable)."),
-    group: List[str] = typer.Option([], "--group", "-g", help="Read columns as one input: NAME=COL1,COL2."),
-    input_: List[str] = typer.Option([], "--input", help="Use only these inputs (repeatable)."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="As for fit: 64 or WIDTHxHEIGHT."),
-    image_resize: Optional[str] = typer.Option(None, "--image-resize", help="As for fit: crop, squash, pad or letterbox."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help=setting_help(TrainConfig, "epochs")),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=setting_help(TrainConfig, "batch_size")),
-    lr: Optional[float] = typer.Option(None, "--lr", help=setting_help(TrainConfig, "lr")),
+    task: Optional[str] = _OPT_TASK,
+    column: List[str] = _OPT_COLUMN,
+    group: List[str] = _OPT_GROUP,
+    input_: List[str] = _OPT_INPUT,
+    image_size: Optional[str] = _OPT_IMAGE_SIZE,
+    image_resize: Optional[str] = _OPT_IMAGE_RESIZE,
+    epochs: Optional[int] = _OPT_EPOCHS,
+    batch_size: Optional[int] = _OPT_BATCH_SIZE,
+    lr: Optional[float] = _OPT_LR,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the folds and of every fit. " +
                                        setting_help(TrainConfig, "seed")),
-    workers: Optional[int] = typer.Option(None, "--workers", help=setting_help(TrainConfig, "num_workers")),
+    workers: Optional[int] = _OPT_WORKERS,
     max_time: Optional[float] = typer.Option(None, "--max-time", help="Per fold. " + setting_help(TrainConfig, "max_time")),
-    on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
-    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
+    on_bad_input: str = _OPT_ON_BAD_INPUT,
+    root: Optional[Path] = _OPT_ROOT,
+    allow_outside_root: bool = _OPT_ALLOW_OUTSIDE_ROOT,
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Show each fold's progress bar (--jobs 1)."),
 ):
     """Cross-validate one configuration: per-fold metrics with mean, std and median; cv.json, cv.md, oof.csv.
@@ -244,25 +261,25 @@ def search(
                                         "settings (an Optuna study resumes instead)."),
     out: Path = typer.Option(Path("runs/search"), "--out", "-o", help="Output folder: leaderboard.md/.csv, "
                              "best_config.yaml, best/bundle, param_importance.png, trials/, study.db."),
-    fusion: Optional[str] = typer.Option(None, "--fusion", "-f", help=setting_help(ModelConfig, "fusion")),
+    fusion: Optional[str] = _OPT_FUSION,
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings, as for fit: the "
                                           "starting point; the space's keys vary per trial."),
-    task: Optional[str] = typer.Option(None, "--task", help="binary, multiclass, multilabel or regression."),
-    column: List[str] = typer.Option([], "--column", "-c", help="Override a role: NAME=ROLE (repeatable)."),
-    group: List[str] = typer.Option([], "--group", "-g", help="Read columns as one input: NAME=COL1,COL2."),
-    input_: List[str] = typer.Option([], "--input", help="Use only these inputs (repeatable)."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="As for fit: 64 or WIDTHxHEIGHT."),
-    image_resize: Optional[str] = typer.Option(None, "--image-resize", help="As for fit: crop, squash, pad or letterbox."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help=setting_help(TrainConfig, "epochs")),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=setting_help(TrainConfig, "batch_size")),
-    lr: Optional[float] = typer.Option(None, "--lr", help=setting_help(TrainConfig, "lr")),
+    task: Optional[str] = _OPT_TASK,
+    column: List[str] = _OPT_COLUMN,
+    group: List[str] = _OPT_GROUP,
+    input_: List[str] = _OPT_INPUT,
+    image_size: Optional[str] = _OPT_IMAGE_SIZE,
+    image_resize: Optional[str] = _OPT_IMAGE_RESIZE,
+    epochs: Optional[int] = _OPT_EPOCHS,
+    batch_size: Optional[int] = _OPT_BATCH_SIZE,
+    lr: Optional[float] = _OPT_LR,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampler, the folds and every fit. " +
                                        setting_help(TrainConfig, "seed")),
-    workers: Optional[int] = typer.Option(None, "--workers", help=setting_help(TrainConfig, "num_workers")),
+    workers: Optional[int] = _OPT_WORKERS,
     max_time: Optional[float] = typer.Option(None, "--max-time", help="Per fit. " + setting_help(TrainConfig, "max_time")),
-    on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
-    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
+    on_bad_input: str = _OPT_ON_BAD_INPUT,
+    root: Optional[Path] = _OPT_ROOT,
+    allow_outside_root: bool = _OPT_ALLOW_OUTSIDE_ROOT,
 ):
     """Search settings with Optuna: leaderboard, best_config.yaml (for fit --config) and the best refit as a bundle.
 
