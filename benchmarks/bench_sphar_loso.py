@@ -14,7 +14,9 @@ information columns are left out so that the models see what the authors' saw).
 Usage:
   python benchmarks/bench_sphar_loso.py --models phone,watch,concat,late [--epochs 30] [--jobs 1]
          [--subjects 23] [--data ../shared/data] [--out runs/sphar_loso]
-Models: phone, watch, any fusion name (phone + watch), alpha (the CV-chosen α of weighted late fusion).
+Models: phone, watch, any fusion name (phone + watch), alpha (the CV-chosen α of weighted fusion), searched
+(an Optuna search, objective: validation subjects split off the fused table, budget --search-minutes; its best
+configuration is then cross-validated leave-one-subject-out like the others).
 Writes benchmarks/results/sphar_loso.json and .md (results of models not run now are kept).
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ PUBLISHED = {"phone": 0.886, "watch": 0.874, "fused": 0.902}
 def main(argv=None):
     from _env import environment
 
-    from mmfuse import MultimodalPredictor, cross_validate, search_alpha
+    from mmfuse import MultimodalPredictor, cross_validate, search, search_alpha
     from mmfuse.datasets import SP_SW_HAR_ROLES, sp_sw_har
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -44,6 +46,8 @@ def main(argv=None):
     ap.add_argument("--models", default="phone,watch,concat")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--search-minutes", type=float, default=10.0)
     ap.add_argument("--subjects", type=int, default=23, help="use only the first N subjects (a quick run)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/sphar_loso")
@@ -56,6 +60,7 @@ def main(argv=None):
             keep = sorted(t.df["subject_id"].unique())[:args.subjects]
             t.df = t.df[t.df["subject_id"].isin(keep)].reset_index(drop=True)
     common = dict(target="label", columns=dict(SP_SW_HAR_ROLES), epochs=args.epochs, seed=args.seed, progress=False,
+                  batch_size=args.batch_size,
                   log=None, contribution=False)
     path = Path(args.results)
     saved = json.loads(path.read_text()) if path.exists() else {}
@@ -69,17 +74,26 @@ def main(argv=None):
         else:
             table = tables["both"]
             est = MultimodalPredictor(**common, inputs=["phone", "watch"],
-                                      fusion="weighted" if name == "alpha" else name)
+                                      fusion={"alpha": "weighted", "searched": "concat"}.get(name, name))
+        extra = {}
+        if name == "searched":  # search on a grouped validation split, then LOSO with the best configuration
+            found = search(est, table, objective="val", group_column="subject_id",
+                           n_trials=1000, timeout=args.search_minutes * 60, out=out / "search", refit=False,
+                           fixed=["epochs"], echo=print)
+            est = MultimodalPredictor(**{**est.get_params(), **found.best_params})
+            extra = {"search": {"trials": len(found.leaderboard), "best_val_accuracy": found.best_value,
+                                "best_params": found.best_params, "minutes": args.search_minutes}}
         if name == "alpha":
             res = search_alpha(est, table, leave_one_out="subject_id", out=out, jobs=args.jobs, compare_late=False,
                                echo=print)
             scores = res.chosen["scores"]  # chosen on each fold's validation subjects, scored on the held-out one
-            extra = {"chosen_weights_per_fold": res.chosen["weights_per_fold"], "curve_best_weights": res.best["weights"],
+            extra |= {"chosen_weights_per_fold": res.chosen["weights_per_fold"], "curve_best_weights": res.best["weights"],
                      "learned_weights_median": float(np.median(res.learned["scores"]))}
         else:
-            res = cross_validate(est, table, leave_one_out="subject_id", out=out, jobs=args.jobs, echo=print)
+            res = cross_validate(est, table, leave_one_out="subject_id", out=out / "loso" if name == "searched" else out,
+                                 jobs=args.jobs, echo=print)
             scores = [f["metrics"]["accuracy"] for f in res.folds]
-            extra = {"epochs_run": [f["epochs_run"] for f in res.folds]}
+            extra |= {"epochs_run": [f["epochs_run"] for f in res.folds]}
         models[name] = {"inputs": "phone" if name == "phone" else "watch" if name == "watch" else "phone + watch",
                         "windows": len(table.df), "folds": len(scores),
                         "median_accuracy": float(np.median(scores)), "mean_accuracy": float(np.mean(scores)),
@@ -89,7 +103,7 @@ def main(argv=None):
         command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
         result = {"protocol": __doc__.split("Usage:")[0].strip(), "published_median_cnn": PUBLISHED,
                   "models": models, "commands": sorted(set(saved.get("commands", [])) | {command}),
-                  "environment": environment(), "settings": {"epochs": args.epochs, "seed": args.seed,
+                  "environment": environment(), "settings": {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size,
                                                             "subjects": args.subjects}}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1) + "\n")

@@ -136,13 +136,36 @@ def test_build_ensemble_selects_weights_and_scores_them_on_the_out_of_fold_rows(
     folds = oofs[0]["fold"]
     accs = [np.mean((sum(wi * o["proba_pos"] for wi, o in zip(w, oofs))[folds == f] >= .5) ==
                     (oofs[0]["target"][folds == f] == "pos")) for f in (1, 2)]
-    assert res["cv"]["accuracy"] == res["score"] == pytest.approx(np.mean(accs))
-    assert res["std"] == pytest.approx(np.std(accs, ddof=1))
+    assert res["cv"]["accuracy"] == pytest.approx(np.mean(accs))  # the saved weights, on the rows they were chosen on
     meta = json.loads((root / "ensemble" / "ensemble.json").read_text())
     assert meta["format"] == 1 and [m["weight"] for m in meta["members"]] == [m["weight"] for m in res["members"]]
     assert sorted(p.name for p in (root / "ensemble" / "members" / "0").iterdir()) == ["fold_1", "fold_2"]
     assert (root / "ensemble" / "members" / "0" / "fold_1" / "model.safetensors").is_file()
     assert not list(root.glob(".ensemble.tmp*"))  # written atomically, nothing left behind
+
+
+def test_ensemble_score_cross_validates_the_selection(trials, ensemble):
+    """score/std: each fold's weights are chosen on the other folds' out-of-fold rows only, then scored on
+    this fold's rows, so the ensemble's score is as honest as a trial's and can be ranked beside them."""
+    root, dirs, df = trials
+    oofs = [pd.read_csv(d / "oof.csv").set_index("row").sort_index() for d in dirs]
+    folds, y = oofs[0]["fold"].to_numpy(), (oofs[0]["target"] == "pos").to_numpy()
+    probas = [o[["proba_neg", "proba_pos"]].to_numpy() for o in oofs]
+
+    def log_loss(p, t):
+        return -float(np.mean(np.log(np.where(t, p[:, 1], p[:, 0]))))
+
+    accs, weights = [], []
+    for f in (1, 2):
+        sel = ensemble_selection([p[folds != f] for p in probas], y[folds != f], log_loss, 10)
+        weights.append(sel.weights.tolist())
+        p = sum(w * q[folds == f] for w, q in zip(sel.weights, probas))
+        accs.append(np.mean((p[:, 1] >= .5) == y[folds == f]))
+    assert ensemble["score"] == pytest.approx(np.mean(accs))
+    assert ensemble["std"] == pytest.approx(np.std(accs, ddof=1))
+    assert ensemble["summary"]["accuracy"]["mean"] == ensemble["score"]
+    assert weights[0] != weights[1]  # the two folds choose differently: the score is not the saved weights' score
+    assert ensemble["score"] != pytest.approx(ensemble["cv"]["accuracy"])
 
 
 def test_loaded_ensemble_predicts_the_weighted_average_of_the_members_fold_bundles(trials, ensemble):

@@ -114,6 +114,24 @@ def test_cv_search_writes_leaderboard_best_config_and_a_bundle(tmp_path):
     assert refit.dim == res.best_params["dim"] and refit.splits_["rows"]["test"] == 0  # every row but the val rows
 
 
+def test_search_compares_trials_by_the_metric_asked_for(tmp_path):
+    """metric='log_loss': minimized, so the leaderboard puts the lowest first, and the value is the folds' mean
+    log loss; an unknown metric stops the search at once with the task's metric names."""
+    res = mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), space=SPACE, n_trials=3, folds=2,
+                        out=tmp_path / "s", refit=False, ensemble=2, metric="log_loss")
+    assert res.metric == "log_loss" and res.direction == "minimize"
+    board = res.leaderboard[res.leaderboard["trial"] != "ensemble"]
+    assert list(board["value"]) == sorted(board["value"])  # the lowest loss first
+    for _, r in board.iterrows():
+        cv = json.loads((tmp_path / "s" / "trials" / f"trial_{r['trial']}" / "cv.json").read_text())["summary"]
+        assert r["value"] == pytest.approx(cv["log_loss"]["mean"])
+    assert res.best_value == board["value"].min() and res.ensemble["metric"] == "log_loss"
+    with pytest.raises(MmfuseError, match=r"unknown metric 'macro_f2'.*Did you mean 'macro_f1'"):
+        mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), space=SPACE, n_trials=3, folds=2,
+                      out=tmp_path / "t", refit=False, metric="macro_f2")
+    assert len(optuna.load_study(study_name="mmfuse", storage=f"sqlite:///{tmp_path / 't' / 'study.db'}").trials) == 1
+
+
 def test_the_pruner_stops_a_trial_whose_epochs_score_worse(tmp_path):
     """Trial 0 learns (lr 0.05); trial 1 cannot (lr 1e-7): its first epochs score below trial 0's at the
     same epoch, so the median pruner (one startup trial) prunes it."""

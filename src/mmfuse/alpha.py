@@ -147,7 +147,9 @@ def search_alpha(estimator, data, *, alphas: Sequence[float] | None = None, simp
         raise MmfuseError(unknown_name_message("metric", metric, list(learned.summary)))
     df = table.df
     points: dict[tuple, list] = {}
-    sign = -1.0 if metric in ("log_loss", "ece", "rmse", "mae") else 1.0
+    from .tasks import higher_is_better
+
+    sign = 1.0 if higher_is_better(metric) else -1.0
     chosen_w, chosen_scores, learned_weights = [], [], []
     names = None
     for f in learned.folds:

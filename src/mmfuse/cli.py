@@ -256,6 +256,9 @@ def search(
     ensemble: int = typer.Option(0, "--ensemble", help="Greedy ensemble of this size over the trials' out-of-fold "
                                  "predictions (--objective cv); 0: none."),
     refit: bool = typer.Option(True, "--refit/--no-refit", help="Refit the best configuration into --out/best/bundle."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Compare trials by this metric (maximized or "
+                                         "minimized as it wants), e.g. macro_f1 or log_loss; default: the task's "
+                                         "headline (accuracy, f1, rmse...)."),
     overwrite: bool = typer.Option(False, "--overwrite", show_default=True,
                                    help="--space alpha: replace its cross-validation runs in --out made with other "
                                         "settings (an Optuna study resumes instead)."),
@@ -300,6 +303,7 @@ def search(
     run_search(m, data, space=space, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name,
                objective=objective, folds=folds, group_column=group_column, leave_one_out=leave_one_out, out=out,
                jobs=jobs, seed=seed or 0, ensemble=ensemble, refit=refit, echo=typer.echo, overwrite=overwrite,
+               metric=metric,
                fixed=[n for n, v in (("fusion", fusion), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
                       if v is not None])
 

@@ -47,9 +47,10 @@ ENSEMBLE_FILE = "ensemble.json"
 SELECTION_LOSS = ("the task's training loss, unweighted, of the averaged prediction: log loss (cross-entropy) for "
                   "classification, squared error for regression (the same choice as RMSE; Huber for a target "
                   "trained with regression_loss='huber')")
-NOTE = ("the weights were chosen on these same out-of-fold rows, so the ensemble's CV metrics are optimistic "
-        "(Caruana et al. 2004 and AutoGluon say the same); its advantage over the best single trial is "
-        "confirmed only on rows neither saw")
+NOTE = ("score/std/summary cross-validate the selection itself: for each fold, the weights are chosen on the "
+        "other folds' out-of-fold rows and scored on this fold's rows, which the selection did not see (like the "
+        "trials' own CV scores). The saved ensemble's weights are chosen on all out-of-fold rows; 'cv' scores "
+        "them on those same rows, which is optimistic (Caruana et al. 2004 and AutoGluon say the same)")
 _TIE = 1e-12  # relative: candidates this close to the best score are tied; the first (lowest index) wins
 
 
@@ -400,7 +401,25 @@ def _scores(task, proba: np.ndarray, frame: pd.DataFrame) -> tuple[dict, dict]:
     return numeric, summarize_folds(per_fold)
 
 
-def build_ensemble(trial_dirs: list[Path], size: int, out: Path, echo=None) -> dict:
+def _nested_scores(task, probas, y, loss, size: int, frame: pd.DataFrame) -> dict:
+    """The selection cross-validated: for each fold, :func:`ensemble_selection` on the other folds'
+    out-of-fold rows, its weights applied to this fold's rows and scored there (summarized as in cv.json)."""
+    from .cv import summarize_folds
+
+    folds = frame["fold"].to_numpy()
+    per_fold = []
+    for f in sorted(np.unique(folds)):
+        at = folds == f
+        if at.all():  # one fold only: nothing to choose on but its own rows
+            sel = ensemble_selection(probas, y, loss, size)
+        else:
+            sel = ensemble_selection([p[~at] for p in probas], y[~at], loss, size)
+        proba = sum(w * p[at] for w, p in zip(sel.weights, probas) if w > 0)
+        per_fold.append(task.metrics(task.logits_of(proba), y[at]))
+    return summarize_folds(per_fold)
+
+
+def build_ensemble(trial_dirs: list[Path], size: int, out: Path, echo=None, metric: str | None = None) -> dict:
     """Greedy ensemble selection over finished cross-validation runs, saved as one ensemble folder.
 
     Reads each trial's ``oof.csv`` and ``cv.json``, runs :func:`ensemble_selection` (``size``
@@ -417,11 +436,15 @@ def build_ensemble(trial_dirs: list[Path], size: int, out: Path, echo=None) -> d
         size: Steps of the selection; weights are multiples of ``1 / size``.
         out: The ensemble folder to write (replaced when it holds an ensemble).
         echo: Called with one line per event.
+        metric: The metric reported and compared with the best trial (default: the task's headline).
+            The selection itself always minimizes :data:`SELECTION_LOSS`.
 
     Returns:
-        ``members`` (``trial_dir``, ``weight``, ``folds``), ``cv`` (the ensemble's metrics per fold,
-        averaged over the folds, like a trial's cv.json ``summary`` means), ``score`` and ``std`` (of the
-        headline metric over the folds), ``summary`` (every metric's mean, std and median), ``pooled`` (over all out-of-fold rows at once), ``metric`` (the headline),
+        ``members`` (``trial_dir``, ``weight``, ``folds``), ``score`` and ``std`` (of ``metric`` over
+        the folds, the selection cross-validated: each fold's weights chosen on the other folds' rows),
+        ``summary`` (every metric's mean, std and median, cross-validated likewise), ``cv`` (the saved
+        weights' metrics averaged over the folds: optimistic, they were chosen on these rows), ``pooled``
+        (the saved weights over all out-of-fold rows at once), ``metric``,
         ``trials`` (every candidate's weight and its own cv.json mean), ``selection`` (picks,
         scores, the loss), ``bundle`` (``out``) and ``note`` (the weights were chosen on these rows).
     """
@@ -439,7 +462,8 @@ def build_ensemble(trial_dirs: list[Path], size: int, out: Path, echo=None) -> d
                                   "Ensemble members must share the target and its classes")
     probas = [ref.proba_of_frame(f) for f in frames]
     y = torch.as_tensor(ref.transform(frames[0][["target"]].rename(columns={"target": ref.column})))
-    sel = ensemble_selection(probas, y, lambda p, t: float(ref.loss(ref.logits_of(p), t)), size)
+    loss = lambda p, t: float(ref.loss(ref.logits_of(p), t))  # noqa: E731
+    sel = ensemble_selection(probas, y, loss, size)
     chosen = [i for i in range(len(trials)) if sel.weights[i] > 0]
 
     task = trials[chosen[0]].tasks[0]
@@ -448,9 +472,14 @@ def build_ensemble(trial_dirs: list[Path], size: int, out: Path, echo=None) -> d
               for t in trials[i].tasks]
         task.set_threshold(np.average([t for _, t in ts], axis=0, weights=[w for w, _ in ts]).tolist())
     proba = sum(sel.weights[i] * probas[i] for i in chosen)
-    pooled, summary = _scores(task, proba, frames[0])
-    metric = task.headline
-    cv = {k: s["mean"] for k, s in summary.items()}
+    pooled, optimistic = _scores(task, proba, frames[0])
+    metric = metric or task.headline
+    if metric not in optimistic:
+        from ._registry import unknown_name_message
+
+        raise MmfuseError(unknown_name_message("metric", metric, list(optimistic)))
+    cv = {k: s["mean"] for k, s in optimistic.items()}
+    summary = _nested_scores(task, probas, y, loss, size, frames[0])
     members = [{"name": trials[i].path.name, "trial_dir": str(trials[i].path), "weight": float(sel.weights[i]),
                 "folds": trials[i].folds, "fusion": trials[i].fusion} for i in chosen]
     meta = {"format": ENSEMBLE_FORMAT, "kind": "ensemble", "mmfuse_version": _version(),
@@ -467,13 +496,16 @@ def build_ensemble(trial_dirs: list[Path], size: int, out: Path, echo=None) -> d
                 shutil.copytree(trials[i].path / name / "bundle", tmp / "members" / str(j) / name)
 
     _write_ensemble(Path(out), meta, fill)
-    best = max(trials, key=lambda t: _mean(t, metric) * (1 if task.higher_is_better else -1))
+    from .tasks import higher_is_better
+
+    best = max(trials, key=lambda t: _mean(t, metric) * (1 if higher_is_better(metric) else -1))
     say(f"ensemble of {len(chosen)} of {len(trials)} trials: " +
         ", ".join(f"{m['name']} ×{m['weight']:.2f}" for m in members) +
-        f"; {metric} {cv.get(metric, float('nan')):.4f} (mean over folds; optimistic: the weights were chosen on "
-        f"these rows) vs the best trial {best.path.name} {_mean(best, metric):.4f}; written: {out}")
+        f"; {metric} {summary[metric]['mean']:.4f} ± {summary[metric]['std']:.4f} (mean over folds, each fold's "
+        f"weights chosen on the other folds) vs the best trial {best.path.name} {_mean(best, metric):.4f}; "
+        f"written: {out}")
     return {"members": [{k: m[k] for k in ("trial_dir", "weight", "folds")} for m in members], "cv": cv,
-            "score": cv.get(metric), "std": summary.get(metric, {}).get("std"),
+            "score": summary[metric]["mean"], "std": summary[metric]["std"],
             "summary": summary, "pooled": pooled, "metric": metric, "bundle": str(out),
             "trials": [{"trial_dir": str(t.path), "weight": float(sel.weights[i]), "cv": _mean(t, metric)}
                        for i, t in enumerate(trials)],

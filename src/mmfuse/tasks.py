@@ -44,6 +44,14 @@ TASKS: Registry[type["Task"]] = Registry("task")
 THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy", "mcc")
 
 
+LOWER_IS_BETTER = frozenset({"log_loss", "ece", "rmse", "mae", "loss"})  # metric names where less is better
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` (a key of :meth:`Task.metrics`) is better."""
+    return metric not in LOWER_IS_BETTER
+
+
 def register_task(name: str):
     """Class decorator: make a :class:`Task` subclass creatable by ``name``."""
     def deco(cls):

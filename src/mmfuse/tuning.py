@@ -201,7 +201,7 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
            study_name: str | None = None, objective: str = "cv", folds: int = 5, group_column: str | None = None,
            leave_one_out: str | None = None, out="runs/search", jobs: int = 1, seed: int = 0, ensemble: int = 0,
            echo: Callable[[str], None] | None = None, sampler=None, pruner=None, refit: bool = True,
-           fixed: Sequence[str] = (), overwrite: bool = False) -> SearchResult:
+           fixed: Sequence[str] = (), overwrite: bool = False, metric: str | None = None) -> SearchResult:
     """Search the estimator's parameters with Optuna.
 
     Args:
@@ -233,6 +233,10 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
         sampler, pruner: Optuna objects; defaults ``TPESampler(seed)`` and ``MedianPruner`` (5 startup
             trials; pruning from epoch 4 with ``val``, from the second finished fold with ``cv``).
         refit: Refit the best configuration on the rows and save it to ``out/best/bundle``.
+        metric: The metric trials are compared by, and the ensemble reported in (default: the task's
+            headline, e.g. ``accuracy`` for multiclass; ``macro_f1`` for imbalanced classes, ``log_loss``...);
+            maximized or minimized as the metric wants. With ``val``, pruning needs it among the
+            per-epoch metrics (``accuracy``, ``macro_f1``, ``loss``-like ones); otherwise a trial is not pruned.
 
     Pruning: with ``val`` a Lightning callback reports each epoch's validation headline metric
     (``trial.report(value, epoch)``) and stops a trial the pruner prunes. With ``cv`` the trial
@@ -262,7 +266,7 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
         except ImportError as e:
             raise MmfuseError(f"--space alpha needs mmfuse.alpha.search_alpha, which is not available ({e})") from None
         return search_alpha(estimator, data, folds=folds, group_column=group_column, leave_one_out=leave_one_out,
-                            out=out, jobs=jobs, overwrite=overwrite, echo=echo)
+                            out=out, jobs=jobs, overwrite=overwrite, echo=echo, metric=metric)
     optuna = _import_optuna()
     from . import pipeline as P
     from ._registry import unknown_name_message
@@ -272,6 +276,9 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
     say = echo or (lambda line: None)
     if objective not in OBJECTIVES:
         raise MmfuseError(unknown_name_message("search objective", objective, OBJECTIVES))
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise MmfuseError(f"timeout must be a number of seconds > 0 (or None: no limit), got {timeout!r}")
     if not isinstance(n_trials, int) or n_trials < 1:
         raise MmfuseError(f"n_trials must be an integer >= 1, got {n_trials!r}")
     if ensemble and objective != "cv":
@@ -287,8 +294,14 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = read_table(data, root=estimator.root)
+    # the settings every trial shares are checked once, before any trial (a wrong column is not 3 failed trials)
+    P.select_inputs(table, estimator.target, estimator.columns, estimator.groups, estimator.schema_file,
+                    estimator.inputs)
     task_cls = TASKS.get(estimator.task or P.infer_task_of(table, estimator.target))
-    metric, direction = task_cls.headline, "maximize" if task_cls.higher_is_better else "minimize"
+    from .tasks import higher_is_better
+
+    metric = metric or task_cls.headline
+    direction = "maximize" if higher_is_better(metric) else "minimize"
 
     shared = storage is not None
     study, heartbeats = _open_study(optuna, storage if shared else f"sqlite:///{(out / 'study.db').resolve()}",
@@ -298,13 +311,14 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
         study.sampler = optuna.samplers.TPESampler(seed=seed + (os.getpid() if shared else 0) + len(study.trials))
     _check_same_search(study, {
         "data": _data_fingerprint(table.df), "target": estimator.target, "space": _jsonable(space),
-        "scheme": {"objective": objective, "folds": folds, "group_column": group_column, "leave_one_out": leave_one_out},
+        "scheme": {"objective": objective, "folds": folds, "group_column": group_column, "leave_one_out": leave_one_out,
+                   "metric": metric},
         "settings": _jsonable({k: v if v or v in (0, False) else None for k, v in estimator.get_params().items()
                                if k not in space and k not in _NOT_SETTINGS})})  # {} and [] count as None
     say(f"search: {len(space)} parameters, objective {objective} ({metric}, {direction}), budget {n_trials} trials; "
         f"study {study.study_name!r} in {storage if shared else out / 'study.db'}")
     fixed = dict(progress=False, resume=False)
-    failures = []
+    failures, unknown_metric = [], []
 
     def run_trial(trial):
         if _surplus(optuna, study, trial, n_trials):
@@ -323,13 +337,20 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
 
                 res = cross_validate(est, table, folds=folds, group_column=group_column, leave_one_out=leave_one_out,
                                      out=tdir, jobs=jobs, overwrite=True, echo=_FoldReporter(optuna, trial, tdir, metric))
+                found = res.summary
                 s = res.summary.get(metric)
                 value, std = (s["mean"], s["std"]) if s else (float("nan"), float("nan"))
                 trial.set_user_attr("fold_std", std)
             else:
                 est.set_params(out=tdir)
                 est.fit(table, callbacks=[_pruning_callback(optuna, trial, f"val_{metric}")])
-                value = est.metrics_["val"].get(metric, float("nan"))
+                found = est.metrics_["val"]
+                value = found.get(metric, float("nan"))
+            if metric not in found:
+                unknown_metric[:] = [k for k, v in found.items() if isinstance(v, (int, float)) or
+                                     (isinstance(v, dict) and "mean" in v)]
+                study.stop()
+                raise _TrialFailed()
         except MmfuseError as e:  # a setting this data cannot train with (e.g. diverged): a failed trial
             trial.set_user_attr("error", str(e))
             failures.append(str(e))
@@ -351,7 +372,14 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
 
     deadline = None if timeout is None else time.monotonic() + timeout
     if _wait_for_budget(optuna, study, n_trials, deadline, heartbeats):
-        study.optimize(run_trial, timeout=timeout, callbacks=[after_trial], catch=(_Surplus, _TrialFailed))
+        level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is one line of ours (say)
+        try:
+            study.optimize(run_trial, timeout=timeout, callbacks=[after_trial], catch=(_Surplus, _TrialFailed))
+        finally:
+            optuna.logging.set_verbosity(level)
+    if unknown_metric:
+        raise MmfuseError(unknown_name_message("metric", metric, unknown_metric) + "; the metrics of this task")
     if len(failures) >= 3:
         raise MmfuseError(f"search stopped: 3 trials in a row failed; the last: {failures[-1]}")
     return _finish(optuna, study, estimator, table, space, metric, direction, objective, out, ensemble,
@@ -536,7 +564,7 @@ def _finish(optuna, study, estimator, table, space, metric, direction, objective
     if ensemble and complete:
         say(f"ensemble: greedy selection of size {ensemble} over {len(complete)} complete trials")
         ens = build_ensemble([out / "trials" / f"trial_{t.number}" for t in complete], ensemble, out / "ensemble",
-                             echo=say)
+                             echo=say, metric=metric)
         members = ", ".join(f"{Path(m['trial_dir']).name} x{m['weight']:.2f}" for m in ens.get("members", []))
         rows.append({"trial": "ensemble", "state": "complete", "value": ens.get("score"), "fold_std": ens.get("std"),
                      "seconds": None, "members": members})
