@@ -110,6 +110,16 @@ def test_cv_outputs_summary_and_blank_targets(tmp_path):
     assert len(oof) == 98 and {"prediction", "proba_pos", "proba_neg", "fold", "target"} <= set(oof.columns)
 
 
+def test_roles_are_inferred_once_on_the_whole_table_not_per_fold(tmp_path):
+    """A 0..n-1 row counter is an id in the table; a fold's training rows hold only part of it, which read
+    alone looks like a number, and would become a feature (a leak) in that fold alone."""
+    df = table(60).assign(row_no=range(60))
+    cross_validate(MultimodalPredictor(target="y", **FAST), df, folds=3, out=tmp_path / "cv")
+    for k in (1, 2, 3):
+        cfg = json.loads((tmp_path / "cv" / f"fold_{k}" / "bundle" / "config.json").read_text())
+        assert cfg["schema"]["columns"]["row_no"] == "id"
+
+
 def test_group_cv_keeps_groups_apart_also_in_the_inner_validation_split(tmp_path):
     df = table(100)
     res = cross_validate(MultimodalPredictor(target="y", **FAST), df, leave_one_out="subject", out=tmp_path / "cv")

@@ -132,6 +132,18 @@ def test_search_compares_trials_by_the_metric_asked_for(tmp_path):
     assert len(optuna.load_study(study_name="mmfuse", storage=f"sqlite:///{tmp_path / 't' / 'study.db'}").trials) == 1
 
 
+def test_a_second_study_in_the_same_folder_is_refused(tmp_path):
+    """Its trial_<n> folders would overwrite the first study's; the same study resumes."""
+    kw = dict(space=SPACE, n_trials=1, folds=2, out=tmp_path / "s", refit=False)
+    mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), study_name="first", **kw)
+    before = (tmp_path / "s" / "trials" / "trial_0" / "cv.json").read_text()
+    with pytest.raises(MmfuseError, match=r"holds the files of study 'first'.*study 'second'.*another --out"):
+        mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), study_name="second", **kw)
+    assert (tmp_path / "s" / "trials" / "trial_0" / "cv.json").read_text() == before
+    res = mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), study_name="first", **kw)  # resumes
+    assert len(res.study.trials) == 1
+
+
 def test_the_pruner_stops_a_trial_whose_epochs_score_worse(tmp_path):
     """Trial 0 learns (lr 0.05); trial 1 cannot (lr 1e-7): its first epochs score below trial 0's at the
     same epoch, so the median pruner (one startup trial) prunes it."""

@@ -304,6 +304,11 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
         params["columns"] = {**(params.get("columns") or {}), "split": "ignore"}  # the folds decide
         say("note: the table's 'split' column is not used; each fold's rows are chosen by the folds")
     params.update(root=table.root, resume=False, progress=params.get("progress") and jobs == 1)
+    # roles are inferred once, on the whole table, and given to every fold: inferred on a fold's rows, a
+    # column could change role from fold to fold (a 0..n-1 row counter is an id; a fold's subset of it is not)
+    schema, _ = P.select_inputs(table, target, params.get("columns"), params.get("groups"), params.get("schema_file"),
+                                params.get("inputs"))
+    params["columns"] = {c: r.value for c, r in schema.roles.items() if c != target}
     threads = max(1, (os.cpu_count() or 1) // jobs)
     todo, results = [], {}
     for f in fold_list:

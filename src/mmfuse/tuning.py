@@ -304,6 +304,7 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
     direction = "maximize" if higher_is_better(metric) else "minimize"
 
     shared = storage is not None
+    _claim_out(out, storage if shared else "sqlite:///<out>/study.db", study_name or "mmfuse")
     study, heartbeats = _open_study(optuna, storage if shared else f"sqlite:///{(out / 'study.db').resolve()}",
                         study_name or "mmfuse", direction, metric, sampler, pruner, objective,
                         seed + (os.getpid() if shared else 0))
@@ -387,6 +388,32 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
 
 
 _NOT_SETTINGS = ("out", "resume", "progress", "log")
+_OUT_FILE = "search.json"
+
+
+def _claim_out(out: Path, storage, name: str) -> None:
+    """``out`` holds one study's files (trials/trial_<n>, the leaderboard, best/): a second study there
+    would overwrite its trial folders. The first search writes ``out/search.json``; another study is refused."""
+    import re
+
+    from .io import atomic_write_text
+
+    where = storage if isinstance(storage, str) else f"{type(storage).__name__} object"
+    where = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", where)  # no password in the file
+    me = {"study_name": name, "storage": where}
+    path = out / _OUT_FILE
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict) and old != me:
+            raise MmfuseError(f"{out} holds the files of study {old.get('study_name')!r} in {old.get('storage')}; "
+                              f"study {name!r} in {where} would overwrite its trial folders. Give another --out "
+                              "(or that --study-name and --storage, to resume it)")
+    elif any((out / "trials").glob("trial_*")):
+        raise MmfuseError(f"{out} holds trial folders of an earlier search without {_OUT_FILE}; give another --out")
+    atomic_write_text(path, json.dumps(me))
 
 
 def _data_fingerprint(df) -> str:
