@@ -240,6 +240,30 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path, mon
                       n_trials=3, objective="val", storage=db, study_name="shared", out=tmp_path / "b")
 
 
+def test_ctrl_c_stops_a_search_with_one_line_and_marks_its_trial_failed(tmp_path):
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = _worker(tmp_path, tmp_path / "a", db, 1000)
+    deadline = time.monotonic() + 120
+
+    def running():
+        try:
+            return optuna.load_study(study_name="shared", storage=db).get_trials(states=(RUNNING,))
+        except KeyError:
+            return []
+
+    while not (_finished(db) and running()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    log = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, log
+    done = len(_finished(db))
+    assert log.strip().splitlines()[-1] == (f"search interrupted: {done} finished trials are kept in {db}; the same "
+                                            "command resumes the study (the interrupted trial runs again, with new "
+                                            "settings)")
+    assert "Traceback" not in log
+    assert not running()  # the trial Ctrl-C stopped is failed at once, not left running for a grace period
+
+
 def _two_workers(tmp_path, storage, n_trials=3):
     procs = [_worker(tmp_path, tmp_path / f"w{i}", storage, n_trials) for i in range(2)]
     logs = [p.communicate(timeout=240)[0] for p in procs]

@@ -563,7 +563,7 @@ def _error_line(e: Exception) -> str:
 def main(argv=None) -> None:
     """Entry point: mmfuse errors, and OS errors on the files named, become one line on stderr and exit
     code 2 (``--debug`` for tracebacks)."""
-    from .errors import MmfuseError
+    from .errors import Interrupted, MmfuseError
 
     args = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -577,6 +577,9 @@ def main(argv=None) -> None:
     except (MmfuseError, OSError) as e:  # OSError: a file the user named cannot be read or written
         if "--debug" in args:
             raise
+        if isinstance(e, Interrupted):
+            typer.echo(str(e), err=True)
+            sys.exit(130)
         typer.echo(f"error: {_error_line(e)}", err=True)
         sys.exit(2)
     except SystemExit:

@@ -5,11 +5,17 @@ callers can catch it as a built-in. The command line prints these as one line.
 """
 from __future__ import annotations
 
-__all__ = ["MmfuseError", "InputError", "SchemaError", "BundleError", "NotFittedError", "MissingDependencyError"]
+__all__ = ["MmfuseError", "InputError", "SchemaError", "BundleError", "NotFittedError", "MissingDependencyError",
+           "Interrupted"]
 
 
 class MmfuseError(ValueError):
     """Base class of the errors mmfuse raises on bad input or bad configuration."""
+
+
+class Interrupted(MmfuseError):
+    """A long run (a search) was stopped by Ctrl-C; the message says what was kept and how to resume.
+    The command line prints it and exits with 130, as a shell does for Ctrl-C."""
 
 
 class SchemaError(MmfuseError):

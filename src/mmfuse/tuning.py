@@ -319,13 +319,14 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
     say(f"search: {len(space)} parameters, objective {objective} ({metric}, {direction}), budget {n_trials} trials; "
         f"study {study.study_name!r} in {storage if shared else out / 'study.db'}")
     fixed = dict(progress=False, resume=False)
-    failures, unknown_metric = [], []
+    failures, unknown_metric, current = [], [], {}
 
     def run_trial(trial):
         if _surplus(optuna, study, trial, n_trials):
             trial.set_user_attr("surplus", True)  # the budget is done or being done by other workers
             study.stop()
             raise _Surplus()
+        current["trial"] = trial
         params = sample_params(trial, space, estimator.encoders)
         trial.set_user_attr("settings", _jsonable(params))
         tdir = out / "trials" / f"trial_{trial.number}"
@@ -377,6 +378,10 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is one line of ours (say)
         try:
             study.optimize(run_trial, timeout=timeout, callbacks=[after_trial], catch=(_Surplus, _TrialFailed))
+        except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C during a fit into SystemExit(1)
+            if isinstance(e, SystemExit) and e.code in (0, None):
+                raise
+            _interrupted(optuna, study, current, storage if shared else out / "study.db")
         finally:
             optuna.logging.set_verbosity(level)
     if unknown_metric:
@@ -388,6 +393,25 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
 
 
 _NOT_SETTINGS = ("out", "resume", "progress", "log")
+
+
+def _interrupted(optuna, study, current: dict, where) -> None:
+    """Ctrl-C: the trial it stopped is marked failed (its place in the budget runs again, with new settings,
+    when the search resumes), then one line says what is kept."""
+    from .errors import Interrupted
+
+    trial = current.get("trial")
+    S = optuna.trial.TrialState
+    if trial is not None:
+        try:
+            if study._storage.get_trial(trial._trial_id).state == S.RUNNING:
+                study._storage.set_trial_state_values(trial._trial_id, state=S.FAIL)
+        except Exception:  # the storage itself is unreachable: the heartbeat grace period will fail it
+            pass
+    done = len([t for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED))
+                if not t.user_attrs.get("surplus")])
+    raise Interrupted(f"search interrupted: {done} finished trials are kept in {where}; the same command resumes "
+                      "the study (the interrupted trial runs again, with new settings)") from None
 _OUT_FILE = "search.json"
 
 
