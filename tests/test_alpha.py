@@ -1,5 +1,6 @@
 """Fusion weights by cross-validation: the α search recovers a known best α (within one grid step)."""
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,8 @@ def two_inputs(noise_a: float, noise_b: float, n=300, seed=0):
     (0.3, np.inf, 1.0),    # b is pure noise: all weight on a
     (np.inf, 0.3, 0.0),    # a is pure noise: all weight on b
     (0.5, 0.5, 0.5),       # equally reliable, conditionally independent: equal weights
+    (0.5, 1.0, 0.8),       # inverse-variance weighting: 1/0.25 : 1/1 -> alpha 0.8 on a
+    (1.0, 0.5, 0.2),
 ])
 def test_alpha_search_recovers_the_known_best_alpha(tmp_path, noise_a, noise_b, best_alpha):
     res = search_alpha(MultimodalPredictor(target="y", **FAST), two_inputs(noise_a, noise_b), folds=3,
@@ -48,6 +51,11 @@ def test_alpha_search_recovers_the_known_best_alpha(tmp_path, noise_a, noise_b, 
     assert len(d["points"]) == 11 and len(d["best"]["scores"]) == 3
     assert (tmp_path / "alpha" / "alpha.png").stat().st_size > 0
     assert "CV-chosen weights" in (tmp_path / "alpha" / "alpha.md").read_text()
+    # the best point is a setting of weighted fusion: fit --config reads it
+    import yaml
+    cfg = yaml.safe_load((tmp_path / "alpha" / "alpha_config.yaml").read_text())
+    assert cfg["model"]["fusion"] == "weighted" and cfg["model"]["fusion_kwargs"]["weights"]["a"] == alpha
+    assert MultimodalPredictor.from_config(cfg).fusion_kwargs == {"weights": res.best["weights"]}
 
 
 def test_one_input_is_refused_before_any_fit(tmp_path):
@@ -98,7 +106,10 @@ def test_search_alpha_command_refuses_other_settings_in_out_unless_overwrite(tmp
     args = ["search", str(path), "-t", "y", "--space", "alpha", "--folds", "2", "--out", str(tmp_path / "al"),
             "-g", "a=a1,a2", "-g", "b=b1,b2"]
     main(args + ["--epochs", "1"])
-    assert "CV-chosen weights" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "CV-chosen weights" in printed
+    curve = [line for line in printed.splitlines() if re.match(r"\| [01]\.\d\d \| [01]\.\d\d \| ", line)]
+    assert len(curve) == 11  # the whole CV curve is printed
     with pytest.raises(SystemExit) as e:
         main(args + ["--epochs", "2"])
     assert e.value.code == 2 and "other settings" in capsys.readouterr().err

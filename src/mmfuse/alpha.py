@@ -1,23 +1,25 @@
-"""Fusion weights chosen by cross-validation: ``y = α·y_a + (1−α)·y_b``, with α scored on held-out folds.
+"""Fusion weights chosen by cross-validation: ``x = α·x_a + (1−α)·x_b``, with α scored on held-out folds.
 
 The recipe, per fold of a :func:`~mmfuse.cv.cross_validate` run:
 
-1. Train the model once, with ``weighted`` fusion and *learned* weights. This trains the encoders,
-   and is itself the "learned weights" contender.
-2. Freeze its encoders and embed the fold's training, validation and held-out rows
-   (:meth:`mmfuse.Predictor.embed`); train one fresh head per input on its own embeddings
-   (early stopping on the fold's validation rows).
-3. Score every point of the weight grid on the held-out rows: the fused logits are
-   ``Σ_m w_m p_m y_m / Σ_m w_m p_m`` (``p_m``: the input is present in the row), the combination of
-   ``late`` fusion with ``combine="weighted"`` (for classes, a weighted product of the inputs'
-   probabilities).
+1. Train the model once, with ``weighted`` fusion and *learned* weights, and modality dropout (at
+   least :data:`MODALITY_DROPOUT`), so that its head has learned to read each input alone as well as
+   every mixture of them. This trains the encoders, the per-input projections and the head, and is
+   itself the "learned weights" contender.
+2. Freeze it all and embed the fold's validation and held-out rows (:meth:`mmfuse.Predictor.embed`).
+3. Only the fusion weights vary: for every point ``w`` of the grid, the fused representation is the
+   weighted fusion's own ``Σ_m w_m p_m h_m / Σ_m w_m p_m`` (``h_m``: the frozen projection of input
+   m; ``p_m``: the input is present in the row), read by the frozen head. Each point is scored on
+   the held-out rows; the fold's own choice is made on its validation rows (the metric, ties broken
+   by the lower log loss) and scored on its held-out rows: the honest score of choosing α by CV.
 
-The weights act where they are identifiable: on predictions that were each fitted to their own input.
-Had the heads (or per-input projections) been trained jointly with a fixed α, each could rescale its
-output and undo α, and every α would score about the same. The encoders are trained once per fold and
-only the small heads are fitted, so the sweep costs little more than one cross-validation. Each point's
-score is the mean over folds, with its spread; the best point is reported beside the learned weights
-and late fusion (mean of the heads, trained end to end), scored on the same folds.
+The weights are those of ``weighted`` fusion itself, so the chosen point is a setting
+(``fusion_kwargs: {weights: {...}}``, written to ``alpha_config.yaml``). Nothing is refitted per point,
+so the sweep costs one cross-validation plus a forward pass per point. Because the projections and
+the head are shared and frozen, a weight cannot be undone by rescaling: when both inputs carry the
+same signal with independent noise, the best α follows their reliability (inverse-variance weighting,
+which the tests check). Each point's score is the mean over folds, with its spread; the best point is
+reported beside the learned weights and late fusion, scored on the same folds.
 
 Grid: for two inputs, α in ``0, 0.1, …, 1`` (α weighs the first input in sorted order); for three,
 every point of the simplex in steps of 1/``simplex_steps``; for more, the vertices, the centre and
@@ -36,7 +38,9 @@ import torch
 
 from .errors import MmfuseError
 
-__all__ = ["search_alpha", "AlphaResult", "weight_grid"]
+__all__ = ["search_alpha", "AlphaResult", "weight_grid", "MODALITY_DROPOUT"]
+
+MODALITY_DROPOUT = 0.2  # at least this, in the learned-weights model: its head must read every mixture
 
 
 def weight_grid(names: Sequence[str], alphas: Sequence[float] | None = None, simplex_steps: int = 4,
@@ -100,8 +104,7 @@ class AlphaResult:
 
 def search_alpha(estimator, data, *, alphas: Sequence[float] | None = None, simplex_steps: int = 4, samples: int = 30,
                  folds: int = 5, group_column: str | None = None, leave_one_out: str | None = None, out="runs/alpha",
-                 jobs: int = 1, overwrite: bool = False, compare_late: bool = True, head_epochs: int = 200,
-                 head_patience: int = 20, metric: str | None = None,
+                 jobs: int = 1, overwrite: bool = False, compare_late: bool = True, metric: str | None = None,
                  echo: Callable[[str], None] | None = None) -> AlphaResult:
     """Choose fixed fusion weights by cross-validation (see the module's docstring).
 
@@ -112,9 +115,9 @@ def search_alpha(estimator, data, *, alphas: Sequence[float] | None = None, simp
         simplex_steps, samples: The grid for three inputs / more inputs (:func:`weight_grid`).
         folds, group_column, leave_one_out, jobs, overwrite: As for :func:`~mmfuse.cv.cross_validate`.
         out: Run folder: ``learned/`` and ``late/`` (cross-validation runs), ``alpha.json``, ``alpha.md``,
-            ``alpha.png``.
+            ``alpha.png`` and ``alpha_config.yaml`` (the settings with the best point's fixed weights, for
+            ``mmfuse fit --config``).
         compare_late: Also cross-validate late fusion on the same folds.
-        head_epochs, head_patience: Training of each input's head on the frozen embeddings.
         metric: The metric the points are compared by (default: the task's headline metric; ``log_loss``
             compares calibrated probabilities, and is smoother on small data).
         echo: Called with one line per event.
@@ -137,8 +140,11 @@ def search_alpha(estimator, data, *, alphas: Sequence[float] | None = None, simp
     _, inputs = P.select_inputs(table, estimator.target, estimator.columns, estimator.groups, estimator.schema_file,
                                 estimator.inputs)
     weight_grid(inputs, alphas, simplex_steps, samples, estimator.seed)  # fewer than 2 inputs or a bad grid: fail now
-    learned_est = MultimodalPredictor(**{**params, "fusion": "weighted", "fusion_kwargs": {}})
-    say("1. weighted fusion with learned weights (trains the encoders once per fold)")
+    dropout = max(params.get("modality_dropout") or 0.0, MODALITY_DROPOUT)
+    learned_est = MultimodalPredictor(**{**params, "fusion": "weighted", "fusion_kwargs": {},
+                                         "modality_dropout": dropout})
+    say(f"1. weighted fusion with learned weights and modality dropout {dropout:g} (trains the encoders once per "
+        "fold)")
     learned = cross_validate(learned_est, data, out=out / "learned", **cv_args)
     metric = metric or learned.metric
     if metric not in learned.summary:
@@ -158,20 +164,19 @@ def search_alpha(estimator, data, *, alphas: Sequence[float] | None = None, simp
         if names is None:
             names = list(pred.model.names)
             grid = weight_grid(names, alphas, simplex_steps, samples, estimator.seed)
-            say(f"2. {len(grid)} weight vectors over inputs {', '.join(names)}, each refitted on frozen encoders, "
-                f"per fold")
+            say(f"2. {len(grid)} weight vectors over inputs {', '.join(names)}: the frozen model of each fold, "
+                "only its fusion weights changed")
         learned_weights.append(pred.model.fusion.modality_weights())
         ids = json.loads((fdir / "fold.json").read_text())["ids"]
         held = pd.read_csv(fdir / "oof.csv")["row"].tolist()
-        emb = {k: _embed(pred, df.loc[rows], table.root, estimator) for k, rows in
-               (("train", ids["train"]), ("val", ids["val"]), ("test", held))}
-        z = _unimodal_logits(pred, emb, estimator, head_epochs, head_patience)
+        emb = {k: _embed(pred, df.loc[rows], table.root, estimator) for k, rows in (("val", ids["val"]),
+                                                                                  ("test", held))}
         on_val = {}
         for w in grid:
-            points.setdefault(w, []).append(_fused_score(pred, z["test"], emb["test"]["m"], emb["test"]["y"], w, metric))
-            on_val[w] = _fused_score(pred, z["val"], emb["val"]["m"], emb["val"]["y"], w, metric)
-        # the fold's choice is made on its validation rows, and scored on its held-out rows
-        pick = max(grid, key=lambda w: sign * on_val[w])
+            points.setdefault(w, []).append(_fixed_weights_score(pred, emb["test"], w, metric)[0])
+            on_val[w] = _fixed_weights_score(pred, emb["val"], w, metric)
+        # the fold's choice is made on its validation rows (ties: the lower log loss), scored on its held-out rows
+        pick = max(grid, key=lambda w: (sign * on_val[w][0], -on_val[w][1]))
         chosen_w.append(dict(zip(names, pick)))
         chosen_scores.append(points[pick][-1])
         say(f"  {f['name']}: chosen on validation rows {_fmt_w(chosen_w[-1])} -> held-out {metric} "
@@ -199,9 +204,12 @@ def search_alpha(estimator, data, *, alphas: Sequence[float] | None = None, simp
     atomic_write_text(out / "alpha.json", json.dumps(res.to_dict(), indent=1) + "\n")
     atomic_write_text(out / "alpha.md", format_alpha(res))
     plot_alpha(res, out / "alpha.png")
-    for line in format_alpha(res).splitlines()[2:5]:
-        say(line)
-    say(f"written: {out / 'alpha.json'}, {out / 'alpha.md'}, {out / 'alpha.png'}")
+    _write_config(learned_est, best, out / "alpha_config.yaml", metric)
+    for line in format_alpha(res).splitlines()[2:]:  # the summary and the whole CV curve
+        if line:
+            say(line)
+    say(f"written: {out / 'alpha.json'}, {out / 'alpha.md'}, {out / 'alpha.png'}, {out / 'alpha_config.yaml'} "
+        "(mmfuse fit --config)")
     return res
 
 
@@ -217,61 +225,33 @@ def _embed(pred, rows_df: pd.DataFrame, root, estimator) -> dict:
             "y": pred.task.transform(kept)}
 
 
-def _unimodal_logits(pred, emb: dict, estimator, epochs: int, patience: int) -> dict:
-    """Per input, a fresh head trained on that input's frozen embeddings of the training rows where it
-    is present (the best epoch by validation loss); returns its logits on the validation and held-out
-    rows, ``{"val": {input: logits}, "test": {input: logits}}``."""
-    from .config import ModelConfig
-    from .model import Head
-
-    mcfg = ModelConfig(**pred.config["model"]["model"])
-    task = pred.task
-    tr, va, te = emb["train"], emb["val"], emb["test"]
-    y_tr, y_va = torch.as_tensor(tr["y"]), torch.as_tensor(va["y"])
-    cw = task.class_weights(estimator.class_weight, tr["y"])
-    out = {"val": {}, "test": {}}
-    for n in tr["x"]:
-        torch.manual_seed(estimator.seed)
-        head = Head(tr["x"][n].shape[1], task.n_outputs, mcfg.head_hidden, mcfg.dropout)
-        opt = torch.optim.AdamW(head.parameters(), lr=estimator.lr, weight_decay=estimator.weight_decay)
-        rows, vrows = torch.nonzero(tr["m"][n]).squeeze(1), torch.nonzero(va["m"][n]).squeeze(1)
-        if not len(rows) or not len(vrows):
-            raise MmfuseError(f"input {n!r} is absent from every training or validation row of a fold; "
-                              "its weight cannot be chosen")
-        g = torch.Generator().manual_seed(estimator.seed)
-        best, best_state, bad = float("inf"), None, 0
-        for _ in range(epochs):
-            head.train()
-            perm = rows[torch.randperm(len(rows), generator=g)]
-            for i in range(0, len(perm), estimator.batch_size):
-                b = perm[i:i + estimator.batch_size]
-                loss = task.loss(head(tr["x"][n][b]), y_tr[b], cw)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            head.eval()
-            with torch.no_grad():
-                v = float(task.loss(head(va["x"][n][vrows]), y_va[vrows], cw))
-            if v < best - 1e-6:
-                best, best_state, bad = v, {k: t.clone() for k, t in head.state_dict().items()}, 0
-            else:
-                bad += 1
-                if bad >= patience:
-                    break
-        head.load_state_dict(best_state)
-        head.eval()
-        with torch.no_grad():
-            out["val"][n], out["test"][n] = head(va["x"][n]), head(te["x"][n])
-    return out
+def _fixed_weights_score(pred, emb: dict, weights, metric: str) -> tuple[float, float]:
+    """``(metric, log loss)`` of the frozen model with its fusion weights fixed at ``weights``: the
+    weighted fusion's ``Σ_m w_m p_m h_m / Σ_m w_m p_m`` over the frozen projections, read by the frozen head."""
+    model = pred.model
+    fusion = model.fusion
+    with torch.no_grad():
+        feats = fusion.masked(emb["x"], emb["m"])
+        h = torch.stack([fusion.proj[n](feats[n]) for n in fusion.names], 1)  # (B, M, D)
+        wp = torch.tensor(weights, dtype=h.dtype)[None] * fusion.stack_masks(emb["m"]).to(h.dtype)
+        wp = wp / wp.sum(1, keepdim=True).clamp_min(1e-12)
+        logits = model.head((wp.unsqueeze(-1) * h).sum(1))
+    y = torch.as_tensor(emb["y"])
+    m = pred.task.metrics(logits, emb["y"])
+    return float(m[metric]), float(pred.task.loss(logits, y))
 
 
-def _fused_score(pred, logits: dict, present: dict, y, weights, metric: str) -> float:
-    """The metric of ``Σ w_m p_m y_m / Σ w_m p_m`` on the held-out rows (p: the input is present)."""
-    names = list(logits)
-    z = torch.stack([logits[n] for n in names], 1)  # (B, M, K)
-    w = torch.tensor(weights, dtype=z.dtype)[None] * torch.stack([present[n] for n in names], 1).to(z.dtype)
-    w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
-    return float(pred.task.metrics((w.unsqueeze(-1) * z).sum(1), y)[metric])
+def _write_config(learned_est, best: dict, path: Path, metric: str) -> None:
+    """The settings of the learned-weights model with the best point's weights fixed, for ``fit --config``."""
+    import yaml
+
+    from .io import atomic_write_text
+    from .tuning import _nested_config
+
+    est = learned_est.set_params(fusion_kwargs={"weights": dict(best["weights"])})
+    atomic_write_text(path, f"# weighted fusion with the CV curve's best fixed weights ({metric} "
+                            f"{best['mean']:.4f} ± {best['std']:.4f} over the folds); mmfuse fit DATA --config "
+                            f"{path.name}\n" + yaml.safe_dump(_nested_config(est), sort_keys=False))
 
 
 def format_alpha(res: AlphaResult) -> str:
@@ -292,9 +272,8 @@ def format_alpha(res: AlphaResult) -> str:
     for r in res.points:
         lines.append("| " + " | ".join(f"{r['weights'][n]:.2f}" for n in res.inputs) +
                      f" | {r['mean']:.4f} | {r['std']:.4f} | {r['median']:.4f} |")
-    lines += ["", "Each point: the weighted combination of per-input heads, each trained on its own input's frozen "
-              "embeddings (the encoders of each fold's learned-weights model), scored on the fold's held-out rows. "
-              "std: between folds (ddof=1).", ""]
+    lines += ["", "Each point: each fold's learned-weights model, frozen, with only its fusion weights set to the "
+              "point, scored on the fold's held-out rows. std: between folds (ddof=1).", ""]
     return "\n".join(lines)
 
 
