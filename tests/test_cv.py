@@ -87,6 +87,11 @@ def test_preprocessors_of_a_fold_never_see_its_held_out_rows(tmp_path):
             assert abs(centre_b) < 5, centre_b  # the 1e4 rows were held out: never seen
         else:
             assert centre_b > 100, centre_b  # they were training rows of the other folds
+    for f in res.folds:  # the rows that trained and early-stopped each fold's model exclude its held-out rows
+        ids = json.loads((tmp_path / "cv" / f"fold_{f['fold'] + 1}" / "fold.json").read_text())["ids"]
+        held = set(folds[f["fold"]].test)
+        assert not (set(ids["train"]) | set(ids["val"])) & held
+        assert set(ids["train"]) | set(ids["val"]) | held == set(range(90))
     oof = res.oof
     assert sorted(oof["row"]) == list(range(90)) and oof["row"].is_unique
     assert set(oof.loc[oof["row"].isin(folds[0].test), "fold"]) == {1}

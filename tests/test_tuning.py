@@ -2,6 +2,7 @@
 kill, and workers sharing one study on SQLite and on a throwaway PostgreSQL server."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -159,6 +160,8 @@ def test_the_pruner_stops_a_trial_whose_epochs_score_worse(tmp_path):
     states = {t.number: t.state for t in res.study.trials}
     assert states == {0: COMPLETE, 1: PRUNED}
     assert res.leaderboard["state"].tolist() == ["complete", "pruned"]
+    rows = json.loads((tmp_path / "s" / "trials" / "trial_0" / "metrics.json").read_text())["rows"]
+    assert rows["test"] == 0 and rows["train"] + rows["val"] == 160  # a val trial holds out no unused test rows
 
 
 def test_a_cv_trial_reports_the_running_mean_of_its_finished_folds(tmp_path):
@@ -184,6 +187,53 @@ def test_a_cv_trial_reports_the_running_mean_of_its_finished_folds(tmp_path):
             with pytest.raises(optuna.TrialPruned):
                 report("fold 2: accuracy 0.5000")
     assert study.trials[1].intermediate_values == {1: 0.85, 2: pytest.approx(0.675)}
+
+
+def test_a_cv_trial_reports_only_folds_finished_in_order(tmp_path):
+    """With --jobs, fold 2 may finish before fold 1: nothing is reported until folds 1..n are all done, so
+    step n always averages the same folds in every trial."""
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    report = tuning._FoldReporter(optuna, trial, tmp_path, "accuracy")
+    for i, acc in ((2, 0.5), (1, 0.9), (3, 0.7)):
+        (tmp_path / f"fold_{i}").mkdir()
+        (tmp_path / f"fold_{i}" / "fold.json").write_text(json.dumps({"metrics": {"accuracy": acc}}))
+        report(f"fold {i} done")
+        if i == 2:
+            assert study.trials[0].intermediate_values == {}
+    assert study.trials[0].intermediate_values == {2: pytest.approx(0.7), 3: pytest.approx(0.7)}
+
+
+def test_a_trial_that_raises_any_error_fails_and_the_search_goes_on(tmp_path, monkeypatch):
+    """Out of memory in one trial (here a RuntimeError on the first) is a failed trial, not the end of the search."""
+    import mmfuse.cv
+
+    real, calls = mmfuse.cv.cross_validate, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory (simulated)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(mmfuse.cv, "cross_validate", flaky)
+    lines = []
+    res = mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), space=SPACE, n_trials=2, folds=2,
+                        out=tmp_path / "s", refit=False, echo=lines.append)
+    states = [t.state for t in res.study.trials]
+    assert states == [FAIL, COMPLETE, COMPLETE]
+    assert "trial 0: failed: RuntimeError: out of memory (simulated)" in lines
+    assert res.study.trials[0].user_attrs["error"] == "RuntimeError: out of memory (simulated)"
+
+
+def test_seed_cannot_be_searched_and_trials_on_other_folds_are_not_ensembled(tmp_path):
+    with pytest.raises(MmfuseError, match="'seed' cannot be searched: it also draws the folds"):
+        tuning.load_space({"seed": {"type": "int", "low": 0, "high": 3}})
+    for seed in (0, 1):
+        mmfuse.cross_validate(MultimodalPredictor(target="y", **{**FAST, "seed": seed}), table(), folds=2,
+                              out=tmp_path / f"t{seed}")
+    with pytest.raises(MmfuseError, match="put the same rows in other folds"):
+        mmfuse.build_ensemble([tmp_path / "t0", tmp_path / "t1"], size=3, out=tmp_path / "ens")
 
 
 # --- resume and shared studies --------------------------------------------------------------------
@@ -264,10 +314,12 @@ def test_ctrl_c_stops_a_search_with_one_line_and_marks_its_trial_failed(tmp_path
     assert not running()  # the trial Ctrl-C stopped is failed at once, not left running for a grace period
 
 
-def _two_workers(tmp_path, storage, n_trials=3):
+def _two_workers(tmp_path, storage, n_trials=6):
     procs = [_worker(tmp_path, tmp_path / f"w{i}", storage, n_trials) for i in range(2)]
     logs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
+    for log in logs:  # both took part: each finished at least one trial
+        assert re.search(r"^trial \d+: accuracy ", log, re.M), logs
     done = _finished(storage)
     assert len(done) == n_trials, logs  # together, exactly the budget
     trials = optuna.load_study(study_name="shared", storage=storage).trials

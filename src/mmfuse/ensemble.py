@@ -382,6 +382,10 @@ def _aligned_frames(trials: list[_Trial]) -> list[pd.DataFrame]:
         if not (frame["target"].astype(str).to_numpy() == ref.oof["target"].astype(str).to_numpy()).all():
             raise MmfuseError(f"trials {str(ref.path)!r} and {str(t.path)!r} have other targets for the same rows; "
                               "ensemble trials cross-validated on the same table and target")
+        if not (frame["fold"].to_numpy() == ref.oof["fold"].to_numpy()).all():
+            raise MmfuseError(f"trials {str(ref.path)!r} and {str(t.path)!r} put the same rows in other folds (another "
+                              "seed or fold scheme); ensemble trials cross-validated on the same folds, so that each "
+                              "fold's rows are held out of every member's model of that fold")
         out.append(frame)
     return out
 

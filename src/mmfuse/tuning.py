@@ -72,6 +72,9 @@ def load_space(space=None) -> dict:
     names = [n for n in MultimodalPredictor._param_names() if n not in _RUN_OWNED]
     out = {}
     for name, spec in raw.items():
+        if name == "seed":
+            raise MmfuseError(f"{where}: 'seed' cannot be searched: it also draws the folds, and trials scored on "
+                              "other folds cannot be compared (or ensembled); give --seed instead")
         if name not in names:
             raise MmfuseError(f"{where}: " + unknown_name_message("parameter of MultimodalPredictor", name, names))
         if name == "encoders" and isinstance(spec, dict) and "type" not in spec:
@@ -343,8 +346,8 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
                 s = res.summary.get(metric)
                 value, std = (s["mean"], s["std"]) if s else (float("nan"), float("nan"))
                 trial.set_user_attr("fold_std", std)
-            else:
-                est.set_params(out=tdir)
+            else:  # no test rows are held out of a trial: nothing would use them
+                est.set_params(out=tdir, test_fraction=0.0)
                 est.fit(table, callbacks=[_pruning_callback(optuna, trial, f"val_{metric}")])
                 found = est.metrics_["val"]
                 value = found.get(metric, float("nan"))
@@ -353,10 +356,13 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
                                      (isinstance(v, dict) and "mean" in v)]
                 study.stop()
                 raise _TrialFailed()
-        except MmfuseError as e:  # a setting this data cannot train with (e.g. diverged): a failed trial
-            trial.set_user_attr("error", str(e))
-            failures.append(str(e))
-            say(f"trial {trial.number}: failed: {e}")
+        except (optuna.TrialPruned, _TrialFailed, _Surplus):
+            raise
+        except Exception as e:  # a setting this data cannot train with (diverged, out of memory): a failed trial;
+            msg = str(e) if isinstance(e, MmfuseError) else f"{type(e).__name__}: {e}"  # 3 in a row stop the search
+            trial.set_user_attr("error", msg)
+            failures.append(msg)
+            say(f"trial {trial.number}: failed: {msg}")
             raise _TrialFailed() from None
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
@@ -570,14 +576,18 @@ class _FoldReporter:
         self.optuna, self.trial, self.tdir, self.metric, self.seen = optuna, trial, tdir, metric, 0
 
     def __call__(self, line: str) -> None:
-        values = []
+        by_fold = {}
         for p in self.tdir.glob("fold_*/fold.json"):
             try:
                 v = json.loads(p.read_text())["metrics"].get(self.metric)
-            except (OSError, ValueError, KeyError):
+                k = int(p.parent.name.split("_")[1])
+            except (OSError, ValueError, KeyError, IndexError):
                 continue
             if isinstance(v, (int, float)) and math.isfinite(v):
-                values.append(v)
+                by_fold[k] = v
+        values = []  # only the folds 1..n all finished: with --jobs, folds finish out of order, and every
+        while len(values) + 1 in by_fold:  # trial's step n must average the same folds
+            values.append(by_fold[len(values) + 1])
         if len(values) > self.seen:
             self.seen = len(values)
             self.trial.report(sum(values) / len(values), step=len(values))
@@ -612,9 +622,15 @@ def _finish(optuna, study, estimator, table, space, metric, direction, objective
     best = (max if direction == "maximize" else min)(complete, key=lambda t: t.value) if complete else None
     rows = [_row(t, objective) for t in trials]
     ens = None
-    if ensemble and complete:
-        say(f"ensemble: greedy selection of size {ensemble} over {len(complete)} complete trials")
-        ens = build_ensemble([out / "trials" / f"trial_{t.number}" for t in complete], ensemble, out / "ensemble",
+    here = [t for t in complete if (out / "trials" / f"trial_{t.number}" / "cv.json").is_file()]
+    if ensemble and len(here) < len(complete):  # run by other workers, on other machines or into another --out
+        elsewhere = sorted(t.number for t in complete if t not in here)
+        say(f"ensemble: {len(elsewhere)} complete trials have no folder in {out / 'trials'} (run by other workers "
+            f"into another --out: {', '.join(map(str, elsewhere[:10]))}{', ...' if len(elsewhere) > 10 else ''}); "
+            "they are left out of the ensemble")
+    if ensemble and here:
+        say(f"ensemble: greedy selection of size {ensemble} over {len(here)} complete trials")
+        ens = build_ensemble([out / "trials" / f"trial_{t.number}" for t in here], ensemble, out / "ensemble",
                              echo=say, metric=metric)
         members = ", ".join(f"{Path(m['trial_dir']).name} x{m['weight']:.2f}" for m in ens.get("members", []))
         rows.append({"trial": "ensemble", "state": "complete", "value": ens.get("score"), "fold_std": ens.get("std"),
