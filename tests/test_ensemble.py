@@ -259,7 +259,7 @@ def test_a_regression_ensemble_averages_values_across_folds_with_their_own_scale
     the target's units, whatever scale its task keeps."""
     df = table()
     df["y"] = 10 + 5 * (df["a"] + df["b"])
-    df["g"] = np.arange(len(df)) % 8  # group k-fold: plain k-fold of a regression target fails in make_folds today
+    df["g"] = np.arange(len(df)) % 8  # group k-fold
     dirs = []
     for i, ignore in enumerate(["b", "a"]):
         cross_validate(MultimodalPredictor(target="y", columns={ignore: "ignore"}, **FAST), df, folds=2,

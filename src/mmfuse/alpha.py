@@ -168,7 +168,9 @@ def search_alpha(estimator, data, *, alphas: Sequence[float] | None = None, simp
                 "only its fusion weights changed")
         learned_weights.append(pred.model.fusion.modality_weights())
         ids = json.loads((fdir / "fold.json").read_text())["ids"]
-        held = pd.read_csv(fdir / "oof.csv")["row"].tolist()
+        held = ids.get("test")  # the held-out row ids, with their type (oof.csv would read "007" back as 7)
+        if held is None:  # a fold of an older cross-validation
+            held = pd.read_csv(fdir / "oof.csv")["row"].tolist()
         emb = {k: _embed(pred, df.loc[rows], table.root, estimator) for k, rows in (("val", ids["val"]),
                                                                                   ("test", held))}
         on_val = {}

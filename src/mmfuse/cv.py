@@ -479,7 +479,7 @@ def _fit_fold(params: dict, train: pd.DataFrame, test: pd.DataFrame, fold: dict,
            "metrics": mm.get("test", {}), "best_epoch": _plus1(mm.get("best_epoch")), "epochs_run": mm.get("epochs_run"),
            "seconds": time.perf_counter() - t0, "resumed": resume, "fingerprint": fingerprint,
            "test_rows_hash": fold["test_rows_hash"], "headline": m.task_.headline,
-           "ids": {k: m.splits_["ids"][k] for k in ("train", "val")}}
+           "ids": {k: m.splits_["ids"][k] for k in ("train", "val", "test") if k in m.splits_["ids"]}}
     atomic_write_text(fdir / "fold.json", json.dumps(res, indent=1, default=_jsonable))
     return res
 

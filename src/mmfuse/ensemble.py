@@ -79,8 +79,9 @@ def ensemble_selection(probas: Sequence[np.ndarray], y, metric_fn: Callable[[np.
 
     Starting from the empty ensemble, each of ``size`` steps adds the candidate (one already in
     the ensemble may be added again) whose addition gives the best ``metric_fn`` of the averaged
-    prediction ``(Σ_picked p) / steps``. Weights are ``counts / size``. Ties (within a relative
-    1e-12) go to the lowest index, so the result is deterministic.
+    prediction ``(Σ_picked p) / steps``. Weights are ``counts / steps`` over the steps kept (all
+    ``size`` of them unless ``use_best``). Ties (within a relative 1e-12) go to the lowest index, so
+    the result is deterministic.
 
     Use a proper scoring rule as the metric (log loss, squared error): accuracy is flat over most
     small changes of the weights, so its greedy steps are ties.
@@ -90,7 +91,7 @@ def ensemble_selection(probas: Sequence[np.ndarray], y, metric_fn: Callable[[np.
             probabilities or (N,) values.
         y: The targets, passed to ``metric_fn`` as they are.
         metric_fn: ``metric_fn(prediction, y) -> float`` of an averaged prediction.
-        size: Steps (picks); the weights are multiples of ``1 / size``.
+        size: Steps (picks) run; the weights are multiples of ``1 / steps kept``.
         higher_is_better: False (default) for a loss to minimize.
         use_best: Keep the prefix of the steps whose ensemble scored best (the earliest of equal ones),
             not necessarily all ``size`` steps: a late step can make the ensemble worse when no candidate
