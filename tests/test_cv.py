@@ -190,6 +190,25 @@ def test_a_killed_cv_run_resumes_without_refitting_finished_folds(tmp_path):
     assert [f["fold"] for f in d["folds"]] == [0, 1, 2] and d["folds"][0]["reused"] is True
 
 
+def test_ctrl_c_stops_cv_with_one_line_and_an_unfinished_report(tmp_path):
+    table(150).to_csv(tmp_path / "t.csv", index=False)
+    out = tmp_path / "cv"
+    p = subprocess.Popen([sys.executable, "-m", "mmfuse.cli", "cv", str(tmp_path / "t.csv"), "-t", "y", "--folds", "3",
+                          "--epochs", "60", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while not (out / "fold_1" / "fold.json").exists():
+        assert p.poll() is None and time.monotonic() < deadline, p.stdout.read()
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    log = p.communicate(timeout=120)[0]
+    assert p.returncode == 130, log
+    assert log.strip().splitlines()[-1] == (f"cross-validation interrupted: 1 of 3 folds finished are kept in {out}; "
+                                            "the same command resumes from them")
+    assert "Traceback" not in log
+    assert "**Unfinished: 1 of 3 folds so far.**" in (out / "cv.md").read_text()
+
+
 def test_parallel_folds_give_the_same_results_as_serial(tmp_path):
     scores = {}
     for jobs in (1, 2):

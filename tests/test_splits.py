@@ -60,6 +60,13 @@ def test_group_column_keeps_each_group_in_one_split():
                         "test": "held-out 20% of the groups of 'subj' in the training table"}
 
 
+def test_blank_groups_are_one_clear_error():
+    subj = [f"s{i // 6}" for i in range(120)]
+    subj[7] = subj[30] = None
+    with pytest.raises(Exception, match=r"2 rows have a blank group 'subj' \(rows 7, 30\): fill them in"):
+        split(table(120, subj=subj), columns={"subj": "group"}, val_fraction=0.2, test_fraction=0.2)
+
+
 def test_split_column_is_named():
     df = table(30, part=["train"] * 20 + ["val"] * 5 + ["test"] * 5)
     s = split(df, columns={"part": "split"})

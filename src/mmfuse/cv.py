@@ -184,8 +184,11 @@ def format_cv(d: dict) -> str:
     """cv.md: the scheme, a per-fold table and mean ± std / median of every metric."""
     metrics = [k for k in d["summary"] if k not in ("n",)]
     s = d["scheme"]
-    lines = [f"# Cross-validation: {s['description']}", "",
-             f"Headline metric: **{d['metric']}** = {_fmt_stat(d['summary'].get(d['metric']))}", "",
+    lines = [f"# Cross-validation: {s['description']}", ""]
+    if s.get("folds_done", s["folds"]) < s["folds"]:
+        lines += [f"**Unfinished: {s['folds_done']} of {s['folds']} folds so far.** Run the same command again to "
+                  "fit the others (finished folds are kept).", ""]
+    lines += [f"Headline metric: **{d['metric']}** = {_fmt_stat(d['summary'].get(d['metric']))}", "",
              "| fold | held out | train | val | test | " + " | ".join(metrics) + " | best epoch | seconds |",
              "|" + "---|" * (7 + len(metrics))]
     for f in d["folds"]:
@@ -330,34 +333,49 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
         say(f"{res['name']}: {_headline(res)} ({res['seconds']:.0f} s)")
         _write_outputs(run_dir, fold_list, results, scheme_info, settings, left_out)
 
-    if jobs == 1 or len(todo) <= 1:
-        for t in todo:
-            finished(_fit_fold(**{**t, "threads": None}))  # in this process: leave its thread count alone
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from concurrent.futures.process import BrokenProcessPool
+    try:
+        _run_folds(todo, jobs, finished, run_dir)
+    except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C during a fit into SystemExit(1)
+        if isinstance(e, SystemExit) and e.code in (0, None):
+            raise
+        from .errors import Interrupted
 
-        # spawn, not fork: a forked copy of a process that already ran torch can hang in its thread pools
-        try:
-            with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=mp.get_context("spawn")) as pool:
-                try:
-                    for fut in as_completed([pool.submit(_fit_fold, **t) for t in todo]):
-                        finished(fut.result())
-                except BaseException:  # a failed fold, a pruned trial, Ctrl-C: do not wait for the queued folds
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-        except BrokenProcessPool:
-            raise MmfuseError(
-                f"a worker process of cross_validate(jobs={jobs}) died: either the script that calls it lacks "
-                "`if __name__ == \"__main__\":` around the call (each worker re-imports it), or a worker ran out of "
-                f"memory; the folds finished so far are kept in {run_dir} and the next run resumes from them "
-                "(jobs=1 runs the folds in this process)") from None
+        kept = (f"{len(results)} of {len(fold_list)} folds finished are kept in {run_dir}; the same command resumes "
+                "from them" if out is not None else "nothing is kept (no out folder)")
+        raise Interrupted(f"cross-validation interrupted: {kept}") from None
     result = _write_outputs(run_dir, fold_list, results, scheme_info, settings, left_out)
     result.out = run_dir if out is not None else None
     s = result.summary.get(result.metric)
     say(f"{result.metric}: {_fmt_stat(s)}; written: {run_dir / 'cv.json'}, {run_dir / 'cv.md'}, {run_dir / 'oof.csv'}")
     return result
+
+
+def _run_folds(todo: list, jobs: int, finished, run_dir: Path) -> None:
+    """Fit the folds of ``todo``: in this process (``jobs=1``), or in a pool of ``jobs`` processes; ``finished``
+    gets each fold's result as it comes."""
+    if jobs == 1 or len(todo) <= 1:
+        for t in todo:
+            finished(_fit_fold(**{**t, "threads": None}))  # in this process: leave its thread count alone
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn, not fork: a forked copy of a process that already ran torch can hang in its thread pools
+    try:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=mp.get_context("spawn")) as pool:
+            try:
+                for fut in as_completed([pool.submit(_fit_fold, **t) for t in todo]):
+                    finished(fut.result())
+            except BaseException:  # a failed fold, a pruned trial, Ctrl-C: do not wait for the queued folds
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    except BrokenProcessPool:
+        raise MmfuseError(
+            f"a worker process of cross_validate(jobs={jobs}) died: either the script that calls it lacks "
+            "`if __name__ == \"__main__\":` around the call (each worker re-imports it), or a worker ran out of "
+            f"memory; the folds finished so far are kept in {run_dir} and the next run resumes from them "
+            "(jobs=1 runs the folds in this process)") from None
 
 
 def _check_fold_classes(y: pd.Series, fold_list) -> None:

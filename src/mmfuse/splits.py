@@ -46,6 +46,11 @@ def split_rows(df: pd.DataFrame, schema: Schema, val_fraction: float, test_fract
     groups_cols = schema.columns_with(Role.GROUP)
     rng = np.random.default_rng(seed)
     if groups_cols:
+        blank = df.index[df[groups_cols[0]].isna().to_numpy()].tolist()
+        if blank:
+            raise SchemaError(f"{len(blank)} rows have a blank group {groups_cols[0]!r} (rows "
+                              f"{', '.join(map(str, blank[:10]))}{', ...' if len(blank) > 10 else ''}): fill them in, "
+                              "or drop those rows, so that every row belongs to a group")
         g = df[groups_cols[0]].astype(str).to_numpy()
         uniq = np.array(sorted(set(g)))
         rng.shuffle(uniq)

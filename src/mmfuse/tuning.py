@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import MmfuseError
+from .errors import Interrupted, MmfuseError
 
 __all__ = ["search", "SearchResult", "load_space", "DEFAULT_SPACE", "OBJECTIVES"]
 
@@ -356,7 +356,7 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
                                      (isinstance(v, dict) and "mean" in v)]
                 study.stop()
                 raise _TrialFailed()
-        except (optuna.TrialPruned, _TrialFailed, _Surplus):
+        except (optuna.TrialPruned, _TrialFailed, _Surplus, Interrupted):
             raise
         except Exception as e:  # a setting this data cannot train with (diverged, out of memory): a failed trial;
             msg = str(e) if isinstance(e, MmfuseError) else f"{type(e).__name__}: {e}"  # 3 in a row stop the search
@@ -384,7 +384,7 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is one line of ours (say)
         try:
             study.optimize(run_trial, timeout=timeout, callbacks=[after_trial], catch=(_Surplus, _TrialFailed))
-        except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C during a fit into SystemExit(1)
+        except (KeyboardInterrupt, SystemExit, Interrupted) as e:  # Lightning: Ctrl-C in a fit -> SystemExit(1)
             if isinstance(e, SystemExit) and e.code in (0, None):
                 raise
             _interrupted(optuna, study, current, storage if shared else out / "study.db")
@@ -404,8 +404,6 @@ _NOT_SETTINGS = ("out", "resume", "progress", "log")
 def _interrupted(optuna, study, current: dict, where) -> None:
     """Ctrl-C: the trial it stopped is marked failed (its place in the budget runs again, with new settings,
     when the search resumes), then one line says what is kept."""
-    from .errors import Interrupted
-
     trial = current.get("trial")
     S = optuna.trial.TrialState
     if trial is not None:
