@@ -197,7 +197,7 @@ def test_ctrl_c_stops_cv_with_one_line_and_an_unfinished_report(tmp_path):
                           "--epochs", "60", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 300
-    while not (out / "fold_1" / "fold.json").exists():
+    while not ((out / "fold_1" / "fold.json").exists() and (out / "cv.json").exists()):  # fold 1 done and counted
         assert p.poll() is None and time.monotonic() < deadline, p.stdout.read()
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
