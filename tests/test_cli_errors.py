@@ -175,7 +175,7 @@ def test_usage_mistakes_are_click_usage_lines_not_tracebacks(capsys):
 
     for argv, expected in ((["fit", "x.csv", "--epoch", "1"], "No such option: --epoch"),
                            (["fitt", "x.csv"], "No such command 'fitt'. Did you mean 'fit'?"),
-                           (["fit", "x.csv"], "Missing option '--target'"),
+                           (["fit", "x.csv"], "which column is the target? Give --target NAME"),
                            (["fit", "x.csv", "-t", "y", "--lr", "abc"], "Invalid value for '--lr'")):
         with pytest.raises(SystemExit) as e:
             main(argv)

@@ -113,6 +113,10 @@ def test_cv_search_writes_leaderboard_best_config_and_a_bundle(tmp_path):
     assert len(pd.read_csv(tmp_path / "p.csv")) == len(df)
     refit = res.best_estimator
     assert refit.dim == res.best_params["dim"] and refit.splits_["rows"]["test"] == 0  # every row but the val rows
+    # the hint in best_config.yaml works as written: the target comes from the file
+    df.to_csv(tmp_path / "data.csv", index=False)
+    main(["fit", str(tmp_path / "data.csv"), "--config", str(out / "best_config.yaml"), "--out", str(tmp_path / "f")])
+    assert json.loads((tmp_path / "f" / "metrics.json").read_text())["plan"]["epochs"] == 2
 
 
 def test_search_compares_trials_by_the_metric_asked_for(tmp_path):
@@ -130,7 +134,30 @@ def test_search_compares_trials_by_the_metric_asked_for(tmp_path):
     with pytest.raises(MmfuseError, match=r"unknown metric 'macro_f2'.*Did you mean 'macro_f1'"):
         mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), space=SPACE, n_trials=3, folds=2,
                       out=tmp_path / "t", refit=False, metric="macro_f2")
-    assert len(optuna.load_study(study_name="mmfuse", storage=f"sqlite:///{tmp_path / 't' / 'study.db'}").trials) == 1
+    assert not (tmp_path / "t").exists()  # refused before anything ran
+    with pytest.raises(MmfuseError, match=r"metric 'rmse' is not reported for this task; its metrics: accuracy, "):
+        mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), space=SPACE, n_trials=3, folds=2,
+                      out=tmp_path / "u", refit=False, metric="rmse")
+    assert len(optuna.load_study(study_name="mmfuse", storage=f"sqlite:///{tmp_path / 'u' / 'study.db'}").trials) == 1
+    # a mistake found by the first trial does not lock the folder: the corrected command takes the study over
+    res = mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), space=SPACE, n_trials=1, folds=2,
+                        out=tmp_path / "u", refit=False, metric="accuracy")
+    assert res.best_value is not None
+
+
+def test_fold_and_option_mistakes_are_refused_before_the_first_trial(tmp_path):
+    df = table()
+    df.loc[0, "y"] = "rare"  # one row: a fold holding it out cannot learn it
+    with pytest.raises(MmfuseError, match="class 'rare' occurs only in the held-out rows"):
+        mmfuse.search(MultimodalPredictor(target="y", **FAST), df, space=SPACE, folds=2, out=tmp_path / "a")
+    with pytest.raises(MmfuseError, match="the group column 'y' is the target"):
+        mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), space=SPACE, leave_one_out="y",
+                      out=tmp_path / "a")
+    with pytest.raises(MmfuseError, match="ensemble must be an integer >= 0"):
+        mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), space=SPACE, ensemble=-1, out=tmp_path / "a")
+    with pytest.raises(MmfuseError, match="timeout must be a number of seconds > 0"):
+        mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), space=SPACE, timeout=0, out=tmp_path / "a")
+    assert not (tmp_path / "a").exists()
 
 
 def test_a_second_study_in_the_same_folder_is_refused(tmp_path):

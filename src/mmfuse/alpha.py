@@ -128,6 +128,10 @@ def search_alpha(estimator, data, *, alphas: Sequence[float] | None = None, simp
     from .io import atomic_write_text, read_table
 
     say = echo or (lambda line: None)
+    if metric is not None:  # a typo fails now, not after the cross-validation
+        from .tasks import check_metric_name
+
+        check_metric_name(metric)
     out = Path(out)
     cv_args = dict(folds=folds, group_column=group_column, leave_one_out=leave_one_out, jobs=jobs, overwrite=overwrite,
                    echo=lambda line: say(f"  {line}"))

@@ -99,7 +99,7 @@ def _load_config(path: Optional[Path]) -> dict:
 @app.command()
 def fit(
     data: Path = typer.Argument(..., help="Training table (.csv, .tsv, .parquet, .jsonl)."),
-    target: str = typer.Option(..., "--target", "-t", help="Target column."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target column (default: `target` in --config)."),
     fusion: Optional[str] = typer.Option(None, "--fusion", "-f", help=setting_help(ModelConfig, "fusion")),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings (model, train, ...); "
                                           "`mmfuse config --defaults` prints every one. Options given here win."),
@@ -159,7 +159,7 @@ def fit(
     blank = m.splits_["blank_target"]
     if blank:
         rows = [r for v in blank.values() for r in v]
-        typer.echo(f"left out {len(rows)} rows with a blank target {target!r}: {', '.join(map(str, rows[:20]))}"
+        typer.echo(f"left out {len(rows)} rows with a blank target {m.target!r}: {', '.join(map(str, rows[:20]))}"
                    f"{', ...' if len(rows) > 20 else ''} (all listed in {out / 'metrics.json'})")
     typer.echo(f"run folder: {out} (report.md, metrics.json, bundle/)")
 
@@ -184,7 +184,7 @@ _OPT_ALLOW_OUTSIDE_ROOT = typer.Option(False, "--allow-outside-root", help="Allo
 @app.command()
 def cv(
     data: Path = typer.Argument(..., help="Table (.csv, .tsv, .parquet, .jsonl); every labelled row is held out once."),
-    target: str = typer.Option(..., "--target", "-t", help="Target column."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target column (default: `target` in --config)."),
     folds: int = typer.Option(5, "--folds", "-k", help="Folds (stratified by class for classification)."),
     group_column: Optional[str] = typer.Option(
         None, "--group-column", help="Group k-fold: rows sharing a value of this column (a subject, a product) stay "
@@ -238,7 +238,7 @@ def cv(
 @app.command()
 def search(
     data: Path = typer.Argument(..., help="Table (.csv, .tsv, .parquet, .jsonl)."),
-    target: str = typer.Option(..., "--target", "-t", help="Target column."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target column (default: `target` in --config)."),
     space: Optional[str] = typer.Option(None, "--space", help="Search space: a YAML file (one key per setting: "
                                         "{type: float|int|categorical, ...}), or 'alpha' to sweep the weights of "
                                         "weighted fusion. Default: fusion, widths, dropout, lr, epochs."),
@@ -318,6 +318,13 @@ def _predictor_from_options(target, config, *, fusion=None, task=None, column=()
     from .schema import parse_column_overrides
 
     cfg = _load_config(config)
+    if target is None and not cfg.get("target"):
+        from .errors import MmfuseError
+
+        raise MmfuseError("which column is the target? Give --target NAME" +
+                          (f" (the config file {str(config)!r} has no 'target:')" if config else ""))
+    if target is not None:
+        settings["target"] = target
     if decision_threshold is not None:
         try:
             decision_threshold = float(decision_threshold)
@@ -341,7 +348,7 @@ def _predictor_from_options(target, config, *, fusion=None, task=None, column=()
         pre = dict(cfg.get("preprocessing") or {})
         cfg["preprocessing"] = {**pre, "image": {**(pre.get("image") or {}), **image}}
     cfg["groups"] = {**(cfg.get("groups") or {}), **_parse_groups(group)}
-    return MultimodalPredictor.from_config(cfg, target=target, **settings, **overrides)
+    return MultimodalPredictor.from_config(cfg, **settings, **overrides)
 
 
 def _refuse_another_run(out: Path) -> None:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from .errors import MmfuseError
 
-__all__ = ["Fold", "make_folds", "cross_validate", "CVResult", "summarize_folds", "with_group_role"]
+__all__ = ["Fold", "make_folds", "plan_folds", "cross_validate", "CVResult", "summarize_folds", "with_group_role"]
 
 SCHEMES = ("stratified", "kfold", "group", "leave_one_group_out")
 
@@ -248,45 +248,18 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
     from . import pipeline as P
     from ._fingerprint import data_fingerprint
     from .io import atomic_write_text, read_table
-    from .tasks import blank_targets
 
     say = echo or (lambda line: None)
     if group_column and leave_one_out:
         raise MmfuseError("give either group_column (group k-fold) or leave_one_out (one fold per group), not both")
     if not isinstance(jobs, (int, np.integer)) or jobs < 1:
         raise MmfuseError(f"jobs must be an integer >= 1, got {jobs!r}")
-    group_col = leave_one_out or group_column
-    if scheme is None and leave_one_out:
-        scheme = "leave_one_group_out"
     table = read_table(data, root=estimator.root)
     target = estimator.target
-    P.infer_task_of(table, target)  # an absent target column: one clear line
+    labelled, fold_list, scheme_name, group_col, left_out = plan_folds(estimator, table, folds, group_column,
+                                                                       leave_one_out, scheme, say)
     df = table.df
-    if group_col is not None and group_col not in df.columns:
-        from ._registry import unknown_name_message
-
-        raise MmfuseError(unknown_name_message("group column", group_col, df.columns))
-    blank = blank_targets(df[target])
-    left_out = [_jsonable(r) for r in df.index[blank]]
-    if left_out:
-        say(f"left out {len(left_out)} rows with a blank target {target!r}: "
-            f"{', '.join(map(str, left_out[:10]))}{', ...' if len(left_out) > 10 else ''}")
-    labelled = df[~blank]
-    kind = estimator.task or P.infer_task_of(table, target)
-    groups = labelled[group_col] if group_col is not None else None
-    if groups is not None and groups.isna().any():
-        blank_g = labelled.index[groups.isna().to_numpy()].tolist()
-        raise MmfuseError(f"{len(blank_g)} rows have a blank group {group_col!r} (rows "
-                          f"{', '.join(map(str, blank_g[:10]))}{', ...' if len(blank_g) > 10 else ''}): fill them in, "
-                          "or drop those rows, so that every row belongs to a group")
-    if scheme is None:
-        scheme = ("group" if groups is not None else
-                  "stratified" if kind in ("binary", "multiclass") else "kfold")  # regression, multilabel: plain
     seed = estimator.seed
-    fold_list = make_folds(labelled[target], folds, groups, scheme, seed)
-    scheme_name = scheme
-    if kind in ("binary", "multiclass"):
-        _check_fold_classes(labelled[target], fold_list)
     scheme_info = {"name": scheme_name, "folds": len(fold_list), "group_column": group_col, "seed": seed,
                    "description": _describe_scheme(scheme_name, len(fold_list), group_col, table.source)}
     settings = _settings(estimator)
@@ -348,6 +321,58 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
     s = result.summary.get(result.metric)
     say(f"{result.metric}: {_fmt_stat(s)}; written: {run_dir / 'cv.json'}, {run_dir / 'cv.md'}, {run_dir / 'oof.csv'}")
     return result
+
+
+def plan_folds(estimator, table, folds: int = 5, group_column: str | None = None, leave_one_out: str | None = None,
+               scheme: str | None = None, echo: Callable[[str], None] | None = None):
+    """The folds :func:`cross_validate` would fit, checked (every class in each fold's training rows, no
+    blank group), without fitting anything: :func:`mmfuse.search` checks its folds this way before its first trial.
+
+    Returns:
+        ``(labelled rows, folds, scheme name, group column, ids of the rows left out for a blank target)``.
+    """
+    from . import pipeline as P
+    from .tasks import blank_targets
+
+    say = echo or (lambda line: None)
+    group_col = leave_one_out or group_column
+    if scheme is None and leave_one_out:
+        scheme = "leave_one_group_out"
+    target = estimator.target
+    P.infer_task_of(table, target)  # an absent target column: one clear line
+    df = table.df
+    if group_col is not None and group_col not in df.columns:
+        from ._registry import unknown_name_message
+
+        raise MmfuseError(unknown_name_message("group column", group_col, df.columns))
+    if group_col is not None and group_col == target:
+        raise MmfuseError(f"the group column {group_col!r} is the target: folds by group would hold out whole classes; "
+                          "give the column that groups related rows (a subject, a session)")
+    blank = blank_targets(df[target])
+    left_out = [_jsonable(r) for r in df.index[blank]]
+    if left_out:
+        say(f"left out {len(left_out)} rows with a blank target {target!r}: "
+            f"{', '.join(map(str, left_out[:10]))}{', ...' if len(left_out) > 10 else ''}")
+    labelled = df[~blank]
+    kind = estimator.task or P.infer_task_of(table, target)
+    groups = labelled[group_col] if group_col is not None else None
+    if groups is not None and groups.isna().any():
+        blank_g = labelled.index[groups.isna().to_numpy()].tolist()
+        raise MmfuseError(f"{len(blank_g)} rows have a blank group {group_col!r} (rows "
+                          f"{', '.join(map(str, blank_g[:10]))}{', ...' if len(blank_g) > 10 else ''}): fill them in, "
+                          "or drop those rows, so that every row belongs to a group")
+    if groups is not None and groups.nunique() < 2:
+        raise MmfuseError(f"group column {group_col!r} has {groups.nunique()} distinct value in the labelled rows; folds "
+                          "by group need at least 2 groups (give another column, or plain folds without it)")
+    if scheme is None:
+        scheme = ("group" if groups is not None else
+                  "stratified" if kind in ("binary", "multiclass") else "kfold")  # regression, multilabel: plain
+    seed = estimator.seed
+    fold_list = make_folds(labelled[target], folds, groups, scheme, seed)
+    scheme_name = scheme
+    if kind in ("binary", "multiclass"):
+        _check_fold_classes(labelled[target], fold_list)
+    return labelled, fold_list, scheme_name, group_col, left_out
 
 
 def _run_folds(todo: list, jobs: int, finished, run_dir: Path) -> None:

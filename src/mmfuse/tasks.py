@@ -45,6 +45,18 @@ THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy", "mcc")
 
 
 LOWER_IS_BETTER = frozenset({"log_loss", "ece", "rmse", "mae", "loss"})  # metric names where less is better
+# every score a task's metrics() can give (not the counts and settings it also reports: n, threshold)
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "micro_f1", "f1_positive", "log_loss", "ece", "roc_auc",
+                "pr_auc", "roc_auc_ovr_macro", "roc_auc_macro", "pr_auc_macro", "subset_accuracy", "rmse", "mae", "r2")
+
+
+def check_metric_name(metric: str) -> str:
+    """``metric`` if it is a score some task reports (:data:`METRIC_NAMES`), else one line with the closest."""
+    if metric not in METRIC_NAMES:
+        from ._registry import unknown_name_message
+
+        raise MmfuseError(unknown_name_message("metric", metric, METRIC_NAMES))
+    return metric
 
 
 def higher_is_better(metric: str) -> bool:

@@ -264,6 +264,13 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
         if given:
             raise MmfuseError(f"space 'alpha' sweeps a fixed grid of weights by cross-validation; {', '.join(given)} "
                               "do not apply to it (they belong to the Optuna search)")
+        if metric is not None:
+            from .tasks import check_metric_name
+
+            check_metric_name(metric)
+        if objective != "cv":
+            raise MmfuseError(f"space 'alpha' scores every weight by cross-validation; objective {objective!r} does not "
+                              "apply to it (leave --objective out)")
         try:
             from .alpha import search_alpha
         except ImportError as e:
@@ -284,6 +291,12 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
         raise MmfuseError(f"timeout must be a number of seconds > 0 (or None: no limit), got {timeout!r}")
     if not isinstance(n_trials, int) or n_trials < 1:
         raise MmfuseError(f"n_trials must be an integer >= 1, got {n_trials!r}")
+    if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 0:
+        raise MmfuseError(f"ensemble must be an integer >= 0 (the greedy steps; 0: no ensemble), got {ensemble!r}")
+    if metric is not None:
+        from .tasks import check_metric_name
+
+        check_metric_name(metric)
     if ensemble and objective != "cv":
         raise MmfuseError("ensemble needs out-of-fold predictions: use objective='cv' (--objective cv) with --ensemble")
     build_ensemble = _ensemble_builder() if ensemble else None
@@ -295,17 +308,21 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
         raise MmfuseError(f"jobs must be an integer >= 1, got {jobs!r}")
     _check_space_values(estimator, space)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     table = read_table(data, root=estimator.root)
     # the settings every trial shares are checked once, before any trial (a wrong column is not 3 failed trials)
     P.select_inputs(table, estimator.target, estimator.columns, estimator.groups, estimator.schema_file,
                     estimator.inputs)
+    if objective == "cv":  # the folds too: a class in one fold only, too many folds, blank groups ...
+        from .cv import plan_folds
+
+        plan_folds(estimator, table, folds, group_column, leave_one_out)
     task_cls = TASKS.get(estimator.task or P.infer_task_of(table, estimator.target))
     from .tasks import higher_is_better
 
     metric = metric or task_cls.headline
     direction = "maximize" if higher_is_better(metric) else "minimize"
 
+    out.mkdir(parents=True, exist_ok=True)  # every check above passed: now the search writes
     shared = storage is not None
     _claim_out(out, storage if shared else "sqlite:///<out>/study.db", study_name or "mmfuse")
     study, heartbeats = _open_study(optuna, storage if shared else f"sqlite:///{(out / 'study.db').resolve()}",
@@ -391,7 +408,7 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
         finally:
             optuna.logging.set_verbosity(level)
     if unknown_metric:
-        raise MmfuseError(unknown_name_message("metric", metric, unknown_metric) + "; the metrics of this task")
+        raise MmfuseError(f"metric {metric!r} is not reported for this task; its metrics: {', '.join(unknown_metric)}")
     if len(failures) >= 3:
         raise MmfuseError(f"search stopped: 3 trials in a row failed; the last: {failures[-1]}")
     return _finish(optuna, study, estimator, table, space, metric, direction, objective, out, ensemble,
@@ -458,6 +475,12 @@ def _check_same_search(study, what: dict) -> None:
         study.set_user_attr("search", what)
         return
     diff = [k for k in what if json.dumps(old.get(k), sort_keys=True) != json.dumps(what[k], sort_keys=True)]
+    import optuna
+
+    S = optuna.trial.TrialState
+    if diff and not study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED)):
+        study.set_user_attr("search", what)  # nothing finished to compare with: a corrected rerun takes the study over
+        return
     if diff:
         raise MmfuseError(f"study {study.study_name!r} holds a search with other {', '.join(diff)}; its trials would "
                           "not compare with these: give another study name (--study-name) or output folder (--out)")
@@ -520,6 +543,12 @@ def _open_study(optuna, storage, name, direction, metric, sampler, pruner, objec
                                     pruner=pruner, load_if_exists=True)
     except ValueError as e:
         raise MmfuseError(f"study {name!r}: {e}") from None
+    S = optuna.trial.TrialState
+    if study.direction.name.lower() != direction and not study.get_trials(deepcopy=False,
+                                                                          states=(S.COMPLETE, S.PRUNED, S.RUNNING)):
+        optuna.delete_study(study_name=name, storage=storage)  # only failed trials: a corrected rerun starts it anew
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
+                                    pruner=pruner)
     if study.direction.name.lower() != direction:
         raise MmfuseError(f"study {name!r} in this storage {study.direction.name.lower()}s, but {metric} must be "
                           f"{direction}d: give another --study-name or --storage")
