@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -306,6 +307,9 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
             say(f"note: {name} is fixed at {getattr(estimator, name)!r} (given as an option), not searched")
     if not isinstance(jobs, int) or jobs < 1:
         raise MmfuseError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if not space:
+        raise MmfuseError("the search space has no parameter left to search" + (
+            f" (the options given fix {', '.join(fixed)})" if fixed else "") + "; list parameters in the space file")
     _check_space_values(estimator, space)
     out = Path(out)
     table = read_table(data, root=estimator.root)
@@ -338,6 +342,21 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
                                if k not in space and k not in _NOT_SETTINGS})})  # {} and [] count as None
     say(f"search: {len(space)} parameters, objective {objective} ({metric}, {direction}), budget {n_trials} trials; "
         f"study {study.study_name!r} in {storage if shared else out / 'study.db'}")
+    done, running = _counts(optuna, study)
+    if done or running:
+        say(f"resuming: {done} trials finished earlier" + (f", {running} running in other workers" if running else "")
+            + (f"; {max(0, n_trials - done - running)} to run" if done + running < n_trials else
+               "; the budget is already met (raise --n-trials to run more)"))
+    if objective == "val":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            schema, _ = P.select_inputs(table, estimator.target, estimator.columns, estimator.groups,
+                                         estimator.schema_file, estimator.inputs)
+            P.split_table(table, schema, estimator.target, estimator.task, None, None, estimator.val_fraction, 0.0,
+                           estimator.seed)
+        for w in caught:
+            if "validation split is small" in str(w.message):
+                say(f"note: {w.message}")
     fixed = dict(progress=False, resume=False)
     failures, unknown_metric, current = [], [], {}
 
@@ -365,7 +384,9 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
                 trial.set_user_attr("fold_std", std)
             else:  # no test rows are held out of a trial: nothing would use them
                 est.set_params(out=tdir, test_fraction=0.0)
-                est.fit(table, callbacks=[_pruning_callback(optuna, trial, f"val_{metric}")])
+                with warnings.catch_warnings():  # said once, before the first trial, not per trial
+                    warnings.filterwarnings("ignore", message=".*validation split is small")
+                    est.fit(table, callbacks=[_pruning_callback(optuna, trial, f"val_{metric}")])
                 found = est.metrics_["val"]
                 value = found.get(metric, float("nan"))
             if metric not in found:
@@ -680,7 +701,9 @@ def _finish(optuna, study, estimator, table, space, metric, direction, objective
             say(f"refit: trial {best.number}'s configuration on the rows of the table -> {out / 'best' / 'bundle'}")
             best_est = _clone(estimator, {**best_params, "out": out / "best", "resume": False, "progress": False,
                                           "test_fraction": 0.0})
-            best_est.fit(table)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*validation split is small")
+                best_est.fit(table)
     note = _plot_importance(optuna, study, complete, out / "param_importance.png")
     if note:
         say(note)
