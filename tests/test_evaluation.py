@@ -58,7 +58,7 @@ def test_fit_report_counts_epochs_from_one_names_no_fusion_for_one_input_and_lis
     assert "- training time: 2.4 s" in text
     assert "## plan" in text and "- inputs: x (tabular, encoder tabular_mlp)" in text
     assert "- rows: train 8, validation 2, test 0 (given tables)" in text
-    assert "- epochs: at most 3 (early stopping after 5 without improvement); batch size 4; learning rate 0.01" in text
+    assert "- epochs: at most 3 (early stopping after 5 without improvement of validation loss); batch size 4; learning rate 0.01" in text
     assert "- device: cpu (precision 32-true)" in text
     two = _report(tmp_path, {"task": "binary", "fusion": "gated", "inputs": ["x", "z"]})
     assert "- fusion: gated" in two

@@ -68,7 +68,8 @@ class MultimodalPredictor:
                  epochs: int = _T.epochs, batch_size: int = _T.batch_size, lr: float = _T.lr,
                  backbone_lr: float = _T.backbone_lr, layer_decay: float = _T.layer_decay,
                  weight_decay: float = _T.weight_decay, warmup: float = _T.warmup, grad_clip: float = _T.grad_clip,
-                 patience: int = _T.patience, min_steps: int = _T.min_steps, max_time: float | None = _T.max_time,
+                 patience: int = _T.patience, monitor: str = _T.monitor, min_steps: int = _T.min_steps,
+                 max_time: float | None = _T.max_time,
                  precision: str = _T.precision,
                  accelerator: str = _T.accelerator, seed: int = _T.seed, num_workers: int = _T.num_workers,
                  cache: str | None = _T.cache, group_by_length: bool | None = _T.group_by_length,
@@ -186,6 +187,7 @@ class MultimodalPredictor:
                                tcfg.test_fraction, tcfg.seed)
         task = P.fit_target(splits.train, self.target, splits.task, tcfg)  # the kind the split was made for
         task.set_threshold(tcfg.decision_threshold)  # a bad setting fails now, not after training
+        task.monitor_for(tcfg.monitor)  # likewise a monitor this kind of target has no per-epoch metric for
         preps = P.fit_preprocessors(schema, inputs, splits.train, splits.root, mcfg, tcfg, self.preprocessing,
                                     self.allow_outside_root)
         run_dir = Path(self.out) if self.out else Path(tempfile.mkdtemp(prefix="mmfuse_run_"))

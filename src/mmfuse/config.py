@@ -56,6 +56,10 @@ class TrainConfig:
     warmup: float = _doc(0.05, "Fraction of the steps with a linear warm-up before the cosine decay.")
     grad_clip: float = _doc(1.0, "Clip the gradient norm to this (0 disables).")
     patience: int = _doc(5, "Early stopping after this many epochs without improvement of the monitored metric.")
+    monitor: str = _doc("loss", "What early stopping and the best checkpoint follow on the validation rows: `loss` "
+                                "(the training objective) or a metric computed each epoch: `accuracy` or "
+                                "`macro_f1` (classification), `rmse` (regression). A metric can keep improving "
+                                "after the loss has turned up (an overconfident model still ranks well).")
     # a small MLP or CNN at lr 1e-3 needs a few hundred AdamW steps before its validation loss means much
     min_steps: int = _doc(300, "Early stopping waits for at least this many optimizer steps, so that a small table "
                                "(a few batches per epoch) is not stopped after a few dozen steps; `epochs` still caps "
@@ -168,7 +172,8 @@ CONSTRAINTS = {
     "epochs": lambda: _int(1), "batch_size": lambda: _int(1), "lr": lambda: _real(0, lo_open=True),
     "backbone_lr": lambda: _real(0, lo_open=True), "layer_decay": lambda: _real(0, 1, lo_open=True),
     "weight_decay": lambda: _real(0), "warmup": lambda: _real(0, 1, hi_open=True), "grad_clip": lambda: _real(0),
-    "patience": lambda: _int(0), "min_steps": lambda: _int(0), "max_time": lambda: _real(0, lo_open=True, none=True),
+    "patience": lambda: _int(0), "monitor": lambda: _one_of("loss", "accuracy", "macro_f1", "rmse"),
+    "min_steps": lambda: _int(0), "max_time": lambda: _real(0, lo_open=True, none=True),
     "precision": lambda: _one_of("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"),
     "accelerator": lambda: _one_of("auto", "cpu", "gpu", "cuda", "mps"), "seed": lambda: _int(0),
     "num_workers": lambda: _int(0),

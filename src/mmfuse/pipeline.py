@@ -422,6 +422,7 @@ def describe_plan(splits: Splits, spec: dict, preps: dict, task, data: FitData, 
                      + ", ".join(pairs[:10]) + (f", ... ({len(pairs)} classes)" if len(pairs) > 10 else ""))
     device = resolve_accelerator(tcfg.accelerator)
     return {"inputs": inputs, "fusion": fusion, "split": split, "epochs": tcfg.epochs, "patience": tcfg.patience,
+            "monitor": tcfg.monitor,
             "batch_size": tcfg.batch_size, "lr": tcfg.lr, "class_weight": weighting, "device": device,
             "precision": resolve_precision(tcfg.precision, device),
             "left_out": {} if schema is None else left_out_columns(schema)}
@@ -440,7 +441,8 @@ def format_plan(plan: dict) -> list[str]:
     return [f"inputs: {inputs}",
             f"fusion: {plan['fusion']}",
             f"rows: {split}",
-            f"epochs: at most {plan['epochs']} (early stopping after {plan['patience']} without improvement); "
+            f"epochs: at most {plan['epochs']} (early stopping after {plan['patience']} without improvement of "
+            f"validation {plan.get('monitor', 'loss').replace('_', '-')}); "
             f"batch size {plan['batch_size']}; learning rate {plan['lr']:g}",
             f"class weighting: {plan['class_weight']}",
             f"device: {plan['device']} (precision {plan['precision']})"] + (

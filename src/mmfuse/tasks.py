@@ -105,7 +105,7 @@ class Task(ABC):
     name: ClassVar[str] = ""
     headline: ClassVar[str] = "accuracy"  # the one metric used to compare models
     higher_is_better: ClassVar[bool] = True
-    monitor: ClassVar[tuple[str, str]] = ("val_loss", "min")  # early stopping and the best checkpoint
+    quick_metric_names: ClassVar[tuple[str, ...]] = ()  # the keys of quick_metrics: what a fit can monitor
 
     def __init__(self, column: str, label_sep: str = "|"):
         self.column, self.label_sep = column, label_sep
@@ -197,6 +197,17 @@ class Task(ABC):
     @abstractmethod
     def loss(self, logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
         """The training objective (also the validation loss). ``logits``: (B, n_outputs)."""
+
+    def monitor_for(self, name: str = "loss") -> tuple[str, str]:
+        """``(key, mode)`` that early stopping and the best checkpoint follow for the setting ``monitor``:
+        ``("val_loss", "min")`` for ``loss``, else ``("val_<metric>", "max"|"min")`` for one of
+        :attr:`quick_metric_names`."""
+        if name == "loss":
+            return "val_loss", "min"
+        if name not in self.quick_metric_names:
+            raise MmfuseError(f"monitor {name!r} is not computed each epoch for a {self.name} target; choose one of "
+                              f"{', '.join(['loss', *self.quick_metric_names])}")
+        return f"val_{name}", "max" if higher_is_better(name) else "min"
 
     @abstractmethod
     def quick_metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict:
@@ -296,6 +307,8 @@ def task_from_dict(d: dict, decision_threshold=None) -> Task:
 
 
 class _Classification(Task):
+    quick_metric_names = ("accuracy", "macro_f1")
+
     def _fit(self, y: pd.Series) -> None:
         keys = sorted({_key(v) for v in y}, key=_natural)
         if len(keys) < 2:
@@ -470,6 +483,8 @@ class BinaryTask(_Classification):
 
 @register_task("multilabel")
 class MultilabelTask(Task):
+    quick_metric_names = ("accuracy", "macro_f1")
+
     """Any subset of K labels per row (lists, or strings ``"a|b"``): one sigmoid per label, each
     with its own decision threshold (0.5 unless set or chosen per label on validation rows).
 
@@ -595,6 +610,8 @@ class MultilabelTask(Task):
 
 @register_task("regression")
 class RegressionTask(Task):
+    quick_metric_names = ("rmse",)
+
     """A number per row, standardized with the training rows' mean and standard deviation;
     ``regression_loss`` is ``mse`` or ``huber`` (on the standardized scale)."""
 

@@ -61,7 +61,7 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
     last = ckpt_dir / "last.ckpt"
     fingerprint = normalize(fingerprint) if fingerprint is not None else None
     resumed_from = _check_resume(last, fingerprint, run_dir) if resume and last.exists() else None
-    monitor, mode = task.monitor  # early stopping and best-checkpoint selection
+    monitor, mode = task.monitor_for(tcfg.monitor)  # early stopping and best-checkpoint selection
     lit = LitMultimodal(model, task, train_loader, val_loader, tcfg, mcfg, class_weights)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                            save_last=True, enable_version_counter=False)
