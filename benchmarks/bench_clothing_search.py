@@ -10,7 +10,8 @@ scored once on the 2,349 test rows, which nothing before saw.
 Inputs: the review (Title + Review Text, one text input, MiniLM frozen, mean pooling, 128 tokens;
 its embeddings cached on disk, so only the first trial runs the backbone) and the tabular columns
 (Division/Department/Class Name, Age, Positive Feedback Count). Recommended IND and Clothing ID are
-left out. The search space is mmfuse's default (fusion, widths, dropout, modality dropout, lr, epochs).
+left out. The search space is mmfuse's default (fusion, widths, dropout, modality dropout, lr, epochs)
+plus what early stopping follows (validation loss or macro-F1).
 
 Baselines on the same test rows (../shared/data/README.md): fine-tuned text model macro-F1 0.494,
 TF-IDF + logistic regression 0.460.
@@ -37,6 +38,7 @@ REFIT_MARGIN_S = 240  # left for the ensemble, the refit and the test scoring in
 
 def main(argv=None):
     t_start = time.monotonic()
+    import yaml
     from _env import environment
 
     import mmfuse
@@ -70,7 +72,9 @@ def main(argv=None):
     timeout = budget - min(REFIT_MARGIN_S, 0.15 * budget) - (time.monotonic() - t_start)
     print(f"search: {len(dev)} rows, {args.folds}-fold CV, budget {args.minutes:g} min "
           f"(trials start until {timeout / 60:.1f} min from now)", flush=True)
-    res = mmfuse.search(est, dev, objective="cv", folds=args.folds, metric="macro_f1", n_trials=10_000,
+    space = yaml.safe_load((importlib.resources.files("mmfuse") / "search_space.yaml").read_text())
+    space["monitor"] = {"type": "categorical", "choices": ["loss", "macro_f1"]}
+    res = mmfuse.search(est, dev, space=space, objective="cv", folds=args.folds, metric="macro_f1", n_trials=10_000,
                         timeout=timeout, ensemble=args.ensemble, out=args.out, seed=args.seed, echo=print)
     search_s = time.monotonic() - t_start
 
@@ -89,7 +93,7 @@ def main(argv=None):
         "benchmark": __doc__.split("\n")[0], "protocol": __doc__.split("Usage:")[0].strip(),
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
         "environment": environment(), "seed": args.seed, "budget_minutes": args.minutes, "folds": args.folds,
-        "rows": {"search": len(dev), "test": len(test)},
+        "rows": {"search": len(dev), "test": len(test)}, "space": space,
         "wall_seconds": {"search_with_cache_build": round(search_s, 1), "total": round(wall, 1)},
         "trials": {s: int((trials["state"] == s).sum()) for s in ("complete", "pruned", "fail")},
         "best_trial": {"trial": res.best_trial, "cv_macro_f1": round(res.best_value, 4),
