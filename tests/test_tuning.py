@@ -148,7 +148,7 @@ def test_search_compares_trials_by_the_metric_asked_for(tmp_path):
 def test_fold_and_option_mistakes_are_refused_before_the_first_trial(tmp_path):
     df = table()
     df.loc[0, "y"] = "rare"  # one row: a fold holding it out cannot learn it
-    with pytest.raises(MmfuseError, match="class 'rare' occurs only in the held-out rows"):
+    with pytest.raises(MmfuseError, match="class 'rare' has a single labelled row: no fold can both learn it"):
         mmfuse.search(MultimodalPredictor(target="y", **FAST), df, space=SPACE, folds=2, out=tmp_path / "a")
     with pytest.raises(MmfuseError, match="the group column 'y' is the target"):
         mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), space=SPACE, leave_one_out="y",
@@ -158,6 +158,21 @@ def test_fold_and_option_mistakes_are_refused_before_the_first_trial(tmp_path):
     with pytest.raises(MmfuseError, match="timeout must be a number of seconds > 0"):
         mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), space=SPACE, timeout=0, out=tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_overwrite_starts_a_search_afresh_in_the_same_folder(tmp_path):
+    kw = dict(space=SPACE, n_trials=1, folds=2, out=tmp_path / "s", refit=False)
+    mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), **kw)
+    with pytest.raises(MmfuseError, match="holds a search with other settings.*or --overwrite"):
+        mmfuse.search(MultimodalPredictor(target="y", **{**FAST, "batch_size": 16}), table(), **kw)
+    lines = []
+    res = mmfuse.search(MultimodalPredictor(target="y", **{**FAST, "batch_size": 16}), table(), overwrite=True,
+                        echo=lines.append, **kw)
+    assert any(line.startswith("overwrite: deleted the earlier search") for line in lines)
+    assert len(res.study.trials) == 1 and not any(line.startswith("resuming") for line in lines)
+    with pytest.raises(MmfuseError, match="with a shared --storage it would delete other workers' trials"):
+        mmfuse.search(MultimodalPredictor(target="y", **FAST), table(), overwrite=True,
+                      storage=f"sqlite:///{tmp_path / 'x.db'}", **kw)
 
 
 def test_a_second_study_in_the_same_folder_is_refused(tmp_path):

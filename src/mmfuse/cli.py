@@ -260,8 +260,8 @@ def search(
                                          "minimized as it wants), e.g. macro_f1 or log_loss; default: the task's "
                                          "headline (accuracy, f1, rmse...)."),
     overwrite: bool = typer.Option(False, "--overwrite", show_default=True,
-                                   help="--space alpha: replace its cross-validation runs in --out made with other "
-                                        "settings (an Optuna study resumes instead)."),
+                                   help="Start afresh: delete the earlier search (study.db, trials, leaderboard, "
+                                        "best, ensemble) in --out; --space alpha: replace its CV runs."),
     out: Path = typer.Option(Path("runs/search"), "--out", "-o", help="Output folder: leaderboard.md/.csv, "
                              "best_config.yaml, best/bundle, param_importance.png, trials/, study.db."),
     fusion: Optional[str] = _OPT_FUSION,

@@ -411,6 +411,9 @@ def _check_fold_classes(y: pd.Series, fold_list) -> None:
         train = np.ones(len(labels), bool)
         train[f.test] = False
         unseen = sorted(set(labels[f.test]) - set(labels[train]))
+        if unseen and (labels == unseen[0]).sum() == 1:
+            raise MmfuseError(f"class {unseen[0]!r} has a single labelled row: no fold can both learn it and hold it "
+                              "out; drop that row or merge the class with another")
         if unseen:
             raise MmfuseError(f"{f.name}: class {unseen[0]!r} occurs only in the held-out rows of this fold "
                               f"({', '.join(map(repr, unseen))}), so no model of the fold can learn it; use fewer folds, "

@@ -63,6 +63,9 @@ def load_space(space=None) -> dict:
     if space is None or isinstance(space, (str, os.PathLike)):
         path = DEFAULT_SPACE if space is None else Path(space)
         where = f"search space {str(path)!r}"
+        if space is not None and not path.exists() and path.suffix == "" and len(str(space)) < 12:
+            raise MmfuseError(unknown_name_message("search space (a YAML/JSON file, or 'alpha')", str(space),
+                                                   ["alpha"]))
         raw = read_mapping_file(path, "search space")
     elif isinstance(space, dict):
         raw = space
@@ -72,6 +75,11 @@ def load_space(space=None) -> dict:
         raise MmfuseError(f"{where} is empty: name at least one MultimodalPredictor parameter to search")
     names = [n for n in MultimodalPredictor._param_names() if n not in _RUN_OWNED]
     out = {}
+    raw = dict(raw)
+    for section in ("model", "train"):  # the nested form of config files: model: {dropout: ...}
+        if isinstance(raw.get(section), dict) and "type" not in raw[section]:
+            raw.update(raw.pop(section))
+    raw = {k.split(".", 1)[1] if k.startswith(("model.", "train.")) else k: v for k, v in raw.items()}  # model.dropout
     for name, spec in raw.items():
         if name == "seed":
             raise MmfuseError(f"{where}: 'seed' cannot be searched: it also draws the folds, and trials scored on "
@@ -230,8 +238,10 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
             the complete trials' out-of-fold predictions (``objective="cv"`` only), saved in ``out/ensemble``
             and listed on the leaderboard (trial ``ensemble``, its mean and std over the folds, its members).
         echo: Called with one line per event.
-        overwrite: ``space="alpha"`` only: replace its cross-validation runs in ``out`` made with other settings
-            (an Optuna study resumes instead; give another ``out`` or ``study_name`` for a new one).
+        overwrite: Start afresh: an Optuna search deletes the study and the files of an earlier search in ``out``
+            (its ``study.db``, trials, leaderboard, best and ensemble; not with a shared ``storage``);
+            ``space="alpha"`` replaces its cross-validation runs made with other settings. Without it, a
+            search in the same ``out`` resumes.
         fixed: Settings not to search even when the space lists them (the command line passes the options
             the user gave, such as ``--epochs``); the estimator's values are used.
         sampler, pruner: Optuna objects; defaults ``TPESampler(seed)`` and ``MedianPruner`` (5 startup
@@ -326,8 +336,10 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
     metric = metric or task_cls.headline
     direction = "maximize" if higher_is_better(metric) else "minimize"
 
-    out.mkdir(parents=True, exist_ok=True)  # every check above passed: now the search writes
     shared = storage is not None
+    if overwrite:
+        _clear_search(out, shared, say)
+    out.mkdir(parents=True, exist_ok=True)  # every check above passed: now the search writes
     _claim_out(out, storage if shared else "sqlite:///<out>/study.db", study_name or "mmfuse")
     study, heartbeats = _open_study(optuna, storage if shared else f"sqlite:///{(out / 'study.db').resolve()}",
                         study_name or "mmfuse", direction, metric, sampler, pruner, objective,
@@ -457,6 +469,24 @@ def _interrupted(optuna, study, current: dict, where) -> None:
 _OUT_FILE = "search.json"
 
 
+_SEARCH_FILES = ("study.db", "search.json", "leaderboard.csv", "leaderboard.md", "best_config.yaml",
+                 "param_importance.png", "trials", "best", "ensemble")
+
+
+def _clear_search(out: Path, shared: bool, say) -> None:
+    """``overwrite``: delete an earlier search's files in ``out`` (only those a search writes)."""
+    import shutil
+
+    if shared:
+        raise MmfuseError("overwrite deletes the study in out/study.db; with a shared --storage it would delete "
+                          "other workers' trials: delete that study with Optuna, or give another --study-name")
+    gone = [n for n in _SEARCH_FILES if (out / n).exists()]
+    for n in gone:
+        shutil.rmtree(out / n) if (out / n).is_dir() else (out / n).unlink()
+    if gone:
+        say(f"overwrite: deleted the earlier search in {out} ({', '.join(gone)})")
+
+
 def _claim_out(out: Path, storage, name: str) -> None:
     """``out`` holds one study's files (trials/trial_<n>, the leaderboard, best/): a second study there
     would overwrite its trial folders. The first search writes ``out/search.json``; another study is refused."""
@@ -476,7 +506,7 @@ def _claim_out(out: Path, storage, name: str) -> None:
         if isinstance(old, dict) and old != me:
             raise MmfuseError(f"{out} holds the files of study {old.get('study_name')!r} in {old.get('storage')}; "
                               f"study {name!r} in {where} would overwrite its trial folders. Give another --out "
-                              "(or that --study-name and --storage, to resume it)")
+                              "(or that --study-name and --storage, to resume it), or --overwrite to delete it")
     elif any((out / "trials").glob("trial_*")):
         raise MmfuseError(f"{out} holds trial folders of an earlier search without {_OUT_FILE}; give another --out")
     atomic_write_text(path, json.dumps(me))
@@ -504,7 +534,8 @@ def _check_same_search(study, what: dict) -> None:
         return
     if diff:
         raise MmfuseError(f"study {study.study_name!r} holds a search with other {', '.join(diff)}; its trials would "
-                          "not compare with these: give another study name (--study-name) or output folder (--out)")
+                          "not compare with these: give another study name (--study-name) or output folder (--out), or "
+                          "--overwrite to delete it and start afresh")
 
 
 class _Surplus(Exception):
