@@ -168,6 +168,22 @@ def test_ensemble_score_cross_validates_the_selection(trials, ensemble):
     assert ensemble["score"] != pytest.approx(ensemble["cv"]["accuracy"])
 
 
+def test_rows_a_trial_skipped_are_left_out_of_the_selection_with_a_note(trials, tmp_path):
+    root, dirs, df = trials
+    copies = []
+    for d in dirs:
+        shutil.copytree(d, tmp_path / d.name)
+        copies.append(tmp_path / d.name)
+    oof = pd.read_csv(copies[1] / "oof.csv")
+    skipped = oof["row"].iloc[:3].tolist()
+    oof.loc[:2, ["proba_pos", "proba_neg"]] = np.nan  # as on_bad_input="skip" leaves them
+    oof.to_csv(copies[1] / "oof.csv", index=False)
+    lines = []
+    res = build_ensemble(copies, size=5, out=tmp_path / "ens", echo=lines.append)
+    assert any("3 rows without a prediction in some trial" in l and ", ".join(map(str, skipped)) in l for l in lines)
+    assert np.isfinite(res["score"]) and res["pooled"]["n"] == len(df) - 3
+
+
 def test_loaded_ensemble_predicts_the_weighted_average_of_the_members_fold_bundles(trials, ensemble):
     root, dirs, df = trials
     ens = Predictor.load(root / "ensemble")

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from .errors import MmfuseError
+from .io import save_figure
 
 __all__ = ["search_alpha", "AlphaResult", "weight_grid", "MODALITY_DROPOUT"]
 
@@ -309,6 +310,6 @@ def plot_alpha(res: AlphaResult, path: Path) -> Path | None:
     ax.set_ylabel(res.metric)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

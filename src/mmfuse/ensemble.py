@@ -466,6 +466,18 @@ def build_ensemble(trial_dirs: list[Path], size: int, out: Path, echo=None, metr
                                   f"{task.classes_}; trial {str(trials[0].path)!r} {ref.column!r} with {ref.classes_}. "
                                   "Ensemble members must share the target and its classes")
     probas = [ref.proba_of_frame(f) for f in frames]
+    bad = np.zeros(len(frames[0]), bool)
+    for p in probas:  # rows a trial skipped as bad input (on_bad_input="skip") have no prediction
+        bad |= ~np.isfinite(np.asarray(p, float)).reshape(len(bad), -1).all(1)
+    if bad.all():
+        raise MmfuseError("every out-of-fold row lacks a prediction in some trial (skipped as bad input?); "
+                          "nothing to choose the ensemble on")
+    if bad.any():
+        rows = frames[0]["row"][bad].tolist()
+        say(f"ensemble: {int(bad.sum())} rows without a prediction in some trial (skipped as bad input) are left "
+            f"out of the selection: {', '.join(map(str, rows[:10]))}{', ...' if len(rows) > 10 else ''}")
+        frames = [f[~bad].reset_index(drop=True) for f in frames]
+        probas = [np.asarray(p)[~bad] for p in probas]
     y = torch.as_tensor(ref.transform(frames[0][["target"]].rename(columns={"target": ref.column})))
     loss = lambda p, t: float(ref.loss(ref.logits_of(p), t))  # noqa: E731
     sel = ensemble_selection(probas, y, loss, size)

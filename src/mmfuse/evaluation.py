@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import save_figure
+
 __all__ = ["compute_metrics", "modality_contribution", "write_report", "plot_learning_curves", "plot_confusion",
            "plot_contribution"]
 
@@ -55,7 +57,7 @@ def plot_learning_curves(history: list[dict], path: Path) -> Path:
             ax[1].plot(ep, [h[k] for h in history], label=k.removeprefix("val_"))
     ax[1].set_xlabel("epoch"), ax[1].set_ylabel("validation metric"), ax[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -74,7 +76,7 @@ def plot_confusion(cm: list, classes: list, path: Path) -> Path:
             ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -91,7 +93,7 @@ def plot_contribution(contrib: dict, path: Path) -> Path:
     ax.set_ylabel(f"test {contrib['metric']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 

@@ -418,6 +418,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def save_figure(fig, path: str | os.PathLike, **kw) -> None:
+    """``fig.savefig`` written atomically (a reader never sees half a PNG); the format from the suffix."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **kw)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _yaml_loader():
     """PyYAML's safe loader, reading ``1e-3`` as a number (YAML 1.1 wants ``1.0e-3``; users write ``1e-3``)."""
     import re

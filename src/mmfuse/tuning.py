@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import Interrupted, MmfuseError
+from .io import save_figure
 
 __all__ = ["search", "SearchResult", "load_space", "DEFAULT_SPACE", "OBJECTIVES"]
 
@@ -828,7 +829,7 @@ def _plot_importance(optuna, study, complete, path: Path) -> str | None:
     ax.set_xlabel("importance (fANOVA, share of the objective's variance)")
     ax.set_title(f"Parameter importance over {len(complete)} trials")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return None
 
