@@ -50,6 +50,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--monitor", default="loss", help="what early stopping follows: loss, accuracy or macro_f1")
     ap.add_argument("--search-minutes", type=float, default=10.0)
     ap.add_argument("--search-subjects", type=int, default=8, help="the search sees only these first subjects")
     ap.add_argument("--subjects", type=int, default=23, help="use only the first N subjects (a quick run)")
@@ -64,13 +65,13 @@ def main(argv=None):
             keep = sorted(t.df["subject_id"].unique())[:args.subjects]
             t.df = t.df[t.df["subject_id"].isin(keep)].reset_index(drop=True)
     common = dict(target="label", columns=dict(SP_SW_HAR_ROLES), epochs=args.epochs, seed=args.seed, progress=False,
-                  batch_size=args.batch_size,
+                  batch_size=args.batch_size, monitor=args.monitor,
                   log=None, contribution=False)
     path = Path(args.results)
     saved = json.loads(path.read_text()) if path.exists() else {}
     models = saved.get("models", {})
     searched_subjects = sorted(tables["both"].df["subject_id"].unique())[:args.search_subjects]
-    settings = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
+    settings = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "monitor": args.monitor}
     for name in args.models.split(","):
         t0 = time.perf_counter()
         out = Path(args.out) / name
