@@ -60,3 +60,44 @@ def test_cache_key_changes_with_library_versions(monkeypatch, library):
         monkeypatch.setattr(importlib.metadata, "version",
                             lambda name: "99.0" if name == "transformers" else real(name))
     assert cache_key({"prep": {"size": 8}}) != before
+
+
+def test_a_disk_cache_entry_reuses_the_rows_other_entries_hold(tmp_path, monkeypatch):
+    """CV folds and search trials read other subsets of one table: a row decoded (or embedded) for one
+    subset is copied, not decoded again, for the next; a changed file is decoded again."""
+    from conftest import write_png
+
+    from mmfuse.data import MultimodalDataset as DS
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        write_png(tmp_path / f"{i}.png", rng)
+    df = pd.DataFrame({"photo": [f"{i}.png" for i in range(6)], "label": ["a", "b"] * 3})
+    table = read_table(df, root=tmp_path)
+    preps = build_preprocessors(infer_schema(table, target="label", overrides={"photo": "image"}), table,
+                                {"image": {"size": 8}})
+    read = []
+    real = DS._read_rows
+
+    def counting(self, name, pos, issues):
+        read.extend(self.table.df.index[pos].tolist())
+        return real(self, name, pos, issues)
+
+    monkeypatch.setattr(DS, "_read_rows", counting)
+
+    def load(rows):
+        ds = DS(read_table(df.loc[rows], root=tmp_path), preps, cache=tmp_path / "cache")
+        return ds, ds.__getitems__(list(range(len(ds))))["inputs"]["photo"]
+
+    first, x_first = load([0, 1, 2, 3])
+    assert sorted(read) == [0, 1, 2, 3]
+    read.clear()
+    second, x_second = load([2, 3, 4, 5])
+    assert sorted(read) == [4, 5]  # rows 2 and 3 came from the first entry
+    assert second.cache_dirs["photo"] != first.cache_dirs["photo"]
+    assert second.cache_dirs["photo"].parent == first.cache_dirs["photo"].parent
+    assert torch.equal(x_second[:2], x_first[2:])  # the copies are the decoded items themselves
+    read.clear()
+    write_png(tmp_path / "2.png", np.random.default_rng(9), size=(30, 30))  # an edited file
+    load([1, 2, 3])
+    assert sorted(read) == [2]

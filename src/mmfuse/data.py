@@ -14,6 +14,7 @@ workers and, with a cache, only once.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -166,9 +167,15 @@ class MultimodalDataset(Dataset):
                     self._caches[name] = ItemCache(n, p.item_spec())
                 else:  # embeddings of frozen backbones persist across runs
                     base = default_cache_dir() / "embeddings" if str(cache) == "memory" else Path(cache)
-                    d = base / safe_key(name) / self._key(p, name)  # a name like '..' or 'a/b' stays one folder
+                    # one folder per preprocessor state (model, settings, versions), one entry per set of rows in
+                    # it; a new entry copies the rows other entries of that folder hold (a CV fold, a search
+                    # trial, another split of the same table), so each row is featurized once
+                    group = base / safe_key(name) / self._prep_key(p)  # a name like '..' or 'a/b' stays one folder
+                    keys = self._row_keys(name)
+                    d = group / hashlib.sha256(keys.tobytes()).hexdigest()[:24]
                     self.cache_dirs[name] = d
                     self._caches[name] = ItemCache(n, p.item_spec(), d)
+                    share_rows(self._caches[name], keys, group)
 
     def absent_inputs(self) -> list[str]:
         """Inputs none of whose columns is in the table: absent in every row."""
@@ -181,12 +188,17 @@ class MultimodalDataset(Dataset):
             return None  # input absent from the table: absent in every row
         return [df[c].to_numpy(dtype=object) for c in p.columns]
 
-    def _key(self, p: Preprocessor, name: str) -> str:
+    def _prep_key(self, p: Preprocessor) -> str:
+        """The preprocessor's configuration and fitted state, the data root and the library versions."""
         meta, arrays = p.get_state()
-        cells = self._cells[name]
-        stamps = [[file_stamp(v, self.table.root) for v in col] for col in cells]
         return cache_key({"prep": meta, "arrays": {k: np.asarray(a).tolist() for k, a in arrays.items()},
-                          "root": str(self.table.root), "cells": stamps})
+                          "root": str(self.table.root)})
+
+    def _row_keys(self, name: str) -> np.ndarray:
+        """``S16`` per row: a hash of the row's cells of this input (each file with its size and mtime)."""
+        cols = [[file_stamp(v, self.table.root) for v in col] for col in self._cells[name]]
+        return np.array([hashlib.sha256(json.dumps(row, default=str).encode()).digest()[:16] for row in zip(*cols)],
+                        dtype="S16")
 
     def _read_target(self, target: Task):
         n = len(self.table.df)
@@ -336,6 +348,50 @@ class MultimodalDataset(Dataset):
             if not r.bad[j]:
                 cache.put(int(pos[t]), {k: a[j] for k, a in r.arrays.items()} if r.present[j] else None)
         return arrays, present
+
+
+def share_rows(cache: ItemCache, keys: np.ndarray, group: Path) -> int:
+    """Fill a disk cache entry's unknown rows from the other entries of its folder ``group`` that hold the
+    same rows (same ``keys``: the same cells, files unchanged), and record ``keys`` in the entry
+    (``rowkeys.npy``). Returns the rows copied."""
+    f = cache.directory / "rowkeys.npy"
+    if not f.exists():
+        tmp = cache.directory / f".rowkeys.npy.tmp{os.getpid()}"
+        with open(tmp, "wb") as fh:  # a handle: np.save would add '.npy' to the name
+            np.save(fh, keys)
+        os.replace(tmp, f)
+    status = cache.status
+    want: dict[bytes, list[int]] = {}
+    for i in np.flatnonzero(status == UNKNOWN):
+        want.setdefault(bytes(keys[i]), []).append(int(i))
+    copied = 0
+    for other in sorted(group.iterdir()) if want else []:
+        if other == cache.directory or not (other / "rowkeys.npy").exists():
+            continue
+        try:
+            their_keys = np.load(other / "rowkeys.npy")
+            their_status = np.load(other / "__status__.npy", mmap_mode="r")
+            theirs = {k: np.load(other / f"{k}.npy", mmap_mode="r") for k in cache.spec}
+        except (OSError, ValueError):  # an entry being written or damaged: not a source
+            continue
+        ours, src = [], []
+        for j in np.flatnonzero(np.asarray(their_status) != UNKNOWN):
+            for i in want.pop(bytes(their_keys[j]), ()):
+                ours.append(i)
+                src.append(int(j))
+        if not ours:
+            continue
+        cache._open()
+        for k, a in theirs.items():
+            if a.shape[1:] != cache._arrays[k].shape[1:]:
+                break
+            cache._arrays[k][ours] = a[src]
+        else:
+            cache._status[ours] = np.asarray(their_status)[src]  # written last, as ItemCache.put does
+            copied += len(ours)
+        if not want:
+            break
+    return copied
 
 
 _FEATURIZE_AT_MOST = 4096  # items featurized together: bounds the extra memory of reading every row eagerly
