@@ -262,3 +262,31 @@ def test_blank_groups_are_refused_and_a_failed_start_does_not_block_the_rerun(tm
         cross_validate(MultimodalPredictor(target="y", **{**FAST, "epochs": 0}), good, folds=2, out=tmp_path / "cv")
     res = cross_validate(MultimodalPredictor(target="y", **FAST), good, folds=2, out=tmp_path / "cv")  # no --overwrite
     assert len(res.folds) == 2
+
+
+def test_a_frozen_backbone_embeds_each_row_once_across_the_folds(tmp_path, monkeypatch):
+    """The folds read overlapping subsets of one table (each fold's training rows are the others' held-out
+    rows): with the disk cache, every row is embedded once in the whole cross-validation, also for the
+    out-of-fold predictions."""
+    import hf_fixtures as H
+    from mmfuse.data import MultimodalDataset
+
+    rng = np.random.default_rng(0)
+    words = ["good", "bad", "fine", "poor", "great", "awful"]
+    df = pd.DataFrame({"note": [" ".join(rng.choice(words, 4)) for _ in range(60)], "a": rng.normal(size=60)})
+    df["y"] = np.where(df["note"].str.count("good|great|fine") >= 2, "pos", "neg")
+    model = H.tiny_bert(tmp_path / "bert")
+    embedded = []
+    real = MultimodalDataset._read_rows
+
+    def counting(self, name, pos, issues):
+        if name == "note":
+            embedded.extend(self.table.df.index[pos].tolist())
+        return real(self, name, pos, issues)
+
+    monkeypatch.setattr(MultimodalDataset, "_read_rows", counting)
+    est = MultimodalPredictor(target="y", encoders={"note": {"name": "hf", "model": str(model), "train": "frozen"}},
+                              cache=str(tmp_path / "cache"), **FAST)
+    cross_validate(est, df, folds=3, out=tmp_path / "cv")
+    assert sorted(embedded) == list(range(60))  # each row once, not once per fold and split
+

@@ -225,7 +225,8 @@ def _fmt_w(w: dict) -> str:
 
 
 def _embed(pred, rows_df: pd.DataFrame, root, estimator) -> dict:
-    e = pred.embed(rows_df, root=root, allow_outside_root=estimator.allow_outside_root, on_bad_input=estimator.on_bad_input)
+    e = pred.embed(rows_df, root=root, allow_outside_root=estimator.allow_outside_root, on_bad_input=estimator.on_bad_input,
+                   cache=estimator.cache)
     kept = rows_df.iloc[e["rows"]]
     return {"x": {n: torch.from_numpy(v) for n, v in e["features"].items()},
             "m": {n: torch.from_numpy(v) for n, v in e["present"].items()},

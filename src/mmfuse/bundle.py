@@ -345,20 +345,21 @@ class Predictor:
         """The fitted :class:`~mmfuse.tasks.Task`: it turns logits into probabilities and labels."""
         return self.target
 
-    def _dataset(self, data, on_bad_input="raise", root=None, allow_outside_root=False):
+    def _dataset(self, data, on_bad_input="raise", root=None, allow_outside_root=False, cache=None):
         from .data import MultimodalDataset
 
         return MultimodalDataset(data, self.preprocessors, None, on_bad_input=on_bad_input, root=root,
-                                 allow_outside_root=allow_outside_root)
+                                 allow_outside_root=allow_outside_root, cache=cache)
 
     @torch.no_grad()
     def logits(self, data, batch_size: int = 256, absent=(), on_bad_input="raise", root=None, num_workers: int = 0,
-               dataset=None, allow_outside_root: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+               dataset=None, allow_outside_root: bool = False, cache=None) -> tuple[torch.Tensor, np.ndarray]:
         """Raw outputs ``[N, K]`` and the table positions they belong to (rows skipped by policy are left
-        out; :attr:`last_report` lists them)."""
+        out; :attr:`last_report` lists them). ``cache``: as for :class:`~mmfuse.data.MultimodalDataset`
+        (``"memory"`` reuses the embeddings a frozen backbone cached on disk for these rows)."""
         from .data import make_loader
 
-        ds = dataset if dataset is not None else self._dataset(data, on_bad_input, root, allow_outside_root)
+        ds = dataset if dataset is not None else self._dataset(data, on_bad_input, root, allow_outside_root, cache)
         self.check_inputs(ds)
         outs, rows = [], []
         for b in make_loader(ds, batch_size=batch_size, num_workers=num_workers):
@@ -372,7 +373,7 @@ class Predictor:
 
     @torch.no_grad()
     def embed(self, data, batch_size: int = 256, on_bad_input="raise", root=None, num_workers: int = 0,
-              allow_outside_root: bool = False) -> dict:
+              allow_outside_root: bool = False, cache=None) -> dict:
         """Each input's pooled encoder output, the representation the fusion receives.
 
         Returns ``{"features": {input: float32 [N, D]}, "present": {input: bool [N]}, "rows": [N]}``:
@@ -381,7 +382,7 @@ class Predictor:
         (:func:`mmfuse.alpha.search_alpha`), and for retrieval or inspection."""
         from .data import make_loader
 
-        ds = self._dataset(data, on_bad_input, root, allow_outside_root)
+        ds = self._dataset(data, on_bad_input, root, allow_outside_root, cache)
         self.check_inputs(ds)
         feats = {n: [] for n in self.model.names}
         present = {n: [] for n in self.model.names}

@@ -514,9 +514,9 @@ def _fit_fold(params: dict, train: pd.DataFrame, test: pd.DataFrame, fold: dict,
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*validation split is small")  # said once per CV, not per fold
         m.fit(train, test=test)
-    frame = m.predictor_.predict_frame(test, root=params.get("root"),
+    frame = m.predictor_.predict_frame(test, root=params.get("root"),  # the fit's cache: no re-embedding
                                        allow_outside_root=params.get("allow_outside_root", False),
-                                       on_bad_input=params.get("on_bad_input", "raise"))
+                                       on_bad_input=params.get("on_bad_input", "raise"), cache=m.cache)
     frame.insert(1, "fold", fold["index"] + 1)
     frame.insert(2, "target", test[params["target"]].to_numpy())
     atomic_write_text(fdir / "oof.csv", frame.to_csv(index=False))
