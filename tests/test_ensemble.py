@@ -302,3 +302,40 @@ def test_selection_keeps_the_best_prefix_of_its_steps():
     assert sel.picks == [0, 1, 0] and sel.scores == pytest.approx([1.0, 0.0, 1 / 9])
     assert sel.steps == 2 and sel.weights.tolist() == [0.5, 0.5]
     assert ensemble_selection([a, b], y, mse, size=3, use_best=False).weights == pytest.approx([2 / 3, 1 / 3])
+
+
+def test_members_with_one_frozen_backbone_embed_each_row_once(tmp_path, monkeypatch):
+    """An ensemble of K fold bundles per member: the members' shared frozen backbone embeds the rows once per
+    prediction (a temporary cache for the call), not once per fold bundle; the prediction is unchanged."""
+    import hf_fixtures as H
+    from mmfuse.data import MultimodalDataset
+
+    rng = np.random.default_rng(0)
+    words = ["good", "bad", "fine", "poor", "great", "awful"]
+    df = pd.DataFrame({"note": [" ".join(rng.choice(words, 4)) for _ in range(40)], "a": rng.normal(size=40)})
+    df["y"] = np.where(df["note"].str.count("good|great|fine") >= 2, "pos", "neg")
+    enc = {"note": {"name": "hf", "model": str(H.tiny_bert(tmp_path / "bert")), "train": "frozen"}}
+    dirs = []
+    for i, dim in enumerate((8, 16)):
+        cross_validate(MultimodalPredictor(target="y", encoders=enc, cache=str(tmp_path / "c"),
+                                           **{**FAST, "dim": dim}), df, folds=2, out=tmp_path / f"t{i}")
+        dirs.append(tmp_path / f"t{i}")
+    build_ensemble(dirs, size=4, out=tmp_path / "ens")
+    ens = Predictor.load(tmp_path / "ens")
+    if len(ens.members) < 2:  # the selection kept one trial: give both a weight, to have 4 fold bundles
+        ens = EnsemblePredictor([m for d in dirs for m in [[Predictor.load(f) for f in sorted(d.glob("fold_*/bundle"))]]],
+                                [0.5, 0.5], ens.target, ens.config)
+    new = df.drop(columns="y").assign(note=df["note"] + " new")  # rows no cache has seen
+    expected = sum(w * np.mean([b.predict_proba(new) for b in folds], axis=0) for w, folds in zip(ens.weights, ens.members))
+    embedded = []
+    real = MultimodalDataset._read_rows
+
+    def counting(self, name, pos, issues):
+        if name == "note":
+            embedded.extend(self.table.df.index[pos].tolist())
+        return real(self, name, pos, issues)
+
+    monkeypatch.setattr(MultimodalDataset, "_read_rows", counting)
+    got = ens.predict_proba(new)
+    assert sorted(embedded) == list(range(40))  # once, though 4 fold bundles read them
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -216,12 +216,20 @@ class EnsemblePredictor(Predictor):
 
     @torch.no_grad()
     def logits(self, data, batch_size: int = 256, absent=(), on_bad_input="raise", root=None, num_workers: int = 0,
-               dataset=None, allow_outside_root: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+               dataset=None, allow_outside_root: bool = False, cache=None) -> tuple[torch.Tensor, np.ndarray]:
         """Logits ``[N, n_outputs]`` of the averaged prediction (``task.logits_of``) and the table
         positions they belong to: the rows every fold bundle read (and, with ``dataset``, whose
         target it read). ``dataset``: a :class:`~mmfuse.data.MultimodalDataset` that holds the targets
         (as :func:`mmfuse.evaluate_predictor` builds one); its table, policy and root are used, and the
-        members' bad input is added to its report."""
+        members' bad input is added to its report. ``cache``: the members' cache; None: a temporary
+        folder for this call, so that members with the same preprocessing (a frozen backbone, decoded
+        files) read each row once, not once per fold bundle."""
+        import tempfile
+
+        if cache is None:
+            with tempfile.TemporaryDirectory(prefix="mmfuse_ensemble_") as tmp:
+                return self.logits(data, batch_size, absent, on_bad_input, root, num_workers, dataset,
+                                   allow_outside_root, cache=tmp)
         from .data import BadInputPolicy, InputReport
         from .io import read_table
 
@@ -239,7 +247,7 @@ class EnsemblePredictor(Predictor):
             for b in folds:
                 z, rows = b.logits(table, batch_size=batch_size, absent=[a for a in absent if a in b.model.names],
                                    on_bad_input=on_bad_input, root=root, num_workers=num_workers,
-                                   allow_outside_root=allow_outside_root)
+                                   allow_outside_root=allow_outside_root, cache=cache)
                 total = total + (w / len(folds)) * _aligned(b.target.decode(z).proba, rows, n)  # NaN: skipped
                 kept &= np.isin(np.arange(n), rows)
                 for key, issue in b.last_report.issues.items():
