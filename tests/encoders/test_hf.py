@@ -153,7 +153,8 @@ def test_embedding_cache_hit_and_invalidation(models, table, tmp_path, monkeypat
 
     monkeypatch.setattr(HFTextPreprocessor, "featurize", counting)
     enc = {"review": {"name": "hf", "model": str(models["bert"]), "train": "frozen", "max_length": 12}}
-    entries = lambda: {e.name for e in (tmp_path / "cache" / "embeddings" / "review").iterdir()}
+    # embeddings/<input>/<preprocessor state>/<rows>: one entry per set of rows
+    entries = lambda: {f"{e.parent.name}/{e.name}" for e in (tmp_path / "cache" / "embeddings" / "review").glob("*/*")}
     fit(table, enc, tmp_path, inputs=["review", "tabular"])
     first, n_first = entries(), sum(calls)
     assert len(first) == 3 and n_first > 0  # train, val and test rows, each embedded once
@@ -163,8 +164,10 @@ def test_embedding_cache_hit_and_invalidation(models, table, tmp_path, monkeypat
     df = pd.read_csv(table)
     df.loc[0, "review"] = "love the dress"
     df.to_csv(table, index=False)
+    calls.clear()
     fit(table, enc, tmp_path, inputs=["review", "tabular"])
-    assert len(entries()) > 3  # changed data: new entries
+    assert len(entries()) > 3  # changed data: new entries ...
+    assert sum(calls) <= 3  # ... that copy the unchanged rows: the backbone ran on the changed row (and its probe)
     n = len(entries())
     fit(table, {"review": {**enc["review"], "max_length": 10}}, tmp_path, inputs=["review", "tabular"])
     assert len(entries()) > n  # changed settings: new entries
