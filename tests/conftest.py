@@ -83,3 +83,27 @@ def make_tabular_text_table(n: int = 160, seed: int = 0, task: str = "multiclass
     else:
         y = np.where(word == "alpha", 0, 2) + (x1 > 0).astype(int)  # 4 classes: text and numbers are both needed
     return pd.DataFrame({"x1": x1, "x2": x2, "cat": cat, "note": text, "y": y})
+
+
+def word_table(n: int, seed: int = 0) -> pd.DataFrame:
+    """Short notes of sentiment words, a number, and a label read from the notes."""
+    rng = np.random.default_rng(seed)
+    words = ["good", "bad", "fine", "poor", "great", "awful"]
+    df = pd.DataFrame({"note": [" ".join(rng.choice(words, 4)) for _ in range(n)], "a": rng.normal(size=n)})
+    df["y"] = np.where(df["note"].str.count("good|great|fine") >= 2, "pos", "neg")
+    return df
+
+
+def count_reads(monkeypatch, name: str) -> list:
+    """The table index of every row whose input ``name`` a MultimodalDataset reads (decodes or embeds)."""
+    from mmfuse.data import MultimodalDataset
+
+    read, real = [], MultimodalDataset._read_rows
+
+    def counting(self, input_name, pos, issues):
+        if input_name == name:
+            read.extend(self.table.df.index[pos].tolist())
+        return real(self, input_name, pos, issues)
+
+    monkeypatch.setattr(MultimodalDataset, "_read_rows", counting)
+    return read

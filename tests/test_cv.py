@@ -269,22 +269,11 @@ def test_a_frozen_backbone_embeds_each_row_once_across_the_folds(tmp_path, monke
     rows): with the disk cache, every row is embedded once in the whole cross-validation, also for the
     out-of-fold predictions."""
     import hf_fixtures as H
-    from mmfuse.data import MultimodalDataset
+    from conftest import count_reads, word_table
 
-    rng = np.random.default_rng(0)
-    words = ["good", "bad", "fine", "poor", "great", "awful"]
-    df = pd.DataFrame({"note": [" ".join(rng.choice(words, 4)) for _ in range(60)], "a": rng.normal(size=60)})
-    df["y"] = np.where(df["note"].str.count("good|great|fine") >= 2, "pos", "neg")
+    df = word_table(60)
     model = H.tiny_bert(tmp_path / "bert")
-    embedded = []
-    real = MultimodalDataset._read_rows
-
-    def counting(self, name, pos, issues):
-        if name == "note":
-            embedded.extend(self.table.df.index[pos].tolist())
-        return real(self, name, pos, issues)
-
-    monkeypatch.setattr(MultimodalDataset, "_read_rows", counting)
+    embedded = count_reads(monkeypatch, "note")
     est = MultimodalPredictor(target="y", encoders={"note": {"name": "hf", "model": str(model), "train": "frozen"}},
                               cache=str(tmp_path / "cache"), **FAST)
     cross_validate(est, df, folds=3, out=tmp_path / "cv")

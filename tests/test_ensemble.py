@@ -308,12 +308,9 @@ def test_members_with_one_frozen_backbone_embed_each_row_once(tmp_path, monkeypa
     """An ensemble of K fold bundles per member: the members' shared frozen backbone embeds the rows once per
     prediction (a temporary cache for the call), not once per fold bundle; the prediction is unchanged."""
     import hf_fixtures as H
-    from mmfuse.data import MultimodalDataset
+    from conftest import count_reads, word_table
 
-    rng = np.random.default_rng(0)
-    words = ["good", "bad", "fine", "poor", "great", "awful"]
-    df = pd.DataFrame({"note": [" ".join(rng.choice(words, 4)) for _ in range(40)], "a": rng.normal(size=40)})
-    df["y"] = np.where(df["note"].str.count("good|great|fine") >= 2, "pos", "neg")
+    df = word_table(40)
     enc = {"note": {"name": "hf", "model": str(H.tiny_bert(tmp_path / "bert")), "train": "frozen"}}
     dirs = []
     for i, dim in enumerate((8, 16)):
@@ -327,15 +324,7 @@ def test_members_with_one_frozen_backbone_embed_each_row_once(tmp_path, monkeypa
                                 [0.5, 0.5], ens.target, ens.config)
     new = df.drop(columns="y").assign(note=df["note"] + " new")  # rows no cache has seen
     expected = sum(w * np.mean([b.predict_proba(new) for b in folds], axis=0) for w, folds in zip(ens.weights, ens.members))
-    embedded = []
-    real = MultimodalDataset._read_rows
-
-    def counting(self, name, pos, issues):
-        if name == "note":
-            embedded.extend(self.table.df.index[pos].tolist())
-        return real(self, name, pos, issues)
-
-    monkeypatch.setattr(MultimodalDataset, "_read_rows", counting)
+    embedded = count_reads(monkeypatch, "note")
     got = ens.predict_proba(new)
     assert sorted(embedded) == list(range(40))  # once, though 4 fold bundles read them
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
