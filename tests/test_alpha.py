@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import mmfuse
 from mmfuse import MmfuseError, MultimodalPredictor
 from mmfuse.alpha import search_alpha, weight_grid
 
@@ -64,6 +65,11 @@ def test_one_input_is_refused_before_any_fit(tmp_path):
         search_alpha(MultimodalPredictor(target="y", **{**FAST, "groups": {"a": ["a1", "a2"]}}), df, folds=2,
                      out=tmp_path / "alpha")
     assert not (tmp_path / "alpha" / "learned").exists()
+    # Optuna's budget does not apply to the fixed grid: said, not silently ignored
+    for kw in ({"n_trials": 5}, {"timeout": 60.0}):
+        with pytest.raises(MmfuseError, match=f"space 'alpha' sweeps a fixed grid.*{next(iter(kw))} do not apply"):
+            mmfuse.search(MultimodalPredictor(target="y", **FAST), two_inputs(0.5, 0.5, n=60), space="alpha",
+                          out=tmp_path / "alpha", **kw)
 
 
 def test_weight_grids():

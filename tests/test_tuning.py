@@ -113,6 +113,26 @@ def test_cv_search_writes_leaderboard_best_config_and_a_bundle(tmp_path):
     assert len(pd.read_csv(tmp_path / "p.csv")) == len(df)
     refit = res.best_estimator
     assert refit.dim == res.best_params["dim"] and refit.splits_["rows"]["test"] == 0  # every row but the val rows
+    # run again: the budget is met and out/best holds that trial's refit, which is kept, not fitted again
+    files = {f: f.stat().st_mtime_ns for f in (out / "best").rglob("*") if f.is_file()}
+    lines = []
+    again = mmfuse.search(MultimodalPredictor(target="y", **FAST), df, space=SPACE, n_trials=2, folds=2,
+                          out=out, echo=lines.append)
+    assert any(f"already holds trial {res.best_trial}'s refit; kept" in line for line in lines), lines
+    assert again.best_estimator.dim == res.best_params["dim"]
+    assert {f: f.stat().st_mtime_ns for f in (out / "best").rglob("*") if f.is_file()} == files
+    # a worker sharing this --out that finds another refitting (the lock held) leaves out/best to it
+    import fcntl
+
+    (out / "best" / "refit.json").unlink()
+    with open(out / ".refit.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lines = []
+        third = mmfuse.search(MultimodalPredictor(target="y", **FAST), df, space=SPACE, n_trials=2, folds=2,
+                              out=out, echo=lines.append)
+    assert third.best_estimator is None and any("another worker is refitting" in line for line in lines), lines
+    files.pop(out / "best" / "refit.json")
+    assert {f: f.stat().st_mtime_ns for f in (out / "best").rglob("*") if f.is_file()} == files
     # the hint in best_config.yaml works as written: the target comes from the file
     df.to_csv(tmp_path / "data.csv", index=False)
     main(["fit", str(tmp_path / "data.csv"), "--config", str(out / "best_config.yaml"), "--out", str(tmp_path / "f")])

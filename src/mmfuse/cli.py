@@ -242,7 +242,8 @@ def search(
     space: Optional[str] = typer.Option(None, "--space", help="Search space: a YAML file (one key per setting: "
                                         "{type: float|int|categorical, ...}), or 'alpha' to sweep the weights of "
                                         "weighted fusion. Default: fusion, widths, dropout, lr, epochs."),
-    n_trials: int = typer.Option(20, "--n-trials", help="Budget: finished trials of the study, over all workers."),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Budget: finished trials of the study, over all "
+                                           "workers. Default 20."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL shared by workers, e.g. "
                                           "postgresql+psycopg://user@host/db (default: sqlite in --out)."),

@@ -192,7 +192,9 @@ class SearchResult:
         best_value, best_params: The best trial's score and MultimodalPredictor parameters.
         best_trial: Its Optuna number.
         leaderboard: One row per trial, best first (also ``leaderboard.csv`` / ``.md``).
-        best_estimator: The best configuration refit on the rows (``out/best``), or None.
+        best_estimator: The best configuration refit on the rows (``out/best``); loaded from ``out/best/bundle``
+            when an earlier run (or another worker) already refit that trial; None without ``refit``, or while
+            another worker refits it.
         ensemble: What the ensemble step returned, or None.
         out: The output folder.
     """
@@ -210,7 +212,7 @@ class SearchResult:
 
 
 # --- the search -----------------------------------------------------------------------------
-def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | None = None, storage=None,
+def search(estimator, data, *, space=None, n_trials: int | None = None, timeout: float | None = None, storage=None,
            study_name: str | None = None, objective: str = "cv", folds: int = 5, group_column: str | None = None,
            leave_one_out: str | None = None, out="runs/search", jobs: int = 1, seed: int = 0, ensemble: int = 0,
            echo: Callable[[str], None] | None = None, sampler=None, pruner=None, refit: bool = True,
@@ -225,7 +227,7 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
             ``"alpha"``: sweep the fixed weights of ``weighted`` fusion instead
             (:func:`mmfuse.alpha.search_alpha`).
         n_trials: The budget: the study's finished (complete or pruned) trials, counted over every
-            process that works on it; a resumed search runs only the remainder.
+            process that works on it; a resumed search runs only the remainder. None: 20.
         timeout: Stop starting trials after this many seconds (this process).
         storage: An Optuna storage URL (``sqlite:///file.db``, ``postgresql+psycopg://...``) or
             storage object; None: ``sqlite:///<out>/study.db``.
@@ -272,10 +274,11 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
     # best_config.yaml) keeps a group's rows together
     estimator = with_group_role(estimator, leave_one_out or group_column)
     if isinstance(space, str) and space == "alpha":
-        given = [n for n, v in (("ensemble", ensemble), ("storage", storage), ("study_name", study_name)) if v]
+        given = [n for n, v in (("ensemble", ensemble), ("storage", storage), ("study_name", study_name),
+                                ("n_trials", n_trials), ("timeout", timeout)) if v]
         if given:
             raise MmfuseError(f"space 'alpha' sweeps a fixed grid of weights by cross-validation; {', '.join(given)} "
-                              "do not apply to it (they belong to the Optuna search)")
+                              "do not apply to it (they belong to the Optuna search; its cost is one cross-validation)")
         if metric is not None:
             from .tasks import check_metric_name
 
@@ -301,7 +304,8 @@ def search(estimator, data, *, space=None, n_trials: int = 20, timeout: float | 
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not timeout > 0):
         raise MmfuseError(f"timeout must be a number of seconds > 0 (or None: no limit), got {timeout!r}")
-    if not isinstance(n_trials, int) or n_trials < 1:
+    n_trials = 20 if n_trials is None else n_trials
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise MmfuseError(f"n_trials must be an integer >= 1, got {n_trials!r}")
     if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 0:
         raise MmfuseError(f"ensemble must be an integer >= 0 (the greedy steps; 0: no ensemble), got {ensemble!r}")
@@ -471,7 +475,7 @@ _OUT_FILE = "search.json"
 
 
 _SEARCH_FILES = ("study.db", "search.json", "leaderboard.csv", "leaderboard.md", "best_config.yaml",
-                 "param_importance.png", "trials", "best", "ensemble")
+                 "param_importance.png", "trials", "best", "ensemble", ".refit.lock")
 
 
 def _clear_search(out: Path, shared: bool, say) -> None:
@@ -730,12 +734,7 @@ def _finish(optuna, study, estimator, table, space, metric, direction, objective
                           f"({objective}); mmfuse fit DATA --config best_config.yaml\n"
                           + yaml.safe_dump(cfg, sort_keys=False))
         if refit:
-            say(f"refit: trial {best.number}'s configuration on the rows of the table -> {out / 'best' / 'bundle'}")
-            best_est = _clone(estimator, {**best_params, "out": out / "best", "resume": False, "progress": False,
-                                          "test_fraction": 0.0})
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*validation split is small")
-                best_est.fit(table)
+            best_est = _refit(estimator, best, best_params, table, out, say)
     note = _plot_importance(optuna, study, complete, out / "param_importance.png")
     if note:
         say(note)
@@ -746,6 +745,49 @@ def _finish(optuna, study, estimator, table, space, metric, direction, objective
         say(f"no trial completed; written: {out / 'leaderboard.md'}")
     return SearchResult(study, metric, direction, best.value if best else None, best_params,
                         best.number if best else None, board, best_est, ens, out)
+
+
+def _refit(estimator, best, best_params: dict, table, out: Path, say):
+    """Refit the best trial's configuration into ``out/best``, once: a finished search run again, or a second
+    worker that shares ``out``, keeps the refit already there (``out/best/refit.json`` names its trial); while
+    one worker refits, another (on this machine) leaves it to it instead of writing into the same folder."""
+    from .api import MultimodalPredictor
+    from .io import atomic_write_text
+
+    best_dir, bundle = out / "best", out / "best" / "bundle"
+    mark = {"trial": best.number, "value": best.value, "settings": _jsonable(best_params)}
+
+    def done() -> bool:
+        try:
+            return json.loads((best_dir / "refit.json").read_text()) == mark and bundle.is_dir()
+        except (OSError, ValueError):
+            return False
+
+    if done():
+        say(f"refit: {bundle} already holds trial {best.number}'s refit; kept")
+        return MultimodalPredictor.load(bundle)
+    best_dir.mkdir(parents=True, exist_ok=True)
+    with open(out / ".refit.lock", "a") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"refit: another worker is refitting into {best_dir}; this one leaves it to it")
+            return None
+        except ImportError:  # no fcntl (Windows): no lock
+            pass
+        if done():  # the other worker finished it while this one waited for the lock
+            return MultimodalPredictor.load(bundle)
+        (best_dir / "refit.json").unlink(missing_ok=True)
+        say(f"refit: trial {best.number}'s configuration on the rows of the table -> {bundle}")
+        est = _clone(estimator, {**best_params, "out": best_dir, "resume": False, "progress": False,
+                                 "test_fraction": 0.0})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*validation split is small")
+            est.fit(table)
+        atomic_write_text(best_dir / "refit.json", json.dumps(mark, indent=1))
+        return est
 
 
 def _row(t, objective: str) -> dict:
