@@ -3,7 +3,6 @@ import hashlib
 import zipfile
 
 import numpy as np
-import pandas as pd
 import pytest
 import soundfile as sf
 from PIL import Image
