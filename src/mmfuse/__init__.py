@@ -23,7 +23,7 @@ _EXPORTS = {
     "make_datasets": "pipeline", "build_model": "pipeline", "train": "pipeline", "choose_threshold_and_score": "pipeline",
     "fit_fingerprint": "pipeline", "Splits": "pipeline", "FitData": "pipeline", "ModelConfig": "config", "TrainConfig": "config",
     "search_alpha": "alpha", "cross_validate": "cv", "make_folds": "cv", "CVResult": "cv", "Fold": "cv",
-    "search": "tuning", "SearchResult": "tuning",
+    "search": "tuning", "SearchResult": "tuning", "robustness": "robust", "RobustnessResult": "robust",
     "EnsemblePredictor": "ensemble", "build_ensemble": "ensemble", "ensemble_selection": "ensemble",
     "create_fusion": "fusion", "list_fusions": "fusion", "register_fusion": "fusion",
 }

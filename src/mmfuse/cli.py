@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from .config import ModelConfig, TrainConfig, setting_help  # light: dataclasses only (help texts of fit)
+from .robust import CORRUPTIONS as _CORRUPTIONS  # light: numpy only (help text of robustness)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="mmfuse: multimodal fusion for tables of text, images, audio, time series, numbers and categories.")
@@ -428,6 +429,54 @@ def evaluate(
                            "blank_target_rows": m.get("blank_target_rows"), "training": trained},
                      pred.target.classes_)
         typer.echo(f"report written to {out}")
+
+
+@app.command()
+def robustness(
+    bundle: Path = typer.Argument(..., help="Bundle folder written by fit, or an ensemble folder."),
+    data: Path = typer.Argument(..., help="Labelled test table."),
+    compare: List[str] = typer.Option([], "--compare", help="NAME=BUNDLE: another model scored on the same "
+                                      "corrupted rows (repeatable), e.g. --compare audio=runs/audio/bundle."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="The model effective robustness is measured "
+                                           "against (a --compare NAME; default: the only one, when one is given)."),
+    corrupt: List[str] = typer.Option([], "--corrupt", help="INPUT=KIND[,KIND]: the noise for an input (repeatable; "
+                                      "default: every kind for every input). Kinds: " + "; ".join(
+                                          f"{m}: {', '.join(k)}" for m, k in _CORRUPTIONS.items()) + "."),
+    levels: str = typer.Option("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--levels",
+                               help="Corruption levels, from 0 (clean), below 1."),
+    together: bool = typer.Option(True, "--together/--no-together", help="Also corrupt all inputs at once."),
+    missing: bool = typer.Option(True, "--missing/--no-missing", help="Also score with each input missing."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Default: the task's headline (accuracy, rmse...)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds every corruption (the same draws at every level)."),
+    name: str = typer.Option("model", "--name", help="The name of BUNDLE in the tables and the plot."),
+    out: Path = typer.Option(Path("runs/robustness"), "--out", "-o", help="Writes robustness.json, .md and .png."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+):
+    """Score a bundle on corrupted copies of a test table: one curve per input and kind of noise, all inputs
+    together, each input missing; relative and effective robustness (MultiBench's definitions)."""
+    from .errors import MmfuseError
+    from .robust import robustness as run
+
+    models = {name: bundle}
+    for item in compare:
+        n, sep, path = item.partition("=")
+        if not sep or not n.strip() or not path.strip():
+            raise MmfuseError(f"--compare {item!r}: write NAME=BUNDLE, e.g. --compare audio=runs/audio/bundle")
+        if n.strip() in models:
+            raise MmfuseError(f"--compare {item!r}: the name {n.strip()!r} is taken; give each model its own name")
+        models[n.strip()] = Path(path.strip())
+    kinds = {}
+    for item in corrupt:
+        n, sep, ks = item.partition("=")
+        if not sep or not ks.strip():
+            raise MmfuseError(f"--corrupt {item!r}: write INPUT=KIND[,KIND], e.g. --corrupt photo=blur,occlusion")
+        kinds.setdefault(n.strip(), []).extend(k.strip() for k in ks.split(",") if k.strip())
+    try:
+        lv = [float(x) for x in levels.split(",") if x.strip()]
+    except ValueError:
+        raise MmfuseError(f"--levels {levels!r}: write numbers separated by commas, e.g. 0,0.25,0.5,0.75") from None
+    run(models, _table(data, root), levels=lv, corruptions=kinds or None, together=together, missing=missing,
+        seed=seed, metric=metric, baseline=baseline, out=out, echo=typer.echo)
 
 
 def _table(data: Path, root):
