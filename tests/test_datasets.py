@@ -19,12 +19,13 @@ def test_fsdd_mnist_pairs_digits_by_speaker_with_disjoint_image_pools(tmp_path):
     fsdd, mnist = require_shared_data("fsdd"), require_shared_data("mnist")
     t = fsdd_mnist(fsdd, mnist, tmp_path, seed=0)
     df = t.df
-    assert len(df) == 3000 and df["split"].value_counts().to_dict() == {"train": 2000, "test": 1000}
+    assert len(df) == 3000 and df["split"].value_counts().to_dict() == {"train": 1500, "test": 1000, "val": 500}
+    assert set(df.loc[df["split"] == "val", "speaker"]) == {"lucas"}
     assert set(df.loc[df["split"] == "test", "speaker"]) == {"nicolas", "theo"}
-    assert not set(df.loc[df["split"] == "train", "speaker"]) & {"nicolas", "theo"}  # no test speaker in training
+    assert not set(df.loc[df["split"] == "train", "speaker"]) & {"nicolas", "theo", "lucas"}  # heard in training
     labels = read_idx(mnist / "t10k-labels-idx1-ubyte.gz")
     assert (labels[df["mnist_index"]] == df["label"]).all()  # each recording has an image of its digit
-    tr, te = df[df["split"] == "train"], df[df["split"] == "test"]
+    tr, te = df[df["split"] != "test"], df[df["split"] == "test"]
     assert tr["mnist_index"].max() < 5000 <= te["mnist_index"].min()  # disjoint pools
     assert df["mnist_index"].is_unique  # no image is used twice
     assert (df["audio"].str.extract(r"audio/(\d)_")[0].astype(int) == df["label"]).all()
@@ -58,6 +59,8 @@ def test_fsdd_mnist_pairs_digits_by_speaker_with_disjoint_image_pools(tmp_path):
     assert other.root != t.root and (other.df["mnist_index"] != df["mnist_index"]).mean() > 0.9
     with pytest.raises(MmfuseError, match="test_speakers \\['bob'\\] are not FSDD speakers; choose among george"):
         fsdd_mnist(fsdd, mnist, tmp_path, test_speakers=("bob",))
+    with pytest.raises(MmfuseError, match="\\['theo'\\] are both test and validation speakers"):
+        fsdd_mnist(fsdd, mnist, tmp_path, val_speakers=("theo",))
 
 
 @pytest.mark.realdata

@@ -479,6 +479,34 @@ def robustness(
         seed=seed, metric=metric, baseline=baseline, out=out, echo=typer.echo)
 
 
+@app.command()
+def bench(
+    name: str = typer.Argument(..., help="The protocol: fsdd_mnist, sp_sw_har, womens_clothing or efficiency."),
+    quick: bool = typer.Option(False, "--quick", help="A reduced run (minutes), written to NAME_quick.json/.md."),
+    seeds: int = typer.Option(1, "--seeds", help="Fit each model with seeds 0..N-1 (where the protocol fits)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The folder of the data sets (fsdd/, mnist/, "
+                                        "sp-sw-har/, womens-clothing/); default $MMFUSE_SHARED_DATA or ../shared/data."),
+    option: List[str] = typer.Option([], "--set", help="KEY=VALUE protocol setting (repeatable), e.g. --set "
+                                     "models=audio,concat --set epochs=10."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Folds fitted at once, where the protocol cross-validates."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Work folder (default runs/bench/NAME)."),
+    results: Path = typer.Option(Path("benchmarks/results"), "--results", help="Folder for NAME.json and NAME.md."),
+):
+    """Run a named benchmark protocol end to end; write its results with the machine, versions, seeds, command
+    and wall time, beside the published numbers."""
+    from .bench import run_bench
+    from .errors import MmfuseError
+
+    settings = {}
+    for item in option:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise MmfuseError(f"--set {item!r}: write KEY=VALUE, e.g. --set epochs=10")
+        settings[k.strip()] = v.strip()
+    run_bench(name, data=data, quick=quick, seeds=seeds, out=out, results=results, jobs=jobs, echo=typer.echo,
+              **settings)
+
+
 def _table(data: Path, root):
     from .io import read_table
 

@@ -25,7 +25,7 @@ import pandas as pd
 from .errors import MmfuseError
 from .io import Table
 
-__all__ = ["fsdd_table", "mnist_table", "fsdd_mnist", "womens_clothing", "download", "SOURCES", "sp_sw_har", "sphar_recordings_table", "sphar_windows_table",
+__all__ = ["fsdd_table", "mnist_table", "fsdd_mnist", "FSDD_MNIST_ROLES", "womens_clothing", "download", "SOURCES", "sp_sw_har", "sphar_recordings_table", "sphar_windows_table",
            "womens_clothing_table", "read_idx", "SPHAR_CHANNELS", "SPHAR_RANGES", "SP_SW_HAR_ROLES"]
 
 
@@ -307,20 +307,24 @@ def _root(root, name: str, need: str, download_: bool) -> Path:
 
 # --- audio-visual digits ---------------------------------------------------------------------------
 FSDD_TEST_SPEAKERS = ("nicolas", "theo")
+FSDD_VAL_SPEAKERS = ("lucas",)
+# Roles to pass to ``MultimodalPredictor(columns=...)`` with an :func:`fsdd_mnist` table: the ids are not inputs.
+FSDD_MNIST_ROLES = {"speaker": "group", "mnist_index": "ignore", "fsdd_take": "ignore"}
 
 
 def fsdd_mnist(fsdd_root: str | os.PathLike, mnist_root: str | os.PathLike, out_dir: str | os.PathLike, *,
                seed: int = 0, image_energy: float = 0.25, image_components: int | None = None,
-               audio_snr_db: float = 0.0, test_speakers=FSDD_TEST_SPEAKERS, download: bool = False) -> Table:
+               audio_snr_db: float = 0.0, test_speakers=FSDD_TEST_SPEAKERS, val_speakers=FSDD_VAL_SPEAKERS,
+               download: bool = False) -> Table:
     """Audio-visual digits in the AV-MNIST style (Vielzeuf et al. 2018): each FSDD recording paired with an
     MNIST image of the same digit, both degraded so that neither input alone solves the task.
 
-    - Split by speaker: the recordings of ``test_speakers`` (2 of FSDD's 6) are the test rows, so no test
-      speaker is heard in training; ``speaker`` is the group column, so a validation split (or group
-      cross-validation) of the training rows holds out whole speakers too.
+    - Split by speaker: the recordings of ``test_speakers`` (2 of FSDD's 6) are the test rows and those of
+      ``val_speakers`` (1) the validation rows (early stopping), so no validation or test speaker is heard
+      in training: 1,500 / 500 / 1,000 rows. ``speaker`` is a group column (pass :data:`FSDD_MNIST_ROLES`).
     - Images: MNIST's 10,000 (t10k) images are cut into two disjoint pools (the first 5,000 for training
       rows, the rest for test rows); each recording draws, seeded, an unused image of its digit from its
-      split's pool.
+      split's pool (validation rows: the training pool).
     - Images are degraded by PCA fitted on the training pool only: each is rebuilt from its leading
       components that together hold ``image_energy`` of the variance (CentralNet's "75% of the energy
       removed"; 0.25 keeps 4 of 784 components), or from the first ``image_components`` if given.
@@ -333,7 +337,7 @@ def fsdd_mnist(fsdd_root: str | os.PathLike, mnist_root: str | os.PathLike, out_
 
     Returns:
         A table with ``image`` and ``audio`` (paths), ``label`` (the digit), ``speaker``, ``split``
-        (``train``/``test``), ``mnist_index`` and ``fsdd_take``.
+        (``train``/``val``/``test``), ``mnist_index`` and ``fsdd_take``.
     """
     from PIL import Image
     import soundfile as sf
@@ -343,12 +347,17 @@ def fsdd_mnist(fsdd_root: str | os.PathLike, mnist_root: str | os.PathLike, out_
     if not 0 < image_energy <= 1:
         raise MmfuseError(f"fsdd_mnist: image_energy must be in (0, 1], got {image_energy!r}")
     audio = fsdd_table(fsdd_root).df
-    unknown = sorted(set(test_speakers) - set(audio["speaker"]))
-    if unknown or not test_speakers:
-        raise MmfuseError(f"fsdd_mnist: test_speakers {unknown or '(none)'} are not FSDD speakers; choose among "
-                          f"{', '.join(sorted(audio['speaker'].unique()))}")
+    for what, chosen in (("test_speakers", test_speakers), ("val_speakers", val_speakers)):
+        unknown = sorted(set(chosen) - set(audio["speaker"]))
+        if unknown or not chosen:
+            raise MmfuseError(f"fsdd_mnist: {what} {unknown or '(none)'} are not FSDD speakers; choose among "
+                              f"{', '.join(sorted(audio['speaker'].unique()))}")
+    if set(test_speakers) & set(val_speakers):
+        raise MmfuseError(f"fsdd_mnist: {sorted(set(test_speakers) & set(val_speakers))} are both test and "
+                          "validation speakers; a speaker belongs to one split")
     settings = {"seed": seed, "image_energy": image_energy, "image_components": image_components,
-                "audio_snr_db": audio_snr_db, "test_speakers": sorted(test_speakers), "version": 1}
+                "audio_snr_db": audio_snr_db, "test_speakers": sorted(test_speakers),
+                "val_speakers": sorted(val_speakers), "version": 1}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     out = Path(out_dir) / f"fsdd_mnist_{key}"
     manifest = out / "fsdd_mnist.json"
@@ -357,13 +366,15 @@ def fsdd_mnist(fsdd_root: str | os.PathLike, mnist_root: str | os.PathLike, out_
     images = read_idx(_need(mnist_root / "t10k-images-idx3-ubyte.gz", "MNIST images"))
     labels = read_idx(_need(mnist_root / "t10k-labels-idx1-ubyte.gz", "MNIST labels"))
     rng = np.random.default_rng(seed)
-    audio["split"] = np.where(audio["speaker"].isin(test_speakers), "test", "train")
+    audio["split"] = np.where(audio["speaker"].isin(test_speakers), "test",
+                              np.where(audio["speaker"].isin(val_speakers), "val", "train"))
     half = len(images) // 2
     pools = {"train": np.arange(half), "test": np.arange(half, len(images))}
     audio["mnist_index"] = -1
     for split, pool in pools.items():
         for digit in range(10):
-            rows = audio.index[(audio["split"] == split) & (audio["digit"] == digit)]
+            rows = audio.index[audio["split"].isin([split] if split == "test" else ["train", "val"])
+                               & (audio["digit"] == digit)]
             cand = pool[labels[pool] == digit]
             if len(cand) < len(rows):
                 raise MmfuseError(f"fsdd_mnist: the {split} pool has {len(cand)} images of digit {digit} for "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 
 import lightning as L
 import numpy as np
@@ -64,6 +65,7 @@ class LitMultimodal(L.LightningModule):
 
     def on_train_epoch_start(self):
         self._train_sum, self._train_n = 0.0, 0
+        self._epoch_t0 = time.perf_counter()
         self.train_loader.set_epoch(self.current_epoch)
 
     def training_step(self, batch, batch_idx):
@@ -95,6 +97,8 @@ class LitMultimodal(L.LightningModule):
             self.log(k, v, prog_bar=k in ("val_loss", "val_accuracy", "val_rmse"))
         entry = {"epoch": self.current_epoch, "train_loss": self._train_sum / max(1, self._train_n), **metrics,
                  "lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None}
+        if getattr(self, "_epoch_t0", None) is not None:  # the epoch's wall time: training and validation
+            entry["seconds"] = round(time.perf_counter() - self._epoch_t0, 3)
         if not self.trainer.sanity_checking:
             self.history = [h for h in self.history if h["epoch"] != self.current_epoch] + [entry]
 

@@ -1,0 +1,175 @@
+"""``mmfuse bench NAME``: named benchmark protocols, run end to end, their results written with their provenance.
+
+Each protocol is a module of this package with ``run(ctx) -> dict`` (its numbers), ``markdown(result) -> str``
+(its tables), ``PUBLISHED`` (the published numbers beside which ours are reported) and a docstring that states
+the protocol. The runner adds what makes a number reproducible: the machine, the package versions, the
+commit, the seeds, the command and the wall time, and writes ``<results>/NAME.json`` and ``NAME.md``
+(``NAME_quick.*`` for ``--quick``, a reduced run for CI that never overwrites the full results)::
+
+    mmfuse bench fsdd_mnist --seeds 3            # benchmarks/results/fsdd_mnist.json and .md
+    mmfuse bench sp_sw_har --quick               # a few subjects and epochs, in minutes
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import import_module, metadata
+from pathlib import Path
+from typing import Callable
+
+from ..errors import MmfuseError
+
+__all__ = ["PROTOCOLS", "BenchContext", "run_bench", "environment", "default_data_dir"]
+
+PROTOCOLS = {
+    "fsdd_mnist": "audio-visual digits (FSDD + MNIST, AV-MNIST style): single inputs, every fusion, robustness",
+    "sp_sw_har": "phone + watch activity recognition, leave one subject out, against the authors' CNN",
+    "womens_clothing": "Women's Clothing reviews with frozen all-MiniLM-L6-v2: both targets, against the baselines",
+    "efficiency": "every fusion on one data set: parameters, training time per epoch, inference per 1,000 rows, peak memory",
+}
+
+
+def default_data_dir() -> Path:
+    """``$MMFUSE_SHARED_DATA``, else ``../shared/data`` beside the current folder."""
+    env = os.environ.get("MMFUSE_SHARED_DATA")
+    return Path(env) if env else Path.cwd().parent / "shared" / "data"
+
+
+@dataclass
+class BenchContext:
+    """What a protocol is given: where the data sets are, a work folder, the reduced-run switch, the seeds."""
+
+    name: str
+    data: Path
+    out: Path
+    quick: bool = False
+    seeds: list = field(default_factory=lambda: [0])
+    jobs: int = 1
+    echo: Callable[[str], None] = print
+    options: dict = field(default_factory=dict)
+    previous: dict = field(default_factory=dict)  # the results file already there (protocols that add rows)
+
+
+def environment() -> dict:
+    """The machine, Python, package versions and (in a git checkout) the commit, recorded with every result."""
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    versions = {}
+    for pkg in ("mmfuse", "torch", "numpy", "pandas", "pillow", "soundfile", "scipy", "lightning", "transformers",
+                "optuna", "onnxruntime"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    commit = "unknown"
+    try:
+        top = Path(__file__).resolve().parents[3]
+        if (top / ".git").exists():
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=top).stdout.strip() or "unknown"
+            dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks"],
+                                   capture_output=True, text=True, cwd=top).stdout.strip()
+            commit += "+dirty" if dirty else ""
+    except OSError:
+        pass
+    threads = None
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "os": platform.platform(),
+                        "torch_threads": threads},
+            "python": sys.version.split()[0], "versions": versions, "commit": commit}
+
+
+def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 1, out=None, results=None,
+              jobs: int = 1, echo: Callable[[str], None] = print, command: str | None = None, **options) -> dict:
+    """Run protocol ``name`` and write ``results/NAME.json`` and ``.md``; returns the result.
+
+    Args:
+        data: The folder holding the data sets (``fsdd/``, ``mnist/``, ``sp-sw-har/``, ``womens-clothing/``);
+            default :func:`default_data_dir`.
+        quick: A reduced run (few rows, epochs and models) that finishes in minutes; written to ``NAME_quick.*``.
+        seeds: A count (seeds 0..N-1) or a list of seeds.
+        out: The work folder for runs and bundles (default ``runs/bench/NAME``).
+        results: The folder for the results files (default ``benchmarks/results``).
+        options: Protocol settings (e.g. ``models="audio,concat"``, ``epochs=10``).
+    """
+    from ..bundle import _json_default
+    from ..io import atomic_write_text
+
+    if name not in PROTOCOLS:
+        from .._registry import unknown_name_message
+
+        raise MmfuseError(unknown_name_message("benchmark", name, list(PROTOCOLS)))
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list or (isinstance(seeds, int) and seeds < 1):
+        raise MmfuseError(f"seeds must be a count >= 1 or a list of seeds, got {seeds!r}")
+    module = import_module(f".{name}", __name__)
+    data = Path(data) if data is not None else default_data_dir()
+    results = Path(results) if results is not None else Path("benchmarks") / "results"
+    stem = name + ("_quick" if quick else "")
+    path = results / f"{stem}.json"
+    previous = {}
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError):
+            previous = {}
+    ctx = BenchContext(name, data, Path(out) if out is not None else Path("runs") / "bench" / stem, quick, seed_list,
+                       jobs, echo, options, previous)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    echo(f"bench {name}{' (quick)' if quick else ''}: seeds {seed_list}; data {data}; work folder {ctx.out}")
+    t0 = time.perf_counter()
+    body = module.run(ctx)
+    if command is None:  # the command that reproduces this run, whether it came from the CLI or from Python
+        parts = ["mmfuse", "bench", name, *(["--quick"] if quick else []),
+                 *(["--seeds", str(seeds)] if isinstance(seeds, int) and seeds != 1 else []),
+                 *(f"--set={k}={v}" for k, v in options.items()), *(["--jobs", str(jobs)] if jobs != 1 else [])]
+        command = " ".join(shlex.quote(p) for p in parts)
+    result = {"name": name, "quick": quick, "protocol": (module.__doc__ or "").strip(), "seeds": seed_list,
+              "options": options, "published": getattr(module, "PUBLISHED", {}), **body,
+              "command": command, "wall_seconds": round(time.perf_counter() - t0, 1),
+              "environment": environment(), "date": time.strftime("%Y-%m-%d")}
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=1, default=_json_default) + "\n")
+    md = module.markdown(result) + _provenance(result)
+    atomic_write_text(path.with_suffix(".md"), md)
+    echo(f"written: {path}, {path.with_suffix('.md')} ({result['wall_seconds']:.0f} s)")
+    return result
+
+
+def _provenance(result: dict) -> str:
+    env = result["environment"]
+    m = env["machine"]
+    v = ", ".join(f"{k} {x}" for k, x in env["versions"].items())
+    return ("\n## Provenance\n\n"
+            f"- command: `{result['command']}`\n- seeds: {result['seeds']}; wall time {result['wall_seconds']:.0f} s; "
+            f"{result['date']}\n- machine: {m['cpu']}, {m['cores']} cores ({m.get('torch_threads')} torch threads), "
+            f"{m['memory_gb']} GB; {m['os']}\n- Python {env['python']}; {v}\n- commit {env['commit']}\n")
+
+
+def mean_std(values) -> tuple[float, float]:
+    import numpy as np
+
+    a = np.asarray(values, float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0

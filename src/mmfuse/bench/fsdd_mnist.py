@@ -1,0 +1,195 @@
+"""Audio-visual digits (FSDD + MNIST, AV-MNIST style; issue 11).
+
+Data: :func:`mmfuse.datasets.fsdd_mnist` with its defaults. Each FSDD recording (3,000: 6 speakers x 10
+digits x 50 takes) is paired, seeded, with an MNIST image of the same digit. Speakers split the rows:
+3 train (1,500 rows), 1 validation (500, early stopping), 2 test (1,000), so no test speaker is heard
+in training; training and test images come from disjoint halves of MNIST's 10,000 t10k images. The
+image is rebuilt from the leading PCA components (fitted on the training half) that hold 25% of the
+variance, and the audio carries white noise at 0 dB SNR, so that neither input alone solves the task.
+
+Models: image only, audio only and every fusion strategy, with mmfuse's CNN encoders sized for 1,500
+training rows on 2 CPU cores (:data:`ENCODERS`, :data:`PREPROCESSING`: images at their 28 x 28, audio at its
+8 kHz, 32 mel bands every 20 ms, conv widths 16/32/64), each fitted once per seed (at most 30 epochs,
+early stopping on the validation speaker); reported as the mean ± std of test accuracy over the seeds.
+The best fusion (by mean test accuracy: chosen on the test rows, so optimistic) is fitted again with
+modality dropout, and scored with each input entirely missing against the single-input model of the
+input that remains. Robustness curves (:func:`mmfuse.robustness`, levels 0 to 0.9, seed 0's bundles)
+compare the best fusion, with and without modality dropout, to both single-input models.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+from . import BenchContext, mean_std
+
+PUBLISHED = {
+    "note": "no published number exists for this exact pairing (see ../shared/data/README.md); reference points:",
+    "audio_alone_fsdd_clean_resnet18": 0.95,
+    "image_alone_av_mnist_mfas": 0.745,
+}
+TARGETS = {"fusion_over_best_single": 0.05, "missing_within": 0.02}
+PREPROCESSING = {"image": {"size": 28}, "audio": {"sample_rate": 8000, "n_mels": 32, "hop_ms": 20}}
+ENCODERS = {"image": {"name": "image_cnn", "widths": [16, 32, 64]}, "audio": {"name": "audio_cnn", "widths": [16, 32, 64]}}
+
+
+def _fit(ctx: BenchContext, table, name: str, seed: int, epochs: int, **kw):
+    from mmfuse import MultimodalPredictor
+    from mmfuse.datasets import FSDD_MNIST_ROLES
+
+    model = dict(inputs=[name]) if name in ("image", "audio") else dict(fusion=name)
+    out = ctx.out / "runs" / (name + ("_md" if kw.get("modality_dropout") else "")) / f"seed{seed}"
+    est = MultimodalPredictor(target="label", columns=dict(FSDD_MNIST_ROLES), epochs=epochs, seed=seed, progress=False,
+                              log=None, contribution=False, out=out, preprocessing=PREPROCESSING,
+                              encoders={k: v for k, v in ENCODERS.items() if name not in ("image", "audio") or k == name},
+                              **model, **kw)
+    t0 = time.perf_counter()
+    est.fit(table)
+    m = est.metrics_
+    return est, {"accuracy": m["test"]["accuracy"], "macro_f1": m["test"].get("macro_f1"),
+                 "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch"),
+                 "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _subset(table, per_split: dict, seed: int):
+    """A sample of each split, the same number of rows of each digit (the quick run)."""
+    from mmfuse.io import Table
+
+    df = table.df
+    keep = [i for (split, _), g in df.groupby(["split", "label"])
+            for i in g.sample(min(len(g), -(-per_split[split] // 10)), random_state=seed).index]
+    return Table(df.loc[sorted(keep)], table.root, table.source)
+
+
+def run(ctx: BenchContext) -> dict:
+    from mmfuse import list_fusions, robustness
+    from mmfuse.datasets import fsdd_mnist
+
+    o = ctx.options
+    epochs = int(o.get("epochs", 3 if ctx.quick else 30))
+    models = [m for m in str(o.get("models", "")).split(",") if m] or (
+        ["image", "audio", "concat", "late"] if ctx.quick else ["image", "audio", *list_fusions()])
+    dropout = float(o.get("modality_dropout", 0.3))
+    levels = [0, 0.3, 0.6, 0.9] if ctx.quick else [round(0.1 * i, 1) for i in range(10)]
+    table = fsdd_mnist(ctx.data / "fsdd", ctx.data / "mnist", ctx.out / "data")
+    if ctx.quick:
+        table = _subset(table, {"train": 200, "val": 100, "test": 200}, 0)
+    counts = table.df["split"].value_counts().to_dict()
+    ctx.echo(f"fsdd_mnist: {counts}; models {', '.join(models)}; {epochs} epochs; seeds {ctx.seeds}")
+    runs, fitted = {}, {}
+    for name in models:
+        runs[name] = []
+        for seed in ctx.seeds:
+            est, r = _fit(ctx, table, name, seed, epochs)
+            runs[name].append(r)
+            fitted[(name, seed)] = est
+            ctx.echo(f"{name} seed {seed}: accuracy {r['accuracy']:.4f} ({r['epochs_run']} epochs, {r['seconds']:.0f} s)")
+    summary = {n: dict(zip(("mean", "std"), mean_std([r["accuracy"] for r in rs]))) for n, rs in runs.items()}
+    singles = {n: summary[n]["mean"] for n in ("image", "audio") if n in summary}
+    fusions = {n: s["mean"] for n, s in summary.items() if n not in ("image", "audio")}
+    out = {"rows": counts, "epochs": epochs, "models": models, "runs": runs, "summary": summary}
+    if not fusions or len(singles) < 2:
+        return out
+    best = max(fusions, key=fusions.get)
+    best_single = max(singles, key=singles.get)
+    out["best_fusion"] = best
+    out["fusion_gain"] = {"best_fusion": best, "best_single": best_single,
+                          "points": round(100 * (fusions[best] - singles[best_single]), 2),
+                          "target_points": 100 * TARGETS["fusion_over_best_single"]}
+    # the best fusion trained with modality dropout, scored with each input missing
+    md = []
+    for seed in ctx.seeds:
+        est, r = _fit(ctx, table, best, seed, epochs, modality_dropout=dropout)
+        fitted[(best + "_md", seed)] = est
+        test = table.df[table.df["split"] == "test"]
+        r["without_image"] = _missing_score(est, test, "image", table.root)
+        r["without_audio"] = _missing_score(est, test, "audio", table.root)
+        md.append(r)
+        ctx.echo(f"{best} + modality dropout {dropout} seed {seed}: accuracy {r['accuracy']:.4f}; without image "
+                 f"{r['without_image']:.4f}, without audio {r['without_audio']:.4f}")
+    plain_missing = []
+    for seed in ctx.seeds:
+        test = table.df[table.df["split"] == "test"]
+        est = fitted[(best, seed)]
+        plain_missing.append({"without_image": _missing_score(est, test, "image", table.root),
+                              "without_audio": _missing_score(est, test, "audio", table.root)})
+    mean = lambda rs, k: mean_std([r[k] for r in rs])[0]  # noqa: E731
+    out["missing"] = {
+        "modality_dropout": dropout, "runs": md,
+        "fused_md": {"clean": mean(md, "accuracy"), "without_image": mean(md, "without_image"),
+                     "without_audio": mean(md, "without_audio")},
+        "fused_plain": {"clean": fusions[best], "without_image": mean(plain_missing, "without_image"),
+                        "without_audio": mean(plain_missing, "without_audio")},
+        "single": {"audio_only": singles["audio"], "image_only": singles["image"]},
+    }
+    gaps = {"without_image_vs_audio_only": out["missing"]["fused_md"]["without_image"] - singles["audio"],
+            "without_audio_vs_image_only": out["missing"]["fused_md"]["without_audio"] - singles["image"]}
+    out["missing"]["gaps_points"] = {k: round(100 * v, 2) for k, v in gaps.items()}
+    # robustness curves: seed 0's (the first seed's) bundles on the same corrupted test rows
+    s0 = ctx.seeds[0]
+    compare = {best: fitted[(best, s0)], f"{best} + modality dropout": fitted[(best + "_md", s0)],
+               "audio only": fitted[("audio", s0)], "image only": fitted[("image", s0)]}
+    test = table.df[table.df["split"] == "test"]
+    from mmfuse.io import Table
+
+    t0 = time.perf_counter()
+    rob = robustness(compare, Table(test, table.root, table.source), levels=levels, seed=0, baseline="audio only",
+                     out=ctx.out / "robustness", echo=ctx.echo)
+    out["robustness"] = {**rob.to_dict(), "seconds": round(time.perf_counter() - t0, 1),
+                         "plot": str(ctx.out / "robustness" / "robustness.png")}
+    return out
+
+
+def _missing_score(est, test, name: str, root) -> float:
+    """Test accuracy with every cell of input ``name`` blank."""
+    from mmfuse import evaluate_predictor
+    from mmfuse.io import Table
+
+    df = test.copy()
+    df[name] = None
+    return float(evaluate_predictor(est.predictor_, Table(df, Path(root), "test"))["accuracy"])
+
+
+def markdown(result: dict) -> str:
+    s = result["summary"]
+    lines = ["# Audio-visual digits (FSDD + MNIST)" + (" — quick run" if result["quick"] else ""), "",
+             f"Rows {result['rows']}; {result['epochs']} epochs at most; seeds {result['seeds']}.", "",
+             "| model | test accuracy (mean ± std over seeds) | per seed | epochs run |", "|---|---|---|---|"]
+    for n in result["models"]:
+        rs = result["runs"][n]
+        lines.append(f"| {n} | {s[n]['mean']:.4f} ± {s[n]['std']:.4f} | "
+                     + ", ".join(f"{r['accuracy']:.4f}" for r in rs) + " | "
+                     + ", ".join(str(r["epochs_run"]) for r in rs) + " |")
+    g = result.get("fusion_gain")
+    if g:
+        lines += ["", f"Best fusion {g['best_fusion']} vs best single input {g['best_single']}: "
+                  f"{g['points']:+.2f} points (target: at least +{g['target_points']:.0f})."]
+    m = result.get("missing")
+    if m:
+        fm, fp, sg = m["fused_md"], m["fused_plain"], m["single"]
+        lines += ["", f"## One input entirely missing (test rows; modality dropout {m['modality_dropout']})", "",
+                  "| model | clean | without image | without audio |", "|---|---|---|---|",
+                  f"| {g['best_fusion']} | {fp['clean']:.4f} | {fp['without_image']:.4f} | {fp['without_audio']:.4f} |",
+                  f"| {g['best_fusion']} + modality dropout | {fm['clean']:.4f} | {fm['without_image']:.4f} | "
+                  f"{fm['without_audio']:.4f} |",
+                  f"| audio only | {sg['audio_only']:.4f} | | |", f"| image only | {sg['image_only']:.4f} | | |", "",
+                  f"Fused model with modality dropout, one input missing, minus the model trained on the remaining "
+                  f"input alone: without image {m['gaps_points']['without_image_vs_audio_only']:+.2f} points, "
+                  f"without audio {m['gaps_points']['without_audio_vs_image_only']:+.2f} points (target: within 2)."]
+    r = result.get("robustness")
+    if r:
+        lines += ["", f"## Robustness ({r['metric']}, corruption seed {r['seed']}; effective robustness against "
+                  f"{r['baseline']!r})", "",
+                  "| model | curve | " + " | ".join(f"{x:g}" for x in r["levels"]) + " | relative | effective |",
+                  "|---|---|" + "---|" * (len(r["levels"]) + 2)]
+        for name, mr in r["models"].items():
+            for c, v in mr["curves"].items():
+                eff = mr.get("effective_robustness", {}).get(c)
+                lines.append(f"| {name} | {c} | " + " | ".join(f"{x:.3f}" for x in v) +
+                             f" | {mr['relative_robustness'][c]:.3f} | " + ("" if eff is None else f"{eff:+.3f}") + " |")
+        lines += ["", "Corruptions: " + "; ".join(f"{c}: " + ", ".join(f"{n}: {d}" for n, d in ds.items())
+                                                  for c, ds in r["corruptions"].items())]
+    lines += ["", "Reference points (not the same task): " + ", ".join(
+        f"{k} {v}" for k, v in result["published"].items() if k != "note")]
+    return "\n".join(lines) + "\n"

