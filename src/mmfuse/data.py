@@ -286,6 +286,23 @@ class MultimodalDataset(Dataset):
                                    dtype=np.int64, count=len(self.positions))
         return out
 
+    def warm_cache(self) -> int:
+        """Read and cache, now, every uncached row of the inputs whose items persist on disk (frozen
+        backbones' embeddings), instead of batch by batch in the first epoch: all of them are then
+        featurized together (texts sorted by length across up to 4,096 rows, each backbone batch padded
+        only to its longest text). Bad cells are left for the batches that read them, which report them
+        under the bad-input policy. Returns the rows featurized."""
+        done = 0
+        for name, p in self.preprocessors.items():
+            cache = self._caches.get(name)
+            if cache is None or not getattr(p, "prefers_disk_cache", False):
+                continue
+            todo = self.positions[cache.status[self.positions] == UNKNOWN]
+            if len(todo):
+                self._read_lazy(name, todo, [], np.zeros(len(todo), bool))
+                done += len(todo)
+        return done
+
     def fully_cached(self) -> bool:
         """True when every lazy input of every row is in the cache (nothing left to decode)."""
         lazy = [n for n, p in self.preprocessors.items() if not p.eager and self._cells[n] is not None]

@@ -311,6 +311,9 @@ def make_datasets(splits: Splits, preps: dict, task, tcfg: TrainConfig | None = 
     ds_tr = MultimodalDataset(splits.train, preps, task, train=True, **kw)
     ds_va = MultimodalDataset(splits.val, preps, task, **kw)
     ds_te = MultimodalDataset(splits.test, preps, task, **kw) if len(splits.test) else None
+    for ds in (ds_tr, ds_va, ds_te):  # frozen backbones embed every row now, sorted by length, once
+        if ds is not None:
+            ds.warm_cache()
     group = tcfg.group_by_length
     if group is None:  # a trained text backbone: padding would cost real compute
         group = any(isinstance(p, HFTextPreprocessor) and not p.embed for p in preps.values())

@@ -244,3 +244,47 @@ def test_all_columns_as_text_with_a_real_tokenizer(tmp_path):
     ids = p.read([5.0, "Tops", "Love it"], 0, ReadContext(tmp_path))["input_ids"]
     assert p.processor.decode(ids, skip_special_tokens=False).startswith(
         "[CLS] rating : 5 [SEP] department : tops [SEP] love it [SEP]")
+
+
+def test_frozen_embedding_runs_length_sorted_batches_and_matches_row_by_row(models, tmp_path, monkeypatch):
+    """A frozen backbone embeds rows in batches of texts of similar length, each padded only to its own
+    longest text, and gives each row what it gives that row alone; the training set embeds every row
+    when it is built (one featurize call), not batch by batch in the first epoch."""
+    import mmfuse.hf as hf
+    from mmfuse import MultimodalDataset
+    from mmfuse.preprocessing._base import ReadContext
+    from mmfuse.preprocessing.hf import HFTextPreprocessor
+
+    rng = np.random.default_rng(0)
+    words = ["good", "dress", "fits", "well", "but", "the", "color", "is", "off"]
+    df = pd.DataFrame({"note": [" ".join(rng.choice(words, int(k))) for k in rng.integers(1, 30, 70)]})
+    p = HFTextPreprocessor(["note"], str(models["bert"]), max_length=40, embed=True, pooling="mean")
+    p.fit(df, ReadContext(tmp_path))
+    items = [p.read([v], i, ReadContext(tmp_path)) for i, v in enumerate(df["note"])]
+    arrays = {k: np.stack([it[k] for it in items]) for k in items[0]}
+    widths, batches, real = [], [], hf.backbone_forward
+
+    def recording(backbone, inputs, pooling="auto"):
+        widths.append(int(hf.trim_padding(inputs)["input_ids"].shape[1]))
+        batches.append(inputs["attention_mask"].sum(1).tolist())
+        return real(backbone, inputs, pooling)
+
+    monkeypatch.setattr(hf, "backbone_forward", recording)
+    together = p.featurize(arrays)["embedding"]
+    assert len(widths) == 3 and widths == sorted(widths, reverse=True)  # 70 rows: 32 + 32 + 6, longest first
+    assert all(min(a) >= max(b) for a, b in zip(batches, batches[1:]))  # each batch: texts of similar length
+    lengths = arrays["attention_mask"].sum(1)
+    assert widths[-1] < lengths.max()  # the last batch's short texts are not padded to the longest
+    alone = np.concatenate([p.featurize({k: v[i:i + 1] for k, v in arrays.items()})["embedding"] for i in range(70)])
+    assert np.abs(together - alone).max() < 1e-5
+    # the dataset embeds every uncached row at once when warmed, and the next dataset reads them from disk
+    calls = []
+    orig = HFTextPreprocessor.featurize
+    monkeypatch.setattr(HFTextPreprocessor, "featurize", lambda self, a: calls.append(len(a["input_ids"])) or orig(self, a))
+    monkeypatch.setenv("MMFUSE_CACHE_DIR", str(tmp_path / "cache"))
+    ds = MultimodalDataset(df, {"note": p}, cache="memory", root=tmp_path)
+    assert ds.warm_cache() == 70 and calls == [70] and ds.fully_cached()
+    assert np.abs(ds.__getitems__(list(range(70)))["inputs"]["note"].numpy() - together).max() < 1e-6
+    calls.clear()
+    again = MultimodalDataset(df, {"note": p}, cache="memory", root=tmp_path)
+    assert again.warm_cache() == 0 and calls == [] and again.fully_cached()

@@ -77,14 +77,30 @@ class _HFBase(Preprocessor):
             return {"embedding": ((self.embedding_dim_,), np.dtype(np.float32))}
         return self.read_spec()
 
-    @torch.no_grad()
     def featurize(self, arrays):
+        """With ``embed``: the backbone's pooled output per row. Rows are run in batches of
+        :attr:`embed_batch_size`; texts sorted by length first, so that each batch is padded only to
+        its own longest text (as sentence-transformers' ``encode`` does), and put back in order."""
         if not self.embed:
             return arrays
         from ..hf import backbone_forward
 
-        pooled, _, _ = backbone_forward(self.backbone, {k: torch.from_numpy(v) for k, v in arrays.items()}, self.pooling)
-        return {"embedding": pooled.float().numpy()}
+        n = len(next(iter(arrays.values())))
+        mask = arrays.get("attention_mask")
+        order = np.argsort(-mask.sum(1), kind="stable") if mask is not None and mask.ndim == 2 else np.arange(n)
+        out = None
+        step = self.embed_batch_size
+        with torch.inference_mode():
+            for start in range(0, n, step):
+                idx = order[start:start + step]
+                pooled, _, _ = backbone_forward(self.backbone, {k: torch.from_numpy(v[idx]) for k, v in arrays.items()},
+                                                self.pooling)
+                if out is None:
+                    out = np.zeros((n, pooled.shape[1]), np.float32)
+                out[idx] = pooled.float().numpy()
+        return {"embedding": out}
+
+    embed_batch_size = 32  # rows per backbone call when embedding (a frozen backbone)
 
     def batch(self, arrays, train=False, generator=None):
         if self.embed:
