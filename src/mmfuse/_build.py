@@ -12,7 +12,7 @@ from .fusion import FUSIONS, create_fusion
 from .model import Head, MultimodalModel
 
 
-HF_PREP_KEYS = ("model", "revision", "pooling", "max_length", "duration")
+HF_PREP_KEYS = ("model", "revision", "pooling", "max_length", "duration", "runtime")
 HF_ENC_KEYS = ("train", "last_n", "lora_r", "lora_alpha", "lora_dropout")
 
 

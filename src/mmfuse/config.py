@@ -30,8 +30,9 @@ class ModelConfig:
     dim: int = _doc(128, "Width D of the fused representation (and of each encoder's output unless set).")
     encoders: dict = _doc(help='Per input name or modality, `{"name": encoder, **kwargs}`; for a pretrained model '
                                '`{"name": "hf", "model": id_or_folder, "train": "frozen"/"full"/"last", "last_n": 2, '
-                               '"pooling": "mean", "max_length": 128, "cache": true}`. Unset: the modality\'s default '
-                               'encoder.', factory=dict)
+                               '"pooling": "mean", "max_length": 128, "cache": true}`; a frozen, cached text '
+                               'backbone may run on `"runtime": "onnx"` or `"onnx-int8"` (ONNX Runtime; '
+                               '`mmfuse[onnx]`). Unset: the modality\'s default encoder.', factory=dict)
     head_hidden: int = _doc(128, "Hidden width of the prediction head.")
     dropout: float = _doc(0.1, "Dropout in the head.")
     modality_dropout: float = _doc(0.0, "Probability of dropping each input of each row in training.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import torch
@@ -169,7 +170,11 @@ def backbone_forward(backbone: nn.Module, inputs: dict, pooling: str = "auto"):
     mean), ``cls`` (first token), ``mean`` (masked mean) or ``last`` (last non-padding token).
     """
     inputs = trim_padding(inputs)
-    out = backbone(**inputs)
+    return pool_output(backbone(**inputs), inputs, pooling)
+
+
+def pool_output(out, inputs: dict, pooling: str = "auto"):
+    """The pooled output of a backbone's output ``out`` for ``inputs`` (see :func:`backbone_forward`)."""
     hidden = getattr(out, "last_hidden_state", None)
     if hidden is not None and hidden.dim() == 4:  # a feature map [B, C, H, W] (ResNet, ConvNeXt): H*W tokens
         hidden = hidden.flatten(2).transpose(1, 2)
@@ -207,3 +212,70 @@ def layer_list(backbone: nn.Module) -> nn.ModuleList:
     if best is None:
         raise MmfuseError(f"{type(backbone).__name__} has no layer list; use train='frozen' or 'full'")
     return best
+
+
+# --- ONNX Runtime for frozen text backbones --------------------------------------------------------
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+
+
+def onnx_session(backbone: nn.Module, example: dict, pooling: str, runtime: str, key: str):
+    """An ONNX Runtime session that maps a text backbone's inputs (the keys of ``example``, in order) to
+    its pooled output, as :func:`backbone_forward` pools it (``runtime="onnx"``), or the same graph with
+    its weights quantized to int8 for dynamic int8 matrix products (``"onnx-int8"``).
+
+    The graph is exported once per ``key`` (the weights' fingerprint, the pooling and the library
+    versions) into the cache folder (``onnx/``), written atomically, and reused afterwards."""
+    import json
+
+    from ._cache import default_cache_dir, library_versions
+
+    ort = require("onnxruntime", "onnx")
+    require("onnx", "onnx")
+    names = list(example)
+    versions = {**library_versions(), "onnxruntime": ort.__version__}
+    tag = hashlib.sha256(json.dumps([key, pooling, names, versions], sort_keys=True).encode()).hexdigest()[:20]
+    folder = default_cache_dir() / "onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32 = folder / f"{tag}.onnx"
+    if not fp32.exists():
+        if names != ["input_ids", "attention_mask"]:
+            raise MmfuseError(f"ONNX runtime: a text backbone's inputs are input_ids and attention_mask; got {names}")
+
+        class Pooled(nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, attention_mask):
+                inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+                return pool_output(self.m(**inputs), inputs, pooling)[0]
+
+        tmp = folder / f".{tag}.{os.getpid()}.onnx"
+        args = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))  # shapes are dynamic
+        dim = torch.export.Dim.DYNAMIC
+        shapes = {k: {0: dim, 1: dim} for k in names}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(Pooled(backbone).eval(), args, str(tmp), input_names=names, output_names=["pooled"],
+                                  dynamic_shapes=shapes, dynamo=True, external_data=False)
+            os.replace(tmp, fp32)
+        except Exception as e:  # the exporter's own errors, of many types
+            tmp.unlink(missing_ok=True)
+            raise MmfuseError(f"could not export the backbone to ONNX ({type(e).__name__}: {e}); use runtime "
+                              "'torch' for it") from None
+    path = fp32
+    if runtime == "onnx-int8":
+        path = folder / f"{tag}.int8.onnx"
+        if not path.exists():
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            tmp = folder / f".{tag}.{os.getpid()}.int8.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+            os.replace(tmp, path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

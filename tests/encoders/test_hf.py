@@ -288,3 +288,37 @@ def test_frozen_embedding_runs_length_sorted_batches_and_matches_row_by_row(mode
     calls.clear()
     again = MultimodalDataset(df, {"note": p}, cache="memory", root=tmp_path)
     assert again.warm_cache() == 0 and calls == [] and again.fully_cached()
+
+
+def test_onnx_runtime_for_a_frozen_text_backbone(models, table, tmp_path, monkeypatch):
+    """runtime 'onnx': the same embeddings as torch (to float tolerance) from an exported graph kept in the
+    cache folder; 'onnx-int8': the same graph with int8 weights, close but not equal; a fit, its bundle and
+    predictions work with either, and the runtime is refused where it cannot apply."""
+    pytest.importorskip("onnxruntime")
+    from mmfuse.preprocessing._base import ReadContext
+    from mmfuse.preprocessing.hf import HFTextPreprocessor
+
+    monkeypatch.setenv("MMFUSE_CACHE_DIR", str(tmp_path / "cache"))
+    df = pd.DataFrame({"note": ["good dress", "it is a great item today and it fits", "poor", "the color is off"] * 3})
+    emb = {}
+    for runtime in ("torch", "onnx", "onnx-int8"):
+        p = HFTextPreprocessor(["note"], str(models["bert"]), max_length=16, embed=True, pooling="mean", runtime=runtime)
+        p.fit(df, ReadContext(tmp_path))
+        items = [p.read([v], i, ReadContext(tmp_path)) for i, v in enumerate(df["note"])]
+        emb[runtime] = p.featurize({k: np.stack([it[k] for it in items]) for k in items[0]})["embedding"]
+    assert np.abs(emb["onnx"] - emb["torch"]).max() < 1e-4
+    drift = np.abs(emb["onnx-int8"] - emb["torch"]).max()
+    cos = (emb["onnx-int8"] * emb["torch"]).sum(1) / np.linalg.norm(emb["onnx-int8"], axis=1) / np.linalg.norm(emb["torch"], axis=1)
+    assert drift > 1e-6 and cos.min() > 0.9  # quantized: moved, but the same direction
+    graphs = sorted((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(graphs) == 2  # fp32 and int8, exported once
+    stamps = [g.stat().st_mtime_ns for g in graphs]
+    enc = {"review": {"name": "hf", "model": str(models["bert"]), "train": "frozen", "max_length": 12, "runtime": "onnx"}}
+    m = fit(table, enc, tmp_path, inputs=["review", "tabular"])
+    m.save(tmp_path / "b")
+    assert np.allclose(MultimodalPredictor.load(tmp_path / "b").predict_proba(table), m.predict_proba(table), atol=1e-5)
+    assert [g.stat().st_mtime_ns for g in graphs] == stamps
+    with pytest.raises(MmfuseError, match="runtime 'onnx' runs a frozen text backbone.*use runtime 'torch'"):
+        fit(table, {"review": {**enc["review"], "train": "full"}}, tmp_path, inputs=["review", "tabular"])
+    with pytest.raises(MmfuseError, match="runtime must be one of torch, onnx, onnx-int8; got 'onxx'"):
+        fit(table, {"review": {**enc["review"], "runtime": "onxx"}}, tmp_path, inputs=["review", "tabular"])

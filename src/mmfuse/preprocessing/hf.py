@@ -18,17 +18,28 @@ from .image import ImagePreprocessor
 class _HFBase(Preprocessor):
     """Shared: model id/path, revision, pooling, embed mode, the lazily loaded processor/backbone."""
 
-    _config_keys = ("model", "revision", "pooling", "embed", "fingerprint_")
+    _config_keys = ("model", "revision", "pooling", "embed", "runtime", "fingerprint_")
     prefers_disk_cache = property(lambda self: self.embed)
 
     def __init__(self, columns, model: str, revision: str | None = None, pooling: str = "auto", embed: bool = False,
-                 fingerprint_: str | None = None):
-        from ..hf import resolve_model_path
+                 runtime: str = "torch", fingerprint_: str | None = None):
+        from ..hf import RUNTIMES, resolve_model_path
 
         super().__init__(columns)
         self.model, self.revision, self.pooling, self.embed = resolve_model_path(model), revision, pooling, embed
+        if runtime not in RUNTIMES:
+            from ..errors import MmfuseError
+
+            raise MmfuseError(f"hf encoder: runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+        if runtime != "torch" and not (embed and self.modality == "text"):
+            from ..errors import MmfuseError
+
+            raise MmfuseError(f"hf encoder: runtime {runtime!r} runs a frozen text backbone whose embeddings are "
+                              "cached (train: frozen, cache: true); this one is a "
+                              f"{'trained' if not embed else self.modality} backbone: use runtime 'torch'")
+        self.runtime = runtime
         self.fingerprint_ = fingerprint_
-        self._processor = self._backbone = None
+        self._processor = self._backbone = self._session = None
 
     @property
     def processor(self):
@@ -48,10 +59,23 @@ class _HFBase(Preprocessor):
                 p.requires_grad_(False)
         return self._backbone
 
-    def __getstate__(self):  # processors and backbones are reloaded in each worker
+    def __getstate__(self):  # processors, backbones and sessions are reloaded in each worker
         d = dict(self.__dict__)
-        d["_processor"] = d["_backbone"] = None
+        d["_processor"] = d["_backbone"] = d["_session"] = None
         return d
+
+    def _run(self, inputs: dict) -> np.ndarray:
+        """The pooled output of one batch (trailing padding trimmed), by torch or ONNX Runtime."""
+        from ..hf import backbone_forward, onnx_session, trim_padding
+
+        if self.runtime == "torch":
+            return backbone_forward(self.backbone, {k: torch.from_numpy(v) for k, v in inputs.items()},
+                                    self.pooling)[0].float().numpy()
+        if getattr(self, "_session", None) is None:
+            self._session = onnx_session(self.backbone, inputs, self.pooling, self.runtime,
+                                         self.fingerprint_ or self.model)
+        trimmed = trim_padding({k: torch.from_numpy(v) for k, v in inputs.items()})
+        return self._session.run(None, {k: v.numpy() for k, v in trimmed.items()})[0].astype(np.float32)
 
     def _fit_common(self, df, ctx):
         from ..hf import fingerprint
@@ -83,8 +107,6 @@ class _HFBase(Preprocessor):
         its own longest text (as sentence-transformers' ``encode`` does), and put back in order."""
         if not self.embed:
             return arrays
-        from ..hf import backbone_forward
-
         n = len(next(iter(arrays.values())))
         mask = arrays.get("attention_mask")
         order = np.argsort(-mask.sum(1), kind="stable") if mask is not None and mask.ndim == 2 else np.arange(n)
@@ -93,11 +115,10 @@ class _HFBase(Preprocessor):
         with torch.inference_mode():
             for start in range(0, n, step):
                 idx = order[start:start + step]
-                pooled, _, _ = backbone_forward(self.backbone, {k: torch.from_numpy(v[idx]) for k, v in arrays.items()},
-                                                self.pooling)
+                pooled = self._run({k: v[idx] for k, v in arrays.items()})
                 if out is None:
                     out = np.zeros((n, pooled.shape[1]), np.float32)
-                out[idx] = pooled.float().numpy()
+                out[idx] = pooled
         return {"embedding": out}
 
     embed_batch_size = 32  # rows per backbone call when embedding (a frozen backbone)
