@@ -255,7 +255,10 @@ def onnx_session(backbone: nn.Module, example: dict, pooling: str, runtime: str,
         dim = torch.export.Dim.DYNAMIC
         shapes = {k: {0: dim, 1: dim} for k in names}
         try:
-            with warnings.catch_warnings():
+            import contextlib
+            import io
+
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
                 warnings.simplefilter("ignore")
                 torch.onnx.export(Pooled(backbone).eval(), args, str(tmp), input_names=names, output_names=["pooled"],
                                   dynamic_shapes=shapes, dynamo=True, external_data=False)
