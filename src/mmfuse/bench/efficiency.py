@@ -50,7 +50,8 @@ def _measure(fusion: str, data_path: str, out: str, epochs: int, seed: int, resu
     hist = est.metrics_["history"]
     model = est.predictor_.model
     n_all = sum(p.numel() for p in model.parameters())
-    n_fusion = sum(p.numel() for p in model.fusion.parameters()) + sum(p.numel() for p in model.head.parameters())
+    n_fusion = sum(p.numel() for part in (model.fusion, model.head) if part is not None  # late fusion: no head
+                   for p in part.parameters())
     times = []
     with torch.inference_mode():
         for _ in range(3):
