@@ -322,9 +322,9 @@ def fsdd_mnist(fsdd_root: str | os.PathLike, mnist_root: str | os.PathLike, out_
     - Split by speaker: the recordings of ``test_speakers`` (2 of FSDD's 6) are the test rows and those of
       ``val_speakers`` (1) the validation rows (early stopping), so no validation or test speaker is heard
       in training: 1,500 / 500 / 1,000 rows. ``speaker`` is a group column (pass :data:`FSDD_MNIST_ROLES`).
-    - Images: MNIST's 10,000 (t10k) images are cut into two disjoint pools (the first 5,000 for training
-      rows, the rest for test rows); each recording draws, seeded, an unused image of its digit from its
-      split's pool (validation rows: the training pool).
+    - Images: MNIST's 10,000 (t10k) images are cut, seeded, into two disjoint random halves (training and
+      test pools; not MNIST's first and last 5,000, which differ in difficulty); each recording draws,
+      seeded, an unused image of its digit from its split's pool (validation rows: the training pool).
     - Images are degraded by PCA fitted on the training pool only: each is rebuilt from its leading
       components that together hold ``image_energy`` of the variance (CentralNet's "75% of the energy
       removed"; 0.25 keeps 4 of 784 components), or from the first ``image_components`` if given.
@@ -346,6 +346,8 @@ def fsdd_mnist(fsdd_root: str | os.PathLike, mnist_root: str | os.PathLike, out_
     mnist_root = _root(mnist_root, "mnist", "t10k-labels-idx1-ubyte.gz", download)
     if not 0 < image_energy <= 1:
         raise MmfuseError(f"fsdd_mnist: image_energy must be in (0, 1], got {image_energy!r}")
+    if image_components is not None and not (isinstance(image_components, int) and 1 <= image_components <= 784):
+        raise MmfuseError(f"fsdd_mnist: image_components must be an integer from 1 to 784, got {image_components!r}")
     audio = fsdd_table(fsdd_root).df
     for what, chosen in (("test_speakers", test_speakers), ("val_speakers", val_speakers)):
         unknown = sorted(set(chosen) - set(audio["speaker"]))
@@ -357,7 +359,7 @@ def fsdd_mnist(fsdd_root: str | os.PathLike, mnist_root: str | os.PathLike, out_
                           "validation speakers; a speaker belongs to one split")
     settings = {"seed": seed, "image_energy": image_energy, "image_components": image_components,
                 "audio_snr_db": audio_snr_db, "test_speakers": sorted(test_speakers),
-                "val_speakers": sorted(val_speakers), "version": 1}
+                "val_speakers": sorted(val_speakers), "version": 2}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     out = Path(out_dir) / f"fsdd_mnist_{key}"
     manifest = out / "fsdd_mnist.json"
@@ -368,8 +370,11 @@ def fsdd_mnist(fsdd_root: str | os.PathLike, mnist_root: str | os.PathLike, out_
     rng = np.random.default_rng(seed)
     audio["split"] = np.where(audio["speaker"].isin(test_speakers), "test",
                               np.where(audio["speaker"].isin(val_speakers), "val", "train"))
+    # MNIST's first 5,000 test images are cleaner than its last 5,000 (its documentation): the pools are
+    # seeded random halves, not those two, so that training and test images come from one distribution
+    perm = np.random.default_rng([seed, 1]).permutation(len(images))
     half = len(images) // 2
-    pools = {"train": np.arange(half), "test": np.arange(half, len(images))}
+    pools = {"train": np.sort(perm[:half]), "test": np.sort(perm[half:])}
     audio["mnist_index"] = -1
     for split, pool in pools.items():
         for digit in range(10):
@@ -411,6 +416,8 @@ def fsdd_mnist(fsdd_root: str | os.PathLike, mnist_root: str | os.PathLike, out_
         df = pd.DataFrame(rows)
         df.to_csv(tmp / "table.csv", index=False)
         (tmp / "fsdd_mnist.json").write_text(json.dumps({**settings, "pca_components": k, "rows": len(df)}, indent=1))
+        if out.exists() and (out / "fsdd_mnist.json").exists():  # another process finished the same build first
+            return Table(pd.read_csv(out / "table.csv"), out.resolve(), str(out))
         if out.exists():  # an earlier, unfinished build
             shutil.rmtree(out)
         os.replace(tmp, out)

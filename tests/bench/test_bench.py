@@ -16,6 +16,12 @@ def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):
         run_bench("fsdd_minst", results=tmp_path)
     with pytest.raises(MmfuseError, match="seeds must be a count >= 1"):
         run_bench("fsdd_mnist", seeds=0, results=tmp_path)
+    with pytest.raises(MmfuseError, match="unknown setting of benchmark 'fsdd_mnist' 'epoch'.*Did you mean 'epochs'"):
+        run_bench("fsdd_mnist", results=tmp_path, epoch="10")
+    with pytest.raises(MmfuseError, match="--set epochs='ten': epochs must be a number"):
+        run_bench("fsdd_mnist", results=tmp_path, epochs="ten")
+    with pytest.raises(MmfuseError, match="'sp_sw_har' fits with one seed.*leave --seeds out"):
+        run_bench("sp_sw_har", results=tmp_path, seeds=3)
     with pytest.raises(SystemExit) as e:
         main(["bench", "fsdd_mnist", "--set", "epochs", "--results", str(tmp_path)])
     assert e.value.code == 2 and "write KEY=VALUE" in capsys.readouterr().err
@@ -44,11 +50,14 @@ def test_quick_fsdd_mnist(tmp_path):
     assert set(r["summary"]) == {"image", "audio", "concat", "late"} and r["rows"] == {"train": 200, "val": 100, "test": 200}
     for name, s in r["summary"].items():
         assert 0 <= s["mean"] <= 1 and len(r["runs"][name]) == 1
-    assert r["best_fusion"] in ("concat", "late")
+    best = r["best_fusion"]
+    vals = {n: s["val_mean"] for n, s in r["summary"].items() if n in ("concat", "late")}
+    assert best == max(vals, key=vals.get)  # chosen on the validation speaker, not on the test rows
     m = r["missing"]["fused_md"]
     assert set(m) == {"clean", "without_image", "without_audio"}
     rob = r["robustness"]["models"]
-    assert set(rob) == {r["best_fusion"], f"{r['best_fusion']} + modality dropout", "audio only", "image only"}
+    assert set(rob) == {"concat", "late", f"{best} + modality dropout", "audio only", "image only"}
+    assert r["robustness"]["baseline"] == ({"concat", "late"} - {best}).pop()  # late fusion, or concat if late won
     assert set(rob["image only"]["curves"]) == {"image/gaussian_noise", "image/blur", "image/occlusion", "all"}
     assert "| image | " in md and "One input entirely missing" in md and "## Robustness" in md
 

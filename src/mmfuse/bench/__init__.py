@@ -125,6 +125,10 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
     if not seed_list or (isinstance(seeds, int) and seeds < 1):
         raise MmfuseError(f"seeds must be a count >= 1 or a list of seeds, got {seeds!r}")
     module = import_module(f".{name}", __name__)
+    if len(seed_list) > 1 and not getattr(module, "SEEDS", True):
+        raise MmfuseError(f"benchmark {name!r} fits with one seed (its protocol repeats nothing per seed); "
+                          "leave --seeds out")
+    options = _check_options(name, getattr(module, "OPTIONS", {}), options)
     data = Path(data) if data is not None else default_data_dir()
     results = Path(results) if results is not None else Path("benchmarks") / "results"
     stem = name + ("_quick" if quick else "")
@@ -156,6 +160,22 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
     atomic_write_text(path.with_suffix(".md"), md)
     echo(f"written: {path}, {path.with_suffix('.md')} ({result['wall_seconds']:.0f} s)")
     return result
+
+
+def _check_options(name: str, known: dict, given: dict) -> dict:
+    """Protocol settings: known keys only, each converted to its type (a typo is an error, not ignored)."""
+    out = {}
+    for k, v in given.items():
+        if k not in known:
+            from .._registry import unknown_name_message
+
+            raise MmfuseError(unknown_name_message(f"setting of benchmark {name!r}", k, list(known)))
+        try:
+            out[k] = known[k](v) if isinstance(v, str) or known[k] is not str else v
+        except ValueError:
+            raise MmfuseError(f"--set {k}={v!r}: {k} must be {'a number' if known[k] in (int, float) else 'text'} "
+                              f"(benchmark {name!r})") from None
+    return out
 
 
 def _provenance(result: dict) -> str:

@@ -21,6 +21,8 @@ import numpy as np
 
 from . import BenchContext
 
+OPTIONS = {"epochs": int, "models": str}
+SEEDS = False  # one measurement per fusion
 PUBLISHED = {}
 
 

@@ -27,6 +27,9 @@ import numpy as np
 
 from . import BenchContext
 
+OPTIONS = {"epochs": int, "batch_size": int, "monitor": str, "subjects": int, "search_minutes": float,
+           "search_subjects": int, "models": str}
+SEEDS = False  # one fit per fold (the authors repeat each fold 10 times)
 PUBLISHED = {"phone": 0.886, "watch": 0.874, "fused": 0.902}
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import BenchContext
 
+OPTIONS = {"epochs": int, "models": str}
 PUBLISHED = {
     "source": "../shared/data/README.md (Multimodal-Toolkit README, BERT-base; and runs on a 2-core machine)",
     "Recommended IND (F1 / PR-AUC)": {"Multimodal-Toolkit BERT text only": [0.957, 0.992],
