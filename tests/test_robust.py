@@ -25,8 +25,10 @@ def rng(i=0):
 
 def test_corruptions_are_nested_across_levels_and_of_the_stated_size():
     a = np.full((40, 40), 200, np.uint8)
-    hidden = {lv: _image(a, "occlusion", lv, rng()) == 0 for lv in (0.25, 0.64)}
-    assert hidden[0.25].mean() == pytest.approx(0.25, abs=0.01) and hidden[0.64].mean() == pytest.approx(0.64, abs=0.01)
+    for seed in range(5):  # a larger square covers the smaller one wherever the draws put it
+        hidden = {lv: _image(a, "occlusion", lv, rng(seed)) == 0 for lv in (0.25, 0.64)}
+        assert hidden[0.25].mean() == pytest.approx(0.25, abs=0.01) and hidden[0.64].mean() == pytest.approx(0.64, abs=0.01)
+        assert (hidden[0.64] >= hidden[0.25]).all()
     noise = {lv: _image(a, "gaussian_noise", lv, rng()).astype(float) - 200 for lv in (0.1, 0.2)}
     assert np.corrcoef(noise[0.1].ravel(), noise[0.2].ravel())[0, 1] > 0.9  # the same draws, scaled
     assert np.std(noise[0.1]) == pytest.approx(25.5, rel=0.1)  # std 0.1 of the pixel range
@@ -44,9 +46,11 @@ def test_corruptions_are_nested_across_levels_and_of_the_stated_size():
     typo = _text(text, "typos", 0.5, rng()).split()
     assert len(typo) == 400 and sum(w != o for w, o in zip(typo, text.split())) == pytest.approx(200, abs=35)
     series = np.arange(20.0)[:, None] * np.ones((1, 2))
-    held = _series(series, "step_drop", 0.5, rng(), np.ones(2))
-    assert (np.diff(held[:, 0]) >= 0).all() and len(np.unique(held[:, 0])) < 20  # past values held, never future
-    assert set(np.unique(held[:, 0])) <= set(series[:, 0])
+    for seed in range(5):
+        held = _series(series, "step_drop", 0.5, rng(seed), np.ones(2))
+        assert (held[:, 0] <= series[:, 0]).all() and len(np.unique(held[:, 0])) < 20  # past values held, never future
+    noisy = _series(series, "gaussian_noise", 0.5, rng(), np.array([2.0, 0.0]))
+    assert np.std(noisy[:, 0] - series[:, 0]) == pytest.approx(1.0, rel=0.4) and (noisy[:, 1] == series[:, 1]).all()
     assert relative_robustness([0, 0.5, 1.0], [1.0, 0.5, 0.0]) == pytest.approx(0.5)
     assert effective_robustness([0.9, 0.8, 0.7], [0.8, 0.6, 0.4]) == pytest.approx(0.0 + 0.1 + 0.2)
 
@@ -79,6 +83,9 @@ def test_file_inputs_are_decoded_corrupted_and_written_again(tmp_path):
     other = corrupt_table(table, inputs, kinds, 0.5, 1, tmp_path / "w3")  # another seed, other draws
     assert not (np.asarray(Image.open(other.df.loc[0, "photo"])) == np.asarray(Image.open(c1.df.loc[0, "photo"]))).all()
     assert blank_inputs(table, inputs, ["clip"]).df["clip"].isna().all()
+    (tmp_path / "d" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(MmfuseError, match="row 0, column 'photo': 'd/0.png' cannot be decoded to corrupt it"):
+        corrupt_table(table, inputs, kinds, 0.5, 0, tmp_path / "w5")
     with pytest.raises(MmfuseError, match="input 'clip' \\(audio\\) has no corruption 'blur'; its corruptions: white_noise"):
         corrupt_table(table, inputs, {"clip": "blur"}, 0.5, 0, tmp_path / "w4")
 
@@ -119,6 +126,19 @@ def test_robustness_curves_missing_inputs_and_summaries(models, tmp_path):
     assert "| fused | note/word_drop |" in (tmp_path / "r" / "robustness.md").read_text()
     assert (tmp_path / "r" / "robustness.png").stat().st_size > 5000
     assert not (tmp_path / "r" / "corrupted").exists()  # the corrupted copies are gone
+    # a table with a split column: only its test rows are scored
+    both = pd.concat([test.assign(split="test"), word_table(40, seed=3).assign(split="train")], ignore_index=True)
+    split = mmfuse.robustness({"fused": fused}, both, levels=[0, 0.5], corruptions={"note": ["word_drop"]},
+                              together=False, missing=False, echo=lines.append)
+    assert split.models["fused"]["clean"] == pytest.approx(fused.score(test))
+    assert any("scoring the 120 rows with split = test (of 160" in line for line in lines)
+    with pytest.raises(MmfuseError, match="split column 'split' has no 'test' rows"):
+        mmfuse.robustness(fused, both.assign(split="train"), levels=[0, 0.5])
+    # tabular swaps move values between rows of the same column
+    sw = corrupt_table(Table(test, tmp_path, "t"), _inputs_of(fused.predictor_),
+                       {"tabular": "swap"}, 0.5, 0, tmp_path / "sw")
+    moved = sw.df["a"] != test["a"]
+    assert 0.3 < moved.mean() < 0.6 and set(sw.df["a"]) <= set(test["a"])
     # the same seed gives the same numbers
     again = mmfuse.robustness({"fused": fused, "notes": notes}, test, levels=[0, 0.5, 0.9])
     assert again.models["fused"]["curves"] == f["curves"]

@@ -95,9 +95,9 @@ def _image(a: np.ndarray, kind: str, level: float, rng) -> np.ndarray:
             im = Image.fromarray(a).filter(ImageFilter.GaussianBlur(radius=level * max(h, w) / 10))
             return np.asarray(im, np.uint8)
     elif kind == "occlusion":
-        u = rng.uniform(size=2)
-        side_h, side_w = int(round(np.sqrt(level) * h)), int(round(np.sqrt(level) * w))
-        top, left = int(u[0] * (h - side_h + 1)), int(u[1] * (w - side_w + 1))
+        u = rng.uniform(size=2)  # where the square sits, as a fraction of the room left: a larger square
+        side_h, side_w = int(round(np.sqrt(level) * h)), int(round(np.sqrt(level) * w))  # covers a smaller one
+        top, left = int(np.floor(u[0] * (h - side_h))), int(np.floor(u[1] * (w - side_w)))
         x[top:top + side_h, left:left + side_w] = 0.0
     return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
 
@@ -148,11 +148,8 @@ def _series(a: np.ndarray, kind: str, level: float, rng, std: np.ndarray) -> np.
     if kind == "gaussian_noise":
         return a + level * rng.standard_normal(a.shape) * std
     keep = rng.uniform(size=len(a)) >= level
-    keep[0] = keep[0] or not keep.any()
-    idx = np.maximum.accumulate(np.where(keep, np.arange(len(a)), 0))
-    if not keep[0]:  # before the first kept step: hold the first kept value
-        idx[:np.argmax(keep)] = np.argmax(keep)
-    return a[idx]
+    keep[0] = True  # the first reading: a dropped step holds the last kept one, never a later one
+    return a[np.maximum.accumulate(np.where(keep, np.arange(len(a)), 0))]
 
 
 @dataclass
@@ -230,9 +227,15 @@ def corrupt_table(table, inputs: Mapping[str, _Input], kinds: Mapping[str, str],
                 elif inp.modality == "image":
                     from PIL import Image
 
+                    from PIL import ImageOps
+
                     src = resolve_path(str(v), table.root, row=i, column=col, allow_outside_root=True)
-                    with Image.open(src) as im:
-                        a = np.asarray(im.convert("L" if im.mode in ("L", "1", "P", "I;16", "I") else "RGB"))
+                    try:  # decoded as the model decodes it: EXIF orientation applied; gray stays gray
+                        with Image.open(src) as im:
+                            im = ImageOps.exif_transpose(im)
+                            a = np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16", "I", "F") else "RGB"))
+                    except (OSError, ValueError) as e:
+                        raise _unreadable(i, col, v, e) from None
                     path = work / name / col / f"{i}.png"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(_image(a, kind, level, rng)).save(path)
@@ -241,13 +244,22 @@ def corrupt_table(table, inputs: Mapping[str, _Input], kinds: Mapping[str, str],
                     import soundfile as sf
 
                     src = resolve_path(str(v), table.root, row=i, column=col, allow_outside_root=True)
-                    wave, sr = sf.read(src, dtype="float64", always_2d=False)
+                    try:
+                        wave, sr = sf.read(src, dtype="float64", always_2d=False)
+                    except (OSError, RuntimeError, ValueError) as e:  # soundfile's LibsndfileError is a RuntimeError
+                        raise _unreadable(i, col, v, e) from None
                     path = work / name / col / f"{i}.wav"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     sf.write(path, _audio(wave, sr, kind, level, rng).astype(np.float32), sr, subtype="FLOAT")
                     new.append(str(path))
             df[col] = new
     return Table(df, table.root, f"{table.source} ({', '.join(f'{n}: {k}' for n, k in kinds.items())} at {level})")
+
+
+def _unreadable(row, col, value, e) -> MmfuseError:
+    return MmfuseError(f"row {row}, column {col!r}: {value!r} cannot be decoded to corrupt it ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}); fix or drop the row (the model could not read it "
+                       "either)")
 
 
 def blank_inputs(table, inputs: Mapping[str, _Input], names) -> object:
@@ -290,6 +302,28 @@ class RobustnessResult:
                 "corruptions": self.corruptions, "models": self.models}
 
 
+def _test_rows(table, predictor, say):
+    """The test rows when the table has a split column (the model's, or one named ``split``): robustness is
+    measured on test rows, never on the rows a model trained or stopped early on."""
+    from .io import Table
+    from .schema import Role
+
+    schema = getattr(predictor, "schema", None)
+    cols = [c for c in (schema.columns_with(Role.SPLIT) if schema is not None else []) if c in table.df.columns]
+    cols = cols or [c for c in ("split",) if c in table.df.columns]
+    if not cols:
+        return table
+    col = cols[0]
+    test = table.df[col].astype(str).str.strip().str.lower() == "test"
+    if not test.any():
+        raise MmfuseError(f"the table's split column {col!r} has no 'test' rows; robustness is measured on test rows: "
+                          "give a table of test rows (without that column), or mark them test")
+    if not test.all():
+        say(f"scoring the {int(test.sum())} rows with {col} = test (of {len(table.df)}; the others trained or "
+            "validated the model)")
+    return Table(table.df[test.to_numpy()], table.root, table.source)
+
+
 def _load(model):
     from .api import MultimodalPredictor
     from .bundle import Predictor
@@ -325,7 +359,8 @@ def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] |
         levels: Corruption levels in [0, 1) (default 0, 0.1, ..., 0.9); the first must be 0 (the clean score).
         corruptions: Input name -> kinds of noise (:data:`CORRUPTIONS` of its modality); default: every kind
             for every input any model reads.
-        together: Also corrupt all inputs at once (each with its first kind), curve ``"all"``.
+        together: Also corrupt all inputs at once (each with the first kind chosen for it in ``corruptions``,
+            else its modality's first), curve ``"all"``.
         missing: Also score each model with each of its inputs blank in every row (entirely missing).
         seed: Seeds every draw (per row, input and kind; the same draws at every level).
         metric: Default: the first model's headline metric (accuracy for classes, rmse for numbers).
@@ -353,6 +388,7 @@ def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] |
     metric = metric or first.target.headline
     check_metric_name(metric)
     table = read_table(data, root=root)
+    table = _test_rows(table, first, say)
     inputs = {}
     for p in preds.values():
         for n, inp in _inputs_of(p).items():
@@ -370,7 +406,7 @@ def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] |
                               f"{', '.join(CORRUPTIONS[inputs[n].modality])}")
     settings = [(f"{n}/{k}", {n: k}) for n, kinds in corruptions.items() for k in kinds]
     if together and len(inputs) > 1:
-        settings.append(("all", {n: CORRUPTIONS[i.modality][0] for n, i in inputs.items()}))
+        settings.append(("all", {n: (corruptions.get(n) or CORRUPTIONS[i.modality])[0] for n, i in inputs.items()}))
     res = RobustnessResult(metric, levels, seed, baseline=baseline,
                            corruptions={c: {n: _DESCRIBE[(inputs[n].modality, k)] for n, k in kinds.items()}
                                         for c, kinds in settings})
