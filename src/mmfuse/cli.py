@@ -490,7 +490,8 @@ def bench(
                                      "models=audio,concat --set epochs=10."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Folds fitted at once, where the protocol cross-validates."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Work folder (default runs/bench/NAME)."),
-    results: Path = typer.Option(Path("benchmarks/results"), "--results", help="Folder for NAME.json and NAME.md."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Folder for NAME.json and NAME.md (default "
+                                           "benchmarks/results)."),
 ):
     """Run a named benchmark protocol end to end; write its results with the machine, versions, seeds, command
     and wall time, beside the published numbers."""

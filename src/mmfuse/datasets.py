@@ -122,7 +122,7 @@ _SPHAR_DEVICES = {"sp": ("phone",), "sw": ("watch",), "both": ("phone", "watch")
 
 
 def sp_sw_har(root: str | os.PathLike, devices: Literal["both", "sp", "sw"] = "both", length: int = 50, stride: int = 25,
-              scale: bool = True, subject_info: bool = True, batch_ms: int = 10 ** 9) -> Table:
+              scale: bool = True, subject_info: bool = True, batch_ms: int = 10 ** 9, download: bool = False) -> Table:
     """Labelled windows of the smartphone + smartwatch HAR data set (Matey-Sanz et al., Data in Brief 2023),
     cut as its authors cut them (GeoTecINIT/har-performance-study, ``lib/pipeline``).
 
@@ -141,6 +141,8 @@ def sp_sw_har(root: str | os.PathLike, devices: Literal["both", "sp", "sw"] = "b
     paired. The default, ``10**9``, does the same and so reproduces their 9,365 windows;
     ``batch_ms=1000`` pairs within true seconds (9,892 windows).
 
+    ``download``: fetch the data set (pinned commit, :data:`SOURCES`) into ``root`` when ``root/DATA`` is missing.
+
     ``scale``: divide each channel by its sensor's full range (:data:`SPHAR_RANGES`), the authors'
     min-max scaling from ``[-range, range]`` to ``[-1, 1]``. The ranges are fixed constants of the devices,
     not statistics of the data, so nothing leaks between cross-validation folds; and mmfuse's time-series
@@ -156,6 +158,8 @@ def sp_sw_har(root: str | os.PathLike, devices: Literal["both", "sp", "sw"] = "b
     """
     from .windowing import make_windows, pair_by_batches
 
+    if download:
+        _root(root, "sp-sw-har", "DATA", True)
     if devices not in _SPHAR_DEVICES:
         raise MmfuseError(f"sp_sw_har: devices must be one of {', '.join(map(repr, _SPHAR_DEVICES))}; got {devices!r}")
     data = _sphar_data(root)
@@ -436,9 +440,15 @@ def womens_clothing(root: str | os.PathLike, target: Literal["Recommended IND", 
         raise MmfuseError(f"womens_clothing: target must be 'Recommended IND' or 'Rating'; got {target!r}")
     root = _root(root, "womens-clothing", "reviews.parquet", download)
     t = womens_clothing_table(root)
+    if "split" in t.df and t.df["split"].isna().any():
+        missing = t.df.index[t.df["split"].isna()]
+        raise MmfuseError(f"womens_clothing: split.csv gives no split for {len(missing)} rows (first: "
+                          f"{', '.join(map(str, missing[:5]))}); it must list every row of reviews.parquet")
     if "split" not in t.df:
-        raise MmfuseError(f"womens_clothing: {Path(root) / 'split.csv'} is missing; it holds the published split "
-                          "(rebuilt from the val/test files of georgian-io/Multimodal-Toolkit), see the data README")
+        raise MmfuseError(f"womens_clothing: {Path(root) / 'split.csv'} is missing: a CSV of columns row,split "
+                          "(train/val/test per row of reviews.parquet) giving the published 18,788 / 2,349 / 2,349 "
+                          "split, rebuilt from the val and test files of georgian-io/Multimodal-Toolkit; it cannot be "
+                          "downloaded as such: put it beside reviews.parquet")
     if target == "Rating":
         t.df = t.df.drop(columns=["Recommended IND"])
     return t

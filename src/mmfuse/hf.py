@@ -239,7 +239,8 @@ def onnx_session(backbone: nn.Module, example: dict, pooling: str, runtime: str,
     fp32 = folder / f"{tag}.onnx"
     if not fp32.exists():
         if names != ["input_ids", "attention_mask"]:
-            raise MmfuseError(f"ONNX runtime: a text backbone's inputs are input_ids and attention_mask; got {names}")
+            raise MmfuseError(f"ONNX runtime: a text backbone's inputs are input_ids and attention_mask; got {names}; "
+                              "use runtime 'torch' for this model")
 
         class Pooled(nn.Module):
             def __init__(self, m):
@@ -265,7 +266,8 @@ def onnx_session(backbone: nn.Module, example: dict, pooling: str, runtime: str,
             os.replace(tmp, fp32)
         except Exception as e:  # the exporter's own errors, of many types
             tmp.unlink(missing_ok=True)
-            raise MmfuseError(f"could not export the backbone to ONNX ({type(e).__name__}: {e}); use runtime "
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise MmfuseError(f"could not export the backbone to ONNX ({type(e).__name__}: {first}); use runtime "
                               "'torch' for it") from None
     path = fp32
     if runtime == "onnx-int8":
@@ -274,10 +276,17 @@ def onnx_session(backbone: nn.Module, example: dict, pooling: str, runtime: str,
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             tmp = folder / f".{tag}.{os.getpid()}.int8.onnx"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
-            os.replace(tmp, path)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+                os.replace(tmp, path)
+            except Exception as e:  # ONNX Runtime's own errors
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise MmfuseError(f"could not quantize the ONNX graph to int8 ({type(e).__name__}: {first}); use "
+                                  "runtime 'onnx' (fp32) for it") from None
+            finally:
+                tmp.unlink(missing_ok=True)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.log_severity_level = 3

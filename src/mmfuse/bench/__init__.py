@@ -129,6 +129,7 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
         raise MmfuseError(f"benchmark {name!r} fits with one seed (its protocol repeats nothing per seed); "
                           "leave --seeds out")
     options = _check_options(name, getattr(module, "OPTIONS", {}), options)
+    data_arg, results_arg = data, results
     data = Path(data) if data is not None else default_data_dir()
     results = Path(results) if results is not None else Path("benchmarks") / "results"
     stem = name + ("_quick" if quick else "")
@@ -146,7 +147,8 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
     t0 = time.perf_counter()
     body = module.run(ctx)
     if command is None:  # the command that reproduces this run, whether it came from the CLI or from Python
-        parts = ["mmfuse", "bench", name, *(["--quick"] if quick else []),
+        given = [(flag, v) for flag, v in (("--data", data_arg), ("--out", out), ("--results", results_arg)) if v is not None]
+        parts = ["mmfuse", "bench", name, *(["--quick"] if quick else []), *(x for f, v in given for x in (f, str(v))),
                  *(["--seeds", str(seeds)] if isinstance(seeds, int) and seeds != 1 else []),
                  *(f"--set={k}={v}" for k, v in options.items()), *(["--jobs", str(jobs)] if jobs != 1 else [])]
         command = " ".join(shlex.quote(p) for p in parts)
