@@ -50,6 +50,9 @@ def run(ctx: BenchContext) -> dict:
 
         names = ["phone", "watch", *list_fusions(), "alpha", "searched"]
     seed = ctx.seeds[0]
+    from . import environment
+
+    commit = environment()["commit"]
     root = ctx.data / "sp-sw-har"
     tables = {d: sp_sw_har(root, devices=d, subject_info=False) for d in ("sp", "sw", "both")}
     if n_subjects < 23:
@@ -100,7 +103,8 @@ def run(ctx: BenchContext) -> dict:
                         "median_accuracy": float(np.median(scores)), "mean_accuracy": float(np.mean(scores)),
                         "std_accuracy": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
                         "per_subject": scores, "subjects": subjects, "settings": settings,
-                        "seconds": round(time.perf_counter() - t0, 1), **extra}
+                        "seconds": round(time.perf_counter() - t0, 1), "commit": commit,
+                        "date": time.strftime("%Y-%m-%d"), **extra}  # rows kept from earlier runs keep theirs
         ctx.echo(f"{name}: median accuracy {models[name]['median_accuracy']:.4f} over {len(scores)} subjects")
     prev = ctx.previous  # the commands of the rows kept from the results file already there
     commands = list(dict.fromkeys([*prev.get("earlier_commands", []), *prev.get("commands", []),
