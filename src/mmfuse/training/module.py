@@ -72,9 +72,10 @@ class LitMultimodal(L.LightningModule):
         out = self.model(batch["inputs"], batch["mask"])
         loss = self.loss(out, batch["target"])
         n = len(batch["target"])
-        self._train_sum += float(loss.detach()) * n
+        self._train_sum = self._train_sum + loss.detach() * n  # stays on the device: no sync per step
         self._train_n += n
-        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        if self.tcfg.progress or self.tcfg.log:  # Lightning's per-step logging costs even with nothing to show it
+            self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         return loss
 
     def on_validation_epoch_start(self):
@@ -95,7 +96,7 @@ class LitMultimodal(L.LightningModule):
         metrics.update({f"val_{k}": v for k, v in self.task.quick_metrics(logits, y).items()})
         for k, v in metrics.items():
             self.log(k, v, prog_bar=k in ("val_loss", "val_accuracy", "val_rmse"))
-        entry = {"epoch": self.current_epoch, "train_loss": self._train_sum / max(1, self._train_n), **metrics,
+        entry = {"epoch": self.current_epoch, "train_loss": float(self._train_sum) / max(1, self._train_n), **metrics,
                  "lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None}
         if getattr(self, "_epoch_t0", None) is not None:  # the epoch's wall time: training and validation
             entry["seconds"] = round(time.perf_counter() - self._epoch_t0, 3)
