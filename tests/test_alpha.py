@@ -66,8 +66,8 @@ def test_one_input_is_refused_before_any_fit(tmp_path):
                      out=tmp_path / "alpha")
     assert not (tmp_path / "alpha" / "learned").exists()
     # Optuna's budget does not apply to the fixed grid: said, not silently ignored
-    for kw in ({"n_trials": 5}, {"timeout": 60.0}):
-        with pytest.raises(MmfuseError, match=f"space 'alpha' sweeps a fixed grid.*{next(iter(kw))} do not apply"):
+    for kw, flag in (({"n_trials": 5}, "--n-trials"), ({"timeout": 60.0}, "--timeout")):
+        with pytest.raises(MmfuseError, match=f"--space alpha sweeps a fixed grid.*leave out {flag}: it belongs"):
             mmfuse.search(MultimodalPredictor(target="y", **FAST), two_inputs(0.5, 0.5, n=60), space="alpha",
                           out=tmp_path / "alpha", **kw)
 

@@ -229,13 +229,15 @@ def test_cv_command_writes_its_files_and_refuses_bad_options_in_one_line(tmp_pat
     path = tmp_path / "t.csv"
     table(90).to_csv(path, index=False)
     out = tmp_path / "cv"
-    main(["cv", str(path), "-t", "y", "--folds", "3", "--epochs", "1", "--out", str(out), "--leave-one-out", "subject"])
+    main(["cv", str(path), "-t", "y", "--epochs", "1", "--out", str(out), "--leave-one-out", "subject"])
     text = capsys.readouterr().out
     assert "leave one 'subject' out (5 folds)" in text and "accuracy:" in text
     assert {"cv.json", "cv.md", "oof.csv", "fold_5"} <= {p.name for p in out.iterdir()}
     for args, message in [(["--folds", "1"], "folds must be an integer >= 2, got 1"),
                           (["--leave-one-out", "subjct"], "unknown group column 'subjct'.*Did you mean 'subject'"),
                           (["--group-column", "subject", "--leave-one-out", "subject"], "not both"),
+                          (["--folds", "3", "--leave-one-out", "subject"], "one fold per group; leave out --folds"),
+                          (["--seed", "-1"], "'seed' must be an integer >= 0; got -1"),
                           (["--epochs", "2", "--leave-one-out", "subject"], "holds a cross-validation run with other settings"),
                           (["--folds", "2"], "holds a cross-validation run with other folds")]:
         with pytest.raises(SystemExit) as e:

@@ -144,9 +144,9 @@ def test_robustness_curves_missing_inputs_and_summaries(models, tmp_path):
     assert again.models["fused"]["curves"] == f["curves"]
 
 
-def test_robustness_refuses_bad_settings_in_one_line(models):
+def test_robustness_refuses_bad_settings_in_one_line(models, tmp_path):
     fused, _, test = models
-    with pytest.raises(MmfuseError, match="levels must rise from 0"):
+    with pytest.raises(MmfuseError, match="levels \\(--levels\\) must rise from 0"):
         mmfuse.robustness(fused, test, levels=[0.1, 0.5])
     with pytest.raises(MmfuseError, match="unknown input 'notes'.*Did you mean 'note'"):
         mmfuse.robustness(fused, test, corruptions={"notes": ["typos"]})
@@ -154,6 +154,13 @@ def test_robustness_refuses_bad_settings_in_one_line(models):
         mmfuse.robustness(fused, test, corruptions={"note": ["blur"]})
     with pytest.raises(MmfuseError, match="baseline 'late' is not one of the models: model"):
         mmfuse.robustness(fused, test, baseline="late")
+    with pytest.raises(MmfuseError, match="the table lacks inputs the models read: note \\(columns note\\)"):
+        mmfuse.robustness(fused, test.rename(columns={"note": "review"}))
+    with pytest.raises(MmfuseError, match="seed \\(--seed\\) must be an integer >= 0, got -1"):
+        mmfuse.robustness(fused, test, seed=-1)
+    (tmp_path / "f.csv").write_text("x")
+    with pytest.raises(MmfuseError, match="--out .*f.csv is a file"):
+        mmfuse.robustness(fused, test, out=tmp_path / "f.csv")
     assert set(_inputs_of(fused.predictor_)) == {"note", "tabular"}
 
 

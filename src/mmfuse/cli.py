@@ -186,7 +186,8 @@ _OPT_ALLOW_OUTSIDE_ROOT = typer.Option(False, "--allow-outside-root", help="Allo
 def cv(
     data: Path = typer.Argument(..., help="Table (.csv, .tsv, .parquet, .jsonl); every labelled row is held out once."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target column (default: `target` in --config)."),
-    folds: int = typer.Option(5, "--folds", "-k", help="Folds (stratified by class for classification)."),
+    folds: Optional[int] = typer.Option(None, "--folds", "-k", help="Folds (stratified by class for classification); "
+                                        "default 5."),
     group_column: Optional[str] = typer.Option(
         None, "--group-column", help="Group k-fold: rows sharing a value of this column (a subject, a product) stay "
                                      "in one fold; each fold's validation rows are split by group too."),
@@ -232,7 +233,13 @@ def cv(
         image_size=image_size, image_resize=image_resize, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         workers=workers, max_time=max_time, root=root, on_bad_input=on_bad_input,
         allow_outside_root=allow_outside_root, progress=progress)
-    cross_validate(m, data, folds=folds, group_column=group_column, leave_one_out=leave_one_out, out=out, jobs=jobs,
+    if folds is not None and leave_one_out:
+        from .errors import MmfuseError
+
+        raise MmfuseError("--leave-one-out makes one fold per group; leave out --folds (or use --group-column with "
+                          "--folds for group k-fold)")
+    cross_validate(m, data, folds=5 if folds is None else folds, group_column=group_column, leave_one_out=leave_one_out,
+                   out=out, jobs=jobs,
                    overwrite=overwrite, echo=typer.echo)
 
 
@@ -297,6 +304,10 @@ def search(
         from .errors import MmfuseError
 
         raise MmfuseError("give --group-column (group k-fold) or --leave-one-out (one fold per group), not both")
+    if space == "alpha" and fusion is not None and fusion != "weighted":
+        from .errors import MmfuseError
+
+        raise MmfuseError(f"--space alpha sweeps the weights of weighted fusion; leave out --fusion {fusion}")
     m = _predictor_from_options(
         target, config, fusion=fusion, task=task, column=column, group=group, input_=input_,
         image_size=image_size, image_resize=image_resize, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -451,12 +462,15 @@ def robustness(
     name: str = typer.Option("model", "--name", help="The name of BUNDLE in the tables and the plot."),
     out: Path = typer.Option(Path("runs/robustness"), "--out", "-o", help="Writes robustness.json, .md and .png."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
 ):
     """Score a bundle on corrupted copies of a test table: one curve per input and kind of noise, all inputs
     together, each input missing; relative and effective robustness (MultiBench's definitions)."""
     from .errors import MmfuseError
     from .robust import robustness as run
 
+    if not name.strip() or "=" in name:
+        raise MmfuseError(f"--name {name!r}: give BUNDLE a plain name (it labels its rows and lines), e.g. --name fused")
     models = {name: bundle}
     for item in compare:
         n, sep, path = item.partition("=")
@@ -476,7 +490,7 @@ def robustness(
     except ValueError:
         raise MmfuseError(f"--levels {levels!r}: write numbers separated by commas, e.g. 0,0.25,0.5,0.75") from None
     run(models, _table(data, root), levels=lv, corruptions=kinds or None, together=together, missing=missing,
-        seed=seed, metric=metric, baseline=baseline, out=out, echo=typer.echo)
+        seed=seed, metric=metric, baseline=baseline, out=out, echo=typer.echo, allow_outside_root=allow_outside_root)
 
 
 @app.command()

@@ -335,6 +335,7 @@ def plan_folds(estimator, table, folds: int = 5, group_column: str | None = None
     from .tasks import blank_targets
 
     say = echo or (lambda line: None)
+    estimator.configs()  # every setting checked (a negative seed, a zero batch size) before any fold is planned
     group_col = leave_one_out or group_column
     if scheme is None and leave_one_out:
         scheme = "leave_one_group_out"

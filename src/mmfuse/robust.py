@@ -302,6 +302,23 @@ class RobustnessResult:
                 "corruptions": self.corruptions, "models": self.models}
 
 
+def _check_paths(table, inputs: Mapping[str, _Input], allow_outside_root: bool) -> None:
+    """File cells are checked against the table's folder once, as ``evaluate`` checks them (later reads allow the
+    corrupted copies, which live elsewhere)."""
+    from .io import resolve_path
+    from .schema import is_missing
+
+    for n, inp in inputs.items():
+        if inp.modality not in ("image", "audio", "timeseries"):
+            continue
+        for col in inp.columns:
+            if col not in table.df.columns:
+                continue
+            for i, v in zip(table.df.index, table.df[col]):
+                if _is_file_cell(v) and not is_missing(v):
+                    resolve_path(str(v), table.root, row=i, column=col, allow_outside_root=allow_outside_root)
+
+
 def _test_rows(table, predictor, say):
     """The test rows when the table has a split column (the model's, or one named ``split``): robustness is
     measured on test rows, never on the rows a model trained or stopped early on."""
@@ -349,7 +366,7 @@ def _score(pred, table, metric: str) -> float:
 def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] | None = None, together: bool = True,
                missing: bool = True, seed: int = 0, metric: str | None = None, baseline: str | None = None,
                root=None, out=None, echo: Callable[[str], None] | None = None,
-               keep_files: bool = False) -> RobustnessResult:
+               keep_files: bool = False, allow_outside_root: bool = False) -> RobustnessResult:
     """Score models on corrupted copies of ``data`` (their test rows).
 
     Args:
@@ -368,6 +385,10 @@ def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] |
             default: none (effective robustness is left out), or the only other model when there are two.
         out: A folder for ``robustness.json``, ``robustness.md`` and ``robustness.png``.
         keep_files: Keep the corrupted files (under ``out/corrupted``); by default they are deleted after scoring.
+        allow_outside_root: Allow file cells outside the table's folder (as for ``evaluate``).
+
+    A table with a split column is cut to its test rows. Every input of every model must be in the table:
+    an absent column would make its curves flat and its clean score a score without it.
     """
     from .io import atomic_write_text, read_table
     from .tasks import LOWER_IS_BETTER, check_metric_name
@@ -379,7 +400,14 @@ def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] |
     preds = {n: _load(m) for n, m in named.items()}
     levels = [float(x) for x in levels]
     if not levels or levels[0] != 0 or any(not 0 <= x < 1 for x in levels) or levels != sorted(set(levels)):
-        raise MmfuseError(f"levels must rise from 0 (the clean rows) and stay below 1, got {levels}")
+        raise MmfuseError(f"levels (--levels) must rise from 0 (the clean rows) and stay below 1, e.g. 0,0.3,0.6,0.9; "
+                          f"got {levels}")
+    if len(levels) < 2:
+        raise MmfuseError("levels (--levels): give at least one level above 0, e.g. 0,0.5")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise MmfuseError(f"seed (--seed) must be an integer >= 0, got {seed!r}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise MmfuseError(f"--out {out} is a file; give a folder for robustness.json, .md and .png")
     if baseline is not None and baseline not in preds:
         raise MmfuseError(f"baseline {baseline!r} is not one of the models: {', '.join(preds)}")
     if baseline is None and len(preds) == 2:
@@ -393,8 +421,18 @@ def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] |
     for p in preds.values():
         for n, inp in _inputs_of(p).items():
             inputs.setdefault(n, inp)
+    absent = [f"{n} (columns {', '.join(map(str, i.columns))})" for n, i in inputs.items()
+              if not any(c in table.df.columns for c in i.columns)]
+    if absent:
+        raise MmfuseError(f"the table lacks inputs the models read: {'; '.join(absent)}; robustness needs them all "
+                          "(renamed columns? another table?); to score a model without an input, see the missing-input "
+                          "scores it reports")
+    _check_paths(table, inputs, allow_outside_root)
+    say(f"scoring {len(table.df)} rows of {table.source}")
+    chosen = corruptions is not None
     if corruptions is None:
         corruptions = {n: list(CORRUPTIONS[i.modality]) for n, i in inputs.items()}
+    corruptions = {n: list(dict.fromkeys(k)) for n, k in corruptions.items()}  # a kind named twice runs once
     for n, kinds in corruptions.items():
         if n not in inputs:
             from ._registry import unknown_name_message
@@ -405,8 +443,9 @@ def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] |
             raise MmfuseError(f"input {n!r} ({inputs[n].modality}) has no corruption {bad[0]!r}; its corruptions: "
                               f"{', '.join(CORRUPTIONS[inputs[n].modality])}")
     settings = [(f"{n}/{k}", {n: k}) for n, kinds in corruptions.items() for k in kinds]
-    if together and len(inputs) > 1:
-        settings.append(("all", {n: (corruptions.get(n) or CORRUPTIONS[i.modality])[0] for n, i in inputs.items()}))
+    together_inputs = [n for n in inputs if n in corruptions] if chosen else list(inputs)  # 'all': those chosen
+    if together and len(together_inputs) > 1:
+        settings.append(("all", {n: (corruptions.get(n) or CORRUPTIONS[inputs[n].modality])[0] for n in together_inputs}))
     res = RobustnessResult(metric, levels, seed, baseline=baseline,
                            corruptions={c: {n: _DESCRIBE[(inputs[n].modality, k)] for n, k in kinds.items()}
                                         for c, kinds in settings})
@@ -502,8 +541,15 @@ def plot_robustness(res: RobustnessResult, path) -> Path:
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(curves):]:
         ax.axis("off")
-    axes.ravel()[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles = {}
+    for ax in axes.ravel():  # one legend for the figure, with every model (a panel may lack some)
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=8)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+    else:
+        fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -273,12 +273,14 @@ def search(estimator, data, *, space=None, n_trials: int | None = None, timeout:
     # the group column is never an input, and every split made here (trials, val objective, refit,
     # best_config.yaml) keeps a group's rows together
     estimator = with_group_role(estimator, leave_one_out or group_column)
+    estimator.configs()  # the settings every trial starts from, checked once (not blamed on a space value)
     if isinstance(space, str) and space == "alpha":
-        given = [n for n, v in (("ensemble", ensemble), ("storage", storage), ("study_name", study_name),
-                                ("n_trials", n_trials), ("timeout", timeout)) if v]
+        given = [n for n, v in (("--ensemble", ensemble), ("--storage", storage), ("--study-name", study_name),
+                                ("--n-trials", n_trials), ("--timeout", timeout)) if v]
         if given:
-            raise MmfuseError(f"space 'alpha' sweeps a fixed grid of weights by cross-validation; {', '.join(given)} "
-                              "do not apply to it (they belong to the Optuna search; its cost is one cross-validation)")
+            raise MmfuseError(f"--space alpha sweeps a fixed grid of weights by cross-validation (its cost is one "
+                              f"cross-validation); leave out {', '.join(given)}: "
+                              f"{'it belongs' if len(given) == 1 else 'they belong'} to the Optuna search")
         if metric is not None:
             from .tasks import check_metric_name
 
