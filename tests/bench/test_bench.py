@@ -16,16 +16,20 @@ def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):
         run_bench("fsdd_minst", results=tmp_path)
     with pytest.raises(MmfuseError, match="seeds must be a count >= 1"):
         run_bench("fsdd_mnist", seeds=0, results=tmp_path)
-    with pytest.raises(MmfuseError, match="unknown setting of benchmark 'fsdd_mnist' 'epoch'.*Did you mean 'epochs'"):
+    with pytest.raises(MmfuseError, match="--set: unknown setting 'epoch'.*Did you mean 'epochs'.*benchmark 'fsdd_mnist'"):
         run_bench("fsdd_mnist", results=tmp_path, epoch="10")
-    with pytest.raises(MmfuseError, match="--set epochs='ten': epochs must be a number"):
-        run_bench("fsdd_mnist", results=tmp_path, epochs="ten")
+    for v in ("ten", "2.5", "0"):
+        with pytest.raises(MmfuseError, match=f"--set epochs={v}: epochs must be a whole number >= 1"):
+            run_bench("fsdd_mnist", results=tmp_path, epochs=v)
     with pytest.raises(MmfuseError, match="'sp_sw_har' fits with one seed.*leave --seeds out"):
         run_bench("sp_sw_har", results=tmp_path, seeds=3)
     with pytest.raises(SystemExit) as e:
         main(["bench", "fsdd_mnist", "--set", "epochs", "--results", str(tmp_path)])
     assert e.value.code == 2 and "write KEY=VALUE" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
+    with pytest.raises(MmfuseError, match="--set models: unknown model 'concatt'.*Did you mean 'concat'"):
+        run_bench("fsdd_mnist", results=tmp_path / "r", out=tmp_path / "w", models="audio,concatt")
+    assert not (tmp_path / "r").exists()  # refused before anything ran
     env = environment()
     assert env["machine"]["cores"] >= 1 and "torch" in env["versions"] and env["python"].count(".") == 2
 

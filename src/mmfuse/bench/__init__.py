@@ -171,13 +171,26 @@ def _check_options(name: str, known: dict, given: dict) -> dict:
         if k not in known:
             from .._registry import unknown_name_message
 
-            raise MmfuseError(unknown_name_message(f"setting of benchmark {name!r}", k, list(known)))
+            raise MmfuseError("--set: " + unknown_name_message("setting", k, list(known)) + f" (benchmark {name!r})")
+        kind = known[k]
+        what = {int: "a whole number >= 1", float: "a number >= 0"}.get(kind, "text")
         try:
-            out[k] = known[k](v) if isinstance(v, str) or known[k] is not str else v
+            value = kind(v) if isinstance(v, str) or kind is not str else v
         except ValueError:
-            raise MmfuseError(f"--set {k}={v!r}: {k} must be {'a number' if known[k] in (int, float) else 'text'} "
-                              f"(benchmark {name!r})") from None
+            value = None
+        if value is None or (kind is int and value < 1) or (kind is float and not value >= 0):
+            raise MmfuseError(f"--set {k}={v}: {k} must be {what} (benchmark {name!r})")
+        out[k] = value
     return out
+
+
+def check_models(name: str, models: list, allowed) -> None:
+    """A protocol's ``models`` setting, checked before anything runs (a typo is not found after an hour)."""
+    bad = [m for m in models if m not in allowed]
+    if bad:
+        from .._registry import unknown_name_message
+
+        raise MmfuseError("--set models: " + unknown_name_message("model", bad[0], list(allowed)) + f" (benchmark {name!r})")
 
 
 def _provenance(result: dict) -> str:

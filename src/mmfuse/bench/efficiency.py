@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import BenchContext
+from . import BenchContext, check_models
 
 OPTIONS = {"epochs": int, "models": str}
 SEEDS = False  # one measurement per fusion
@@ -78,6 +78,7 @@ def run(ctx: BenchContext) -> dict:
     epochs = int(o.get("epochs", 1 if ctx.quick else 5))
     fusions = [f for f in str(o.get("models", "")).split(",") if f] or (
         ["concat", "late"] if ctx.quick else list_fusions())
+    check_models("efficiency", fusions, list_fusions())
     t = sp_sw_har(ctx.data / "sp-sw-har", devices="both", subject_info=False)
     df = t.df
     subjects = sorted(df["subject_id"].unique())

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 
-from . import BenchContext, mean_std
+from . import BenchContext, check_models, mean_std
 
 OPTIONS = {"epochs": int, "models": str, "modality_dropout": float}
 PUBLISHED = {
@@ -74,6 +74,11 @@ def run(ctx: BenchContext) -> dict:
     epochs = int(o.get("epochs", 3 if ctx.quick else 30))
     models = [m for m in str(o.get("models", "")).split(",") if m] or (
         ["image", "audio", "concat", "late"] if ctx.quick else ["image", "audio", *list_fusions()])
+    check_models("fsdd_mnist", models, ["image", "audio", *list_fusions()])
+    if not 0 <= float(o.get("modality_dropout", 0.3)) < 1:
+        from mmfuse.errors import MmfuseError
+
+        raise MmfuseError(f"--set modality_dropout={o['modality_dropout']}: a probability in [0, 1)")
     dropout = float(o.get("modality_dropout", 0.3))
     levels = [0, 0.3, 0.6, 0.9] if ctx.quick else [round(0.1 * i, 1) for i in range(10)]
     table = fsdd_mnist(ctx.data / "fsdd", ctx.data / "mnist", ctx.out / "data")

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from . import BenchContext
+from . import BenchContext, check_models
 
 OPTIONS = {"epochs": int, "batch_size": int, "monitor": str, "subjects": int, "search_minutes": float,
            "search_subjects": int, "models": str}
@@ -45,10 +45,10 @@ def run(ctx: BenchContext) -> dict:
     search_minutes = float(o.get("search_minutes", 0.5 if ctx.quick else 8))
     search_subjects = int(o.get("search_subjects", 2 if ctx.quick else 8))
     names = [m for m in str(o.get("models", "phone,watch,concat" if ctx.quick else "")).split(",") if m]
-    if not names:
-        from mmfuse import list_fusions
+    from mmfuse import list_fusions
 
-        names = ["phone", "watch", *list_fusions(), "alpha", "searched"]
+    names = names or ["phone", "watch", *list_fusions(), "alpha", "searched"]
+    check_models("sp_sw_har", names, ["phone", "watch", *list_fusions(), "alpha", "searched"])
     seed = ctx.seeds[0]
     from . import environment
 

@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from . import BenchContext
+from . import BenchContext, check_models
 
 OPTIONS = {"epochs": int, "models": str}
 PUBLISHED = {
@@ -108,6 +108,9 @@ def run(ctx: BenchContext) -> dict:
     o = ctx.options
     fusions = [f for f in str(o.get("models", "concat" if ctx.quick else "concat,gated,weighted,late,attention")).split(",")
                if f]
+    from mmfuse import list_fusions
+
+    check_models("womens_clothing", fusions, list_fusions())
     epochs = int(o.get("epochs", 3 if ctx.quick else 30))
     os.environ.setdefault("MMFUSE_CACHE_DIR", str(ctx.out / "cache"))
     t = womens_clothing(ctx.data / "womens-clothing")
