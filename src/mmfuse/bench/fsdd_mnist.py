@@ -85,7 +85,8 @@ def run(ctx: BenchContext) -> dict:
     if ctx.quick:
         table = _subset(table, {"train": 200, "val": 100, "test": 200}, 0)
     counts = table.df["split"].value_counts().to_dict()
-    ctx.echo(f"fsdd_mnist: {counts}; models {', '.join(models)}; {epochs} epochs; seeds {ctx.seeds}")
+    ctx.echo("fsdd_mnist: rows " + ", ".join(f"{k} {v}" for k, v in counts.items())
+             + f"; models {', '.join(models)}; {epochs} epochs; seeds {', '.join(map(str, ctx.seeds))}")
     runs, fitted = {}, {}
     for name in models:
         runs[name] = []
@@ -169,7 +170,8 @@ def _missing_score(est, test, name: str, root) -> float:
 def markdown(result: dict) -> str:
     s = result["summary"]
     lines = ["# Audio-visual digits (FSDD + MNIST)" + (" — quick run" if result["quick"] else ""), "",
-             f"Rows {result['rows']}; {result['epochs']} epochs at most; seeds {result['seeds']}.", "",
+             "Rows: " + ", ".join(f"{k} {v:,}" for k, v in sorted(result["rows"].items(), key=lambda kv: -kv[1]))
+             + f"; {result['epochs']} epochs at most; seeds {', '.join(map(str, result['seeds']))}.", "",
              "| model | test accuracy (mean ± std over seeds) | per seed | validation accuracy (mean) | epochs run |",
              "|---|---|---|---|---|"]
     for n in result["models"]:

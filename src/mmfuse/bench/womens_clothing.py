@@ -130,7 +130,7 @@ def run(ctx: BenchContext) -> dict:
 
 def markdown(result: dict) -> str:
     lines = ["# Women's Clothing reviews, frozen all-MiniLM-L6-v2" + (" — quick run" if result["quick"] else ""), "",
-             f"Rows per split: {result['rows']}.", ""]
+             "Rows: " + ", ".join(f"{k} {v:,}" for k, v in result["rows"].items()) + ".", ""]
     for target, task in result["tasks"].items():
         cols = ("f1_positive", "pr_auc", "accuracy") if target == "Recommended IND" else ("accuracy", "macro_f1")
         lines += [f"## {target}", "", "| model | seed | " + " | ".join(cols) + " | epochs run | fit s |",
