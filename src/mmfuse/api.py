@@ -214,6 +214,7 @@ class MultimodalPredictor:
         metrics = {"task": task.name, "fusion": spec["model"]["fusion"], "inputs": sorted(preps), "classes": task.classes_,
                    "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
                    "monitor": result["monitor"], "train_seconds": train_seconds, "history": result["history"],
+                   "epoch_seconds": result.get("epoch_seconds"),
                    "resumed_from_epoch": result["resumed_from_epoch"], "rows": splits.counts(),
                    "split_source": splits.source, "plan": plan, **scores}
         if splits.blank_target:

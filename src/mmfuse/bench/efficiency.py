@@ -63,8 +63,8 @@ def _measure(fusion: str, data_path: str, out: str, epochs: int, seed: int, resu
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(result_path).write_text(json.dumps({
         "fusion": fusion, "parameters": n_all, "fusion_and_head_parameters": n_fusion,
-        "epoch_seconds": [h.get("seconds") for h in hist], "epoch_seconds_median": float(np.median(
-            [h["seconds"] for h in hist if h.get("seconds") is not None])),
+        "epoch_seconds": est.metrics_["epoch_seconds"], "epoch_seconds_median": float(np.median(
+            [x for x in est.metrics_["epoch_seconds"] if x is not None])),
         "inference_ms_per_1000_rows": 1000 * min(times) / len(test) * 1000, "test_rows": len(test),
         "peak_rss_mib": round(rss, 1), "peak_rss_rise_mib": round(rss - rss0, 1),
         "test_accuracy": est.metrics_["test"]["accuracy"], "epochs": len(hist), "train_rows": est.metrics_["rows"]}))

@@ -41,6 +41,7 @@ class LitMultimodal(L.LightningModule):
         self.train_loader, self.val_loader = train_loader, val_loader
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.history: list[dict] = []
+        self.epoch_seconds: dict[int, float] = {}
         self._train_sum, self._train_n = 0.0, 0
         self._val: list = []
 
@@ -98,8 +99,9 @@ class LitMultimodal(L.LightningModule):
             self.log(k, v, prog_bar=k in ("val_loss", "val_accuracy", "val_rmse"))
         entry = {"epoch": self.current_epoch, "train_loss": float(self._train_sum) / max(1, self._train_n), **metrics,
                  "lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None}
-        if getattr(self, "_epoch_t0", None) is not None:  # the epoch's wall time: training and validation
-            entry["seconds"] = round(time.perf_counter() - self._epoch_t0, 3)
+        if getattr(self, "_epoch_t0", None) is not None and not self.trainer.sanity_checking:
+            # the epoch's wall time (training and validation), kept apart from the history, which a seed fixes
+            self.epoch_seconds[self.current_epoch] = round(time.perf_counter() - self._epoch_t0, 3)
         if not self.trainer.sanity_checking:
             self.history = [h for h in self.history if h["epoch"] != self.current_epoch] + [entry]
 

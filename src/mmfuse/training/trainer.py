@@ -51,7 +51,8 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
             refused with an :class:`MmfuseError` naming what differs.
 
     Returns:
-        ``{"history": [...], "best_epoch": int, "best_score": float, "epochs_run": int, "stopped_early": bool}``
+        ``{"history": [...], "best_epoch": int, "best_score": float, "epochs_run": int, "stopped_early": bool,
+        "epoch_seconds": [...]}`` (each history epoch's wall time; None for epochs run before a resume)
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -115,7 +116,8 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
             "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
             "monitor": monitor, "epochs_run": trainer.current_epoch,
             "stopped_early": bool(early.stopped_epoch), "interrupted": trainer.interrupted,
-            "resumed_from_epoch": resumed_from}
+            "resumed_from_epoch": resumed_from,
+            "epoch_seconds": [lit.epoch_seconds.get(h["epoch"]) for h in lit.history]}
 
 
 _FINGERPRINT_KEY = "mmfuse_fingerprint"
