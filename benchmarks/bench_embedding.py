@@ -78,7 +78,7 @@ def mmfuse_path(df, runtime: str, cache: Path):
 def previous_path(prep, df):
     """featurize as it ran before sorting: table-order batches of 256, each trimmed to its longest row."""
     from mmfuse.hf import backbone_forward
-    from mmfuse.preprocessing._base import ReadContext
+    from mmfuse.preprocessing import ReadContext
 
     items = [prep.read([v], i, ReadContext(Path("."))) for i, v in enumerate(df["review"])]
     out = []

@@ -16,7 +16,8 @@ from torch import nn
 
 from .errors import MmfuseError, require
 
-__all__ = ["load_backbone", "load_processor", "fingerprint", "backbone_forward", "layer_list", "resolve_model_path"]
+__all__ = ["load_backbone", "load_processor", "fingerprint", "backbone_forward", "pool_output", "trim_padding",
+           "onnx_session", "RUNTIMES", "layer_list", "resolve_model_path"]
 
 
 def resolve_model_path(model: str) -> str:
