@@ -119,7 +119,8 @@ def run(ctx: BenchContext) -> dict:
 def markdown(result: dict) -> str:
     d = result["data"]
     lines = ["# The cost of each fusion" + (" — quick run" if result["quick"] else ""), "",
-             f"Phone + watch windows ({d['rows']} rows; subjects {d['subjects']}), {result['epochs']} epochs each, "
+             f"Phone + watch windows ({d['rows']:,} rows; subjects: " + ", ".join(f"{k} {v}" for k, v in d["subjects"].items())
+             + f"), {result['epochs']} epochs each, "
              "one fresh process per fusion.", "",
              "| fusion | parameters | fusion + head | s / epoch (median) | ms / 1,000 rows (predict) | peak RSS MiB | "
              "rise MiB | test accuracy |", "|---|---|---|---|---|---|---|---|"]
