@@ -506,6 +506,7 @@ def bench(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Work folder (default runs/bench/NAME)."),
     results: Optional[Path] = typer.Option(None, "--results", help="Folder for NAME.json and NAME.md (default "
                                            "benchmarks/results)."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="A variant's name: results in NAME_TAG.json/.md."),
 ):
     """Run a named benchmark protocol end to end; write its results with the machine, versions, seeds, command
     and wall time, beside the published numbers."""
@@ -519,7 +520,7 @@ def bench(
             raise MmfuseError(f"--set {item!r}: write KEY=VALUE, e.g. --set epochs=10")
         settings[k.strip()] = v.strip()
     run_bench(name, data=data, quick=quick, seeds=seeds, out=out, results=results, jobs=jobs, echo=typer.echo,
-              **settings)
+              tag=tag, **settings)
 
 
 def _table(data: Path, root):

@@ -30,6 +30,11 @@ def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):
     with pytest.raises(MmfuseError, match="--set models: unknown model 'concatt'.*Did you mean 'concat'"):
         run_bench("fsdd_mnist", results=tmp_path / "r", out=tmp_path / "w", models="audio,concatt")
     assert not (tmp_path / "r").exists()  # refused before anything ran
+    with pytest.raises(MmfuseError, match="--tag 'a b': letters, digits"):
+        run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", tag="a b")
+    with pytest.raises(MmfuseError, match="--set runtime=onxx: one of torch, onnx, onnx-int8"):
+        run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", runtime="onxx")
+    assert not (tmp_path / "r").exists()
     env = environment()
     assert env["machine"]["cores"] >= 1 and "torch" in env["versions"] and env["python"].count(".") == 2
 

@@ -102,7 +102,8 @@ def environment() -> dict:
 
 
 def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 1, out=None, results=None,
-              jobs: int = 1, echo: Callable[[str], None] = print, command: str | None = None, **options) -> dict:
+              jobs: int = 1, echo: Callable[[str], None] = print, command: str | None = None, tag: str | None = None,
+              **options) -> dict:
     """Run protocol ``name`` and write ``results/NAME.json`` and ``.md``; returns the result.
 
     Args:
@@ -112,6 +113,8 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
         seeds: A count (seeds 0..N-1) or a list of seeds.
         out: The work folder for runs and bundles (default ``runs/bench/NAME``).
         results: The folder for the results files (default ``benchmarks/results``).
+        tag: A variant's name: results in ``NAME_TAG.json`` (e.g. ``tag="onnx"`` with ``runtime="onnx"``), so
+            that a variant never replaces the main results.
         options: Protocol settings (e.g. ``models="audio,concat"``, ``epochs=10``).
     """
     from ..bundle import _json_default
@@ -132,7 +135,9 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
     data_arg, results_arg = data, results
     data = Path(data) if data is not None else default_data_dir()
     results = Path(results) if results is not None else Path("benchmarks") / "results"
-    stem = name + ("_quick" if quick else "")
+    if tag is not None and (not tag or not all(c.isalnum() or c in "-_" for c in tag)):
+        raise MmfuseError(f"--tag {tag!r}: letters, digits, '-' and '_' only (it names the results file)")
+    stem = name + (f"_{tag}" if tag else "") + ("_quick" if quick else "")
     path = results / f"{stem}.json"
     previous = {}
     if path.exists():
@@ -148,11 +153,12 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
     body = module.run(ctx)
     if command is None:  # the command that reproduces this run, whether it came from the CLI or from Python
         given = [(flag, v) for flag, v in (("--data", data_arg), ("--out", out), ("--results", results_arg)) if v is not None]
-        parts = ["mmfuse", "bench", name, *(["--quick"] if quick else []), *(x for f, v in given for x in (f, str(v))),
+        parts = ["mmfuse", "bench", name, *(["--quick"] if quick else []), *(["--tag", tag] if tag else []),
+                 *(x for f, v in given for x in (f, str(v))),
                  *(["--seeds", str(seeds)] if isinstance(seeds, int) and seeds != 1 else []),
                  *(f"--set={k}={v}" for k, v in options.items()), *(["--jobs", str(jobs)] if jobs != 1 else [])]
         command = " ".join(shlex.quote(p) for p in parts)
-    result = {"name": name, "quick": quick, "protocol": (module.__doc__ or "").strip(), "seeds": seed_list,
+    result = {"name": name, "tag": tag, "quick": quick, "protocol": (module.__doc__ or "").strip(), "seeds": seed_list,
               "options": options, "published": getattr(module, "PUBLISHED", {}), **body,
               "command": command, "wall_seconds": round(time.perf_counter() - t0, 1),
               "environment": environment(), "date": time.strftime("%Y-%m-%d")}

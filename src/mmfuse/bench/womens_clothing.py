@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import BenchContext, check_models
 
-OPTIONS = {"epochs": int, "models": str}
+OPTIONS = {"epochs": int, "models": str, "runtime": str}
 PUBLISHED = {
     "source": "../shared/data/README.md (Multimodal-Toolkit README, BERT-base; and runs on a 2-core machine)",
     "Recommended IND (F1 / PR-AUC)": {"Multimodal-Toolkit BERT text only": [0.957, 0.992],
@@ -46,7 +46,7 @@ def minilm() -> str:
 
 def run_task(t, target: str, fusions, out: Path, train: str = "frozen", last_n: int = 2, epochs: int = 30,
              text_only: bool = True, tabular_only: bool = True, all_text: bool = False, seed: int = 0,
-             echo=print) -> list[dict]:
+             echo=print, runtime: str = "torch") -> list[dict]:
     """Fit the text-only, tabular-only and fused models of one target; one row of test metrics per model.
 
     ``all_text``: the review input also carries the tabular columns, written first as ``Name: value``
@@ -60,7 +60,7 @@ def run_task(t, target: str, fusions, out: Path, train: str = "frozen", last_n: 
     if all_text:
         review = [c for c in TABULAR if c not in ignore and c != target] + review
     enc = {"review": {"name": "hf", "model": minilm(), "train": train, "pooling": "mean",
-                      "max_length": 160 if all_text else 128}}
+                      "max_length": 160 if all_text else 128, "runtime": runtime}}
     if train == "last":
         enc["review"]["last_n"] = last_n
     common = dict(target=target, columns=ignore, groups={"review": review},
@@ -112,24 +112,33 @@ def run(ctx: BenchContext) -> dict:
 
     check_models("womens_clothing", fusions, list_fusions())
     epochs = int(o.get("epochs", 3 if ctx.quick else 30))
+    runtime = o.get("runtime", "torch")
+    from mmfuse.hf import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        from mmfuse.errors import MmfuseError
+
+        raise MmfuseError(f"--set runtime={runtime}: one of {', '.join(RUNTIMES)}")
     os.environ.setdefault("MMFUSE_CACHE_DIR", str(ctx.out / "cache"))
     t = womens_clothing(ctx.data / "womens-clothing")
     if ctx.quick:
         t = _subset(t, {"train": 400, "val": 100, "test": 200}, ctx.seeds[0])
-    out = {"rows": t.df["split"].value_counts().to_dict(), "cache_dir": os.environ["MMFUSE_CACHE_DIR"], "tasks": {}}
+    out = {"rows": t.df["split"].value_counts().to_dict(), "cache_dir": os.environ["MMFUSE_CACHE_DIR"], "tasks": {},
+           "runtime": runtime}
     for target in ("Recommended IND", "Rating"):
         t0 = time.perf_counter()
         rows = []
         for seed in ctx.seeds:
             for r in run_task(t, target, fusions, ctx.out / "runs" / f"seed{seed}", epochs=epochs, seed=seed,
-                              tabular_only=not ctx.quick, echo=ctx.echo):
+                              tabular_only=not ctx.quick and runtime == "torch", echo=ctx.echo, runtime=runtime):
                 rows.append({**r, "seed": seed})
         out["tasks"][target] = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
     return out
 
 
 def markdown(result: dict) -> str:
-    lines = ["# Women's Clothing reviews, frozen all-MiniLM-L6-v2" + (" — quick run" if result["quick"] else ""), "",
+    lines = ["# Women's Clothing reviews, frozen all-MiniLM-L6-v2" + (" — quick run" if result["quick"] else "")
+             + (f" (runtime {result['runtime']})" if result.get("runtime", "torch") != "torch" else ""), "",
              "Rows: " + ", ".join(f"{k} {v:,}" for k, v in result["rows"].items()) + ".", ""]
     for target, task in result["tasks"].items():
         cols = ("f1_positive", "pr_auc", "accuracy") if target == "Recommended IND" else ("accuracy", "macro_f1")
