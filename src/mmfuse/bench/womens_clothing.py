@@ -119,20 +119,25 @@ def run(ctx: BenchContext) -> dict:
         from mmfuse.errors import MmfuseError
 
         raise MmfuseError(f"--set runtime={runtime}: one of {', '.join(RUNTIMES)}")
-    os.environ.setdefault("MMFUSE_CACHE_DIR", str(ctx.out / "cache"))
-    t = womens_clothing(ctx.data / "womens-clothing")
-    if ctx.quick:
-        t = _subset(t, {"train": 400, "val": 100, "test": 200}, ctx.seeds[0])
-    out = {"rows": t.df["split"].value_counts().to_dict(), "cache_dir": os.environ["MMFUSE_CACHE_DIR"], "tasks": {},
-           "runtime": runtime}
-    for target in ("Recommended IND", "Rating"):
-        t0 = time.perf_counter()
-        rows = []
-        for seed in ctx.seeds:
-            for r in run_task(t, target, fusions, ctx.out / "runs" / f"seed{seed}", epochs=epochs, seed=seed,
-                              tabular_only=not ctx.quick and runtime == "torch", echo=ctx.echo, runtime=runtime):
-                rows.append({**r, "seed": seed})
-        out["tasks"][target] = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
+    before = os.environ.get("MMFUSE_CACHE_DIR")
+    os.environ["MMFUSE_CACHE_DIR"] = before or str(ctx.out / "cache")  # for this run only
+    try:
+        t = womens_clothing(ctx.data / "womens-clothing")
+        if ctx.quick:
+            t = _subset(t, {"train": 400, "val": 100, "test": 200}, ctx.seeds[0])
+        out = {"rows": t.df["split"].value_counts().to_dict(), "cache_dir": os.environ["MMFUSE_CACHE_DIR"],
+               "tasks": {}, "runtime": runtime}
+        for target in ("Recommended IND", "Rating"):
+            t0 = time.perf_counter()
+            rows = []
+            for seed in ctx.seeds:
+                for r in run_task(t, target, fusions, ctx.out / "runs" / f"seed{seed}", epochs=epochs, seed=seed,
+                                  tabular_only=not ctx.quick and runtime == "torch", echo=ctx.echo, runtime=runtime):
+                    rows.append({**r, "seed": seed})
+            out["tasks"][target] = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
+    finally:
+        if before is None:
+            os.environ.pop("MMFUSE_CACHE_DIR", None)
     return out
 
 
