@@ -11,7 +11,7 @@ from PIL import Image
 import mmfuse
 from mmfuse import MmfuseError, MultimodalPredictor
 from mmfuse.io import Table
-from mmfuse.robust import (_audio, _image, _inputs_of, _series, _text, blank_inputs, corrupt_table,
+from mmfuse.robust import (_audio, _image, inputs_of, _series, _text, blank_inputs, corrupt_table,
                                effective_robustness, relative_robustness)
 
 from conftest import word_table
@@ -135,7 +135,7 @@ def test_robustness_curves_missing_inputs_and_summaries(models, tmp_path):
     with pytest.raises(MmfuseError, match="split column 'split' has no 'test' rows"):
         mmfuse.robustness(fused, both.assign(split="train"), levels=[0, 0.5])
     # tabular swaps move values between rows of the same column
-    sw = corrupt_table(Table(test, tmp_path, "t"), _inputs_of(fused.predictor_),
+    sw = corrupt_table(Table(test, tmp_path, "t"), inputs_of(fused.predictor_),
                        {"tabular": "swap"}, 0.5, 0, tmp_path / "sw")
     moved = sw.df["a"] != test["a"]
     assert 0.3 < moved.mean() < 0.6 and set(sw.df["a"]) <= set(test["a"])
@@ -161,7 +161,7 @@ def test_robustness_refuses_bad_settings_in_one_line(models, tmp_path):
     (tmp_path / "f.csv").write_text("x")
     with pytest.raises(MmfuseError, match="--out .*f.csv is a file"):
         mmfuse.robustness(fused, test, out=tmp_path / "f.csv")
-    assert set(_inputs_of(fused.predictor_)) == {"note", "tabular"}
+    assert set(inputs_of(fused.predictor_)) == {"note", "tabular"}
 
 
 def test_robustness_command(models, tmp_path, capsys):

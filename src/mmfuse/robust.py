@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import MmfuseError
 
-__all__ = ["robustness", "RobustnessResult", "corrupt_table", "blank_inputs", "CORRUPTIONS", "LEVELS",
+__all__ = ["robustness", "RobustnessResult", "corrupt_table", "blank_inputs", "inputs_of", "CORRUPTIONS", "LEVELS",
            "relative_robustness", "effective_robustness"]
 
 LEVELS = tuple(round(0.1 * i, 1) for i in range(10))
@@ -160,7 +160,7 @@ class _Input:
     prep: object
 
 
-def _inputs_of(predictor) -> dict[str, _Input]:
+def inputs_of(predictor) -> dict[str, _Input]:
     """The inputs a predictor reads (an ensemble: its members'), with their modality and columns."""
     bundles = [b for m in getattr(predictor, "members", []) for b in m] or [predictor]
     out = {}
@@ -419,7 +419,7 @@ def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] |
     table = _test_rows(table, first, say)
     inputs = {}
     for p in preds.values():
-        for n, inp in _inputs_of(p).items():
+        for n, inp in inputs_of(p).items():
             inputs.setdefault(n, inp)
     absent = [f"{n} (columns {', '.join(map(str, i.columns))})" for n, i in inputs.items()
               if not any(c in table.df.columns for c in i.columns)]
@@ -449,7 +449,7 @@ def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] |
     res = RobustnessResult(metric, levels, seed, baseline=baseline,
                            corruptions={c: {n: _DESCRIBE[(inputs[n].modality, k)] for n, k in kinds.items()}
                                         for c, kinds in settings})
-    reads = {m: set(_inputs_of(p)) for m, p in preds.items()}
+    reads = {m: set(inputs_of(p)) for m, p in preds.items()}
     clean = {m: _score(p, table, metric) for m, p in preds.items()}
     say("clean: " + ", ".join(f"{m} {v:.4f}" for m, v in clean.items()))
     for m in preds:

@@ -158,13 +158,13 @@ def run(ctx: BenchContext) -> dict:
 
 
 def _missing_score(est, test, name: str, root) -> float:
-    """Test accuracy with every cell of input ``name`` blank."""
+    """Test accuracy with every cell of input ``name`` blank (:func:`mmfuse.robust.blank_inputs`)."""
     from mmfuse import evaluate_predictor
     from mmfuse.io import Table
+    from mmfuse.robust import blank_inputs, inputs_of
 
-    df = test.copy()
-    df[name] = None
-    return float(evaluate_predictor(est.predictor_, Table(df, Path(root), "test"))["accuracy"])
+    blank = blank_inputs(Table(test, Path(root), "test"), inputs_of(est.predictor_), [name])
+    return float(evaluate_predictor(est.predictor_, blank)["accuracy"])
 
 
 def markdown(result: dict) -> str:
