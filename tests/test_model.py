@@ -66,3 +66,29 @@ def test_any_column_name_can_name_an_input(fusion):
     other = build(1).eval()
     other.load_state_dict(m.state_dict())
     assert torch.equal(other(x, masks, absent=["type"])["logits"], out["logits"])
+
+
+def _assembled(fusion, aux_weight, aux_heads=None):
+    from mmfuse._build import assemble
+    from mmfuse.config import ModelConfig
+
+    enc = {"a": create_encoder("tabular_mlp", n_numeric=2, dim=8), "b": create_encoder("tabular_mlp", n_numeric=3, dim=8)}
+    cfg = ModelConfig(fusion=fusion, dim=8, head_hidden=8, aux_weight=aux_weight)
+    return assemble({n: {"name": "tabular_mlp", "config": {}} for n in enc}, enc, 3, cfg, aux_heads)
+
+
+def test_late_fusion_auxiliary_losses_train_the_heads_it_falls_back_on():
+    torch.manual_seed(0)
+    model, spec = _assembled("late", 0.5)
+    assert spec["aux_heads"] == "fusion" and model.aux_heads is None
+    x, masks = inputs(8)
+    model.eval()
+    out = model(x, masks)
+    # the auxiliary logits of input a are what the model predicts when b is absent
+    assert torch.allclose(out["aux"]["a"], model(x, masks, absent=["b"])["logits"], atol=1e-6)
+    assert torch.allclose(out["aux"]["b"][masks["b"]], model(x, masks, absent=["a"])["logits"][masks["b"]], atol=1e-6)
+    # other fusions get a linear head per input; a late bundle saved before the choice existed rebuilds those
+    assert _assembled("concat", 0.5)[1]["aux_heads"] == "linear" and _assembled("concat", 0.5)[0].aux_heads is not None
+    old, _ = _assembled("late", 0.5, aux_heads="linear")
+    assert old.aux_heads is not None and not old.aux_from_fusion and set(old.eval()(x, masks)["aux"]) == {"a", "b"}
+    assert _assembled("late", 0.0)[0].aux_heads is None and "aux" not in _assembled("late", 0.0)[0](x, masks)

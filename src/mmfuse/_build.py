@@ -72,17 +72,25 @@ def _init_args(cls) -> set:
     return set(inspect.signature(cls.__init__).parameters)
 
 
-def assemble(enc_spec: dict, encoders: dict, n_outputs: int, cfg: ModelConfig) -> tuple[MultimodalModel, dict]:
-    """The model from built encoders: the fusion is sized by their pooled and token widths."""
+def assemble(enc_spec: dict, encoders: dict, n_outputs: int, cfg: ModelConfig,
+             aux_heads: str | None = None) -> tuple[MultimodalModel, dict]:
+    """The model from built encoders: the fusion is sized by their pooled and token widths.
+
+    With ``aux_weight > 0``, the auxiliary unimodal losses train the fusion's own per-input heads
+    where it has them (late fusion: ``aux_heads="fusion"``), else a linear head per input
+    (``"linear"``, also what bundles saved before the choice existed hold)."""
     dims = {n: e.output_dim for n, e in encoders.items()}
     token_dims = {n: e.token_dim for n, e in encoders.items() if e.has_tokens}
     fcls = FUSIONS.get(cfg.fusion)
     fusion = create_fusion(cfg.fusion, dims, dim=n_outputs if fcls.produces_logits else cfg.dim, token_dims=token_dims,
                            **cfg.fusion_kwargs)
     head = None if fcls.produces_logits else Head(cfg.dim, n_outputs, cfg.head_hidden, cfg.dropout)
-    aux = {n: nn.Linear(d, n_outputs) for n, d in dims.items()} if cfg.aux_weight > 0 else None
-    model = MultimodalModel(encoders, fusion, head, aux, cfg.modality_dropout)
-    spec = {"encoders": enc_spec, "n_outputs": n_outputs, "model": _cfg_dict(cfg)}
+    if aux_heads is None:
+        aux_heads = "fusion" if fusion.has_unimodal_heads else "linear"
+    own = cfg.aux_weight > 0 and aux_heads == "fusion"
+    aux = {n: nn.Linear(d, n_outputs) for n, d in dims.items()} if cfg.aux_weight > 0 and not own else None
+    model = MultimodalModel(encoders, fusion, head, aux, cfg.modality_dropout, aux_from_fusion=own)
+    spec = {"encoders": enc_spec, "n_outputs": n_outputs, "model": _cfg_dict(cfg), "aux_heads": aux_heads}
     return model, spec
 
 
@@ -92,7 +100,7 @@ def model_from_spec(spec: dict, resolve=lambda c: c) -> MultimodalModel:
     ``resolve`` may rewrite each encoder's config (a bundle points backbones at its own folder)."""
     encoders = {n: ENCODERS.get(e["name"]).from_config(resolve(e["config"])) for n, e in spec["encoders"].items()}
     cfg = ModelConfig(**spec["model"])
-    return assemble(spec["encoders"], encoders, spec["n_outputs"], cfg)[0]
+    return assemble(spec["encoders"], encoders, spec["n_outputs"], cfg, spec.get("aux_heads", "linear"))[0]
 
 
 def _cfg_dict(cfg: ModelConfig) -> dict:

@@ -32,12 +32,15 @@ class MultimodalModel(nn.Module):
         fusion: A fusion over exactly those inputs.
         head: Maps the fused ``[B, D]`` to logits; None when the fusion produces logits (late).
         aux_heads: Input name -> head on that encoder's output alone (auxiliary unimodal losses).
+        aux_from_fusion: Take the auxiliary logits from the fusion's own per-input heads
+            (:meth:`Fusion.unimodal_logits`, late fusion) instead of ``aux_heads``.
         modality_dropout: During training, drop each input of each row with this probability
             (a row always keeps at least one of its present inputs).
     """
 
     def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion, head: nn.Module | None = None,
-                 aux_heads: Mapping[str, nn.Module] | None = None, modality_dropout: float = 0.0):
+                 aux_heads: Mapping[str, nn.Module] | None = None, modality_dropout: float = 0.0,
+                 aux_from_fusion: bool = False):
         super().__init__()
         self.names = sorted(encoders)
         if sorted(fusion.names) != self.names:
@@ -47,6 +50,9 @@ class MultimodalModel(nn.Module):
         self.head = head
         self.aux_heads = InputModuleDict(aux_heads) if aux_heads else None
         self.modality_dropout = modality_dropout
+        if aux_from_fusion and (aux_heads or not fusion.has_unimodal_heads):
+            raise ValueError("aux_from_fusion needs a fusion with per-input heads and no aux_heads")
+        self.aux_from_fusion = aux_from_fusion
 
     def drop_modalities(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Randomly mark present inputs absent, keeping at least one per row that had one."""
@@ -80,4 +86,6 @@ class MultimodalModel(nn.Module):
         out = {"logits": fused if self.head is None else self.head(fused), "masks": masks}
         if self.aux_heads is not None:
             out["aux"] = {n: self.aux_heads[n](feats[n]) for n in self.names}
+        elif self.aux_from_fusion:
+            out["aux"] = self.fusion.unimodal_logits(feats)
         return out

@@ -29,6 +29,10 @@ def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # nothing written
     with pytest.raises(MmfuseError, match="--set models: unknown model 'concatt'.*Did you mean 'concat'"):
         run_bench("fsdd_mnist", results=tmp_path / "r", out=tmp_path / "w", models="audio,concatt")
+    with pytest.raises(MmfuseError, match="--set missing_models: unknown model 'lat'.*Did you mean 'late'"):
+        run_bench("fsdd_mnist", results=tmp_path / "r", out=tmp_path / "w", missing_models="best,lat")
+    with pytest.raises(MmfuseError, match="--set aux_weight=-1: aux_weight must be a number >= 0"):
+        run_bench("fsdd_mnist", results=tmp_path / "r", out=tmp_path / "w", aux_weight="-1")
     assert not (tmp_path / "r").exists()  # refused before anything ran
     with pytest.raises(MmfuseError, match="--tag 'a b': letters, digits"):
         run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", tag="a b")
@@ -62,10 +66,14 @@ def test_quick_fsdd_mnist(tmp_path):
     best = r["best_fusion"]
     vals = {n: s["val_mean"] for n, s in r["summary"].items() if n in ("concat", "late")}
     assert best == max(vals, key=vals.get)  # chosen on the validation speaker, not on the test rows
-    m = r["missing"]["fused_md"]
-    assert set(m) == {"clean", "without_image", "without_audio"}
+    m = r["missing"]
+    assert set(m["fused_md"]) == {"clean", "without_image", "without_audio"} and set(m["candidates"]) == {best, "late"}
+    scores = {n: c["val_score"] for n, c in m["candidates"].items()}
+    assert m["chosen"] == max(scores, key=scores.get) and m["aux_weight"] == 1.0  # chosen on validation rows
+    run = m["candidates"][m["chosen"]]["runs"][0]
+    assert m["fused_md"]["without_image"] == run["without_image"] and 0 <= run["val_without_audio"] <= 1
     rob = r["robustness"]["models"]
-    assert set(rob) == {"concat", "late", f"{best} + modality dropout", "audio only", "image only"}
+    assert set(rob) == {"concat", "late", f"{m['chosen']} + modality dropout", "audio only", "image only"}
     assert r["robustness"]["baseline"] == ({"concat", "late"} - {best}).pop()  # late fusion, or concat if late won
     assert set(rob["image only"]["curves"]) == {"image/gaussian_noise", "image/blur", "image/occlusion", "all"}
     assert "| image | " in md and "One input entirely missing" in md and "## Robustness" in md

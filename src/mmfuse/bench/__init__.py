@@ -190,13 +190,13 @@ def _check_options(name: str, known: dict, given: dict) -> dict:
     return out
 
 
-def check_models(name: str, models: list, allowed) -> None:
+def check_models(name: str, models: list, allowed, setting: str = "models") -> None:
     """A protocol's ``models`` setting, checked before anything runs (a typo is not found after an hour)."""
     bad = [m for m in models if m not in allowed]
     if bad:
         from .._registry import unknown_name_message
 
-        raise MmfuseError("--set models: " + unknown_name_message("model", bad[0], list(allowed)) + f" (benchmark {name!r})")
+        raise MmfuseError(f"--set {setting}: " + unknown_name_message("model", bad[0], list(allowed)) + f" (benchmark {name!r})")
 
 
 def _provenance(result: dict) -> str:

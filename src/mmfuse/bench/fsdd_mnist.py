@@ -12,11 +12,14 @@ training rows on 2 CPU cores (:data:`ENCODERS`, :data:`PREPROCESSING`: images at
 8 kHz, 32 mel bands every 20 ms, conv widths 16/32/64), each fitted once per seed (at most 30 epochs,
 early stopping on the validation speaker); reported as the mean ± std of test accuracy over the seeds.
 The best fusion and the best single input are chosen by mean validation accuracy (the validation
-speaker; test rows choose nothing). The best fusion is fitted again with modality dropout, and scored
-with each input entirely missing against the single-input model of the input that remains.
-Robustness curves (:func:`mmfuse.robustness`, levels 0 to 0.9, the first seed's bundles) compare the
-best fusion, with and without modality dropout, to both single-input models and to late fusion, the
-baseline of effective robustness (as in MultiBench).
+speaker; test rows choose nothing). For missing inputs, the fusions in ``missing_models`` (default: the
+best fusion and late fusion) are fitted again with modality dropout (``modality_dropout``, 0.3) and the
+auxiliary unimodal losses (``aux_weight``, 1.0; late fusion applies them to its own per-input heads, the
+ones it falls back on), and scored with each input entirely missing; the one set against the single-input
+model of the input that remains is chosen on the validation speaker (its mean accuracy clean, without
+image and without audio). Robustness curves (:func:`mmfuse.robustness`, levels 0 to 0.9, the first seed's
+bundles) compare the best fusion, the chosen missing-input model, both single-input models and late
+fusion, the baseline of effective robustness (as in MultiBench).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from . import BenchContext, check_models, mean_std
 
-OPTIONS = {"epochs": int, "models": str, "modality_dropout": float}
+OPTIONS = {"epochs": int, "models": str, "modality_dropout": float, "aux_weight": float, "missing_models": str}
 PUBLISHED = {
     "note": "no published number exists for this exact pairing (see ../shared/data/README.md); reference points:",
     "audio_alone_fsdd_clean_resnet18": 0.95,
@@ -42,7 +45,7 @@ def _fit(ctx: BenchContext, table, name: str, seed: int, epochs: int, **kw):
     from mmfuse.datasets import FSDD_MNIST_ROLES
 
     model = dict(inputs=[name]) if name in ("image", "audio") else dict(fusion=name)
-    out = ctx.out / "runs" / (name + ("_md" if kw.get("modality_dropout") else "")) / f"seed{seed}"
+    out = ctx.out / "runs" / (name + ("_md" if kw else "")) / f"seed{seed}"
     est = MultimodalPredictor(target="label", columns=dict(FSDD_MNIST_ROLES), epochs=epochs, seed=seed, progress=False,
                               log=None, contribution=False, out=out, preprocessing=PREPROCESSING,
                               encoders={k: v for k, v in ENCODERS.items() if name not in ("image", "audio") or k == name},
@@ -80,6 +83,13 @@ def run(ctx: BenchContext) -> dict:
 
         raise MmfuseError(f"--set modality_dropout={o['modality_dropout']}: a probability in [0, 1)")
     dropout = float(o.get("modality_dropout", 0.3))
+    aux_weight = float(o.get("aux_weight", 1.0))
+    missing_models = [m for m in str(o.get("missing_models", "best,late")).split(",") if m]
+    check_models("fsdd_mnist", [m for m in missing_models if m != "best"], list_fusions(), "missing_models")
+    if not missing_models:
+        from mmfuse.errors import MmfuseError
+
+        raise MmfuseError("--set missing_models=: name at least one fusion, or 'best'")
     levels = [0, 0.3, 0.6, 0.9] if ctx.quick else [round(0.1 * i, 1) for i in range(10)]
     table = fsdd_mnist(ctx.data / "fsdd", ctx.data / "mnist", ctx.out / "data")
     if ctx.quick:
@@ -109,40 +119,47 @@ def run(ctx: BenchContext) -> dict:
     out["fusion_gain"] = {"best_fusion": best, "best_single": best_single, "chosen_on": "validation accuracy",
                           "points": round(100 * (fusions[best] - singles[best_single]), 2),
                           "target_points": 100 * TARGETS["fusion_over_best_single"]}
-    # the best fusion trained with modality dropout, scored with each input missing
-    md = []
-    for seed in ctx.seeds:
-        est, r = _fit(ctx, table, best, seed, epochs, modality_dropout=dropout)
-        fitted[(best + "_md", seed)] = est
-        test = table.df[table.df["split"] == "test"]
-        r["without_image"] = _missing_score(est, test, "image", table.root)
-        r["without_audio"] = _missing_score(est, test, "audio", table.root)
-        md.append(r)
-        ctx.echo(f"{best} + modality dropout {dropout} seed {seed}: accuracy {r['accuracy']:.4f}; without image "
-                 f"{r['without_image']:.4f}, without audio {r['without_audio']:.4f}")
-    plain_missing = []
-    for seed in ctx.seeds:
-        test = table.df[table.df["split"] == "test"]
-        est = fitted[(best, seed)]
-        plain_missing.append({"without_image": _missing_score(est, test, "image", table.root),
-                              "without_audio": _missing_score(est, test, "audio", table.root)})
+    # fusions trained for missing inputs (modality dropout + auxiliary unimodal losses), scored with each input
+    # missing; the one reported against the target is chosen on the validation speaker
+    test = table.df[table.df["split"] == "test"]
+    val_rows = table.df[table.df["split"] == "val"]
     mean = lambda rs, k: mean_std([r[k] for r in rs])[0]  # noqa: E731
+    candidates = list(dict.fromkeys(best if m == "best" else m for m in missing_models))
+    cands = {}
+    for name in candidates:
+        rs = []
+        for seed in ctx.seeds:
+            est, r = _fit(ctx, table, name, seed, epochs, modality_dropout=dropout, aux_weight=aux_weight)
+            fitted[(name + "_md", seed)] = est
+            for n in ("image", "audio"):
+                r["without_" + n] = _missing_score(est, test, n, table.root)
+                r["val_without_" + n] = _missing_score(est, val_rows, n, table.root)
+            rs.append(r)
+            ctx.echo(f"{name} + modality dropout {dropout}, aux_weight {aux_weight}, seed {seed}: accuracy "
+                     f"{r['accuracy']:.4f}; without image {r['without_image']:.4f}, without audio {r['without_audio']:.4f}")
+        cands[name] = {"runs": rs, **{k: mean(rs, k) for k in ("accuracy", "without_image", "without_audio")},
+                       "val_score": mean([{"v": (r["val_accuracy"] + r["val_without_image"] + r["val_without_audio"]) / 3}
+                                          for r in rs], "v")}
+    chosen = max(cands, key=lambda n: cands[n]["val_score"])
+    plain_missing = [{"without_image": _missing_score(fitted[(best, seed)], test, "image", table.root),
+                      "without_audio": _missing_score(fitted[(best, seed)], test, "audio", table.root)}
+                     for seed in ctx.seeds]
+    c = cands[chosen]
     out["missing"] = {
-        "modality_dropout": dropout, "runs": md,
-        "fused_md": {"clean": mean(md, "accuracy"), "without_image": mean(md, "without_image"),
-                     "without_audio": mean(md, "without_audio")},
-        "fused_plain": {"clean": fusions[best], "without_image": mean(plain_missing, "without_image"),
+        "modality_dropout": dropout, "aux_weight": aux_weight, "candidates": cands, "chosen": chosen,
+        "chosen_on": "mean validation accuracy over clean, without image and without audio",
+        "fused_md": {"clean": c["accuracy"], "without_image": c["without_image"], "without_audio": c["without_audio"]},
+        "fused_plain": {"fusion": best, "clean": fusions[best], "without_image": mean(plain_missing, "without_image"),
                         "without_audio": mean(plain_missing, "without_audio")},
         "single": {"audio_only": singles["audio"], "image_only": singles["image"]},
     }
-    gaps = {"without_image_vs_audio_only": out["missing"]["fused_md"]["without_image"] - singles["audio"],
-            "without_audio_vs_image_only": out["missing"]["fused_md"]["without_audio"] - singles["image"]}
+    gaps = {"without_image_vs_audio_only": c["without_image"] - singles["audio"],
+            "without_audio_vs_image_only": c["without_audio"] - singles["image"]}
     out["missing"]["gaps_points"] = {k: round(100 * v, 2) for k, v in gaps.items()}
     # robustness curves: seed 0's (the first seed's) bundles on the same corrupted test rows
     s0 = ctx.seeds[0]
-    compare = {best: fitted[(best, s0)], f"{best} + modality dropout": fitted[(best + "_md", s0)],
+    compare = {best: fitted[(best, s0)], f"{chosen} + modality dropout": fitted[(chosen + "_md", s0)],
                "audio only": fitted[("audio", s0)], "image only": fitted[("image", s0)]}
-    test = table.df[table.df["split"] == "test"]
     from mmfuse.io import Table
 
     t0 = time.perf_counter()
@@ -186,16 +203,21 @@ def markdown(result: dict) -> str:
                   f"{g['points']:+.2f} points (target: at least +{g['target_points']:.0f})."]
     m = result.get("missing")
     if m:
-        fm, fp, sg = m["fused_md"], m["fused_plain"], m["single"]
-        lines += ["", f"## One input entirely missing (test rows; modality dropout {m['modality_dropout']})", "",
-                  "| model | clean | without image | without audio |", "|---|---|---|---|",
-                  f"| {g['best_fusion']} | {fp['clean']:.4f} | {fp['without_image']:.4f} | {fp['without_audio']:.4f} |",
-                  f"| {g['best_fusion']} + modality dropout | {fm['clean']:.4f} | {fm['without_image']:.4f} | "
-                  f"{fm['without_audio']:.4f} |",
-                  f"| audio only | {sg['audio_only']:.4f} | | |", f"| image only | {sg['image_only']:.4f} | | |", "",
-                  f"Fused model with modality dropout, one input missing, minus the model trained on the remaining "
-                  f"input alone: without image {m['gaps_points']['without_image_vs_audio_only']:+.2f} points, "
-                  f"without audio {m['gaps_points']['without_audio_vs_image_only']:+.2f} points (target: within 2)."]
+        fp, sg = m["fused_plain"], m["single"]
+        lines += ["", f"## One input entirely missing (test rows; modality dropout {m['modality_dropout']}, "
+                  f"auxiliary losses weighted {m.get('aux_weight', 0)})", "",
+                  "| model | clean | without image | without audio | validation score |", "|---|---|---|---|---|",
+                  f"| {fp.get('fusion', g['best_fusion'])} | {fp['clean']:.4f} | {fp['without_image']:.4f} | "
+                  f"{fp['without_audio']:.4f} | |"]
+        for name, c in m.get("candidates", {}).items():
+            lines.append(f"| {name} + modality dropout{' (chosen)' if name == m['chosen'] else ''} | "
+                         f"{c['accuracy']:.4f} | {c['without_image']:.4f} | {c['without_audio']:.4f} | "
+                         f"{c['val_score']:.4f} |")
+        lines += [f"| audio only | {sg['audio_only']:.4f} | | | |", f"| image only | {sg['image_only']:.4f} | | | |", "",
+                  f"Chosen on the validation speaker ({m.get('chosen_on', '')}): {m.get('chosen')}. One input "
+                  f"missing, minus the model trained on the remaining input alone: without image "
+                  f"{m['gaps_points']['without_image_vs_audio_only']:+.2f} points, without audio "
+                  f"{m['gaps_points']['without_audio_vs_image_only']:+.2f} points (target: within 2, i.e. at least -2)."]
     r = result.get("robustness")
     if r:
         lines += ["", f"## Robustness ({r['metric']}, corruption seed {r['seed']}; effective robustness against "

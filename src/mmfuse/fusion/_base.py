@@ -66,6 +66,7 @@ class Fusion(nn.Module):
 
     produces_logits: ClassVar[bool] = False
     uses_tokens: ClassVar[bool] = False
+    has_unimodal_heads: ClassVar[bool] = False  # :meth:`unimodal_logits` returns each input's own logits
     automatic: ClassVar[bool] = False  # chosen by mmfuse itself, not offered to users (``single``)
 
     def __init__(self, input_dims: Mapping[str, int], dim: int, token_dims: Mapping[str, int] | None = None):
@@ -74,6 +75,12 @@ class Fusion(nn.Module):
         self.input_dims = {n: int(input_dims[n]) for n in self.names}
         self.token_dims = {n: int((token_dims or {}).get(n, self.input_dims[n])) for n in self.names}
         self.output_dim = dim
+
+    def unimodal_logits(self, feats: Mapping[str, torch.Tensor]) -> dict | None:
+        """Input name -> that input's own logits ``[B, K]`` when the fusion has a head per input
+        (late fusion), else None. The auxiliary unimodal losses then train these heads, the
+        ones the fusion falls back on when the other inputs are absent, instead of extra heads."""
+        return None
 
     def masked(self, feats: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict:
         """Features with absent rows zeroed, so nothing leaks from them whatever an encoder returned."""

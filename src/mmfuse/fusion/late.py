@@ -26,6 +26,7 @@ class LateFusion(Fusion):
     """
 
     produces_logits = True
+    has_unimodal_heads = True
 
     def __init__(self, input_dims, dim: int = 2, combine: str = "mean", hidden: int = 128, dropout: float = 0.1,
                  weights: Mapping[str, float] | Sequence[float] | None = None):
@@ -49,6 +50,9 @@ class LateFusion(Fusion):
 
     def per_input_logits(self, feats) -> torch.Tensor:
         return torch.stack([self.heads[n](feats[n]) for n in self.names], dim=1)  # (B, M, K)
+
+    def unimodal_logits(self, feats) -> dict:
+        return {n: self.heads[n](feats[n]) for n in self.names}
 
     def forward(self, feats, masks, tokens=None):
         feats = self.masked(feats, masks)
