@@ -97,6 +97,27 @@ def test_preprocessors_of_a_fold_never_see_its_held_out_rows(tmp_path):
     assert set(oof.loc[oof["row"].isin(folds[0].test), "fold"]) == {1}
 
 
+def test_the_tables_own_test_rows_never_enter_a_fold(tmp_path):
+    """A table with a split column keeps its test rows for the final model: cross-validation (and so
+    search and the alpha sweep, which run on it) neither trains, early-stops nor scores on them."""
+    df = table(90).assign(split=["test" if i % 6 == 0 else "train" for i in range(90)])
+    df.loc[df["split"] == "test", "b"] = 1e4  # a scaler that saw them would be centred far from 0
+    lines = []
+    res = cross_validate(MultimodalPredictor(target="y", **FAST), df, folds=3, out=tmp_path / "cv", echo=lines.append)
+    test_rows = set(df.index[df["split"] == "test"])
+    assert any("held out 15 rows whose 'split' is 'test'" in line for line in lines)
+    assert not set(res.oof["row"]) & test_rows and len(res.oof) == 75
+    for f in res.folds:
+        pred = Predictor.load(tmp_path / "cv" / f"fold_{f['fold'] + 1}" / "bundle")
+        num = pred.preprocessors["tabular"].num
+        assert abs(float(num.center_[num.columns.index("b")] if hasattr(num, "columns") else num.center_[1])) < 5
+        ids = json.loads((tmp_path / "cv" / f"fold_{f['fold'] + 1}" / "fold.json").read_text())["ids"]
+        assert not (set(ids["train"]) | set(ids["val"])) & test_rows
+    d = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert d["scheme"]["held_out_test_rows"] == 15 and "15 rows of the table's test split held out" in (
+        tmp_path / "cv" / "cv.md").read_text()
+
+
 def test_cv_outputs_summary_and_blank_targets(tmp_path):
     df = table(100)
     df.loc[[3, 50], "y"] = None

@@ -68,12 +68,12 @@ def test_any_column_name_can_name_an_input(fusion):
     assert torch.equal(other(x, masks, absent=["type"])["logits"], out["logits"])
 
 
-def _assembled(fusion, aux_weight, aux_heads=None):
+def _assembled(fusion, aux_weight, aux_heads=None, **fusion_kwargs):
     from mmfuse._build import assemble
     from mmfuse.config import ModelConfig
 
     enc = {"a": create_encoder("tabular_mlp", n_numeric=2, dim=8), "b": create_encoder("tabular_mlp", n_numeric=3, dim=8)}
-    cfg = ModelConfig(fusion=fusion, dim=8, head_hidden=8, aux_weight=aux_weight)
+    cfg = ModelConfig(fusion=fusion, dim=8, head_hidden=8, aux_weight=aux_weight, fusion_kwargs=fusion_kwargs)
     return assemble({n: {"name": "tabular_mlp", "config": {}} for n in enc}, enc, 3, cfg, aux_heads)
 
 
@@ -91,4 +91,5 @@ def test_late_fusion_auxiliary_losses_train_the_heads_it_falls_back_on():
     assert _assembled("concat", 0.5)[1]["aux_heads"] == "linear" and _assembled("concat", 0.5)[0].aux_heads is not None
     old, _ = _assembled("late", 0.5, aux_heads="linear")
     assert old.aux_heads is not None and not old.aux_from_fusion and set(old.eval()(x, masks)["aux"]) == {"a", "b"}
+    assert _assembled("late", 0.5, combine="stacker")[1]["aux_heads"] == "linear"  # a stacker falls back on no one head
     assert _assembled("late", 0.0)[0].aux_heads is None and "aux" not in _assembled("late", 0.0)[0](x, masks)

@@ -121,6 +121,8 @@ def test_robustness_curves_missing_inputs_and_summaries(models, tmp_path):
     c, b = f["curves"]["note/word_drop"], n["curves"]["note/word_drop"]
     assert f["relative_robustness"]["note/word_drop"] == pytest.approx((c[0] + c[1]) * 0.25 + (c[1] + c[2]) * 0.2)
     assert f["effective_robustness"]["note/word_drop"] == pytest.approx(sum(np.subtract(c, b) - (c[0] - b[0])))
+    # 'all' corrupts the number too, which the notes-only baseline never reads: not comparable, so not reported
+    assert set(f["effective_robustness"]) == {"note/typos", "note/word_drop"}
     saved = json.loads((tmp_path / "r" / "robustness.json").read_text())
     assert saved["models"]["fused"]["curves"]["all"] == f["curves"]["all"] and saved["seed"] == 0
     assert "| fused | note/word_drop |" in (tmp_path / "r" / "robustness.md").read_text()

@@ -19,6 +19,10 @@ import pandas as pd
 #: TrainConfig fields that may differ on resume: how long to train (a new ``epochs`` also
 #: stretches the cosine learning-rate schedule), how to show, log, cache and load the data,
 #: and the decision threshold (chosen after training).
+#: Bumped when the same settings build a different model (2: late fusion's auxiliary losses train its own
+#: per-input heads), so that a run checkpointed by an older mmfuse is not resumed into the new model.
+ARCHITECTURE = 2
+
 RESUMABLE_SETTINGS = frozenset({"epochs", "max_time", "patience", "progress", "num_workers", "log", "cache",
                                 "decision_threshold"})
 
@@ -73,7 +77,8 @@ def run_fingerprint(frames: Mapping[str, pd.DataFrame], columns: Sequence[str], 
     """
     train = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in RESUMABLE_SETTINGS}
     fp = {"data": {name: data_fingerprint(df, columns) for name, df in frames.items()},
-          "model": dataclasses.asdict(model_config), "train": train, "settings": settings}
+          "model": dataclasses.asdict(model_config), "train": train, "settings": settings,
+          "architecture": ARCHITECTURE}
     return normalize(fp)
 
 

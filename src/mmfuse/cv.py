@@ -246,7 +246,7 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
     import tempfile
 
     from . import pipeline as P
-    from ._fingerprint import data_fingerprint
+    from ._fingerprint import ARCHITECTURE, data_fingerprint
     from .io import atomic_write_text, read_table
 
     say = echo or (lambda line: None)
@@ -260,12 +260,15 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
                                                                        leave_one_out, scheme, say)
     df = table.df
     seed = estimator.seed
+    held_out = len(df) - len(labelled) - len(left_out)
     scheme_info = {"name": scheme_name, "folds": len(fold_list), "group_column": group_col, "seed": seed,
-                   "description": _describe_scheme(scheme_name, len(fold_list), group_col, table.source)}
+                   "description": _describe_scheme(scheme_name, len(fold_list), group_col, table.source)
+                   + (f"; {held_out} rows of the table's test split held out" if held_out else ""),
+                   "held_out_test_rows": held_out}
     settings = _settings(estimator)
     fp = {"data": data_fingerprint(labelled), "settings": hashlib.sha256(
         json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16],
-          "folds": {k: scheme_info[k] for k in ("name", "folds", "group_column", "seed")}}
+          "folds": {k: scheme_info[k] for k in ("name", "folds", "group_column", "seed")}, "architecture": ARCHITECTURE}
 
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="mmfuse_cv_"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -323,6 +326,17 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
     return result
 
 
+def held_out_split_column(estimator, df) -> str | None:
+    """The column that marks the table's own test rows, which cross-validation and search never use: the
+    column given the role ``split``, else a column named ``split`` not given another role."""
+    cols = estimator.columns or {}
+    given = [c for c, r in cols.items() if str(getattr(r, "value", r)) == "split" and c in df.columns]
+    if given:
+        return given[0]
+    return "split" if "split" in df.columns and str(getattr(cols.get("split"), "value", cols.get("split"))) in (
+        "None", "split") else None
+
+
 def plan_folds(estimator, table, folds: int = 5, group_column: str | None = None, leave_one_out: str | None = None,
                scheme: str | None = None, echo: Callable[[str], None] | None = None):
     """The folds :func:`cross_validate` would fit, checked (every class in each fold's training rows, no
@@ -349,6 +363,13 @@ def plan_folds(estimator, table, folds: int = 5, group_column: str | None = None
     if group_col is not None and group_col == target:
         raise MmfuseError(f"the group column {group_col!r} is the target: folds by group would hold out whole classes; "
                           "give the column that groups related rows (a subject, a session)")
+    split_col = held_out_split_column(estimator, df)
+    if split_col is not None:  # the table's test rows are for the final model: no fold trains or scores on them
+        is_test = (df[split_col].astype(str).str.strip().str.lower() == "test").to_numpy()
+        if is_test.any():
+            say(f"held out {int(is_test.sum())} rows whose {split_col!r} is 'test': no fold trains or scores on them "
+                "(fitting with the split column scores the final model on them)")
+            df = df[~is_test]
     blank = blank_targets(df[target])
     left_out = [_jsonable(r) for r in df.index[blank]]
     if left_out:

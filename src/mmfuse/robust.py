@@ -481,12 +481,15 @@ def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] |
         if not keep_files:
             shutil.rmtree(work_root, ignore_errors=True)
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    hit = {c: set(kinds) for c, kinds in settings}  # the inputs each curve corrupts
     for m, r in res.models.items():
         r["relative_robustness"] = {c: relative_robustness(levels, v) for c, v in r["curves"].items()}
         if baseline is not None and m != baseline:
+            # only against a baseline that meets the same corruption: a single-input model's 'all' curve corrupts
+            # its own input, the baseline's corrupts every input, and the two are not comparable
             base = res.models[baseline]["curves"]
             r["effective_robustness"] = {c: sign * effective_robustness(v, base[c]) for c, v in r["curves"].items()
-                                         if c in base}
+                                         if c in base and hit[c] & reads[m] == hit[c] & reads[baseline]}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "robustness.json", json.dumps(res.to_dict(), indent=1))

@@ -66,7 +66,7 @@ class Fusion(nn.Module):
 
     produces_logits: ClassVar[bool] = False
     uses_tokens: ClassVar[bool] = False
-    has_unimodal_heads: ClassVar[bool] = False  # :meth:`unimodal_logits` returns each input's own logits
+    has_unimodal_heads: bool = False  # :meth:`unimodal_logits` returns the logits the fusion falls back on
     automatic: ClassVar[bool] = False  # chosen by mmfuse itself, not offered to users (``single``)
 
     def __init__(self, input_dims: Mapping[str, int], dim: int, token_dims: Mapping[str, int] | None = None):

@@ -26,7 +26,6 @@ class LateFusion(Fusion):
     """
 
     produces_logits = True
-    has_unimodal_heads = True
 
     def __init__(self, input_dims, dim: int = 2, combine: str = "mean", hidden: int = 128, dropout: float = 0.1,
                  weights: Mapping[str, float] | Sequence[float] | None = None):
@@ -34,6 +33,8 @@ class LateFusion(Fusion):
         if combine not in ("mean", "weighted", "stacker"):
             raise MmfuseError(f"late fusion: combine must be 'mean', 'weighted' or 'stacker', got {combine!r}")
         self.combine = combine
+        # a stacker mixes the heads' logits even when one input is absent: it falls back on no single head
+        self.has_unimodal_heads = combine != "stacker"
         self.heads = InputModuleDict({n: nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout),
                                                        nn.Linear(hidden, dim)) for n, d in self.input_dims.items()})
         M = len(self.names)
