@@ -45,7 +45,7 @@ def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):
 
 def _quick(name, tmp_path, *extra):
     folder = {"fsdd_mnist": "fsdd", "sp_sw_har": "sp-sw-har", "womens_clothing": "womens-clothing",
-              "efficiency": "sp-sw-har"}[name]
+              "efficiency": "sp-sw-har", "embedding": "womens-clothing"}[name]
     data = require_shared_data(folder).parent
     main(["bench", name, "--quick", "--data", str(data), "--out", str(tmp_path / "work"),
           "--results", str(tmp_path / "results"), *extra])
@@ -113,3 +113,30 @@ def test_every_protocol_has_run_and_markdown():
     for name in PROTOCOLS:
         m = import_module(f"mmfuse.bench.{name}")
         assert callable(m.run) and callable(m.markdown) and m.__doc__
+
+
+def test_quick_training_protocol(tmp_path):
+    """The training-loop comparison and the prediction timings, on the generated demo table (no data set)."""
+    main(["bench", "training", "--quick", "--set", "parts=loop", "--out", str(tmp_path / "work"),
+          "--results", str(tmp_path / "results")])
+    t = json.loads((tmp_path / "results" / "training_quick.json").read_text())["training_loop"]
+    assert t["pairs"] == 1 and t["epochs"] == 2 and t["ratio_median"] == pytest.approx(
+        t["all_pairs_s"][0]["hand"] / t["all_pairs_s"][0]["mmfuse"], abs=2e-3)
+    # the other part: the first part's numbers are kept from the file, and said to be
+    main(["bench", "training", "--quick", "--set", "parts=predict", "--out", str(tmp_path / "work"),
+          "--results", str(tmp_path / "results")])
+    r = json.loads((tmp_path / "results" / "training_quick.json").read_text())
+    assert r["training_loop"]["kept_from"].startswith("mmfuse bench training --quick")
+    assert r["prediction"]["single_row_ms"]["runs"] == 20 and r["prediction"]["cold_start_s"]["runs"] == 2
+    md = (tmp_path / "results" / "training_quick.md").read_text()
+    assert "| hand-written PyTorch |" in md and "p50" in md and "## Provenance" in md
+    with pytest.raises(MmfuseError, match="--set parts=loops: a comma-separated list of loop, predict"):
+        run_bench("training", results=tmp_path / "r", out=tmp_path / "w", parts="loops")
+
+
+@pytest.mark.realdata
+def test_quick_embedding_protocol(tmp_path):
+    r, md = _quick("embedding", tmp_path)
+    assert r["rows"] == 64 and len(r["runs"]) == 1 and r["runtimes"] == {}
+    assert r["mmfuse_vs_loop"]["max_abs"] < 1e-4 and r["mmfuse_vs_previous_path"]["min_cosine"] > 0.9999
+    assert "| plain loop" in md and "target at least 0.95" in md

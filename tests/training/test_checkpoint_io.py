@@ -37,3 +37,19 @@ def test_nested_checkpoint_round_trip_without_pickle(tmp_path, monkeypatch):
     assert opt["param_groups"][0]["betas"] == (0.9, 0.999)
     assert float(back["callbacks"]["EarlyStopping{'monitor': 'val_loss'}"]["best_score"]) == 0.5
     assert torch.equal(back["shared"][1], t)
+
+
+def test_every_dtype_shape_and_view_comes_back_exactly(tmp_path):
+    """Checkpoints are written through numpy when every dtype allows it, else through torch (bfloat16):
+    both keep dtype, shape (0-d included) and values, views and strided slices included."""
+    base = torch.arange(12.0).view(3, 4)
+    ts = {"f32": torch.randn(2, 3), "f64": torch.randn(2, dtype=torch.float64), "f16": torch.randn(3).half(),
+          "i64": torch.tensor(7), "i32": torch.arange(4, dtype=torch.int32), "u8": torch.tensor([1, 255], dtype=torch.uint8),
+          "bool": torch.tensor([True, False]), "scalar": torch.tensor(2.5), "column": base[:, 1], "view": base[1:],
+          "grad": torch.ones(2, requires_grad=True) * 3}
+    for extra in ({}, {"bf16": torch.randn(4).bfloat16()}):
+        save_checkpoint_file({"t": {**ts, **extra}}, tmp_path / "c.ckpt")
+        back = load_checkpoint_file(tmp_path / "c.ckpt")["t"]
+        assert set(back) == set(ts) | set(extra)
+        for k, v in {**ts, **extra}.items():
+            assert back[k].dtype == v.dtype and back[k].shape == v.shape and torch.equal(back[k], v.detach()), k

@@ -206,14 +206,16 @@ def markdown(result: dict) -> str:
         fp, sg = m["fused_plain"], m["single"]
         lines += ["", f"## One input entirely missing (test rows; modality dropout {m['modality_dropout']}, "
                   f"auxiliary losses weighted {m.get('aux_weight', 0)})", "",
-                  "| model | clean | without image | without audio | validation score |", "|---|---|---|---|---|",
-                  f"| {fp.get('fusion', g['best_fusion'])} | {fp['clean']:.4f} | {fp['without_image']:.4f} | "
-                  f"{fp['without_audio']:.4f} | |"]
-        for name, c in m.get("candidates", {}).items():
-            lines.append(f"| {name} + modality dropout{' (chosen)' if name == m['chosen'] else ''} | "
-                         f"{c['accuracy']:.4f} | {c['without_image']:.4f} | {c['without_audio']:.4f} | "
-                         f"{c['val_score']:.4f} |")
-        lines += [f"| audio only | {sg['audio_only']:.4f} | | | |", f"| image only | {sg['image_only']:.4f} | | | |", "",
+                  "| model | clean | without image | without audio | validation score | points vs audio only, "
+                  "without image | points vs image only, without audio |", "|---|---|---|---|---|---|---|"]
+        gap = lambda v, ref: f"{100 * (v - ref):+.2f}"  # noqa: E731
+        for name, c in [(fp.get("fusion", g["best_fusion"]) + " (no dropout)", {**fp, "accuracy": fp["clean"]}),
+                        *((f"{n} + modality dropout" + (" (chosen)" if n == m["chosen"] else ""), c)
+                          for n, c in m.get("candidates", {}).items())]:
+            lines.append(f"| {name} | {c['accuracy']:.4f} | {c['without_image']:.4f} | {c['without_audio']:.4f} | "
+                         + (f"{c['val_score']:.4f}" if "val_score" in c else "") + f" | "
+                         f"{gap(c['without_image'], sg['audio_only'])} | {gap(c['without_audio'], sg['image_only'])} |")
+        lines += [f"| audio only | {sg['audio_only']:.4f} | | | | | |", f"| image only | {sg['image_only']:.4f} | | | | | |", "",
                   f"Chosen on the validation speaker ({m.get('chosen_on', '')}): {m.get('chosen')}. One input "
                   f"missing, minus the model trained on the remaining input alone: without image "
                   f"{m['gaps_points']['without_image_vs_audio_only']:+.2f} points, without audio "

@@ -25,7 +25,7 @@ def flatten(obj: Any, tensors: dict, prefix: str = "t") -> Any:
     """Replace tensors by references (stored in ``tensors``) and tag non-JSON containers."""
     if isinstance(obj, torch.Tensor):
         key = f"{prefix}{len(tensors)}"
-        tensors[key] = obj.detach().cpu().clone().contiguous()  # clone: views of one storage cannot share a file
+        tensors[key] = obj.detach().cpu()  # written at once, by save_checkpoint_file: no copy needed
         return {"__tensor__": key}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
@@ -59,19 +59,39 @@ def unflatten(obj: Any, tensors: dict) -> Any:
     return obj
 
 
-def save_checkpoint_file(checkpoint: dict, path: str | os.PathLike) -> None:
-    """Write atomically: a temporary file, fsync, then a rename over the old one."""
-    from safetensors.torch import save_file
-
+def save_checkpoint_file(checkpoint: dict, path: str | os.PathLike, durable: bool = False) -> None:
+    """Write atomically: a temporary file, then a rename over the old one, so a killed process leaves the
+    old file or the new one, never half of one. ``durable=True`` also flushes the file to disk before
+    the rename (against power loss; an epoch's checkpoint is not worth the wait)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict = {}
     structure = flatten(checkpoint, tensors)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(structure)})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    meta = {_META_KEY: json.dumps(structure)}
+    if all(t.dtype in _NUMPY_DTYPES for t in tensors.values()):
+        # through numpy: safetensors' torch writer checks every tensor's storage for sharing, which costs
+        # more than the write itself for the few hundred small tensors of an optimizer state
+        from safetensors.numpy import save_file
+
+        save_file({k: _c_order(t.numpy()) for k, t in tensors.items()}, str(tmp), metadata=meta)
+    else:  # bfloat16 and other dtypes numpy lacks; views of one storage cannot share a file: copies
+        from safetensors.torch import save_file
+
+        save_file({k: t.clone().contiguous() for k, t in tensors.items()}, str(tmp), metadata=meta)
+    if durable:
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+_NUMPY_DTYPES = frozenset({torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,
+                           torch.int8, torch.uint8, torch.bool})
+
+
+def _c_order(a):
+    """``a`` itself when C-contiguous, else a C-ordered copy (0-d arrays stay 0-d)."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location=None) -> dict:

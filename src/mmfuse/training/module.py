@@ -41,6 +41,7 @@ class LitMultimodal(L.LightningModule):
         self.train_loader, self.val_loader = train_loader, val_loader
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.history: list[dict] = []
+        self.extra_checkpoint_state: dict = {}  # added to every checkpoint as is (the run's fingerprint)
         self.epoch_seconds: dict[int, float] = {}
         self._train_sum, self._train_n = 0.0, 0
         self._val: list = []
@@ -132,6 +133,7 @@ class LitMultimodal(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         """Keep the history and every random generator: CPU (torch, numpy, Python) and, on a
         GPU machine, each CUDA device's (dropout on a GPU draws from those)."""
+        checkpoint.update(self.extra_checkpoint_state)
         checkpoint["mmfuse"] = {
             "history": self.history,
             "torch_rng": torch.get_rng_state(),

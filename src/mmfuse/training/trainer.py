@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from ..config import ModelConfig, TrainConfig
 from ..tasks import Task
@@ -64,8 +64,13 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
     resumed_from = _check_resume(last, fingerprint, run_dir) if resume and last.exists() else None
     monitor, mode = task.monitor_for(tcfg.monitor)  # early stopping and best-checkpoint selection
     lit = LitMultimodal(model, task, train_loader, val_loader, tcfg, mcfg, class_weights)
+    lit.extra_checkpoint_state = {_FINGERPRINT_KEY: fingerprint}  # in every checkpoint (a hook, not a callback,
+    # which Lightning would call on every one of its per-step events)
+    # best.ckpt holds the weights only (the optimizer's moments would double or triple every write); last.ckpt
+    # holds everything a resume needs, the state of the best-checkpoint callback included
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                           save_last=True, enable_version_counter=False)
+                           save_weights_only=True, enable_version_counter=False)
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     early = EarlyStopping(monitor=monitor, mode=mode, patience=tcfg.patience)
     logger = False
     if tcfg.log == "tensorboard":
@@ -85,7 +90,7 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
         max_epochs=tcfg.epochs, min_steps=tcfg.min_steps or None, accelerator=accelerator, devices=1,
         precision=resolve_precision(tcfg.precision, accelerator),
         gradient_clip_val=tcfg.grad_clip or None,
-        callbacks=[early, best, _Fingerprint(fingerprint), *([_EpochFromOne()] if tcfg.progress else []), *callbacks],
+        callbacks=[early, *([_EpochFromOne()] if tcfg.progress else []), *callbacks, best, latest],
         logger=logger,
         enable_progress_bar=tcfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
         max_time=datetime.timedelta(seconds=tcfg.max_time) if tcfg.max_time else None,
@@ -138,16 +143,6 @@ def _check_resume(last: Path, fingerprint: dict | None, run_dir: Path) -> int:
             raise MmfuseError(f"--resume: the checkpoint in {run_dir} was trained {'; '.join(diffs[:3])}{more}; "
                               "start a new --out folder or drop --resume")
     return saved["epoch"]
-
-
-class _Fingerprint(Callback):
-    """Callback that writes the run fingerprint into every checkpoint."""
-
-    def __init__(self, fingerprint: dict | None):
-        self.fingerprint = fingerprint
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint[_FINGERPRINT_KEY] = self.fingerprint
 
 
 class _EpochFromOne(TQDMProgressBar):
