@@ -113,3 +113,16 @@ def test_small_tables_split_without_stratifying_when_a_part_cannot_hold_every_cl
         warnings.simplefilter("ignore")  # the small-validation warning
         s = split_table(t, schema, "y")
     assert sum(s.counts().values()) == n and s.source.endswith("random") and "stratified" not in s.source
+
+
+def test_a_split_column_without_val_rows_validates_on_part_of_its_train_rows():
+    """train/test only: the validation rows come from the train rows (grouped when a group column exists);
+    the test rows stay the split column's."""
+    df = table(80, split=["test" if i % 4 == 0 else "train" for i in range(80)], subject=[f"s{i % 8}" for i in range(80)])
+    s = split(df, val_fraction=0.25)
+    test_rows, train_rows = set(df.index[df["split"] == "test"]), set(df.index[df["split"] == "train"])
+    assert set(s.test.index) == test_rows and set(s.train.index) | set(s.val.index) == train_rows
+    assert len(s.val) == 15 and not set(s.val.index) & set(s.train.index)
+    assert s.labels["val"].startswith("25% of the rows of the training table with split column 'split' = train")
+    g = split(df, columns={"subject": "group"}, val_fraction=0.25)
+    assert not set(g.val["subject"]) & set(g.train["subject"]) and set(g.test.index) == test_rows

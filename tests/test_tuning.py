@@ -482,3 +482,23 @@ def test_search_with_groups_keeps_the_group_column_out_of_every_model(tmp_path):
     cfg = yaml.safe_load((tmp_path / "s" / "best_config.yaml").read_text())
     assert cfg["columns"]["subject"] == "group"
     assert res is not None
+
+
+def test_cli_search_with_column_roles_writes_a_best_config_fit_accepts(tmp_path, capsys):
+    """Roles given with --column are enums inside mmfuse: best_config.yaml holds their plain names."""
+    path = tmp_path / "t.csv"
+    table(60).assign(kind=["u", "v", "w"] * 20).to_csv(path, index=False)
+    out = tmp_path / "s"
+    main(["search", str(path), "-t", "y", "-c", "kind=categorical", "-c", "b=ignore", "--n-trials", "1",
+          "--objective", "val", "--epochs", "1", "--out", str(out), "--no-refit"])
+    cfg = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert cfg["columns"] == {"kind": "categorical", "b": "ignore"}
+    main(["fit", str(path), "--config", str(out / "best_config.yaml"), "--epochs", "1", "--out", str(tmp_path / "f")])
+    schema = json.loads((tmp_path / "f" / "bundle" / "config.json").read_text())["schema"]["columns"]
+    assert schema["kind"] == "categorical" and schema["b"] == "ignore"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # a validation split has no folds: the fold flags are refused, not ignored
+        main(["search", str(path), "-t", "y", "--objective", "val", "--folds", "3", "--jobs", "2", "--out", str(out)])
+    assert e.value.code == 2
+    assert "--objective val scores each trial on one validation split, without folds: leave out --folds, --jobs" in (
+        capsys.readouterr().err)

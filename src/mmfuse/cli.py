@@ -258,7 +258,7 @@ def search(
     study_name: Optional[str] = typer.Option(None, "--study-name", help="The study's name in the storage (default mmfuse)."),
     objective: str = typer.Option("cv", "--objective", help="cv: mean over --folds folds; val: one fit scored on "
                                   "its validation rows (faster)."),
-    folds: int = typer.Option(5, "--folds", "-k", help="Folds of each trial (--objective cv)."),
+    folds: Optional[int] = typer.Option(None, "--folds", "-k", help="Folds of each trial (--objective cv). Default 5."),
     group_column: Optional[str] = typer.Option(None, "--group-column", help="Group k-fold on this column, as for cv."),
     leave_one_out: Optional[str] = typer.Option(None, "--leave-one-out", help="Leave-one-group-out on this column."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Folds of a trial fitted at once, each in its own process."),
@@ -308,13 +308,21 @@ def search(
         from .errors import MmfuseError
 
         raise MmfuseError(f"--space alpha sweeps the weights of weighted fusion; leave out --fusion {fusion}")
+    if objective == "val":
+        given = [f for f, v in (("--folds", folds is not None), ("--jobs", jobs != 1), ("--leave-one-out",
+                                                                                        leave_one_out)) if v]
+        if given:
+            from .errors import MmfuseError
+
+            raise MmfuseError(f"--objective val scores each trial on one validation split, without folds: leave out "
+                              f"{', '.join(given)} (or use --objective cv)")
     m = _predictor_from_options(
         target, config, fusion=fusion, task=task, column=column, group=group, input_=input_,
         image_size=image_size, image_resize=image_resize, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         workers=workers, max_time=max_time, root=root, on_bad_input=on_bad_input,
         allow_outside_root=allow_outside_root, progress=False)
     run_search(m, data, space=space, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name,
-               objective=objective, folds=folds, group_column=group_column, leave_one_out=leave_one_out, out=out,
+               objective=objective, folds=5 if folds is None else folds, group_column=group_column, leave_one_out=leave_one_out, out=out,
                jobs=jobs, seed=seed or 0, ensemble=ensemble, refit=refit, echo=typer.echo, overwrite=overwrite,
                metric=metric,
                fixed=[n for n, v in (("fusion", fusion), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
@@ -493,9 +501,15 @@ def robustness(
         seed=seed, metric=metric, baseline=baseline, out=out, echo=typer.echo, allow_outside_root=allow_outside_root)
 
 
+def _protocols() -> list:
+    from .bench import PROTOCOLS
+
+    return list(PROTOCOLS)
+
+
 @app.command()
 def bench(
-    name: str = typer.Argument(..., help="The protocol: fsdd_mnist, sp_sw_har, womens_clothing or efficiency."),
+    name: str = typer.Argument(..., help="The protocol: " + ", ".join(_protocols()) + "."),
     quick: bool = typer.Option(False, "--quick", help="A reduced run (minutes), written to NAME_quick.json/.md."),
     seeds: int = typer.Option(1, "--seeds", help="Fit each model with seeds 0..N-1 (where the protocol fits)."),
     data: Optional[Path] = typer.Option(None, "--data", help="The folder of the data sets (fsdd/, mnist/, "
@@ -667,6 +681,17 @@ def main(argv=None) -> None:
     from .errors import Interrupted, MmfuseError
 
     args = sys.argv[1:] if argv is None else list(argv)
+    import warnings
+
+    show = warnings.showwarning
+
+    def note(message, category, filename, lineno, file=None, line=None):  # mmfuse's own warnings: one line
+        if "mmfuse" in Path(str(filename)).parts:
+            typer.echo(f"note: {message}", err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = note
     try:
         app(args=args, standalone_mode=False)
         if argv is None and _state["fast_exit"]:
@@ -692,6 +717,8 @@ def main(argv=None) -> None:
         if type(e).__name__ == "Abort":  # Ctrl-C at a prompt
             sys.exit(1)
         raise
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

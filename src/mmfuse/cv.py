@@ -281,7 +281,7 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
         params["columns"] = {**(params.get("columns") or {}), group_col: "group"}
     if "split" in df.columns and (params.get("columns") or {}).get("split") is None:
         params["columns"] = {**(params.get("columns") or {}), "split": "ignore"}  # the folds decide
-        say("note: the table's 'split' column is not used; each fold's rows are chosen by the folds")
+        say("note: the table's 'split' column chooses no fold: the folds divide its other rows, train and val alike")
     params.update(root=table.root, resume=False, progress=params.get("progress") and jobs == 1)
     # roles are inferred once, on the whole table, and given to every fold: inferred on a fold's rows, a
     # column could change role from fold to fold (a 0..n-1 row counter is an id; a fold's subset of it is not)
@@ -456,6 +456,10 @@ def _settings(estimator) -> dict:
 
 
 def _jsonable(v):
+    from enum import Enum
+
+    if isinstance(v, Enum):  # a Role is also a str: YAML and JSON writers want its plain value
+        return _jsonable(v.value)
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
     if isinstance(v, (np.integer,)):

@@ -124,6 +124,12 @@ class Splits:
 SMALL_VAL_ROWS, SMALL_VAL_CLASS_ROWS = 500, 30
 
 
+def _split_values(df, col) -> set:
+    from .splits import _NAMES
+
+    return set(df[col].astype(str).str.strip().str.lower().map(_NAMES).dropna())
+
+
 def split_table(table, schema, target: str, task: str | None = None, val=None, test=None, val_fraction: float = 0.1,
                 test_fraction: float = 0.1, seed: int = 0, on_blank_target: str = "drop") -> Splits:
     """Split the table into training, validation and test rows.
@@ -195,8 +201,10 @@ def split_table(table, schema, target: str, task: str | None = None, val=None, t
             te = keep("test", te)
 
         def held_out(name: str, fraction: float) -> str:
-            if schema.columns_with(Role.SPLIT):
+            if schema.columns_with(Role.SPLIT) and (name == "test" or "val" in _split_values(labelled, known[0])):
                 return f"rows of {data_name} with split column {known[0]!r} = {name}"
+            if schema.columns_with(Role.SPLIT):
+                return f"{fraction:.0%} of the rows of {data_name} with split column {known[0]!r} = train (it has no val rows)"
             if known:
                 return f"held-out {fraction:.0%} of the groups of {known[0]!r} in {data_name}"
             return f"held-out {fraction:.0%} of {data_name}, {'stratified random' if strat is not None else 'random'}"
@@ -215,7 +223,8 @@ def split_table(table, schema, target: str, task: str | None = None, val=None, t
             te, test_label = df.iloc[:0], "none"
         kind = task
     if len(va) == 0:
-        raise MmfuseError("no validation rows: pass val=..., add a split column, or set val_fraction > 0")
+        raise MmfuseError("no validation rows: give a validation table (--val FILE), 'val' rows in the split column, "
+                          "or a validation fraction above 0 (val_fraction in --config)")
     if kind is None:
         kind = infer_task(tr[target])
     if blank:
@@ -246,8 +255,8 @@ def _warn_small_validation(y: pd.Series, y_train: pd.Series, kind: str | None) -
     if small:
         warnings.warn(f"the validation split is small: {' and '.join(small)}; early stopping and the best epoch "
                       "will follow noise, and its metrics vary from seed to seed. Use more validation rows "
-                      "(val_fraction, --val), or compare settings by cross-validation (several fits, each with "
-                      "another fold as its split column)", stacklevel=3)
+                      "(--val FILE, or val_fraction in --config), or compare settings by cross-validation "
+                      "(mmfuse cv, mmfuse.cross_validate)", stacklevel=3)
 
 
 # --- 3. the target and the preprocessors ----------------------------------------------------

@@ -358,7 +358,9 @@ def _score(pred, table, metric: str) -> float:
 
     res = evaluate_predictor(pred, table, allow_outside_root=True)
     if metric not in res:
-        numbers = [k for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        from .tasks import METRIC_NAMES
+
+        numbers = [k for k in METRIC_NAMES if isinstance(res.get(k), (int, float)) and not isinstance(res.get(k), bool)]
         raise MmfuseError(f"metric {metric!r} is not reported for this task; its metrics: {', '.join(numbers)}")
     return float(res[metric])
 

@@ -24,7 +24,8 @@ def split_rows(df: pd.DataFrame, schema: Schema, val_fraction: float, test_fract
                stratify: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Row positions per split.
 
-    - A ``split`` column (values train / val / test and synonyms) is used as given.
+    - A ``split`` column (values train / val / test and synonyms) is used as given; without ``val``
+      rows, ``val_fraction`` of its ``train`` rows validate (chosen as below).
     - Else with a ``group`` column, whole groups go to one split (no group in two splits).
     - Else a random split, stratified by ``stratify`` (class labels) when every class has
       at least two rows.
@@ -42,6 +43,15 @@ def split_rows(df: pd.DataFrame, schema: Schema, val_fraction: float, test_fract
         out = {k: np.flatnonzero(mapped == k) for k in ("train", "val", "test")}
         if len(out["train"]) == 0:
             raise SchemaError(f"split column {col!r} has no 'train' rows")
+        if len(out["val"]) == 0 and val_fraction > 0:
+            # no 'val' rows: they come from the 'train' rows, as without a split column (by group if there is one)
+            import dataclasses
+
+            train = out["train"]
+            rest = dataclasses.replace(schema, roles={c: r for c, r in schema.roles.items() if c != col})
+            sub = split_rows(df.iloc[train], rest, val_fraction, 0.0, seed,
+                             None if stratify is None else np.asarray(stratify)[train])
+            out["train"], out["val"] = train[sub["train"]], train[sub["val"]]
         return out
     groups_cols = schema.columns_with(Role.GROUP)
     rng = np.random.default_rng(seed)

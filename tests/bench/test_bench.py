@@ -72,6 +72,21 @@ def test_quick_fsdd_mnist(tmp_path):
     assert m["chosen"] == max(scores, key=scores.get) and m["aux_weight"] == 1.0  # chosen on validation rows
     run = m["candidates"][m["chosen"]]["runs"][0]
     assert m["fused_md"]["without_image"] == run["without_image"] and 0 <= run["val_without_audio"] <= 1
+    # the validation scores come from the validation speaker's rows: recomputed here from the saved bundle
+    from mmfuse import Predictor, evaluate_predictor
+    from mmfuse.bench.fsdd_mnist import _subset
+    from mmfuse.datasets import fsdd_mnist
+    from mmfuse.io import Table
+    from mmfuse.robust import blank_inputs, inputs_of
+
+    data = require_shared_data("fsdd").parent
+    table = _subset(fsdd_mnist(data / "fsdd", data / "mnist", tmp_path / "work" / "data"),
+                    {"train": 200, "val": 100, "test": 200}, 0)
+    pred = Predictor.load(tmp_path / "work" / "runs" / f"{m['chosen']}_md" / "seed0" / "bundle")
+    for split, key in (("val", "val_without_audio"), ("test", "without_audio")):
+        rows = Table(table.df[table.df["split"] == split], table.root, split)
+        blank = blank_inputs(rows, inputs_of(pred), ["audio"])
+        assert evaluate_predictor(pred, blank)["accuracy"] == pytest.approx(run[key])
     rob = r["robustness"]["models"]
     assert set(rob) == {"concat", "late", f"{m['chosen']} + modality dropout", "audio only", "image only"}
     assert r["robustness"]["baseline"] == ({"concat", "late"} - {best}).pop()  # late fusion, or concat if late won

@@ -133,6 +133,8 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
     if len(seed_list) > 1 and not getattr(module, "SEEDS", True):
         raise MmfuseError(f"benchmark {name!r} fits with one seed (its protocol repeats nothing per seed); "
                           "leave --seeds out")
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise MmfuseError(f"--jobs {jobs}: a whole number >= 1 (processes that fit folds at once)")
     options = _check_options(name, getattr(module, "OPTIONS", {}), options)
     data_arg, results_arg = data, results
     data = Path(data) if data is not None else default_data_dir()
@@ -150,7 +152,8 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
     ctx = BenchContext(name, data, Path(out) if out is not None else Path("runs") / "bench" / stem, quick, seed_list,
                        jobs, echo, options, previous)
     ctx.out.mkdir(parents=True, exist_ok=True)
-    echo(f"bench {name}{' (quick)' if quick else ''}: seeds {seed_list}; data {data}; work folder {ctx.out}")
+    echo(f"bench {name}{' (quick)' if quick else ''}: seeds {seed_list}; "
+         + (f"data {data}; " if getattr(module, "NEEDS_DATA", True) else "") + f"work folder {ctx.out}")
     t0 = time.perf_counter()
     body = module.run(ctx)
     if command is None:  # the command that reproduces this run, whether it came from the CLI or from Python
