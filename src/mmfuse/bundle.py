@@ -409,6 +409,8 @@ class Predictor:
         prediction would then be the same, whatever the row."""
         absent = dataset.absent_inputs()
         self.last_absent = absent
+        known = set(self.schema.roles) if self.schema is not None else set()
+        self.last_unread = [c for c in dataset.table.df.columns if c not in known]  # a renamed column, likely
         if absent and len(absent) == len(self.preprocessors):
             need = {n: list(p.columns) for n, p in self.preprocessors.items()}
             have = list(dataset.table.df.columns)
@@ -423,7 +425,10 @@ class Predictor:
         if not absent:
             return ""
         cols = "; ".join(f"{n} (columns {', '.join(map(str, self.preprocessors[n].columns))})" for n in absent)
-        return f"inputs absent from this table, treated as missing in every row: {cols}"
+        unread = getattr(self, "last_unread", [])
+        extra = (f"; the table's columns {', '.join(map(repr, unread[:10]))}{' ...' if len(unread) > 10 else ''} "
+                 "are not the model's (renamed?)") if unread else ""
+        return f"inputs absent from this table, treated as missing in every row: {cols}{extra}"
 
     def decode(self, data, threshold=None, **kw):
         """The one call behind every prediction (``predict``, ``predict_proba``, ``predict_frame``, the CLI):
