@@ -45,7 +45,8 @@ def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):
 
 def _quick(name, tmp_path, *extra):
     folder = {"fsdd_mnist": "fsdd", "sp_sw_har": "sp-sw-har", "womens_clothing": "womens-clothing",
-              "efficiency": "sp-sw-har", "embedding": "womens-clothing"}[name]
+              "efficiency": "sp-sw-har", "embedding": "womens-clothing",
+              "group_by_length": "womens-clothing"}[name]
     data = require_shared_data(folder).parent
     main(["bench", name, "--quick", "--data", str(data), "--out", str(tmp_path / "work"),
           "--results", str(tmp_path / "results"), *extra])
@@ -155,3 +156,11 @@ def test_quick_embedding_protocol(tmp_path):
     assert r["rows"] == 64 and len(r["runs"]) == 1 and r["runtimes"] == {}
     assert r["mmfuse_vs_loop"]["max_abs"] < 1e-4 and r["mmfuse_vs_previous_path"]["min_cosine"] > 0.9999
     assert "| plain loop" in md and "target at least 0.95" in md
+
+
+@pytest.mark.realdata
+def test_quick_group_by_length_protocol(tmp_path):
+    r, md = _quick("group_by_length", tmp_path)
+    assert r["rows"] == {"train": 64, "val": 32} and [x["group_by_length"] for x in r["runs"]] == [False, True]
+    assert r["speedup"] == round(r["runs"][0]["train_seconds"] / r["runs"][1]["train_seconds"], 2)
+    assert "| grouped by length |" in md and "Speed-up of grouping" in md
