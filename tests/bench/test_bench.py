@@ -46,7 +46,7 @@ def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):
 def _quick(name, tmp_path, *extra):
     folder = {"fsdd_mnist": "fsdd", "sp_sw_har": "sp-sw-har", "womens_clothing": "womens-clothing",
               "efficiency": "sp-sw-har", "embedding": "womens-clothing",
-              "group_by_length": "womens-clothing"}[name]
+              "group_by_length": "womens-clothing", "loading": "mnist"}[name]
     data = require_shared_data(folder).parent
     main(["bench", name, "--quick", "--data", str(data), "--out", str(tmp_path / "work"),
           "--results", str(tmp_path / "results"), *extra])
@@ -164,3 +164,12 @@ def test_quick_group_by_length_protocol(tmp_path):
     assert r["rows"] == {"train": 64, "val": 32} and [x["group_by_length"] for x in r["runs"]] == [False, True]
     assert r["speedup"] == round(r["runs"][0]["train_seconds"] / r["runs"][1]["train_seconds"], 2)
     assert "| grouped by length |" in md and "Speed-up of grouping" in md
+
+
+@pytest.mark.realdata
+def test_quick_loading_protocol(tmp_path):
+    r, md = _quick("loading", tmp_path)
+    (res,) = r["results"]
+    assert (res["dataset"], res["cache"], res["workers"]) == ("mnist", "memory", 0)
+    assert [p["samples"] for p in res["passes"]] == [500, 500] and res["peak_rss_mb_main"] > 0
+    assert "| mnist (500) | memory | 0 |" in md
