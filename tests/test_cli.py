@@ -256,3 +256,17 @@ def test_inspect_warns_what_the_default_crop_loses_of_wide_images(tmp_path):
     assert ("image column 'photo': the training images' median aspect ratio (width/height) is 4.00 (e.g. 80x20) but "
             "size is 64x64: a center crop keeps 25% of each 80x20 image") in r.stderr
     assert "(--image-size 128x32)" in r.stderr
+
+
+def test_mmfuse_warnings_are_one_note_line_each_not_a_python_warning(tmp_path):
+    """A small validation split is worth saying once, as a note: no 'UserWarning', no source excerpt."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 2))
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "y": np.where(x[:, 0] > 0, "p", "n")}).to_csv(tmp_path / "t.csv", index=False)
+    r = run("fit", tmp_path / "t.csv", "-t", "y", "--epochs", "1", "--out", tmp_path / "f")
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note: the validation split is small")]
+    assert len(notes) == 1 and "UserWarning" not in r.stderr and "split_table(" not in r.stderr

@@ -685,9 +685,13 @@ def main(argv=None) -> None:
 
     show = warnings.showwarning
 
-    def note(message, category, filename, lineno, file=None, line=None):  # mmfuse's own warnings: one line
+    seen: set = set()
+
+    def note(message, category, filename, lineno, file=None, line=None):  # mmfuse's own warnings: one line, once
         if "mmfuse" in Path(str(filename)).parts:
-            typer.echo(f"note: {message}", err=True)
+            if str(message) not in seen:
+                seen.add(str(message))
+                typer.echo(f"note: {message}", err=True)
         else:
             show(message, category, filename, lineno, file, line)
 
