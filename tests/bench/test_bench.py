@@ -46,7 +46,8 @@ def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):
 def _quick(name, tmp_path, *extra):
     folder = {"fsdd_mnist": "fsdd", "sp_sw_har": "sp-sw-har", "womens_clothing": "womens-clothing",
               "efficiency": "sp-sw-har", "embedding": "womens-clothing",
-              "group_by_length": "womens-clothing", "loading": "mnist"}[name]
+              "group_by_length": "womens-clothing", "loading": "mnist",
+              "clothing_search": "womens-clothing"}[name]
     data = require_shared_data(folder).parent
     main(["bench", name, "--quick", "--data", str(data), "--out", str(tmp_path / "work"),
           "--results", str(tmp_path / "results"), *extra])
@@ -173,3 +174,11 @@ def test_quick_loading_protocol(tmp_path):
     assert (res["dataset"], res["cache"], res["workers"]) == ("mnist", "memory", 0)
     assert [p["samples"] for p in res["passes"]] == [500, 500] and res["peak_rss_mb_main"] > 0
     assert "| mnist (500) | memory | 0 |" in md
+
+
+@pytest.mark.realdata
+def test_quick_clothing_search_protocol(tmp_path):
+    r, md = _quick("clothing_search", tmp_path)
+    assert r["rows"] == {"search": 150, "test": 150} and r["folds"] == 2 and r["trials"]["complete"] >= 1
+    assert 0 <= r["best_trial"]["test"]["macro_f1"] <= 1 and r["best_trial"]["cv_macro_f1"] == r["top_trials"][0]["cv_macro_f1"]
+    assert "| best trial (" in md and "TF-IDF + logistic regression (README) | | 0.460" in md

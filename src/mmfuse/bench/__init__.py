@@ -33,6 +33,7 @@ PROTOCOLS = {
     "womens_clothing": "Women's Clothing reviews with frozen all-MiniLM-L6-v2: both targets, against the baselines",
     "efficiency": "every fusion on one data set: parameters, training time per epoch, inference per 1,000 rows, peak memory",
     "embedding": "frozen-backbone (MiniLM) embedding speed: mmfuse's cache build against a plain loop; ONNX Runtime",
+    "clothing_search": "an Optuna search (frozen MiniLM) on the clothing Rating target, its ensemble, against the baselines",
     "loading": "data-loading throughput: MNIST images and FSDD audio, 0 and 2 workers, cache in memory and on disk",
     "group_by_length": "one epoch of full MiniLM fine-tuning with and without length-grouped batches",
     "training": "mmfuse's training loop against a hand-written PyTorch loop; predict cold start and one-row latency",
