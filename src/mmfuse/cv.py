@@ -329,12 +329,11 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
 def held_out_split_column(estimator, df) -> str | None:
     """The column that marks the table's own test rows, which cross-validation and search never use: the
     column given the role ``split``, else a column named ``split`` not given another role."""
-    cols = estimator.columns or {}
-    given = [c for c, r in cols.items() if str(getattr(r, "value", r)) == "split" and c in df.columns]
+    roles = {c: str(getattr(r, "value", r)) for c, r in (estimator.columns or {}).items()}  # a Role or its name
+    given = [c for c, r in roles.items() if r == "split" and c in df.columns]
     if given:
         return given[0]
-    return "split" if "split" in df.columns and str(getattr(cols.get("split"), "value", cols.get("split"))) in (
-        "None", "split") else None
+    return "split" if "split" in df.columns and roles.get("split", "split") == "split" else None
 
 
 def plan_folds(estimator, table, folds: int = 5, group_column: str | None = None, leave_one_out: str | None = None,
@@ -365,7 +364,9 @@ def plan_folds(estimator, table, folds: int = 5, group_column: str | None = None
                           "give the column that groups related rows (a subject, a session)")
     split_col = held_out_split_column(estimator, df)
     if split_col is not None:  # the table's test rows are for the final model: no fold trains or scores on them
-        is_test = (df[split_col].astype(str).str.strip().str.lower() == "test").to_numpy()
+        from .splits import split_names
+
+        is_test = (split_names(df[split_col]) == "test").to_numpy()
         if is_test.any():
             say(f"held out {int(is_test.sum())} rows whose {split_col!r} is 'test': no fold trains or scores on them "
                 "(fitting with the split column scores the final model on them)")

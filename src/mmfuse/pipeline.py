@@ -124,12 +124,6 @@ class Splits:
 SMALL_VAL_ROWS, SMALL_VAL_CLASS_ROWS = 500, 30
 
 
-def _split_values(df, col) -> set:
-    from .splits import _NAMES
-
-    return set(df[col].astype(str).str.strip().str.lower().map(_NAMES).dropna())
-
-
 def split_table(table, schema, target: str, task: str | None = None, val=None, test=None, val_fraction: float = 0.1,
                 test_fraction: float = 0.1, seed: int = 0, on_blank_target: str = "drop") -> Splits:
     """Split the table into training, validation and test rows.
@@ -153,7 +147,7 @@ def split_table(table, schema, target: str, task: str | None = None, val=None, t
     """
     from .io import read_table
     from .schema import Role
-    from .splits import can_stratify, split_rows
+    from .splits import SPLIT_NAMES, can_stratify, split_names, split_rows
     from .tasks import blank_targets, create_task, infer_task
 
     df = table.df
@@ -201,7 +195,8 @@ def split_table(table, schema, target: str, task: str | None = None, val=None, t
             te = keep("test", te)
 
         def held_out(name: str, fraction: float) -> str:
-            if schema.columns_with(Role.SPLIT) and (name == "test" or "val" in _split_values(labelled, known[0])):
+            if schema.columns_with(Role.SPLIT) and (name == "test" or "val" in set(
+                    split_names(labelled[known[0]]).map(SPLIT_NAMES))):
                 return f"rows of {data_name} with split column {known[0]!r} = {name}"
             if schema.columns_with(Role.SPLIT):
                 return f"{fraction:.0%} of the rows of {data_name} with split column {known[0]!r} = train (it has no val rows)"

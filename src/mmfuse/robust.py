@@ -331,7 +331,9 @@ def _test_rows(table, predictor, say):
     if not cols:
         return table
     col = cols[0]
-    test = table.df[col].astype(str).str.strip().str.lower() == "test"
+    from .splits import split_names
+
+    test = split_names(table.df[col]) == "test"
     if not test.any():
         raise MmfuseError(f"the table's split column {col!r} has no 'test' rows; robustness is measured on test rows: "
                           "give a table of test rows (without that column), or mark them test")

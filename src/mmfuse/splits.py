@@ -7,7 +7,13 @@ import pandas as pd
 from .errors import SchemaError
 from .schema import Role, Schema
 
-_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
+
+
+def split_names(values: pd.Series) -> pd.Series:
+    """A split column's cells as written, trimmed and lower-cased (``" Val "`` -> ``"val"``); :data:`SPLIT_NAMES`
+    maps them to train / val / test."""
+    return values.astype(str).str.strip().str.lower()
 
 
 def can_stratify(labels: np.ndarray | None, val_fraction: float, test_fraction: float) -> bool:
@@ -34,12 +40,12 @@ def split_rows(df: pd.DataFrame, schema: Schema, val_fraction: float, test_fract
     n = len(df)
     if split_cols:
         col = split_cols[0]
-        vals = df[col].astype(str).str.strip().str.lower()
-        bad = sorted(set(vals) - set(_NAMES))
+        vals = split_names(df[col])
+        bad = sorted(set(vals) - set(SPLIT_NAMES))
         if bad:
-            first = vals[~vals.isin(list(_NAMES))].index[0]
+            first = vals[~vals.isin(list(SPLIT_NAMES))].index[0]
             raise SchemaError(f"row {first}, column {col!r}: split value {bad[0]!r} is not one of train, val, test")
-        mapped = vals.map(_NAMES).to_numpy()
+        mapped = vals.map(SPLIT_NAMES).to_numpy()
         out = {k: np.flatnonzero(mapped == k) for k in ("train", "val", "test")}
         if len(out["train"]) == 0:
             raise SchemaError(f"split column {col!r} has no 'train' rows")
