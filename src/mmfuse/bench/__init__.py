@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import import_module, metadata
+from importlib import import_module
 from pathlib import Path
 from typing import Callable
 
@@ -63,6 +63,8 @@ class BenchContext:
 
 def environment() -> dict:
     """The machine, Python, package versions and (in a git checkout) the commit, recorded with every result."""
+    from importlib import metadata  # here, not at import: the CLI lists the protocols on every start
+
     cpu = platform.processor()
     try:
         for line in open("/proc/cpuinfo"):
