@@ -182,3 +182,18 @@ def test_quick_clothing_search_protocol(tmp_path):
     assert r["rows"] == {"search": 150, "test": 150} and r["folds"] == 2 and r["trials"]["complete"] >= 1
     assert 0 <= r["best_trial"]["test"]["macro_f1"] <= 1 and r["best_trial"]["cv_macro_f1"] == r["top_trials"][0]["cv_macro_f1"]
     assert "| best trial (" in md and "TF-IDF + logistic regression (README) | | 0.460" in md
+
+
+def test_quick_defaults_protocol(tmp_path):
+    """wine and digits come with scikit-learn: no shared data needed."""
+    main(["bench", "defaults", "--quick", "--out", str(tmp_path / "work"), "--results", str(tmp_path / "results")])
+    r = json.loads((tmp_path / "results" / "defaults_quick.json").read_text())
+    assert [s["dataset"] for s in r["summary"]] == ["wine", "digits"] and len(r["runs"]) == 2
+    for s, run in zip(r["summary"], r["runs"]):
+        assert s["mmfuse"] == run["mmfuse"]["accuracy"] and s["baseline"] == run["baseline"]["accuracy"]
+        assert s["meets_target"] == (s["mmfuse"] >= s["baseline"] - 0.01)
+        assert sum(run["rows"].values()) == {"wine": 178, "digits": 1797}[s["dataset"]]
+    md = (tmp_path / "results" / "defaults_quick.md").read_text()
+    assert "| wine | accuracy | 1 |" in md and "## Provenance" in md
+    with pytest.raises(MmfuseError, match="--set only: unknown data set 'wines'.*Did you mean 'wine'"):
+        run_bench("defaults", results=tmp_path / "r", out=tmp_path / "w", only="wines")

@@ -36,6 +36,7 @@ PROTOCOLS = {
     "clothing_search": "an Optuna search (frozen MiniLM) on the clothing Rating target, its ensemble, against the baselines",
     "loading": "data-loading throughput: MNIST images and FSDD audio, 0 and 2 workers, cache in memory and on disk",
     "group_by_length": "one epoch of full MiniLM fine-tuning with and without length-grouped batches",
+    "defaults": "mmfuse with nothing but the target against logistic regression on five small real tables",
     "training": "mmfuse's training loop against a hand-written PyTorch loop; predict cold start and one-row latency",
 }
 
@@ -200,13 +201,13 @@ def _check_options(name: str, known: dict, given: dict) -> dict:
     return out
 
 
-def check_models(name: str, models: list, allowed, setting: str = "models") -> None:
+def check_models(name: str, models: list, allowed, setting: str = "models", kind: str = "model") -> None:
     """A protocol's ``models`` setting, checked before anything runs (a typo is not found after an hour)."""
     bad = [m for m in models if m not in allowed]
     if bad:
         from .._registry import unknown_name_message
 
-        raise MmfuseError(f"--set {setting}: " + unknown_name_message("model", bad[0], list(allowed)) + f" (benchmark {name!r})")
+        raise MmfuseError(f"--set {setting}: " + unknown_name_message(kind, bad[0], list(allowed)) + f" (benchmark {name!r})")
 
 
 def _provenance(result: dict) -> str:
