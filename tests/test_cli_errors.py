@@ -200,3 +200,30 @@ def test_predict_and_evaluate_protect_what_they_would_overwrite(tmp_path, capsys
             main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(err) == 1 and expected in err[0]
+
+
+def test_a_bad_cell_row_says_how_it_counts_and_a_flag_is_named_as_the_flag(run, tmp_path, capsys):
+    import pandas as pd
+
+    df = pd.read_csv(run / "data.csv")
+    df["x1"] = df["x1"].astype(object)
+    df.loc[5, "x1"] = "abc"
+    df.to_csv(tmp_path / "bad.csv", index=False)
+    line = cli_error(capsys, "predict", run / "run" / "bundle", tmp_path / "bad.csv", "--out", tmp_path / "p.csv")
+    assert "row 5 (counted from 0 below the header), column 'x1': holds 'abc'" in line
+    assert cli_error(capsys, "fit", run / "data.csv", "-t", "y", "--epochs", "0",
+                     "--out", tmp_path / "r") == "error: --epochs must be an integer >= 1; got 0"
+    assert cli_error(capsys, "cv", run / "data.csv", "-t", "y", "--folds=1",
+                     "--out", tmp_path / "cv").startswith("error: --folds must be an integer >= 2")
+    (tmp_path / "c.yaml").write_text("epochs: 0\n")  # from a settings file, the setting keeps its own name
+    assert "setting 'epochs' must be an integer >= 1" in cli_error(
+        capsys, "fit", run / "data.csv", "-t", "y", "--config", tmp_path / "c.yaml", "--out", tmp_path / "r")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "robustness"])
+def test_a_command_that_writes_a_folder_refuses_a_file_name_for_it(run, tmp_path, capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main([command, str(run / "run" / "bundle"), str(run / "data.csv"), "-o", str(tmp_path / "ev.json")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "looks like a file name" in err and "'" + str(tmp_path / "ev") + "'" in err
+    assert not (tmp_path / "ev.json").exists()

@@ -50,6 +50,17 @@ def _parse_groups(items: List[str]) -> dict:
     return out
 
 
+FILE_SUFFIXES = (".json", ".md", ".csv", ".tsv", ".parquet", ".jsonl", ".txt", ".png", ".yaml", ".yml")
+
+
+def _folder(value: Optional[Path]) -> Optional[Path]:
+    """``--out`` of a command that writes several files: a folder, not a file name (``-o ev.json`` would
+    make a folder called ev.json)."""
+    if value is not None and value.suffix.lower() in FILE_SUFFIXES and not value.is_dir():
+        raise typer.BadParameter(f"{str(value)!r} looks like a file name; this command writes several files into a "
+                                 f"folder: give a folder, e.g. {str(value.with_suffix(''))!r}")
+    return value
+
 @app.command()
 def inspect(
     data: Path = typer.Argument(..., help="Table: .csv, .tsv, .parquet or .jsonl."),
@@ -104,7 +115,7 @@ def fit(
     fusion: Optional[str] = typer.Option(None, "--fusion", "-f", help=setting_help(ModelConfig, "fusion")),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings (model, train, ...); "
                                           "`mmfuse config --defaults` prints every one. Options given here win."),
-    out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder (checkpoints, report, bundle)."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", "-o", callback=_folder, help="Run folder (checkpoints, report, bundle)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation table (default: split off the data)."),
     test: Optional[Path] = typer.Option(None, "--test", help="Test table (default: split off the data)."),
     task: Optional[str] = typer.Option(None, "--task", help="binary, multiclass, multilabel or regression."),
@@ -194,7 +205,7 @@ def cv(
     leave_one_out: Optional[str] = typer.Option(
         None, "--leave-one-out", help="Leave-one-group-out: one fold per value of this column (e.g. a subject)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Folds fitted at once, each in its own process."),
-    out: Path = typer.Option(Path("runs/cv"), "--out", "-o", help="Run folder: cv.json, cv.md, oof.csv, fold_<i>/."),
+    out: Path = typer.Option(Path("runs/cv"), "--out", "-o", callback=_folder, help="Run folder: cv.json, cv.md, oof.csv, fold_<i>/."),
     overwrite: bool = typer.Option(False, "--overwrite", show_default=True,
                                    help="Replace a cross-validation with other settings in --out (the same "
                                         "settings resume: finished folds are kept)."),
@@ -271,7 +282,7 @@ def search(
     overwrite: bool = typer.Option(False, "--overwrite", show_default=True,
                                    help="Start afresh: delete the earlier search (study.db, trials, leaderboard, "
                                         "best, ensemble) in --out; --space alpha: replace its CV runs."),
-    out: Path = typer.Option(Path("runs/search"), "--out", "-o", help="Output folder: leaderboard.md/.csv, "
+    out: Path = typer.Option(Path("runs/search"), "--out", "-o", callback=_folder, help="Output folder: leaderboard.md/.csv, "
                              "best_config.yaml, best/bundle, param_importance.png, trials/, study.db."),
     fusion: Optional[str] = _OPT_FUSION,
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings, as for fit: the "
@@ -405,7 +416,7 @@ def _print_metrics(metrics: dict) -> None:
 def evaluate(
     bundle: Path = typer.Argument(..., help="Bundle folder written by fit, or an ensemble folder."),
     data: Path = typer.Argument(..., help="Labelled table."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics.json and report.md here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=_folder, help="Write metrics.json and report.md here."),
     contribution: bool = typer.Option(True, "--contribution/--no-contribution", help="Measure each input's contribution."),
     on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
@@ -468,7 +479,7 @@ def robustness(
     metric: Optional[str] = typer.Option(None, "--metric", help="Default: the task's headline (accuracy, rmse...)."),
     seed: int = typer.Option(0, "--seed", help="Seeds every corruption (the same draws at every level)."),
     name: str = typer.Option("model", "--name", help="The name of BUNDLE in the tables and the plot."),
-    out: Path = typer.Option(Path("runs/robustness"), "--out", "-o", help="Writes robustness.json, .md and .png."),
+    out: Path = typer.Option(Path("runs/robustness"), "--out", "-o", callback=_folder, help="Writes robustness.json, .md and .png."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
 ):
@@ -517,7 +528,7 @@ def bench(
     option: List[str] = typer.Option([], "--set", help="KEY=VALUE protocol setting (repeatable), e.g. --set "
                                      "models=audio,concat --set epochs=10."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Folds fitted at once, where the protocol cross-validates."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Work folder (default runs/bench/NAME)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=_folder, help="Work folder (default runs/bench/NAME)."),
     results: Optional[Path] = typer.Option(None, "--results", help="Folder for NAME.json and NAME.md (default "
                                            "benchmarks/results)."),
     tag: Optional[str] = typer.Option(None, "--tag", help="A variant's name: results in NAME_TAG.json/.md."),
@@ -611,7 +622,7 @@ def config_(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", callback=_folder, help="Output folder."),
     epochs: int = typer.Option(8, "--epochs", help="Maximum epochs per model."),
     fusion: List[str] = typer.Option([], "--fusion", help="Only these fusions (default: all)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
@@ -661,11 +672,26 @@ def cache_clear(directory: Optional[Path] = typer.Option(None, "--dir", help="Ca
     typer.echo(f"removed {clear_cache(directory)} entries")
 
 
-def _error_line(e: Exception) -> str:
-    """An error as one line; an OS error names its file and says what to check."""
-    from .errors import MmfuseError
+def _error_line(e: Exception, args=()) -> str:
+    """An error as one line; an OS error names its file and says what to check. A setting the user gave as
+    a flag is named as the flag (``--epochs``, not ``setting 'epochs'``), and a bad cell's row is said to
+    count from 0 below the header (the table came from a file)."""
+    import numbers
+    import re
+
+    from .errors import InputError, MmfuseError
 
     msg = str(e)
+    flags = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+
+    def as_flag(m):
+        flag = "--" + m.group(2).replace("_", "-")
+        return flag if flag in flags else m.group(0)
+
+    msg = re.sub(r"(setting )?'?\b([a-z][a-z0-9_]*)\b'?(?= must be)", as_flag, msg, count=1)
+    row = e.row if isinstance(e, InputError) else None
+    if isinstance(row, numbers.Integral) and not isinstance(row, bool):
+        msg = msg.replace(f"row {row}", f"row {row} (counted from 0 below the header)", 1)
     if isinstance(e, OSError) and not isinstance(e, MmfuseError) and e.filename is not None:
         msg = f"{str(e.filename)!r}: {e.strerror or e}"
         if isinstance(e, PermissionError):
@@ -710,7 +736,7 @@ def main(argv=None) -> None:
         if isinstance(e, Interrupted):
             typer.echo(str(e), err=True)
             sys.exit(130)
-        typer.echo(f"error: {_error_line(e)}", err=True)
+        typer.echo(f"error: {_error_line(e, args)}", err=True)
         sys.exit(2)
     except SystemExit:
         raise
