@@ -86,7 +86,7 @@ def test_fit_predict_evaluate_end_to_end(tmp_path):
     (tmp_path / "img" / "5.png").write_bytes(b"junk")
     r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "p2.csv")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert r.stderr.startswith("error: row 5 (counted from 0 below the header), column 'photo': file 'img/5.png' is not a readable image")
+    assert r.stderr.startswith("error: row 5 (counted from 0: the first data row is row 0), column 'photo': file 'img/5.png' is not a readable image")
     r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "p3.csv", "--on-bad-input", "skip")
     assert r.returncode == 0 and "39 predictions" in r.stdout and "1 rows skipped" in r.stdout
     p3 = pd.read_csv(tmp_path / "p3.csv")  # aligned with the input: the skipped row is there, marked

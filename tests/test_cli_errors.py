@@ -152,6 +152,11 @@ def test_error_line_is_one_line():
     from mmfuse.errors import MmfuseError
 
     assert _error_line(MmfuseError("first\n   second\n")) == "first second"
+    flags = ["--epochs", "0", "--target", "y", "--test-fraction", "0.5"]  # a flag renames only the subject of the line
+    for untouched in ("search space: 'epochs' must be a mapping", "a regression target must be numeric",
+                      "settings 'val_fraction' + 'test_fraction' must be < 1"):
+        assert _error_line(MmfuseError(untouched), flags) == untouched
+    assert _error_line(MmfuseError("setting 'epochs' must be >= 1"), flags) == "--epochs must be >= 1"
     assert _error_line(PermissionError(13, "Permission denied", "/x/t.csv")) == \
         "'/x/t.csv': Permission denied; check its permissions"
 
@@ -210,7 +215,7 @@ def test_a_bad_cell_row_says_how_it_counts_and_a_flag_is_named_as_the_flag(run, 
     df.loc[5, "x1"] = "abc"
     df.to_csv(tmp_path / "bad.csv", index=False)
     line = cli_error(capsys, "predict", run / "run" / "bundle", tmp_path / "bad.csv", "--out", tmp_path / "p.csv")
-    assert "row 5 (counted from 0 below the header), column 'x1': holds 'abc'" in line
+    assert "row 5 (counted from 0: the first data row is row 0), column 'x1': holds 'abc'" in line
     assert cli_error(capsys, "fit", run / "data.csv", "-t", "y", "--epochs", "0",
                      "--out", tmp_path / "r") == "error: --epochs must be an integer >= 1; got 0"
     assert cli_error(capsys, "cv", run / "data.csv", "-t", "y", "--folds=1",

@@ -564,34 +564,29 @@ def predict(
     root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Rows per batch."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
+    chunk_rows: int = typer.Option(50_000, "--chunk-rows", min=1,
+                                   help="Rows read, predicted and written at a time (memory grows with it)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Show rows done on stderr (default: when it is a terminal)."),
 ):
     """Predict with a bundle; writes one line per input row: its row id, the prediction, class
-    probabilities, and (with --on-bad-input skip) why a row was skipped."""
+    probabilities, and (with --on-bad-input skip) why a row was skipped. The table is read and the output
+    written in chunks (Parquet by record batch, CSV and JSON Lines by lines), so it may be larger than memory."""
+    from .batch import OUTPUT_FORMATS, predict_file
     from .bundle import Predictor
     from .errors import MmfuseError
 
-    if out.suffix.lower() not in (".csv", ".parquet", ".jsonl", ".ndjson"):
+    if out.suffix.lower() not in OUTPUT_FORMATS:
         raise MmfuseError(f"--out {out}: write predictions to a .csv, .parquet or .jsonl file")
     if out.resolve() == data.resolve():
         raise MmfuseError(f"--out {out} is the input table; write the predictions to another file")
     pred = Predictor.load(bundle)
-    table = _table(data, root)
-    res = pred.predict_frame(table, proba=proba, batch_size=batch_size, on_bad_input=on_bad_input, root=root,
-                             allow_outside_root=allow_outside_root)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".parquet":
-        res.to_parquet(out, index=False)
-    elif out.suffix.lower() in (".jsonl", ".ndjson"):
-        res.to_json(out, orient="records", lines=True)
-    else:
-        res.to_csv(out, index=False)
-    skipped = pred.skipped_rows()
-    if pred.describe_absent():
-        typer.echo(f"note: {pred.describe_absent()}")
-    typer.echo(f"{len(res) - len(skipped)} predictions written to {out}" + (
-        f"; {len(skipped)} rows skipped as bad input, marked in its 'skipped' column "
-        f"({', '.join(f'{c!r}: {n}' for c, n in pred.last_report.counts().items())})" if skipped else
-        f"; {pred.last_report.summary()}" if pred.last_report.issues else ""))
+    report = predict_file(pred, data, out, chunk_rows=chunk_rows, batch_size=batch_size, proba=proba,
+                          on_bad_input=on_bad_input, root=root, allow_outside_root=allow_outside_root,
+                          progress=sys.stderr.isatty() if progress is None else progress)
+    if report.absent:
+        typer.echo(f"note: {report.absent}")
+    typer.echo(report.summary())
     _state["fast_exit"] = True  # every file is written and closed; nothing runs in the background
 
 
@@ -688,10 +683,11 @@ def _error_line(e: Exception, args=()) -> str:
         flag = "--" + m.group(2).replace("_", "-")
         return flag if flag in flags else m.group(0)
 
-    msg = re.sub(r"(setting )?'?\b([a-z][a-z0-9_]*)\b'?(?= must be)", as_flag, msg, count=1)
+    msg = re.sub(r"^(setting )?'?([a-z][a-z0-9_]*)'?(?= must be )", as_flag, msg, count=1)  # only a whole subject
     row = e.row if isinstance(e, InputError) else None
-    if isinstance(row, numbers.Integral) and not isinstance(row, bool):
-        msg = msg.replace(f"row {row}", f"row {row} (counted from 0 below the header)", 1)
+    text_table = any(Path(a).suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson") for a in args)
+    if text_table and isinstance(row, numbers.Integral) and not isinstance(row, bool):
+        msg = msg.replace(f"row {row}", f"row {row} (counted from 0: the first data row is row 0)", 1)
     if isinstance(e, OSError) and not isinstance(e, MmfuseError) and e.filename is not None:
         msg = f"{str(e.filename)!r}: {e.strerror or e}"
         if isinstance(e, PermissionError):

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .errors import InputError, MmfuseError, SchemaError
 
-__all__ = ["Table", "read_table", "resolve_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["Table", "read_table", "iter_table", "table_rows", "resolve_path", "atomic_write_bytes", "atomic_write_text"]
 
 TableLike = Union["Table", pd.DataFrame, str, os.PathLike]
 
@@ -94,6 +94,127 @@ def read_table(data: TableLike, root: str | os.PathLike | None = None, encoding:
     return table
 
 
+def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os.PathLike | None = None,
+               encoding: str = "utf-8"):
+    """Read a table file in chunks of at most ``chunk_rows`` rows, without holding it whole in memory.
+
+    Parquet is read one record batch at a time (row group by row group), CSV/TSV and JSON Lines in
+    chunks of lines. Each chunk is a :class:`Table` whose index labels continue across chunks (0, 1, ...
+    as :func:`read_table` numbers the rows), so row ids match a whole-table read. The file checks of
+    :func:`read_table` apply (a missing, empty or foreign file, duplicate columns, a row with more fields
+    than the header, naming its line); every parsing failure is one :class:`SchemaError` naming the file.
+    """
+    import warnings
+
+    if not isinstance(data, (str, os.PathLike)):
+        raise SchemaError(f"iter_table reads a file; got a {type(data).__name__} (use read_table for a DataFrame)")
+    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
+        raise MmfuseError(f"chunk_rows must be a whole number >= 1, got {chunk_rows!r}")
+    path = Path(data)
+    root = Path(root).resolve() if root else path.resolve().parent
+    fmt = _check_file(path)
+    start, sep, header = 0, ",", []
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            f = pq.ParquetFile(path)
+            _check_columns(f.schema_arrow.names, str(path))
+            chunks = (b.to_pandas() for b in f.iter_batches(batch_size=chunk_rows))
+        elif fmt == "jsonl":
+            chunks = pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows, encoding=_text_encoding(encoding))
+        else:
+            sep = "\t" if fmt == "tsv" else ","
+            with open(path, encoding=_text_encoding(encoding), newline="") as f:
+                header = next(csv.reader(f, delimiter=sep), [])
+            if fmt == "csv" and len(header) == 1:  # "a;b;c" (Excel in many locales) or tabs in a .csv
+                sep = next((x for x in (";", "\t") if x in header[0]), sep)
+                with open(path, encoding=_text_encoding(encoding), newline="") as f:
+                    header = next(csv.reader(f, delimiter=sep), [])
+            _check_columns(header, str(path))
+            chunks = pd.read_csv(path, sep=sep, low_memory=False, index_col=False, chunksize=chunk_rows,
+                                 encoding=_text_encoding(encoding))
+        chunks = iter(chunks)
+        while True:
+            with warnings.catch_warnings():  # around each read only: the caller's code runs between them
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                df = next(chunks, None)
+            if df is None:
+                break
+            if fmt == "jsonl" and not all(isinstance(c, str) for c in df.columns):
+                raise _table_error(path, "holds a line that is not a JSON object", 'JSON Lines needs one JSON '
+                                   'object per line, like {"text": "a", "label": 1}')
+            df.index = pd.RangeIndex(start, start + len(df))
+            start += len(df)
+            yield Table(df, root, str(path))
+    except MmfuseError:
+        raise
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
+        if fmt in ("csv", "tsv"):
+            with open(path, encoding=_text_encoding(encoding), newline="") as f:
+                long_row = _first_long_row(f, sep, len(header))
+            if long_row is not None:
+                line, n = long_row
+                raise _table_error(path, f"has {n} fields but the header has {len(header)}",
+                                   "Put quotes around fields that contain the separator, or fix that row",
+                                   line=line) from e
+        raise _translate(e, path, fmt) from e
+    except UnicodeDecodeError as e:
+        raise InputError(row=None, column=None, file=str(path), reason=f"is not valid {encoding} text ({e.reason})",
+                         hint="Re-save the file as UTF-8, or pass the encoding it was written in") from None
+    except Exception as e:  # any other failure of pandas, pyarrow, csv, json or the OS: one line
+        raise _translate(e, path, fmt) from e
+    if start == 0:
+        raise SchemaError(f"table {path} is empty (0 rows); it needs a header line and at least one row")
+
+
+def table_rows(data: str | os.PathLike) -> int | None:
+    """The number of rows of a Parquet file from its metadata (no data read); None for text formats."""
+    path = Path(data)
+    if _SUFFIXES.get(path.suffix.lower()) != "parquet":
+        return None
+    try:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # the reader says what is wrong, with the file's name
+        return None
+
+
+def _text_encoding(encoding: str) -> str:
+    return "utf-8-sig" if encoding.lower().replace("-", "").replace("_", "") == "utf8" else encoding
+
+
+def _check_file(path: Path, hint_files: bool = False) -> str:
+    """The checks before reading a table file (``hint_files``: a folder's error names a table in it); its format."""
+    try:
+        if not path.exists():
+            raise SchemaError(f"table file {str(path)!r} does not exist (resolved to {path.resolve()})")
+        if path.is_dir():
+            found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _SUFFIXES) if hint_files else []
+            hint = (f"Pass a table file in it, e.g. {str(path / found[0])!r}" if found
+                    else f"Pass a {', '.join(sorted(_SUFFIXES))} file")
+            raise _table_error(path, "is a folder, not a table file", hint)
+        fmt = _SUFFIXES.get(path.suffix.lower())
+        if fmt is None:
+            hint = _OTHER_FORMAT_HINTS.get(path.suffix.lower()) or _content_hint(path) or \
+                f"use one of {', '.join(sorted(_SUFFIXES))}"
+            raise SchemaError(f"cannot read {str(path)!r}: unknown table format {path.suffix!r}; {hint}")
+        if path.stat().st_size == 0:
+            raise _table_error(path, "is empty (0 bytes)", "Write a header line and at least one row into it, "
+                                                           "or pass another file")
+        with open(path, "rb") as f:
+            kind, ext = _sniff(f.read(4096)) or ("", None)
+        if _foreign(kind, ext, fmt):
+            raise _table_error(path, f"is not a {_FORMAT_NAMES[fmt]} file: its content looks like {kind}",
+                               _rename_hint(kind, ext))
+        return fmt
+    except MmfuseError:
+        raise
+    except Exception as e:
+        raise _translate(e, path, _SUFFIXES.get(path.suffix.lower(), "csv")) from e
+
+
 _FORMAT_NAMES = {"csv": "CSV", "tsv": "TSV", "parquet": "Parquet", "jsonl": "JSON Lines"}
 _OTHER_FORMAT_HINTS = {
     ".xlsx": "save the sheet as CSV (in Excel: File > Save As > CSV UTF-8) and pass the .csv",
@@ -113,27 +234,13 @@ def _table_error(path: Path, reason: str, hint: str, line: int | None = None) ->
 
 def _read_path(path: Path, encoding: str) -> pd.DataFrame:
     """Read a table file. Whatever its libraries raise becomes a one-line SchemaError naming the file."""
+    fmt = _check_file(path, hint_files=True)
     try:
-        if not path.exists():
-            raise SchemaError(f"table file {str(path)!r} does not exist (resolved to {path.resolve()})")
-        if path.is_dir():
-            found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _SUFFIXES)
-            hint = (f"Pass a table file in it, e.g. {str(path / found[0])!r}" if found
-                    else f"Pass a {', '.join(sorted(_SUFFIXES))} file")
-            raise _table_error(path, "is a folder, not a table file", hint)
-        fmt = _SUFFIXES.get(path.suffix.lower())
-        if fmt is None:
-            hint = _OTHER_FORMAT_HINTS.get(path.suffix.lower()) or _content_hint(path) or \
-                f"use one of {', '.join(sorted(_SUFFIXES))}"
-            raise SchemaError(f"cannot read {str(path)!r}: unknown table format {path.suffix!r}; {hint}")
-        if path.stat().st_size == 0:
-            raise _table_error(path, "is empty (0 bytes)", "Write a header line and at least one row into it, "
-                                                           "or pass another file")
         return _read_file(path, fmt, encoding)
     except MmfuseError:
         raise
     except Exception as e:  # any other failure of pandas, pyarrow, csv, json or the OS: say it in one line
-        raise _translate(e, path, _SUFFIXES.get(path.suffix.lower(), "csv")) from e
+        raise _translate(e, path, fmt) from e
 
 
 def _read_file(path: Path, fmt: str, encoding: str) -> pd.DataFrame:
@@ -143,11 +250,7 @@ def _read_file(path: Path, fmt: str, encoding: str) -> pd.DataFrame:
         names = pq.read_schema(path).names
         _check_columns(names, str(path))
         return pd.read_parquet(path)
-    raw = path.read_bytes()
-    kind, ext = _sniff(raw[:4096]) or ("", None)
-    if _foreign(kind, ext, fmt):
-        raise _table_error(path, f"is not a {_FORMAT_NAMES[fmt]} file: its content looks like {kind}",
-                           _rename_hint(kind, ext))
+    raw = path.read_bytes()  # (_check_file has refused content of another format)
     text = _decode(raw, path, encoding)
     if not text.strip():
         raise _table_error(path, "holds only blank lines", "Write a header line and at least one row into it, "
@@ -185,10 +288,11 @@ def _read_csv(text: str, path: Path, sep: str, sniff_separator: bool) -> pd.Data
                            "or fix that row", line=line) from e
 
 
-def _first_long_row(text: str, sep: str, n_header: int) -> tuple[int, int] | None:
+def _first_long_row(text, sep: str, n_header: int) -> tuple[int, int] | None:
     """(line where the first row with more than ``n_header`` fields starts, its number of fields).
-    Rows whose extra fields are empty (a trailing separator, which pandas tolerates) come last."""
-    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    Rows whose extra fields are empty (a trailing separator, which pandas tolerates) come last.
+    ``text``: the file's text, or an open text file (read as it goes)."""
+    reader = csv.reader(io.StringIO(text) if isinstance(text, str) else text, delimiter=sep)
     start, found = 1, None
     try:
         for fields in reader:

@@ -42,6 +42,10 @@ def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):
         run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", backbone="ful")
     with pytest.raises(MmfuseError, match="--set targets: unknown target 'rating'.*Did you mean 'Rating'"):
         run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", targets="rating")
+    with pytest.raises(MmfuseError, match="decision_threshold=f1 applies to Recommended IND"):
+        run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", decision_threshold="f1", targets="Rating")
+    with pytest.raises(MmfuseError, match="cache_rows: the embedding cache is timed with the frozen backbone"):
+        run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", backbone="last", cache_rows="64")
     with pytest.raises(MmfuseError, match="runtimes are for a frozen backbone"):
         run_bench("womens_clothing", results=tmp_path / "r", out=tmp_path / "w", runtime="onnx", backbone="full")
     assert not (tmp_path / "r").exists()
@@ -129,8 +133,12 @@ def test_quick_womens_clothing(tmp_path):
     assert models == ["text only", "fusion concat"]
     assert "Published: TF-IDF" in md
     c = r["cache_speed"]
-    assert c["rows"] == 64 and len(c["no_cache"]) == 2 and len(c["cache"]) == 3 and c["warm_epoch_s"] == min(c["cache"][1:])
-    assert "later epochs, cache warm" in md
+    assert c["rows"] == 64 and len(c["no_cache"]) == 2 and len(c["cache"]) == 3
+    # the build runs the backbone over every row once: slower than a warm epoch, which never runs it
+    assert c["cache_build_s"] > 3 * c["warm_epoch_s"] and c["no_cache_epoch_s"] > 3 * c["warm_epoch_s"]
+    assert "an epoch with the cache warm" in md
+    mt = r["tasks"]["Recommended IND"]["rows"][0]["as_multimodal_toolkit"]
+    assert mt["f1_best_test_threshold"] >= r["tasks"]["Recommended IND"]["rows"][0]["f1_positive"]  # an oracle
     assert all(row["threshold"] == 0.5 for row in r["tasks"]["Recommended IND"]["rows"])
 
 
@@ -221,3 +229,11 @@ def test_quick_defaults_protocol(tmp_path):
     assert "| wine | accuracy | 1 |" in md and "## Provenance" in md
     with pytest.raises(MmfuseError, match="--set only: unknown data set 'wines'.*Did you mean 'wine'"):
         run_bench("defaults", results=tmp_path / "r", out=tmp_path / "w", only="wines")
+    with pytest.raises(MmfuseError, match="--set rows: the sample size of clothing_rating and fsdd"):
+        run_bench("defaults", results=tmp_path / "r", out=tmp_path / "w", only="wine", rows="100")
+    # a run of one data set keeps the other's runs, and says so
+    main(["bench", "defaults", "--quick", "--set", "only=wine", "--out", str(tmp_path / "work"),
+          "--results", str(tmp_path / "results")])
+    r2 = json.loads((tmp_path / "results" / "defaults_quick.json").read_text())
+    assert [x["dataset"] for x in r2["runs"]] == ["digits", "wine"] and r2["runs"][0] == r["runs"][1]
+    assert r2["kept_from"] == r["command"]

@@ -1,0 +1,116 @@
+"""Batch prediction larger than memory: chunked reading, output written as it goes, rows aligned with the input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmfuse import MmfuseError, MultimodalPredictor
+from mmfuse.batch import predict_file
+from mmfuse.bundle import Predictor
+from mmfuse.cli import main
+from mmfuse.errors import InputError, SchemaError
+from mmfuse.io import iter_table, read_table
+
+from conftest import make_tabular_text_table
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    d = tmp_path_factory.mktemp("batch")
+    df = make_tabular_text_table(120)
+    MultimodalPredictor(target="y", epochs=2, progress=False, log=None, contribution=False, seed=0).fit(df).save(
+        d / "bundle")
+    return Predictor.load(d / "bundle"), df.drop(columns=["y"])
+
+
+def _write(df, path):
+    {".csv": lambda: df.to_csv(path, index=False), ".jsonl": lambda: df.to_json(path, orient="records", lines=True),
+     ".parquet": lambda: df.to_parquet(path, index=False, row_group_size=16)}[path.suffix]()
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_iter_table_gives_the_whole_table_in_chunks_with_its_row_ids(tmp_path, suffix):
+    df = make_tabular_text_table(50)
+    path = _write(df, tmp_path / f"t{suffix}")
+    chunks = list(iter_table(path, chunk_rows=7))
+    assert [len(c) for c in chunks] == [7] * 7 + [1]
+    whole = read_table(path).df
+    joined = pd.concat([c.df for c in chunks])
+    assert list(joined.index) == list(range(50))
+    pd.testing.assert_frame_equal(joined.reset_index(drop=True), whole.reset_index(drop=True), check_dtype=False)
+    assert all(c.root == (tmp_path).resolve() and c.source == str(path) for c in chunks)
+
+
+def test_iter_table_errors_name_the_file_and_line(tmp_path):
+    (tmp_path / "long.csv").write_text("a,b\n" + "1,2\n" * 30 + "3,4,5\n")
+    with pytest.raises(SchemaError, match=r"long.csv', line 32: has 3 fields but the header has 2"):
+        list(iter_table(tmp_path / "long.csv", chunk_rows=10))
+    (tmp_path / "t.parquet").write_text("a,b\n1,2\n")
+    with pytest.raises(SchemaError, match="is not a Parquet file: its content looks like CSV"):
+        list(iter_table(tmp_path / "t.parquet"))
+    with pytest.raises(SchemaError, match="does not exist"):
+        list(iter_table(tmp_path / "nope.csv"))
+    (tmp_path / "h.csv").write_text("a,b\n")
+    with pytest.raises(SchemaError, match="is empty"):
+        list(iter_table(tmp_path / "h.csv"))
+    (tmp_path / "dup.csv").write_text("a,a\n1,2\n")
+    with pytest.raises(SchemaError, match="duplicate column names"):
+        list(iter_table(tmp_path / "dup.csv"))
+    with pytest.raises(MmfuseError, match="chunk_rows must be a whole number"):
+        list(iter_table(tmp_path / "dup.csv", chunk_rows=0))
+
+
+@pytest.mark.parametrize("out_suffix", [".csv", ".parquet", ".jsonl"])
+def test_predict_file_matches_the_in_memory_prediction_row_for_row(bundle, tmp_path, out_suffix):
+    pred, df = bundle
+    src = _write(df, tmp_path / "in.parquet")
+    report = predict_file(pred, src, tmp_path / f"p{out_suffix}", chunk_rows=17)
+    assert (report.rows, report.predicted, report.chunks, report.skipped) == (120, 120, 8, {})
+    out = read_table(tmp_path / f"p{out_suffix}").df
+    expected = pred.predict_frame(df)
+    assert list(out.columns) == list(expected.columns) and list(out["row"]) == list(range(120))
+    assert list(out["prediction"].astype(str)) == list(expected["prediction"].astype(str))
+    probas = [c for c in expected.columns if c.startswith("proba_")]
+    np.testing.assert_allclose(out[probas].to_numpy(float), expected[probas].to_numpy(float), atol=1e-6)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_skipped_rows_keep_their_line_and_are_listed_by_id_across_chunks(bundle, tmp_path):
+    pred, df = bundle
+    bad = df.copy()
+    bad["x1"] = bad["x1"].astype(object)
+    for i in (3, 40, 101):  # in three different chunks of 25
+        bad.loc[i, "x1"] = "n/a?"
+    src = _write(bad, tmp_path / "bad.csv")
+    report = predict_file(pred, src, tmp_path / "p.parquet", chunk_rows=25, on_bad_input="skip")
+    assert sorted(report.skipped) == [3, 40, 101] and report.predicted == 117 and report.rows == 120
+    assert "x1" in report.skipped[40] and "row ids 3, 40, 101" in report.summary()
+    out = pd.read_parquet(tmp_path / "p.parquet")
+    assert len(out) == 120 and out["skipped"].notna().sum() == 3 and pd.isna(out.loc[40, "prediction"])
+    good = pred.predict_frame(df.drop(index=[3, 40, 101]))
+    kept = out[out["skipped"].isna()]
+    assert list(kept["prediction"].astype(int)) == list(good["prediction"].astype(int))
+
+
+def test_a_failure_half_way_leaves_no_output_file(bundle, tmp_path):
+    pred, df = bundle
+    bad = df.copy()
+    bad["x1"] = bad["x1"].astype(object)
+    bad.loc[100, "x1"] = "abc"
+    src = _write(bad, tmp_path / "bad.csv")
+    (tmp_path / "p.csv").write_text("an older output\n")
+    with pytest.raises(InputError, match="row 100, column 'x1'"):  # the row id counts across chunks
+        predict_file(pred, src, tmp_path / "p.csv", chunk_rows=30)
+    assert (tmp_path / "p.csv").read_text() == "an older output\n"  # untouched: the new one never completed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "p.csv"]  # and no temporary file left
+
+
+def test_cli_predict_streams_and_reports(bundle, tmp_path, capsys):
+    pred, df = bundle
+    src = _write(df, tmp_path / "in.jsonl")
+    main(["predict", str(pred.path), str(src), "-o", str(tmp_path / "p.csv"), "--chunk-rows", "50", "--progress"])
+    cap = capsys.readouterr()
+    assert cap.out.strip().endswith(f"120 predictions written to {tmp_path / 'p.csv'}")
+    assert "predict: 120 rows" in cap.err
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 120
