@@ -1,5 +1,4 @@
 """Batch prediction larger than memory: chunked reading, output written as it goes, rows aligned with the input."""
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,3 +113,31 @@ def test_cli_predict_streams_and_reports(bundle, tmp_path, capsys):
     assert cap.out.strip().endswith(f"120 predictions written to {tmp_path / 'p.csv'}")
     assert "predict: 120 rows" in cap.err
     assert len(pd.read_csv(tmp_path / "p.csv")) == 120
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_chunk_whose_every_row_is_bad_keeps_its_lines_under_skip(bundle, tmp_path, first):
+    pred, df = bundle
+    bad = df.copy()
+    bad["x1"] = bad["x1"].astype(object)
+    rows = range(0, 10) if first else range(20, 30)
+    for i in rows:
+        bad.loc[i, "x1"] = "?"
+    src = _write(bad, tmp_path / "bad.csv")
+    report = predict_file(pred, src, tmp_path / "p.parquet", chunk_rows=10, on_bad_input="skip")
+    assert sorted(report.skipped) == list(rows) and report.predicted == 110
+    out = pd.read_parquet(tmp_path / "p.parquet")
+    assert list(out["row"]) == list(range(120)) and out["skipped"].notna().sum() == 10
+    assert out.loc[list(rows), "prediction"].isna().all() and out.drop(index=list(rows))["prediction"].notna().all()
+    good = pred.predict_frame(df.drop(index=list(rows)))
+    assert list(out.drop(index=list(rows))["prediction"].astype(int)) == list(good["prediction"].astype(int))
+
+
+def test_predict_file_refuses_a_folder_as_output_before_reading(bundle, tmp_path):
+    pred, df = bundle
+    (tmp_path / "p.csv").mkdir()
+    with pytest.raises(MmfuseError, match="is a folder; name the predictions file"):
+        predict_file(pred, _write(df, tmp_path / "in.csv"), tmp_path / "p.csv")
+    (tmp_path / "h.csv").write_text(",".join(df.columns) + "\n")
+    with pytest.raises(SchemaError, match="h.csv is empty"):
+        predict_file(pred, tmp_path / "h.csv", tmp_path / "q.csv")

@@ -88,7 +88,7 @@ def test_fit_predict_evaluate_end_to_end(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.startswith("error: row 5 (counted from 0: the first data row is row 0), column 'photo': file 'img/5.png' is not a readable image")
     r = run("predict", tmp_path / "run" / "bundle", path, "--out", tmp_path / "p3.csv", "--on-bad-input", "skip")
-    assert r.returncode == 0 and "39 predictions" in r.stdout and "1 rows skipped" in r.stdout
+    assert r.returncode == 0 and "39 predictions" in r.stdout and "1 row skipped" in r.stdout
     p3 = pd.read_csv(tmp_path / "p3.csv")  # aligned with the input: the skipped row is there, marked
     assert len(p3) == 40 and p3["row"].tolist() == list(range(40))
     assert p3["skipped"].notna().tolist() == [i == 5 for i in range(40)] and pd.isna(p3.loc[5, "prediction"])

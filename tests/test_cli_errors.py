@@ -232,3 +232,8 @@ def test_a_command_that_writes_a_folder_refuses_a_file_name_for_it(run, tmp_path
     err = capsys.readouterr().err
     assert e.value.code == 2 and "looks like a file name" in err and "'" + str(tmp_path / "ev") + "'" in err
     assert not (tmp_path / "ev.json").exists()
+
+
+def test_evaluate_refuses_to_write_into_a_bundle(run, capsys):
+    line = cli_error(capsys, "evaluate", run / "run" / "bundle", run / "data.csv", "-o", run / "run" / "bundle")
+    assert "is a bundle folder; write the evaluation elsewhere" in line

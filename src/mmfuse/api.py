@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from ._registry import unknown_name_message
 from .config import ModelConfig, TrainConfig
@@ -20,7 +22,8 @@ _M, _T = ModelConfig, TrainConfig
 _MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig)]
 _TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 _RUN_FIELDS = ["target", "task", "inputs", "columns", "groups", "schema_file", "preprocessing", "out", "on_bad_input",
-               "root", "allow_outside_root", "resume", "contribution"]
+               "root", "allow_outside_root", "resume", "contribution", "init_from", "new_head", "replay",
+               "replay_fraction"]
 
 
 class MultimodalPredictor:
@@ -40,26 +43,36 @@ class MultimodalPredictor:
         groups: Input groups, ``{input: [columns]}``.
         schema_file: YAML/JSON schema file.
         preprocessing: Preprocessor options per input or modality (``{"image": {"size": 32}}``).
-        out: Run folder for checkpoints, logs, reports and the bundle (a temporary folder when None).
+        out: Run folder for checkpoints, logs, reports and the bundle (None: checkpoints in a temporary folder,
+            removed after training; no report is written).
         on_bad_input: ``raise``, ``skip`` or ``missing``.
         root: Folder for relative file paths (default: the table's folder); also used by predict.
         allow_outside_root: Allow file paths outside the root (fit, predict and evaluate).
         resume: Continue an interrupted run in ``out`` from its last checkpoint.
         contribution: Measure each input's contribution on the evaluation split after fitting.
+        init_from: A bundle to continue training (the feedback loop, :mod:`mmfuse.feedback`): its schema,
+            preprocessors, target and weights are kept; the table must hold the columns it reads, and its
+            model settings cannot change (training settings can).
+        new_head: With ``init_from``: accept labels the bundle does not know, with a head over the old and
+            new classes (the old classes keep their output weights).
+        replay: With ``init_from``: the old table (or any table of the same schema), whose rows are mixed
+            into the training rows so that ``replay_fraction`` of them are old (limits forgetting).
         fusion, fusion_kwargs, dim, encoders, head_hidden, dropout, modality_dropout, aux_weight:
             model settings (:class:`~mmfuse.config.ModelConfig`).
         epochs, batch_size, lr, ... progress: training settings (:class:`~mmfuse.config.TrainConfig`).
 
     Attributes (after fit):
         predictor_: the fitted :class:`~mmfuse.bundle.Predictor`; task_: its :class:`~mmfuse.tasks.Task`;
-        classes_, schema_, history_, metrics_, splits_ (row counts, source, rows left out, the row ids of each split), run_dir_.
+        classes_, schema_, history_, metrics_, splits_ (row counts, source, rows left out, the row ids of each split),
+        run_dir_ (None without ``out``: the temporary folder of its checkpoints is removed after training).
     """
 
     def __init__(self, target: str, *, task: str | None = None, inputs: Sequence[str] | None = None,
                  columns: Mapping[str, str] | None = None, groups: Mapping[str, list] | None = None,
                  schema_file=None, preprocessing: Mapping[str, dict] | None = None, out=None,
                  on_bad_input: str = "raise", root=None, allow_outside_root: bool = False, resume: bool = False,
-                 contribution: bool = True,
+                 contribution: bool = True, init_from=None, new_head: bool = False, replay=None,
+                 replay_fraction: float = 0.0,
                  # model (ModelConfig)
                  fusion: str = _M.fusion, fusion_kwargs: dict | None = None, dim: int = _M.dim,
                  encoders: dict | None = None, head_hidden: int = _M.head_hidden, dropout: float = _M.dropout,
@@ -182,27 +195,55 @@ class MultimodalPredictor:
         mcfg, tcfg = self.configs()
         t0 = time.perf_counter()
         table = read_table(train, root=self.root)
-        schema, inputs = P.select_inputs(table, self.target, self.columns, self.groups, self.schema_file, self.inputs)
-        splits = P.split_table(table, schema, self.target, self.task, val, test, tcfg.val_fraction,
-                               tcfg.test_fraction, tcfg.seed)
-        task = P.fit_target(splits.train, self.target, splits.task, tcfg)  # the kind the split was made for
+        base = self._init_bundle(table) if self.init_from is not None else None
+        if base is None:
+            schema, inputs = P.select_inputs(table, self.target, self.columns, self.groups, self.schema_file,
+                                             self.inputs)
+        else:
+            schema, inputs = base.schema, sorted(base.preprocessors)
+            mcfg = self._continued_model_config(base, mcfg)
+        splits = P.split_table(table, schema, self.target, base.task.name if base else self.task, val, test,
+                               tcfg.val_fraction, tcfg.test_fraction, tcfg.seed)
+        replay = self._replay(splits, base, tcfg) if base is not None else None
+        if base is None:
+            task = P.fit_target(splits.train, self.target, splits.task, tcfg)  # the kind the split was made for
+        else:
+            task = self._continued_task(base, splits, tcfg)
         task.set_threshold(tcfg.decision_threshold)  # a bad setting fails now, not after training
         task.monitor_for(tcfg.monitor)  # likewise a monitor this kind of target has no per-epoch metric for
-        preps = P.fit_preprocessors(schema, inputs, splits.train, splits.root, mcfg, tcfg, self.preprocessing,
-                                    self.allow_outside_root)
+        if base is None:
+            preps = P.fit_preprocessors(schema, inputs, splits.train, splits.root, mcfg, tcfg, self.preprocessing,
+                                        self.allow_outside_root)
+        else:
+            preps = base.preprocessors  # kept: the new rows are read as the old ones were
         run_dir = Path(self.out) if self.out else Path(tempfile.mkdtemp(prefix="mmfuse_run_"))
         run_dir.mkdir(parents=True, exist_ok=True)
         data = P.make_datasets(splits, preps, task, tcfg, self.on_bad_input, self.allow_outside_root)
         torch.manual_seed(tcfg.seed)
-        model, spec = P.build_model(preps, task.n_outputs, mcfg)
+        if base is None:
+            model, spec = P.build_model(preps, task.n_outputs, mcfg)
+        elif task is base.task:
+            model, spec = base.model.train(), base.config["model"]
+        else:
+            from .feedback import model_with_new_head
+
+            model, spec = model_with_new_head(base, task)
+        if base is not None:
+            spec = {**spec, "model": dataclasses.asdict(mcfg)}
+            model.modality_dropout = mcfg.modality_dropout
         plan = P.describe_plan(splits, spec, preps, task, data, tcfg, schema)
         if echo is not None:
             for line in ["plan:", *(f"  {x}" for x in P.format_plan(plan))]:
                 echo(line)
         policy = BadInputPolicy.parse(self.on_bad_input).value
-        fingerprint = P.fit_fingerprint(splits, preps, task, mcfg, tcfg, on_bad_input=policy)
+        fingerprint = P.fit_fingerprint(splits, preps, task, mcfg, tcfg, on_bad_input=policy,
+                                        **({"init_from": str(Path(self.init_from).resolve())} if base else {}))
         t_train = time.perf_counter()
-        result = P.train(model, task, data, mcfg, tcfg, run_dir, self.resume, fingerprint, callbacks)
+        try:
+            result = P.train(model, task, data, mcfg, tcfg, run_dir, self.resume, fingerprint, callbacks)
+        finally:
+            if not self.out:  # a temporary run folder held only checkpoints: nothing is left behind in /tmp
+                shutil.rmtree(run_dir, ignore_errors=True)
         train_seconds = time.perf_counter() - t_train
         self.predictor_ = Predictor(model, preps, task, schema, {"model": spec})
         scores = P.choose_threshold_and_score(self.predictor_, data, tcfg, self.contribution)
@@ -219,18 +260,92 @@ class MultimodalPredictor:
                    "split_source": splits.source, "plan": plan, **scores}
         if splits.blank_target:
             metrics["blank_target_rows"] = splits.blank_target
+        if base is not None:
+            metrics["init_from"] = {"bundle": str(self.init_from), "new_head": task is not base.task,
+                                    "classes_before": base.task.classes_, **(replay or {})}
         reports = data.reports()
         if any(r.issues or r.unknown_categories for r in reports.values()):
             for name, r in reports.items():
-                r.write(run_dir / f"bad_input_{name}")
+                if self.out:
+                    r.write(run_dir / f"bad_input_{name}")
             metrics["bad_input"] = "; ".join(f"{n}: {r.summary()}" for n, r in reports.items())
         metrics["fit_seconds"] = time.perf_counter() - t0
-        self.metrics_, self.run_dir_ = metrics, run_dir
+        self.metrics_, self.run_dir_ = metrics, (run_dir if self.out else None)
         self._train_cfg = dataclasses.asdict(tcfg)
-        write_report(run_dir, metrics, task.classes_)
         if self.out:
+            write_report(run_dir, metrics, task.classes_)
             self.save(run_dir / "bundle")
         return self
+
+    # --- the feedback loop (init_from) -----------------------------------------------------------
+    def _init_bundle(self, table):
+        """The bundle training continues from, checked against the new table."""
+        from .bundle import Predictor
+        from .feedback import check_table
+
+        base = Predictor.load(self.init_from)
+        if not hasattr(base, "model") or not hasattr(base.model, "state_dict"):
+            raise MmfuseError(f"init_from={str(self.init_from)!r} is an ensemble; continue training one of its "
+                              "member bundles instead")
+        if base.target.column != self.target:
+            raise MmfuseError(f"the bundle {str(self.init_from)!r} predicts {base.target.column!r}, not "
+                              f"{self.target!r}; continue it on its own target")
+        for name in ("inputs", "columns", "groups", "schema_file", "preprocessing"):
+            if getattr(self, name):
+                raise MmfuseError(f"init_from keeps the bundle's schema and preprocessors; leave {name} unset")
+        check_table(base, table.df, f"the table {table.source}", self.target)
+        return base
+
+    def _continued_model_config(self, base, mcfg):
+        from .feedback import mixed_model_config
+
+        return mixed_model_config(base.config["model"], mcfg)
+
+    def _continued_task(self, base, splits, tcfg):
+        """The bundle's task; with ``new_head``, and only when the rows hold labels it does not know, one
+        over the old and the new classes."""
+        from . import pipeline as P
+
+        rows = pd.concat([p for p in (splits.train, splits.val, splits.test) if p is not None and len(p)])
+        new = base.task.unseen_labels(rows)
+        if not new:
+            return base.task
+        if not self.new_head:
+            raise MmfuseError(f"the new rows hold {len(new)} label(s) the bundle does not know: "
+                              f"{', '.join(map(repr, new[:10]))} (it knows {', '.join(map(repr, base.task.classes_))}); "
+                              "pass new_head=True (--new-head) to train a head over the old and new classes, or fix "
+                              "the labels")
+        if base.task.name == "regression":
+            raise MmfuseError("new_head applies to classification targets")
+        old = pd.DataFrame({self.target: list(base.task.classes_)})
+        kind = "multiclass" if base.task.name == "binary" else base.task.name
+        task = P.fit_target(pd.concat([splits.train[[self.target]], old]), self.target, kind, tcfg)
+        if base.task.name == "binary":
+            import warnings
+
+            warnings.warn(f"the binary target {self.target!r} becomes multiclass with the new head: its output layer "
+                          "starts fresh (the rest of the model is kept)", stacklevel=3)
+        return task
+
+    def _replay(self, splits, base, tcfg) -> dict | None:
+        """Old rows mixed into the training rows (``replay``, ``replay_fraction``)."""
+        from .feedback import check_table, replay_rows
+        from .io import read_table
+
+        if self.replay is None:
+            if self.replay_fraction:
+                raise MmfuseError("replay_fraction needs replay=TABLE (--replay OLD.csv): the rows to mix back in")
+            return None
+        old = read_table(self.replay, root=self.root)
+        check_table(base, old.df, f"the replay table {old.source}", self.target)
+        if old.root != splits.root:
+            raise MmfuseError(f"the replay table's files resolve against {old.root}, the new table's against "
+                              f"{splits.root}; put both tables in one folder, or pass root=")
+        labelled = old.df[~base.task.blank(old.df)]
+        rows, note = replay_rows(labelled, len(splits.train), self.replay_fraction, tcfg.seed)
+        rows = rows.set_axis([f"replay:{i}" for i in rows.index])  # row ids that cannot clash with the new rows'
+        splits.train = pd.concat([splits.train, rows[[c for c in splits.train.columns if c in rows.columns]]])
+        return {**note, "replay_table": old.source}
 
     # --- use ------------------------------------------------------------------------------------
     def _check(self):

@@ -40,7 +40,8 @@ class BatchReport:
         line = f"{self.predicted} predictions written to {self.out}"
         if self.skipped:
             ids = list(self.skipped)[:10]
-            line += (f"; {len(self.skipped)} rows skipped as bad input, marked in its 'skipped' column (row ids "
+            line += (f"; {len(self.skipped)} row{'s' if len(self.skipped) != 1 else ''} skipped as bad input, marked "
+                     f"in its 'skipped' column (row id{'s' if len(self.skipped) != 1 else ''} "
                      f"{', '.join(map(str, ids))}{' ...' if len(self.skipped) > 10 else ''})")
         elif self.bad_input_counts:
             line += "; bad cells treated as missing (" + ", ".join(f"{c!r}: {n}" for c, n in
@@ -71,6 +72,10 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
         raise MmfuseError(f"--out {out}: write predictions to a .csv, .parquet or .jsonl file")
     if Path(data).resolve() == out.resolve():
         raise MmfuseError(f"--out {out} is the input table; write the predictions to another file")
+    if out.is_dir():
+        raise MmfuseError(f"--out {out} is a folder; name the predictions file, e.g. {out / 'predictions.csv'}")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise MmfuseError(f"--out {out}: {out.parent} is a file, not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     report = BatchReport(out)
@@ -80,8 +85,13 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
     t0 = time.perf_counter()
     try:
         for chunk in iter_table(data, chunk_rows=chunk_rows, root=root, encoding=encoding):
-            frame = predictor.predict_frame(chunk, proba=proba, threshold=threshold, batch_size=batch_size,
-                                            on_bad_input=on_bad_input, allow_outside_root=allow_outside_root)
+            try:
+                frame = predictor.predict_frame(chunk, proba=proba, threshold=threshold, batch_size=batch_size,
+                                                on_bad_input=on_bad_input, allow_outside_root=allow_outside_root)
+            except MmfuseError as e:  # every row of this chunk was skipped: their lines stay, marked
+                if on_bad_input != "skip" or not str(e).startswith("no rows to predict on"):
+                    raise
+                frame = _all_skipped(predictor, chunk, proba)
             if on_bad_input == "skip" and "skipped" not in frame.columns:
                 frame["skipped"] = None  # the same columns in every chunk
             if "skipped" in frame.columns:
@@ -110,6 +120,24 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
             bar.close()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _all_skipped(predictor, chunk, proba: bool):
+    """The output lines of a chunk whose every row was skipped: row ids, empty predictions, the reasons."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    empty = predictor.target.decode(torch.zeros(0, predictor.target.n_outputs))
+    frame = pd.DataFrame({"row": chunk.df.index.to_numpy()})
+    for name, values in predictor.target.output_columns(empty, proba).items():
+        kind = np.asarray(values).dtype.kind  # typed empties, so the columns keep their type in every chunk
+        dtype = {"f": "float64", "i": "Int64", "u": "Int64", "b": "boolean"}.get(kind, "object")
+        frame[name] = pd.Series([None] * len(frame), dtype=dtype)
+    reasons = {str(i.get("row")): f"{i.get('column')}: {i.get('reason')}" for i in predictor.last_report.issues.values()}
+    frame["skipped"] = [reasons.get(str(r), "bad input") for r in frame["row"]]
+    predictor.last_skipped = frame["row"].tolist()
+    return frame
 
 
 class _Writer:
@@ -160,9 +188,10 @@ class _Progress:
     def __init__(self, total: int | None):
         self.total, self.t0, self.last = total, time.perf_counter(), 0.0
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, final: bool = False) -> None:
         now = time.perf_counter()
-        if now - self.last < 0.5 and done != self.total:
+        self.done = done
+        if now - self.last < 0.5 and done != self.total and not final:
             return
         self.last = now
         rate = done / max(now - self.t0, 1e-9)
@@ -171,5 +200,7 @@ class _Progress:
         sys.stderr.flush()
 
     def close(self) -> None:
+        if getattr(self, "done", None) is not None:
+            self.update(self.done, final=True)  # the last count, whatever the refresh interval skipped
         sys.stderr.write("\n")
         sys.stderr.flush()

@@ -146,17 +146,42 @@ def fit(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out.", show_default=True),
     overwrite: bool = typer.Option(False, "--overwrite", show_default=True,
                                    help="Replace the run already in --out (by default fit refuses such a folder)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Show the progress bar (default: when the output is a terminal)."),
+    init_from: Optional[Path] = typer.Option(
+        None, "--init-from", help="Continue training this bundle on the table (new or corrected labels): its "
+                                  "schema, preprocessors, target and weights are kept; --target defaults to its own."),
+    new_head: bool = typer.Option(False, "--new-head", help="With --init-from: accept labels the bundle does not know "
+                                                            "(a head over the old and new classes)."),
+    replay: Optional[Path] = typer.Option(None, "--replay", help="With --init-from: the old table, whose rows are "
+                                                                 "mixed back in to limit forgetting."),
+    replay_fraction: float = typer.Option(0.0, "--replay-fraction", min=0.0, max=0.99,
+                                          help="Share of old (--replay) rows among the training rows."),
 ):
     """Train a model on a table; writes checkpoints, metrics.json, report.md, plots and bundle/ to --out."""
     if not (overwrite or resume):
         _refuse_another_run(out)
+    if init_from is not None and target is None and config is None:
+        target = _bundle_target(init_from)
+    if (new_head or replay is not None or replay_fraction) and init_from is None:
+        from .errors import MmfuseError
+
+        raise MmfuseError("--new-head, --replay and --replay-fraction continue a bundle: give --init-from BUNDLE")
+    if replay is not None and not replay_fraction:
+        from .errors import MmfuseError
+
+        raise MmfuseError("--replay needs --replay-fraction F (the share of old rows among the training rows, "
+                          "e.g. 0.3)")
+    if progress is None:
+        progress = sys.stdout.isatty()
+    feedback = {k: v for k, v in (("init_from", init_from), ("new_head", new_head or None), ("replay", replay),
+                                  ("replay_fraction", replay_fraction or None)) if v is not None}
     m = _predictor_from_options(
         target, config, fusion=fusion, task=task, column=column, group=group, input_=input_,
         group_column=group_column, image_size=image_size, image_resize=image_resize, epochs=epochs,
         batch_size=batch_size, lr=lr, seed=seed, workers=workers, max_time=max_time,
         decision_threshold=decision_threshold, root=root, out=out, on_bad_input=on_bad_input,
-        allow_outside_root=allow_outside_root, resume=resume, progress=progress,
+        allow_outside_root=allow_outside_root, resume=resume, progress=progress, **feedback,
         **({"test_fraction": 0.0} if test is not None else {}))
     import warnings
 
@@ -340,6 +365,17 @@ def search(
                       if v is not None])
 
 
+def _bundle_target(bundle: Path) -> str | None:
+    """The target column of a bundle (for --init-from without --target); None when it cannot be read (the
+    loader then says what is wrong)."""
+    import json
+
+    try:
+        return json.loads((bundle / "config.json").read_text())["target"]["column"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _predictor_from_options(target, config, *, fusion=None, task=None, column=(), group=(), input_=(),
                             group_column=None, image_size=None, image_resize=None, epochs=None, batch_size=None,
                             lr=None, seed=None, workers=None, max_time=None, decision_threshold=None, root=None,
@@ -427,6 +463,8 @@ def evaluate(
     from .bundle import Predictor
     from .errors import MmfuseError
 
+    if out is not None and (out / "model.safetensors").exists():
+        raise MmfuseError(f"--out {out} is a bundle folder; write the evaluation elsewhere (e.g. {out.parent / 'eval'})")
     if out is not None and ((out / "checkpoints").exists() or (out / "bundle").exists()):
         raise MmfuseError(f"--out {out} holds a training run, whose metrics.json and report.md would be "
                           f"overwritten; choose another folder (e.g. {out / 'eval'})")
@@ -580,6 +618,9 @@ def predict(
         raise MmfuseError(f"--out {out}: write predictions to a .csv, .parquet or .jsonl file")
     if out.resolve() == data.resolve():
         raise MmfuseError(f"--out {out} is the input table; write the predictions to another file")
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill: the temporary output is removed, as on Ctrl-C
     pred = Predictor.load(bundle)
     report = predict_file(pred, data, out, chunk_rows=chunk_rows, batch_size=batch_size, proba=proba,
                           on_bad_input=on_bad_input, root=root, allow_outside_root=allow_outside_root,
@@ -588,6 +629,55 @@ def predict(
         typer.echo(f"note: {report.absent}")
     typer.echo(report.summary())
     _state["fast_exit"] = True  # every file is written and closed; nothing runs in the background
+
+
+@app.command()
+def compare(
+    bundle_a: Path = typer.Argument(..., help="The first bundle (A), e.g. the one in service."),
+    bundle_b: Path = typer.Argument(..., help="The second bundle (B), e.g. the one trained on with --init-from."),
+    data: Path = typer.Argument(..., help="Labelled table both are scored on."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=_folder,
+                                       help="Write compare.json, compare.md and differing_rows.csv here."),
+    n_boot: int = typer.Option(1000, "--boot", min=0, help="Bootstrap resamples for the confidence intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+):
+    """Score two bundles on the same rows: each metric, B - A with a 95% paired bootstrap interval, and the
+    rows where their predictions differ."""
+    import json
+
+    from .bundle import Predictor
+    from .feedback import compare as run_compare
+    from .io import atomic_write_text
+
+    a, b = Predictor.load(bundle_a), Predictor.load(bundle_b)
+    res = run_compare(a, b, _table(data, root), n_boot=n_boot, seed=seed, on_bad_input=on_bad_input)
+    lines = [f"{res['rows']} rows scored by both" + (f" ({res['rows_skipped']} skipped as bad input)"
+                                                      if res["rows_skipped"] else "")
+             + f"; predictions differ on {res['n_differing']}",
+             f"{'metric':20s} {'A':>8s} {'B':>8s} {'B - A':>8s}  95% interval ({n_boot} resamples)"]
+    for k, m in res["metrics"].items():
+        lo, hi = m["ci95"]
+        lines.append(f"{k:20s} {m['A']:8.4f} {m['B']:8.4f} {m['difference']:+8.4f}  [{lo:+.4f}, {hi:+.4f}]"
+                     + ("  (B better)" if lo > 0 and _higher_is_better(k) or hi < 0 and not _higher_is_better(k)
+                        else "  (A better)" if hi < 0 and _higher_is_better(k) or lo > 0 and not _higher_is_better(k)
+                        else ""))
+    for line in lines:
+        typer.echo(line)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        res["differing"].to_csv(out / "differing_rows.csv", index=False)
+        body = {k: v for k, v in res.items() if k != "differing"}
+        body.update(bundle_a=str(bundle_a), bundle_b=str(bundle_b), data=str(data))
+        atomic_write_text(out / "compare.json", json.dumps(body, indent=1, default=str) + "\n")
+        atomic_write_text(out / "compare.md", "# " + f"A = {bundle_a}, B = {bundle_b}, on {data}\n\n```\n"
+                          + "\n".join(lines) + "\n```\n")
+        typer.echo(f"written: {out / 'compare.json'}, {out / 'compare.md'}, {out / 'differing_rows.csv'}")
+
+
+def _higher_is_better(metric: str) -> bool:
+    return not any(w in metric for w in ("loss", "ece", "error", "mae", "mse", "rmse", "brier"))
 
 
 @app.command()

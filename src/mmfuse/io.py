@@ -141,6 +141,8 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
                 df = next(chunks, None)
             if df is None:
                 break
+            if not len(df):  # a header and no rows (pandas yields one empty chunk): the file is empty
+                continue
             if fmt == "jsonl" and not all(isinstance(c, str) for c in df.columns):
                 raise _table_error(path, "holds a line that is not a JSON object", 'JSON Lines needs one JSON '
                                    'object per line, like {"text": "a", "label": 1}')
@@ -161,7 +163,7 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
         raise _translate(e, path, fmt) from e
     except UnicodeDecodeError as e:
         raise InputError(row=None, column=None, file=str(path), reason=f"is not valid {encoding} text ({e.reason})",
-                         hint="Re-save the file as UTF-8, or pass the encoding it was written in") from None
+                         hint="Re-save the file as UTF-8 (or save it as Parquet)") from None
     except Exception as e:  # any other failure of pandas, pyarrow, csv, json or the OS: one line
         raise _translate(e, path, fmt) from e
     if start == 0:

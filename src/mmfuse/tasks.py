@@ -152,6 +152,10 @@ class Task(ABC):
             return np.asarray([int(v) for v in vals] if all(v.is_integer() for v in vals) else vals)
         return np.asarray(self.classes_, dtype=object)
 
+    def unseen_labels(self, df: pd.DataFrame) -> list[str]:
+        """The labels of these rows that this fitted task does not know (none for regression)."""
+        return []
+
     def stratify(self, df: pd.DataFrame) -> np.ndarray | None:
         """Labels to stratify a random split on, or None when the task cannot be stratified."""
         return None
@@ -317,6 +321,10 @@ class _Classification(Task):
         self.classes_ = keys
         self.numeric_labels_ = bool(pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y))
         self.bool_labels_ = bool(pd.api.types.is_bool_dtype(y)) or set(keys) == {"False", "True"}
+
+    def unseen_labels(self, df):
+        y = self._column(df)
+        return sorted({_key(v) for v in y[~y.map(_blank)]} - set(self.classes_), key=_natural)
 
     def _encode(self, row, v):
         k = _key(v)
@@ -512,6 +520,10 @@ class MultilabelTask(Task):
             raise SchemaError(f"multilabel target {self.column!r} has fewer than two labels: {keys}")
         self.classes_ = keys
         self.thresholds_ = np.full(len(keys), 0.5)
+
+    def unseen_labels(self, df):
+        y = self._column(df)
+        return sorted({k for v in y[~y.map(_blank)] for k in self._split(v)} - set(self.classes_), key=_natural)
 
     def _encode(self, row, v):
         hot = np.zeros(len(self.classes_), np.float32)

@@ -237,3 +237,11 @@ def test_quick_defaults_protocol(tmp_path):
     r2 = json.loads((tmp_path / "results" / "defaults_quick.json").read_text())
     assert [x["dataset"] for x in r2["runs"]] == ["digits", "wine"] and r2["runs"][0] == r["runs"][1]
     assert r2["kept_from"] == r["command"]
+
+
+def test_results_and_out_must_be_folders_checked_before_running(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    for kw in ({"results": tmp_path / "f.txt"}, {"out": tmp_path / "f.txt", "results": tmp_path / "r"}):
+        with pytest.raises(MmfuseError, match="is a file; --(results|out) takes a folder"):
+            run_bench("defaults", quick=True, **kw)
+    assert not (tmp_path / "r").exists()

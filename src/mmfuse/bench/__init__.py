@@ -147,6 +147,9 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
     results = Path(results) if results is not None else Path("benchmarks") / "results"
     if tag is not None and (not tag or not all(c.isalnum() or c in "-_" for c in tag)):
         raise MmfuseError(f"--tag {tag!r}: letters, digits, '-' and '_' only (it names the results file)")
+    for flag, folder in (("--results", results), ("--out", out)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise MmfuseError(f"{flag} {folder} is a file; {flag} takes a folder")
     stem = name + (f"_{tag}" if tag else "") + ("_quick" if quick else "")
     path = results / f"{stem}.json"
     previous = {}
