@@ -245,3 +245,15 @@ def test_results_and_out_must_be_folders_checked_before_running(tmp_path):
         with pytest.raises(MmfuseError, match="is a file; --(results|out) takes a folder"):
             run_bench("defaults", quick=True, **kw)
     assert not (tmp_path / "r").exists()
+
+
+def test_quick_batch_predict_protocol(tmp_path):
+    """A generated Parquet table predicted by `mmfuse predict` in its own process, checked row for row on a sample."""
+    main(["bench", "batch_predict", "--quick", "--set", "chunk_rows=4000", "--out", str(tmp_path / "work"),
+          "--results", str(tmp_path / "results")])
+    r = json.loads((tmp_path / "results" / "batch_predict_quick.json").read_text())
+    assert r["table"]["rows"] % 5000 == 0 and r["table"]["bytes"] >= 0.005e9
+    c = r["check"]
+    assert c["sample_rows"] == 2000 and c["same_row_ids"] and c["same_labels"] and c["max_abs_proba_difference"] < 1e-5
+    assert r["predict"]["peak_rss_mib"] > 100 and r["predict"]["rows_per_second"] > 0
+    assert f"{r['table']['rows']:,} predictions written" in r["predict"]["stdout"]

@@ -37,6 +37,7 @@ PROTOCOLS = {
     "loading": "data-loading throughput: MNIST images and FSDD audio, 0 and 2 workers, cache in memory and on disk",
     "group_by_length": "one epoch of full MiniLM fine-tuning with and without length-grouped batches",
     "defaults": "mmfuse with nothing but the target against logistic regression on five small real tables",
+    "batch_predict": "mmfuse predict over a generated 2 GB Parquet table: rows/s, peak memory, output checked",
     "training": "mmfuse's training loop against a hand-written PyTorch loop; predict cold start and one-row latency",
 }
 
