@@ -681,6 +681,34 @@ def _higher_is_better(metric: str) -> bool:
 
 
 @app.command()
+def serve(
+    bundle: Path = typer.Argument(..., help="Bundle folder to serve."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (each loads the bundle)."),
+    allow_root: Optional[Path] = typer.Option(None, "--allow-root", help="A folder whose files requests may name "
+                                              "({\"path\": ...}); without it the server reads no file."),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Rows of concurrent requests in one model call "
+                                                                 "(1: no batching)."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="How long a batch waits for more requests."),
+    max_rows: int = typer.Option(256, "--max-rows", min=1, help="Rows per request."),
+    max_body_mb: float = typer.Option(10.0, "--max-body-mb", min=0.001, help="Request body size in MiB."),
+    max_image_pixels: int = typer.Option(4096 * 4096, "--max-image-pixels", min=1, help="Pixels of one image."),
+    max_audio_seconds: float = typer.Option(60.0, "--max-audio-seconds", min=0, help="Duration of one audio clip."),
+):
+    """Serve a bundle over HTTP: POST /predict (JSON rows; images and audio as base64), POST /predict/upload
+    (multipart), GET /health, /metadata, /metrics (Prometheus) and /docs."""
+    from .serve import ServeConfig, serve as run_server
+
+    cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_rows=max_rows,
+                      max_body_bytes=int(max_body_mb * 2**20), max_image_pixels=max_image_pixels,
+                      max_audio_seconds=max_audio_seconds, allow_root=str(allow_root) if allow_root else None)
+    typer.echo(f"serving {bundle} on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}; "
+               f"docs at /docs)", err=True)
+    run_server(bundle, host=host, port=port, workers=workers, config=cfg)
+
+
+@app.command()
 def fusions():
     """List the fusion strategies, one line each."""
     from .fusion import describe_fusions

@@ -118,7 +118,9 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            f = pq.ParquetFile(path)
+            # pre_buffer off: with it, pyarrow's memory pool keeps every row group it read (~20 MB a batch here,
+            # 1.4 GB after 100 batches); without it, memory stays at one batch
+            f = pq.ParquetFile(path, pre_buffer=False)
             _check_columns(f.schema_arrow.names, str(path))
             chunks = (b.to_pandas() for b in f.iter_batches(batch_size=chunk_rows))
         elif fmt == "jsonl":

@@ -257,3 +257,16 @@ def test_quick_batch_predict_protocol(tmp_path):
     assert c["sample_rows"] == 2000 and c["same_row_ids"] and c["same_labels"] and c["max_abs_proba_difference"] < 1e-5
     assert r["predict"]["peak_rss_mib"] > 100 and r["predict"]["rows_per_second"] > 0
     assert f"{r['table']['rows']:,} predictions written" in r["predict"]["stdout"]
+
+
+def test_quick_serve_load_protocol(tmp_path):
+    """The real server on loopback under a small load, with and without batching: every request answered."""
+    pytest.importorskip("fastapi")
+    main(["bench", "serve_load", "--quick", "--set", "requests=64", "--set", "concurrency=8",
+          "--out", str(tmp_path / "work"), "--results", str(tmp_path / "results")])
+    r = json.loads((tmp_path / "results" / "serve_load_quick.json").read_text())
+    assert r["meets_target"] and set(r["modes"]) == {"batching", "no batching"}
+    for m in r["modes"].values():
+        assert m["completed"] == 64 and m["statuses"] == {"200": 64} and m["latency_ms"]["p99"] >= m["latency_ms"]["p50"]
+    assert r["modes"]["no batching"]["mean_rows_per_model_call"] <= 16  # one request per model call
+    assert "| batching (max batch 64) | 64 |" in (tmp_path / "results" / "serve_load_quick.md").read_text()

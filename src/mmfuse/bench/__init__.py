@@ -38,6 +38,7 @@ PROTOCOLS = {
     "group_by_length": "one epoch of full MiniLM fine-tuning with and without length-grouped batches",
     "defaults": "mmfuse with nothing but the target against logistic regression on five small real tables",
     "batch_predict": "mmfuse predict over a generated 2 GB Parquet table: rows/s, peak memory, output checked",
+    "serve_load": "a load test of mmfuse serve on loopback: 10,000 requests at concurrency 32, with and without batching",
     "training": "mmfuse's training loop against a hand-written PyTorch loop; predict cold start and one-row latency",
 }
 
