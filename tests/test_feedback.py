@@ -159,3 +159,32 @@ def test_cli_fit_init_from_and_compare(base, tmp_path, capsys):
         main(["fit", str(tmp_path / "new.csv"), "-t", "y", "--replay", str(tmp_path / "old.csv"), "--out",
               str(tmp_path / "r2")])
     assert e.value.code == 2 and "give --init-from BUNDLE" in capsys.readouterr().err
+
+
+def test_compare_an_old_bundle_with_its_new_head_on_rows_with_the_new_class(base, tmp_path):
+    path, old = base
+    new = table(300, 11, -3, -1, classes=("a", "d"))
+    new.loc[new.index[:100], "y"] = "b"
+    m = MultimodalPredictor(init_from=path, new_head=True, epochs=2, out=tmp_path / "r", **KW)
+    with pytest.warns(UserWarning):
+        m.fit(new)
+    check = table(200, 12, -3, -1, classes=("a", "d"))
+    check.loc[check.index[:50], "y"] = "b"
+    check.loc[check.index[50], "y"] = None  # a blank label: left out too
+    res = compare(Predictor.load(path), Predictor.load(tmp_path / "r" / "bundle"), check, n_boot=20)
+    n_d = int((check["y"] == "d").sum())
+    assert res["unknown_labels"] == ["d"] and res["rows_unscorable"] == n_d + 1 and res["rows"] == 200 - n_d - 1
+    assert "threshold" not in res["metrics"] and "accuracy" in res["metrics"]
+
+
+def test_a_new_class_only_in_the_validation_rows_and_numeric_labels(tmp_path):
+    old = table(300, 13, -3, 3)
+    old["y"] = (old["y"] == "b").astype(int)  # numeric labels 0 / 1
+    MultimodalPredictor(epochs=1, **KW).fit(old).save(tmp_path / "b")
+    new = old.copy()
+    new["split"] = ["val" if i < 60 else "train" for i in range(len(new))]
+    new.loc[new.index[:5], "y"] = 2  # the new class only among the validation rows
+    m = MultimodalPredictor(init_from=tmp_path / "b", new_head=True, epochs=1, **KW)
+    with pytest.warns(UserWarning):
+        m.fit(new)
+    assert m.classes_ == ["0", "1", "2"] and all(isinstance(v, (int, np.integer)) for v in m.predict(old.iloc[:5]))

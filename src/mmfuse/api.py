@@ -317,9 +317,12 @@ class MultimodalPredictor:
                               "the labels")
         if base.task.name == "regression":
             raise MmfuseError("new_head applies to classification targets")
-        old = pd.DataFrame({self.target: list(base.task.classes_)})
+        old = pd.Series(list(base.task.classes_), name=self.target)
+        if base.task.numeric_labels_:  # keep the labels' type: the new task decodes to numbers too
+            old = pd.to_numeric(old)
         kind = "multiclass" if base.task.name == "binary" else base.task.name
-        task = P.fit_target(pd.concat([splits.train[[self.target]], old]), self.target, kind, tcfg)
+        labelled = pd.concat([p[[self.target]] for p in (splits.train, splits.val, splits.test) if p is not None])
+        task = P.fit_target(pd.concat([labelled, old.to_frame()]), self.target, kind, tcfg)  # every split's labels
         if base.task.name == "binary":
             import warnings
 

@@ -119,9 +119,18 @@ def compare(a, b, data, *, n_boot: int = 1000, seed: int = 0, root=None, on_bad_
     rows = np.intersect1d(ra, rb)  # rows both could read
     za, zb = za[np.searchsorted(ra, rows)], zb[np.searchsorted(rb, rows)]
     df = table.df.iloc[rows]
+    # rows whose label one bundle does not know (a class a new head added), or a blank one, cannot be scored
+    # for both: they are counted and left out of the metrics
+    unknown = set(a.target.unseen_labels(df)) | set(b.target.unseen_labels(df))
+    keep = a.target.scorable(df) & b.target.scorable(df)
+    unscorable = int((~keep).sum())
+    za, zb, df, rows = za[keep], zb[keep], df[keep], rows[keep]
+    if not len(rows):
+        raise MmfuseError("no row can be scored by both bundles (every label is blank or unknown to one of them)")
     y_a, y_b = a.target.transform(df), b.target.transform(df)
     ma, mb = a.target.metrics(za, y_a), b.target.metrics(zb, y_b)
-    keys = [k for k, v in ma.items() if isinstance(v, float) and isinstance(mb.get(k), float) and k != "n"]
+    keys = [k for k, v in ma.items() if isinstance(v, float) and isinstance(mb.get(k), float)
+            and k not in ("n", "threshold", "thresholds")]
     rng = np.random.default_rng(seed)
     boots = {k: [] for k in keys}
     n = len(rows)
@@ -129,7 +138,9 @@ def compare(a, b, data, *, n_boot: int = 1000, seed: int = 0, root=None, on_bad_
         idx = rng.integers(0, n, n)
         try:
             sa, sb = a.target.metrics(za[idx], y_a[idx]), b.target.metrics(zb[idx], y_b[idx])
-        except ValueError:  # a resample with one class: AUCs are undefined there
+        except MmfuseError:
+            raise
+        except ValueError:  # scikit-learn on a resample with one class: AUCs are undefined there
             continue
         for k in keys:
             if isinstance(sa.get(k), float) and isinstance(sb.get(k), float):
@@ -142,8 +153,12 @@ def compare(a, b, data, *, n_boot: int = 1000, seed: int = 0, root=None, on_bad_
                    "resamples": int(len(d))}
     la, lb = a.target.decode(za).labels, b.target.decode(zb).labels
     la_s, lb_s = np.asarray([str(x) for x in la]), np.asarray([str(x) for x in lb])
-    differ = la_s != lb_s
+    if a.target.name == "regression":  # values: differ beyond float noise
+        differ = ~np.isclose(np.asarray(la, float), np.asarray(lb, float), rtol=1e-4, atol=1e-6)
+    else:
+        differ = la_s != lb_s
     differing = pd.DataFrame({"row": df.index[differ], "true": df[target].to_numpy()[differ],
                               f"prediction_{names[0]}": la_s[differ], f"prediction_{names[1]}": lb_s[differ]})
-    return {"rows": int(n), "rows_skipped": int(len(table.df) - n), "metrics": diff, "differing": differing,
+    return {"rows": int(n), "rows_skipped": int(len(table.df) - n - unscorable), "rows_unscorable": unscorable,
+            "unknown_labels": sorted(unknown), "metrics": diff, "differing": differing,
             "n_differing": int(differ.sum()), "n_boot": n_boot, "seed": seed}

@@ -104,7 +104,10 @@ class Metrics:
         h["sum"] += v
         h["count"] += 1
 
+    ENDPOINTS = ("/predict", "/predict/upload", "/health", "/metadata", "/metrics")
+
     def request(self, endpoint: str, status: int, seconds: float, error: str | None = None) -> None:
+        endpoint = endpoint if endpoint in self.ENDPOINTS else "other"  # a client cannot add series or break lines
         with self.lock:
             key = (endpoint, status)
             self.requests[key] = self.requests.get(key, 0) + 1
@@ -231,16 +234,21 @@ class RowReader:
 
         try:
             path = resolve_path(rel, self.root, allow_outside_root=False)
+            if not path.is_file():
+                raise BadRequest(422, loc, f"file {rel!r} does not exist under the allowed folder", "file_not_found")
+            if path.stat().st_size > self.cfg.max_body_bytes:
+                raise BadRequest(413, loc, f"file {rel!r} has {path.stat().st_size:,} bytes; at most "
+                                 f"{self.cfg.max_body_bytes:,}", "file_too_large")
+            role = self.roles[loc[-1]]
+            if role in (Role.IMAGE, Role.AUDIO):
+                raw = path.read_bytes()
+                self._check_size(raw, role, loc)
+                return raw
+            return str(path)
         except MmfuseError as e:
             raise BadRequest(422, loc, str(e), "file_not_allowed") from None
-        if not path.is_file():
-            raise BadRequest(422, loc, f"file {rel!r} does not exist under the allowed folder", "file_not_found")
-        role = self.roles[loc[-1]]
-        if role in (Role.IMAGE, Role.AUDIO):
-            raw = path.read_bytes()
-            self._check_size(raw, role, loc)
-            return raw
-        return str(path)
+        except (OSError, ValueError) as e:  # a NUL byte, a name too long, no permission ...
+            raise BadRequest(422, loc, f"file {rel[:200]!r} cannot be read ({type(e).__name__})", "file_unreadable") from None
 
     def _check_size(self, raw: bytes, role: Role, loc) -> None:
         if role is Role.IMAGE:
@@ -299,6 +307,13 @@ class Batcher:
         """One model call; its answers and the inputs absent from every row."""
         with self.lock:
             out = self.predictor.predict_frame(frame, root=self.cfg.allow_root or os.getcwd())
+        cols = [c for c in out.columns if c.startswith("proba_")]
+        if not cols and out["prediction"].dtype.kind == "f":  # regression: the values themselves
+            cols = ["prediction"]
+        bad = np.flatnonzero(~np.isfinite(out[cols].to_numpy(dtype=float)).all(axis=1)) if cols else []
+        if len(bad):
+            raise InputError(int(bad[0]), None, "gives a non-finite output (a value far outside the training range?)",
+                             hint="check the row's numbers")
         self.metrics.batch(len(frame))
         return _answers(self.predictor, out), self.absent(frame)
 
@@ -375,6 +390,8 @@ def create_app(bundle, config: ServeConfig | None = None):
 
     cfg = config or ServeConfig()
     predictor = Predictor.load(bundle) if isinstance(bundle, (str, os.PathLike)) else bundle
+    if not predictor.preprocessors:
+        raise MmfuseError("mmfuse serve takes one bundle, not an ensemble folder: serve one of its members")
     Row, PredictRequest, PredictResponse = request_models(predictor)
     reader = RowReader(predictor, cfg)
     metrics = Metrics()
@@ -385,7 +402,8 @@ def create_app(bundle, config: ServeConfig | None = None):
         "labels": [str(c) for c in task.classes_] if task.classes_ else None, "threshold": task.threshold,
         "inputs": {n: {"modality": p.modality, "columns": list(p.columns)} for n, p in predictor.preprocessors.items()},
         "schema": {c: r.value for c, r in _column_roles(predictor).items()},
-        "bundle": str(getattr(predictor, "path", "") or ""), "limits": asdict(cfg),
+        "bundle": Path(str(getattr(predictor, "path", "") or "")).name,
+        "limits": {k: v for k, v in asdict(cfg).items() if k != "allow_root"}, "reads_files": cfg.allow_root is not None,
     }
     app = FastAPI(title="mmfuse", version=__version__,
                   description=f"Predictions of a {task.name} model of {task.column!r} (mmfuse bundle).")
@@ -403,14 +421,20 @@ def create_app(bundle, config: ServeConfig | None = None):
             return error(413, ["body"], f"the body has {size} bytes; at most {cfg.max_body_bytes:,}",
                          "body_too_large", request.url.path, t0)
         if request.method == "POST" and size is None:
-            body = b""
+            body = bytearray()
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > cfg.max_body_bytes:
                     return error(413, ["body"], f"the body is over {cfg.max_body_bytes:,} bytes",
                                  "body_too_large", request.url.path, t0)
-            request._body = body
+            request._body = bytes(body)
         return await call_next(request)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):  # a bug, not bad input: counted, and JSON
+        metrics.request(request.url.path, 500, 0.0, "internal")
+        return JSONResponse({"detail": [{"loc": [], "msg": f"internal error ({type(exc).__name__})",
+                                         "type": "internal"}]}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -156,6 +156,17 @@ class Task(ABC):
         """The labels of these rows that this fitted task does not know (none for regression)."""
         return []
 
+    def scorable(self, df: pd.DataFrame) -> np.ndarray:
+        """Boolean mask of the rows whose target this fitted task can encode: not blank, every label known."""
+        y = self._column(df)
+        unseen = set(self.unseen_labels(df))
+        if not unseen:
+            return ~blank_targets(y)
+        return np.array([not _blank(v) and not (set(self._labels_of(v)) & unseen) for v in y], dtype=bool)
+
+    def _labels_of(self, v) -> list[str]:
+        return [_key(v)]
+
     def stratify(self, df: pd.DataFrame) -> np.ndarray | None:
         """Labels to stratify a random split on, or None when the task cannot be stratified."""
         return None
@@ -524,6 +535,9 @@ class MultilabelTask(Task):
     def unseen_labels(self, df):
         y = self._column(df)
         return sorted({k for v in y[~y.map(_blank)] for k in self._split(v)} - set(self.classes_), key=_natural)
+
+    def _labels_of(self, v) -> list[str]:
+        return list(self._split(v))
 
     def _encode(self, row, v):
         hot = np.zeros(len(self.classes_), np.float32)

@@ -32,14 +32,15 @@ def _free_port() -> int:
 def _start(bundle: Path, port: int, max_batch: int):
     import httpx
 
+    log = open(bundle.parent.parent / f"server_{max_batch}.log", "w")  # a file: a full pipe would block the server
     proc = subprocess.Popen([sys.executable, "-m", "mmfuse.cli", "serve", str(bundle), "--port", str(port),
                              "--max-batch", str(max_batch), "--max-wait-ms", "5"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=log, text=True)
     for _ in range(240):
         if proc.poll() is not None:
             from mmfuse.errors import MmfuseError
 
-            raise MmfuseError(f"mmfuse serve stopped: {proc.stderr.read()[-500:]}")
+            raise MmfuseError(f"mmfuse serve stopped: {Path(log.name).read_text()[-500:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc
