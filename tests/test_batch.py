@@ -1,4 +1,6 @@
 """Batch prediction larger than memory: chunked reading, output written as it goes, rows aligned with the input."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -157,3 +159,14 @@ def test_reading_a_parquet_file_in_chunks_does_not_accumulate_memory(tmp_path):
         pools.append(pa.total_allocated_bytes())
     assert len(pools) == info["rows"] // 10_000 >= 10
     assert max(pools) - pools[0] < 8 * 2**20, [p // 2**20 for p in pools]
+
+
+def test_a_jsonl_chunk_without_an_inputs_key_is_read_as_missing_values(bundle, tmp_path):
+    pred, df = bundle
+    lines = [json.dumps({"id": i, **({} if i >= 60 else r)})  # rows 60+ hold no input's key at all
+             for i, r in enumerate(df.to_dict("records"))]
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    report = predict_file(pred, tmp_path / "t.jsonl", tmp_path / "p.csv", chunk_rows=30)
+    out = pd.read_csv(tmp_path / "p.csv")
+    expected = pred.predict_frame(pd.read_json(tmp_path / "t.jsonl", lines=True))
+    assert report.predicted == 120 and list(out["prediction"]) == list(expected["prediction"])

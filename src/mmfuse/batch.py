@@ -84,7 +84,13 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
     writer = None
     t0 = time.perf_counter()
     try:
+        seen: list = []
         for chunk in iter_table(data, chunk_rows=chunk_rows, root=root, encoding=encoding):
+            # JSON Lines: a chunk has only the keys its lines hold; a key missing from a whole chunk is a
+            # missing value in its rows, not an input absent from the table
+            seen += [c for c in chunk.df.columns if c not in seen]
+            if len(chunk.df.columns) < len(seen):
+                chunk.df = chunk.df.reindex(columns=seen)
             try:
                 frame = predictor.predict_frame(chunk, proba=proba, threshold=threshold, batch_size=batch_size,
                                                 on_bad_input=on_bad_input, allow_outside_root=allow_outside_root)
