@@ -253,3 +253,20 @@ def test_a_config_that_cannot_be_built_is_named_damaged(tmp_path, damage, messag
     (tmp_path / "b" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BundleError, match=f"is damaged: config.json describes what this mmfuse cannot build .*{message}"):
         Predictor.load(tmp_path / "b")
+
+
+def test_a_saved_bundle_is_readable_by_other_users(tmp_path):
+    import os
+    import stat
+
+    from mmfuse import MultimodalPredictor
+
+    from conftest import make_tabular_text_table
+
+    MultimodalPredictor(target="y", epochs=1, progress=False, log=None, contribution=False).fit(
+        make_tabular_text_table(60)).save(tmp_path / "b")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for p in [tmp_path / "b", *(tmp_path / "b").rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == (0o777 if p.is_dir() else 0o666) & ~umask, (p.name, oct(mode))

@@ -77,6 +77,7 @@ def test_an_input_may_be_absent_and_the_answer_says_so(served):
     with client(pred) as c:
         r = c.post("/predict", json={"rows": rows})
     assert r.status_code == 200 and sorted(r.json()["absent_inputs"]) == ["clip", "photo"]
+    assert all(p["missing_inputs"] == ["clip", "photo"] for p in r.json()["predictions"])
     assert [g["prediction"] for g in r.json()["predictions"]] == list(expected["prediction"])
 
 
@@ -154,6 +155,8 @@ def test_multipart_upload_equals_json(served):
         assert r.json()["predictions"] == j["predictions"]
         r = c.post("/predict/upload", data={"row": "{not json"})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "row"]
+        r = c.post("/predict/upload")  # nothing sent: not a prediction from nothing
+        assert r.status_code == 422 and "multipart/form-data" in r.json()["detail"][0]["msg"]
         r = c.post("/predict/upload", files={"fhoto": ("p.png", b"x")})
         assert r.status_code == 422 and "unknown column 'fhoto'" in r.json()["detail"][0]["msg"]
 

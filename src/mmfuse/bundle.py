@@ -75,7 +75,12 @@ def save_bundle(path: str | os.PathLike, model, preps: dict, target, schema, spe
 
 def replace_folder(tmp: Path, path: Path) -> Path:
     """Move the finished folder ``tmp`` to ``path``; an older folder there is moved aside first, so a
-    crash leaves one of the two whole."""
+    crash leaves one of the two whole. Its files get the usual modes (``mkdtemp`` and some writers make them
+    private): a server running as another user can read the bundle."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [tmp, *tmp.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
     if path.exists():
         old = path.parent / f".{path.name}.old{os.getpid()}"
         os.replace(path, old)

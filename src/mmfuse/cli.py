@@ -163,6 +163,10 @@ def fit(
         _refuse_another_run(out)
     if init_from is not None and target is None and config is None:
         target = _bundle_target(init_from)
+        if target is None:  # not a bundle: the loader says what it is (a run folder, a typo ...)
+            from .bundle import Predictor
+
+            Predictor.load(init_from)
     if (new_head or replay is not None or replay_fraction) and init_from is None:
         from .errors import MmfuseError
 
@@ -655,9 +659,14 @@ def compare(
     res = run_compare(a, b, _table(data, root), n_boot=n_boot, seed=seed, on_bad_input=on_bad_input)
     lines = [f"{res['rows']} rows scored by both" + (f" ({res['rows_skipped']} skipped as bad input)"
                                                       if res["rows_skipped"] else "")
+             + (f"; {res['rows_unscorable']} left out: a blank label, or one a bundle does not know "
+                f"({', '.join(map(repr, res['unknown_labels'][:10]))})" if res["rows_unscorable"] else "")
              + f"; predictions differ on {res['n_differing']}",
              f"{'metric':20s} {'A':>8s} {'B':>8s} {'B - A':>8s}  95% interval ({n_boot} resamples)"]
     for k, m in res["metrics"].items():
+        if m["ci95"] is None:
+            lines.append(f"{k:20s} {m['A']:8.4f} {m['B']:8.4f} {m['difference']:+8.4f}  (no interval: --boot 0)")
+            continue
         lo, hi = m["ci95"]
         lines.append(f"{k:20s} {m['A']:8.4f} {m['B']:8.4f} {m['difference']:+8.4f}  [{lo:+.4f}, {hi:+.4f}]"
                      + ("  (B better)" if lo > 0 and _higher_is_better(k) or hi < 0 and not _higher_is_better(k)
@@ -703,9 +712,7 @@ def serve(
     cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_rows=max_rows,
                       max_body_bytes=int(max_body_mb * 2**20), max_image_pixels=max_image_pixels,
                       max_audio_seconds=max_audio_seconds, allow_root=str(allow_root) if allow_root else None)
-    typer.echo(f"serving {bundle} on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}; "
-               f"docs at /docs)", err=True)
-    run_server(bundle, host=host, port=port, workers=workers, config=cfg)
+    run_server(bundle, host=host, port=port, workers=workers, config=cfg, echo=lambda m: typer.echo(m, err=True))
 
 
 @app.command()

@@ -148,9 +148,8 @@ def compare(a, b, data, *, n_boot: int = 1000, seed: int = 0, root=None, on_bad_
     diff = {}
     for k in keys:
         d = np.asarray(boots[k])
-        lo, hi = (np.percentile(d, [2.5, 97.5]) if len(d) else (np.nan, np.nan))
-        diff[k] = {names[0]: ma[k], names[1]: mb[k], "difference": mb[k] - ma[k], "ci95": [float(lo), float(hi)],
-                   "resamples": int(len(d))}
+        ci = [float(x) for x in np.percentile(d, [2.5, 97.5])] if len(d) else None  # None: no resample (JSON-safe)
+        diff[k] = {names[0]: ma[k], names[1]: mb[k], "difference": mb[k] - ma[k], "ci95": ci, "resamples": int(len(d))}
     la, lb = a.target.decode(za).labels, b.target.decode(zb).labels
     la_s, lb_s = np.asarray([str(x) for x in la]), np.asarray([str(x) for x in lb])
     if a.target.name == "regression":  # values: differ beyond float noise

@@ -182,6 +182,9 @@ def request_models(predictor):
     class Prediction(BaseModel):
         prediction: Union[str, float, int, bool, List[str], None]
         probabilities: Optional[Dict[str, float]] = None
+        missing_inputs: List[str] = Field(default_factory=list,
+                                          description="Inputs missing from this row (null or left out): the model "
+                                                      "predicted without them.")
 
     class PredictResponse(BaseModel):
         predictions: List[Prediction]
@@ -219,10 +222,14 @@ class RowReader:
                                  "with --allow-root DIR", "file_not_allowed")
             return self._file(v["path"], loc)
         if role in (Role.IMAGE, Role.AUDIO):
+            if v.startswith("data:") and "," in v[:200]:  # a data URI: its base64 part
+                v = v.split(",", 1)[1]
             try:
                 raw = base64.b64decode(v, validate=True)
             except (binascii.Error, ValueError):
-                raise BadRequest(422, loc, f"the {role.value} is not valid base64", "bad_base64") from None
+                hint = (' (a file name? send {"path": ...} to a server started with --allow-root, or the '
+                        "file's content as base64)") if "." in v[-6:] or "/" in v else ""
+                raise BadRequest(422, loc, f"the {role.value} is not valid base64{hint}", "bad_base64") from None
             if not raw:
                 raise BadRequest(422, loc, f"the {role.value} is empty", "bad_input")
             self._check_size(raw, role, loc)
@@ -235,7 +242,8 @@ class RowReader:
         try:
             path = resolve_path(rel, self.root, allow_outside_root=False)
             if not path.is_file():
-                raise BadRequest(422, loc, f"file {rel!r} does not exist under the allowed folder", "file_not_found")
+                what = "is a folder, not a file" if path.is_dir() else "does not exist in the allowed folder"
+                raise BadRequest(422, loc, f"{rel[:200]!r} {what}", "file_not_found")
             if path.stat().st_size > self.cfg.max_body_bytes:
                 raise BadRequest(413, loc, f"file {rel!r} has {path.stat().st_size:,} bytes; at most "
                                  f"{self.cfg.max_body_bytes:,}", "file_too_large")
@@ -245,8 +253,9 @@ class RowReader:
                 self._check_size(raw, role, loc)
                 return raw
             return str(path)
-        except MmfuseError as e:
-            raise BadRequest(422, loc, str(e), "file_not_allowed") from None
+        except MmfuseError:  # (its message would show the server's folders)
+            raise BadRequest(422, loc, f"path {rel[:200]!r} must name a file inside the server's allowed folder",
+                             "file_not_allowed") from None
         except (OSError, ValueError) as e:  # a NUL byte, a name too long, no permission ...
             raise BadRequest(422, loc, f"file {rel[:200]!r} cannot be read ({type(e).__name__})", "file_unreadable") from None
 
@@ -274,11 +283,16 @@ class RowReader:
                                  f"{self.cfg.max_audio_seconds:g} s", "audio_too_long")
 
 
-def _answers(predictor, frame) -> list[dict]:
-    """``predict_frame``'s rows as JSON answers."""
+def _answers(predictor, frame, rows=None) -> list[dict]:
+    """``predict_frame``'s rows as JSON answers; ``rows`` (the request's frame) adds each row's missing inputs."""
     probas = [c for c in frame.columns if c.startswith("proba_")]
+    missing = None
+    if rows is not None:
+        gone = {n: np.column_stack([rows[c].isna().to_numpy() for c in p.columns if c in rows] or
+                                   [np.ones(len(rows), bool)]).all(axis=1) for n, p in predictor.preprocessors.items()}
+        missing = [[n for n in sorted(gone) if gone[n][i]] for i in range(len(rows))]
     out = []
-    for _, r in frame.iterrows():
+    for i, (_, r) in enumerate(frame.iterrows()):
         pred = r["prediction"]
         if isinstance(pred, (np.generic,)):
             pred = pred.item()
@@ -289,6 +303,8 @@ def _answers(predictor, frame) -> list[dict]:
         item = {"prediction": pred}
         if probas:
             item["probabilities"] = {c[len("proba_"):]: float(r[c]) for c in probas}
+        if missing is not None:
+            item["missing_inputs"] = missing[i]
         out.append(item)
     return out
 
@@ -315,7 +331,7 @@ class Batcher:
             raise InputError(int(bad[0]), None, "gives a non-finite output (a value far outside the training range?)",
                              hint="check the row's numbers")
         self.metrics.batch(len(frame))
-        return _answers(self.predictor, out), self.absent(frame)
+        return _answers(self.predictor, out, frame), self.absent(frame)
 
     def absent(self, frame) -> list:
         """The inputs missing from every row of ``frame``."""
@@ -482,6 +498,10 @@ def create_app(bundle, config: ServeConfig | None = None):
             form = await request.form()
         except Exception:  # not multipart, or a broken one
             return error(422, ["body"], "send a multipart/form-data body", "bad_form", "/predict/upload", t0)
+        if not len(form):
+            return error(422, ["body"], "send a multipart/form-data body: a field 'row' (a JSON object of the "
+                         "columns) and a file per image or audio column; JSON rows go to POST /predict", "bad_form",
+                         "/predict/upload", t0)
         row: dict = {}
         if "row" in form:
             try:
@@ -542,7 +562,7 @@ def _app_from_env():
 
 
 def serve(bundle, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, config: ServeConfig | None = None,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", echo=None) -> None:
     """Run the server (blocks). With ``workers`` > 1 each worker process loads the bundle; torch threads are
     split between them."""
     import uvicorn
@@ -551,7 +571,17 @@ def serve(bundle, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, c
     from .bundle import Predictor
 
     Predictor.load(bundle)  # a bad bundle fails here, once, with its one-line error
+    import socket
+
+    with socket.socket() as sock:  # a taken port or an unknown host: one line now, not uvicorn's log later
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise MmfuseError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port, or stop "
+                              "what uses it") from None
     threads = max(1, (os.cpu_count() or 1) // workers)
+    if echo is not None:
+        echo(f"serving {bundle} on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}; docs at /docs)")
     os.environ["MMFUSE_SERVE"] = json.dumps({"bundle": str(Path(bundle).resolve()), **asdict(cfg),
                                              "torch_threads": threads})
     uvicorn.run("mmfuse.serve:_app_from_env", factory=True, host=host, port=port, workers=workers,

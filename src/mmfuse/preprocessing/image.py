@@ -172,7 +172,8 @@ class ImagePreprocessor(Preprocessor):
         except Image.DecompressionBombError as e:
             raise bad(row, col, f"is refused as a decompression bomb: {e}", file, resolved) from None
         except Exception as e:  # Pillow raises many types for a file it cannot identify
-            raise bad(row, col, f"is not a readable image ({type(e).__name__}: {e})", file, resolved) from None
+            why = type(e).__name__ if file is None else f"{type(e).__name__}: {e}"  # (bytes: no object repr)
+            raise bad(row, col, f"is not a readable image ({why})", file, resolved) from None
         w, h = im.size
         if w * h > self.max_pixels:
             im.close()
