@@ -258,7 +258,7 @@ def test_cv_command_writes_its_files_and_refuses_bad_options_in_one_line(tmp_pat
                           (["--leave-one-out", "subjct"], "unknown group column 'subjct'.*Did you mean 'subject'"),
                           (["--group-column", "subject", "--leave-one-out", "subject"], "not both"),
                           (["--folds", "3", "--leave-one-out", "subject"], "one fold per group; leave out --folds"),
-                          (["--seed", "-1"], "'seed' must be an integer >= 0; got -1"),
+                          (["--seed", "-1"], "--seed must be an integer >= 0; got -1"),
                           (["--epochs", "2", "--leave-one-out", "subject"], "holds a cross-validation run with other settings"),
                           (["--folds", "2"], "holds a cross-validation run with other folds")]:
         with pytest.raises(SystemExit) as e:

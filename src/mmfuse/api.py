@@ -57,6 +57,7 @@ class MultimodalPredictor:
             new classes (the old classes keep their output weights).
         replay: With ``init_from``: the old table (or any table of the same schema), whose rows are mixed
             into the training rows so that ``replay_fraction`` of them are old (limits forgetting).
+        replay_fraction: With ``replay``: the share of old rows among the training rows, in [0, 1).
         fusion, fusion_kwargs, dim, encoders, head_hidden, dropout, modality_dropout, aux_weight:
             model settings (:class:`~mmfuse.config.ModelConfig`).
         epochs, batch_size, lr, ... progress: training settings (:class:`~mmfuse.config.TrainConfig`).
@@ -222,12 +223,12 @@ class MultimodalPredictor:
         torch.manual_seed(tcfg.seed)
         if base is None:
             model, spec = P.build_model(preps, task.n_outputs, mcfg)
-        elif task is base.task:
-            model, spec = base.model.train(), base.config["model"]
-        else:
+        elif task.classes_ != base.task.classes_ or task.n_outputs != base.task.n_outputs:  # a new head
             from .feedback import model_with_new_head
 
             model, spec = model_with_new_head(base, task)
+        else:
+            model, spec = base.model.train(), base.config["model"]
         if base is not None:
             spec = {**spec, "model": dataclasses.asdict(mcfg)}
             model.modality_dropout = mcfg.modality_dropout
@@ -261,7 +262,7 @@ class MultimodalPredictor:
         if splits.blank_target:
             metrics["blank_target_rows"] = splits.blank_target
         if base is not None:
-            metrics["init_from"] = {"bundle": str(self.init_from), "new_head": task is not base.task,
+            metrics["init_from"] = {"bundle": str(self.init_from), "new_head": task.classes_ != base.task.classes_,
                                     "classes_before": base.task.classes_, **(replay or {})}
         reports = data.reports()
         if any(r.issues or r.unknown_categories for r in reports.values()):
@@ -304,8 +305,6 @@ class MultimodalPredictor:
     def _continued_task(self, base, splits, tcfg):
         """The bundle's task; with ``new_head``, and only when the rows hold labels it does not know, one
         over the old and the new classes."""
-        from . import pipeline as P
-
         rows = pd.concat([p for p in (splits.train, splits.val, splits.test) if p is not None and len(p)])
         new = base.task.unseen_labels(rows)
         if not new:
@@ -315,20 +314,8 @@ class MultimodalPredictor:
                               f"{', '.join(map(repr, new[:10]))} (it knows {', '.join(map(repr, base.task.classes_))}); "
                               "pass new_head=True (--new-head) to train a head over the old and new classes, or fix "
                               "the labels")
-        if base.task.name == "regression":
-            raise MmfuseError("new_head applies to classification targets")
-        old = pd.Series(list(base.task.classes_), name=self.target)
-        if base.task.numeric_labels_:  # keep the labels' type: the new task decodes to numbers too
-            old = pd.to_numeric(old)
-        kind = "multiclass" if base.task.name == "binary" else base.task.name
         labelled = pd.concat([p[[self.target]] for p in (splits.train, splits.val, splits.test) if p is not None])
-        task = P.fit_target(pd.concat([labelled, old.to_frame()]), self.target, kind, tcfg)  # every split's labels
-        if base.task.name == "binary":
-            import warnings
-
-            warnings.warn(f"the binary target {self.target!r} becomes multiclass with the new head: its output layer "
-                          "starts fresh (the rest of the model is kept)", stacklevel=3)
-        return task
+        return base.task.grown(labelled)  # over every split's labels
 
     def _replay(self, splits, base, tcfg) -> dict | None:
         """Old rows mixed into the training rows (``replay``, ``replay_fraction``)."""

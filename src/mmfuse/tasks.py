@@ -156,6 +156,25 @@ class Task(ABC):
         """The labels of these rows that this fitted task does not know (none for regression)."""
         return []
 
+    def grown(self, df: pd.DataFrame) -> "Task":
+        """A new fitted task over this one's classes and the labels of ``df`` (a new head, :mod:`mmfuse.feedback`):
+        binary becomes multiclass; labels keep their type. Regression has no classes to add."""
+        if not self.classes_:
+            raise MmfuseError("new_head applies to classification targets")
+        old = pd.Series(list(self.classes_), name=self.column)
+        if self.numeric_labels_:  # keep the labels' type: the new task decodes to numbers too
+            old = pd.to_numeric(old)
+        kind = "multiclass" if self.n_outputs == 1 else self.name
+        if kind != self.name:
+            warnings.warn(f"the binary target {self.column!r} becomes multiclass with the new head: its output layer "
+                          "starts fresh (the rest of the model is kept)", stacklevel=4)
+        return fit_task(pd.concat([df[[self.column]], old.to_frame()]), self.column, kind)
+
+    @property
+    def one_output_per_class(self) -> bool:
+        """Whether the outputs are one per class, in :attr:`classes_` order (multiclass, multilabel)."""
+        return bool(self.classes_) and self.n_outputs == len(self.classes_)
+
     def scorable(self, df: pd.DataFrame) -> np.ndarray:
         """Boolean mask of the rows whose target this fitted task can encode: not blank, every label known."""
         y = self._column(df)

@@ -12,7 +12,6 @@ probabilities within 1e-5. The quick run: a 5 MB table in row groups of 5,000 ro
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -100,20 +99,23 @@ def run(ctx: BenchContext) -> dict:
                             contribution=False, out=work / "run").fit(train)
     bundle = work / "run" / "bundle"
     out = work / "pred.parquet"
-    cmd = [sys.executable, "-m", "mmfuse.cli", "predict", str(bundle), str(big), "-o", str(out), "--chunk-rows",
-           str(chunk), "--no-progress"]
-    ctx.echo("running: " + " ".join(cmd[2:]))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    args = ["predict", str(bundle), str(big), "-o", str(out), "--chunk-rows", str(chunk), "--no-progress"]
+    peak_file = work / "predict_peak_rss_kib.txt"
+    # the command's own peak RSS (RUSAGE_SELF at its exit), whatever other children this process had
+    code = ("import atexit, resource, sys\n"
+            f"atexit.register(lambda: open({str(peak_file)!r}, 'w').write("
+            "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+            f"from mmfuse.cli import main\nmain({args!r})\n")
+    ctx.echo("running: mmfuse " + " ".join(args))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         from mmfuse.errors import MmfuseError
 
         raise MmfuseError(f"predict failed: {proc.stderr.strip()[-500:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:  # an earlier child had a higher peak: this one's is not known
-        peak = None
+    peak = int(peak_file.read_text()) if peak_file.is_file() else None
     f = pq.ParquetFile(out)
     assert f.metadata.num_rows == info["rows"], (f.metadata.num_rows, info["rows"])
     sample = np.sort(np.random.default_rng(seed + 2).choice(info["rows"], size=min(2000, info["rows"]), replace=False))
