@@ -502,3 +502,19 @@ def test_cli_search_with_column_roles_writes_a_best_config_fit_accepts(tmp_path,
     assert e.value.code == 2
     assert "--objective val scores each trial on one validation split, without folds: leave out --folds, --jobs" in (
         capsys.readouterr().err)
+
+
+def test_a_trial_left_running_before_its_first_heartbeat_is_failed_not_waited_for_forever(tmp_path, monkeypatch):
+    """A worker killed between creating its trial and its first heartbeat: optuna never finds such a trial stale."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.ask()  # RUNNING, and no heartbeat ever
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 0.5)
+    monkeypatch.setattr(tuning, "_POLL_S", 0.1)
+    deadline = time.monotonic() + 20
+    assert tuning._wait_for_budget(optuna, study, 1, deadline, heartbeats=True)  # True: its slot is free again
+    assert time.monotonic() < deadline and study.trials[0].state == FAIL

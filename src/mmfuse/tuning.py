@@ -638,11 +638,24 @@ def _wait_for_budget(optuna, study, n_trials: int, deadline, heartbeats: bool) -
     with the running ones (of other workers) do not fill the budget. While they do, wait: a running
     trial may fail, or belong to a dead process (failed after :data:`GRACE_S` without heartbeat). A storage
     without heartbeats cannot tell a dead worker's trial from a live one: then this worker stops."""
+    import datetime
     import warnings
 
+    seen: set = set()
     while True:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fail_stale_trials is marked experimental
+            warnings.simplefilter("ignore")  # fail_stale_trials and record_heartbeat are marked experimental
+            if heartbeats:
+                # optuna never finds a trial stale that has no heartbeat yet: a worker killed between creating
+                # its trial and its first heartbeat left one running forever, and this loop waited forever. A
+                # heartbeat recorded once, here, for a trial old enough to have sent its own, makes it stale after
+                # GRACE_S if its process is dead (a live one keeps sending its own)
+                now = datetime.datetime.now()
+                for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                    if t._trial_id not in seen and t.datetime_start is not None and \
+                            (now - t.datetime_start).total_seconds() > 2 * HEARTBEAT_S:
+                        seen.add(t._trial_id)
+                        study._storage.record_heartbeat(t._trial_id)
             optuna.storages.fail_stale_trials(study)
         done, running = _counts(optuna, study)
         if done >= n_trials:
