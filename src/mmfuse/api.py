@@ -202,7 +202,9 @@ class MultimodalPredictor:
                                              self.inputs)
         else:
             schema, inputs = base.schema, sorted(base.preprocessors)
-            mcfg = self._continued_model_config(base, mcfg)
+            from .feedback import mixed_model_config
+
+            mcfg = mixed_model_config(base.config["model"], mcfg)  # its architecture; training settings ours
         splits = P.split_table(table, schema, self.target, base.task.name if base else self.task, val, test,
                                tcfg.val_fraction, tcfg.test_fraction, tcfg.seed)
         replay = self._replay(splits, base, tcfg) if base is not None else None
@@ -296,11 +298,6 @@ class MultimodalPredictor:
                 raise MmfuseError(f"init_from keeps the bundle's schema and preprocessors; leave {name} unset")
         check_table(base, table.df, f"the table {table.source}", self.target)
         return base
-
-    def _continued_model_config(self, base, mcfg):
-        from .feedback import mixed_model_config
-
-        return mixed_model_config(base.config["model"], mcfg)
 
     def _continued_task(self, base, splits, tcfg):
         """The bundle's task; with ``new_head``, and only when the rows hold labels it does not know, one

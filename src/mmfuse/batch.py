@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import MmfuseError
 from .io import iter_table, table_rows
 
-__all__ = ["predict_file", "BatchReport", "OUTPUT_FORMATS"]
+__all__ = ["predict_file", "check_output", "BatchReport", "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -49,6 +49,21 @@ class BatchReport:
         return line
 
 
+def check_output(data, out) -> str:
+    """The output format of ``out``; an error when it is not a predictions file beside ``data``."""
+    out = Path(out)
+    fmt = OUTPUT_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise MmfuseError(f"--out {out}: write predictions to a .csv, .parquet or .jsonl file")
+    if Path(data).resolve() == out.resolve():
+        raise MmfuseError(f"--out {out} is the input table; write the predictions to another file")
+    if out.is_dir():
+        raise MmfuseError(f"--out {out} is a folder; name the predictions file, e.g. {out / 'predictions.csv'}")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise MmfuseError(f"--out {out}: {out.parent} is a file, not a folder")
+    return fmt
+
+
 def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: int = 256, proba: bool = True,
                  threshold=None, on_bad_input: str = "raise", root=None, allow_outside_root: bool = False,
                  progress: bool = False, encoding: str = "utf-8") -> BatchReport:
@@ -67,15 +82,7 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
         A :class:`BatchReport`; row ids are the table's row numbers (0 below the header).
     """
     out = Path(out)
-    fmt = OUTPUT_FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise MmfuseError(f"--out {out}: write predictions to a .csv, .parquet or .jsonl file")
-    if Path(data).resolve() == out.resolve():
-        raise MmfuseError(f"--out {out} is the input table; write the predictions to another file")
-    if out.is_dir():
-        raise MmfuseError(f"--out {out} is a folder; name the predictions file, e.g. {out / 'predictions.csv'}")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise MmfuseError(f"--out {out}: {out.parent} is a file, not a folder")
+    fmt = check_output(data, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     report = BatchReport(out)
@@ -140,7 +147,9 @@ def _all_skipped(predictor, chunk, proba: bool):
         kind = np.asarray(values).dtype.kind  # typed empties, so the columns keep their type in every chunk
         dtype = {"f": "float64", "i": "Int64", "u": "Int64", "b": "boolean"}.get(kind, "object")
         frame[name] = pd.Series([None] * len(frame), dtype=dtype)
-    reasons = {str(i.get("row")): f"{i.get('column')}: {i.get('reason')}" for i in predictor.last_report.issues.values()}
+    from .bundle import skip_reasons
+
+    reasons = skip_reasons(predictor.last_report)
     frame["skipped"] = [reasons.get(str(r), "bad input") for r in frame["row"]]
     predictor.last_skipped = frame["row"].tolist()
     return frame

@@ -460,9 +460,7 @@ class Predictor:
         for name, values in self.target.output_columns(decoded, proba).items():
             out[name] = _aligned(values, rows, n)
         if len(rows) < n:
-            reasons = {}
-            for issue in self.last_report.issues.values():
-                reasons.setdefault(str(issue.get("row")), f"{issue.get('column')}: {issue.get('reason')}")
+            reasons = skip_reasons(self.last_report)
             ids = table.df.index.to_numpy()
             kept = np.zeros(n, bool)
             kept[rows] = True
@@ -487,6 +485,14 @@ class Predictor:
         one, or one per label)."""
         decoded, rows, n = self.decode(data, threshold, **kw)
         return _aligned(decoded.labels, rows, n)
+
+
+def skip_reasons(report) -> dict:
+    """Row id (as text) -> why the row was skipped (``column: reason`` of its first bad cell)."""
+    reasons = {}
+    for issue in report.issues.values():
+        reasons.setdefault(str(issue.get("row")), f"{issue.get('column')}: {issue.get('reason')}")
+    return reasons
 
 
 def _aligned(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:

@@ -614,14 +614,10 @@ def predict(
     """Predict with a bundle; writes one line per input row: its row id, the prediction, class
     probabilities, and (with --on-bad-input skip) why a row was skipped. The table is read and the output
     written in chunks (Parquet by record batch, CSV and JSON Lines by lines), so it may be larger than memory."""
-    from .batch import OUTPUT_FORMATS, predict_file
+    from .batch import check_output, predict_file
     from .bundle import Predictor
-    from .errors import MmfuseError
 
-    if out.suffix.lower() not in OUTPUT_FORMATS:
-        raise MmfuseError(f"--out {out}: write predictions to a .csv, .parquet or .jsonl file")
-    if out.resolve() == data.resolve():
-        raise MmfuseError(f"--out {out} is the input table; write the predictions to another file")
+    check_output(data, out)  # before loading the bundle: a wrong name fails at once
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill: the temporary output is removed, as on Ctrl-C

@@ -126,13 +126,8 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
         elif fmt == "jsonl":
             chunks = pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows, encoding=_text_encoding(encoding))
         else:
-            sep = "\t" if fmt == "tsv" else ","
-            with open(path, encoding=_text_encoding(encoding), newline="") as f:
-                header = next(csv.reader(f, delimiter=sep), [])
-            if fmt == "csv" and len(header) == 1:  # "a;b;c" (Excel in many locales) or tabs in a .csv
-                sep = next((x for x in (";", "\t") if x in header[0]), sep)
-                with open(path, encoding=_text_encoding(encoding), newline="") as f:
-                    header = next(csv.reader(f, delimiter=sep), [])
+            header, sep = _csv_header(lambda: open(path, encoding=_text_encoding(encoding), newline=""),
+                                      "\t" if fmt == "tsv" else ",", fmt == "csv")
             _check_columns(header, str(path))
             chunks = pd.read_csv(path, sep=sep, low_memory=False, index_col=False, chunksize=chunk_rows,
                                  encoding=_text_encoding(encoding))
@@ -268,10 +263,7 @@ def _read_csv(text: str, path: Path, sep: str, sniff_separator: bool) -> pd.Data
     """CSV/TSV text to a DataFrame; a row with more fields than the header is refused, naming its line."""
     import warnings
 
-    header = next(csv.reader(io.StringIO(text), delimiter=sep), [])
-    if sniff_separator and len(header) == 1:  # "a;b;c" (Excel in many locales) or tabs in a .csv
-        sep = next((s for s in (";", "\t") if s in header[0]), sep)
-        header = next(csv.reader(io.StringIO(text), delimiter=sep), [])
+    header, sep = _csv_header(lambda: io.StringIO(text), sep, sniff_separator)
     _check_columns(header, str(path))
     try:
         # index_col=False: rows with one field too many must not silently turn the first column
@@ -290,6 +282,20 @@ def _read_csv(text: str, path: Path, sep: str, sniff_separator: bool) -> pd.Data
         raise _table_error(path, f"has {n} fields but the header has {len(header)}",
                            f"Put quotes around fields that contain {shown} (\"a{sep.strip()} b\"), "
                            "or fix that row", line=line) from e
+
+
+def _csv_header(open_text, sep: str, sniff_separator: bool) -> tuple[list, str]:
+    """The header row and the separator of CSV/TSV text (``open_text()`` opens it anew): a ``.csv`` whose
+    header holds no comma but semicolons or tabs (Excel in many locales) is read with that separator."""
+    def first(sep):
+        with open_text() as f:
+            return next(csv.reader(f, delimiter=sep), [])
+
+    header = first(sep)
+    if sniff_separator and len(header) == 1:
+        sep = next((s for s in (";", "\t") if s in header[0]), sep)
+        header = first(sep)
+    return header, sep
 
 
 def _first_long_row(text, sep: str, n_header: int) -> tuple[int, int] | None:
@@ -422,8 +428,7 @@ def _translate(e: Exception, path: Path, fmt: str) -> SchemaError:
 
 def _decode(raw: bytes, path: Path, encoding: str) -> str:
     """The text of a file; a UTF-8 byte order mark is dropped. Names the line of the first bad byte."""
-    if encoding.lower().replace("-", "").replace("_", "") == "utf8":
-        encoding = "utf-8-sig"
+    encoding = _text_encoding(encoding)
     try:
         return raw.decode(encoding)
     except LookupError:

@@ -480,9 +480,7 @@ def create_app(bundle, config: ServeConfig | None = None):
     async def predict(body: PredictRequest):
         """Predict rows sent as JSON."""
         t0 = time.perf_counter()
-        rows = [r.model_dump(by_alias=True, exclude_unset=False) for r in body.rows]
-        rows = [{k: (v if not hasattr(v, "model_dump") else v.model_dump()) for k, v in r.items()} for r in rows]
-        return await run(rows, "/predict", t0)
+        return await run([r.model_dump(by_alias=True) for r in body.rows], "/predict", t0)
 
     @app.post("/predict/upload", response_model=PredictResponse, openapi_extra={
         "requestBody": {"content": {"multipart/form-data": {"schema": {
@@ -528,9 +526,7 @@ def create_app(bundle, config: ServeConfig | None = None):
             errs = e.errors() if hasattr(e, "errors") else [{"loc": (), "msg": str(e), "type": "validation"}]
             return error(422, ["body", "row", *map(str, errs[0].get("loc", ()))], errs[0].get("msg", ""),
                          "validation", "/predict/upload", t0)
-        data = checked.model_dump(by_alias=True)
-        data = {k: (v if not hasattr(v, "model_dump") else v.model_dump()) for k, v in data.items()}
-        return await run([data], "/predict/upload", t0, loc0=("body",))
+        return await run([checked.model_dump(by_alias=True)], "/predict/upload", t0, loc0=("body",))
 
     @app.get("/health")
     async def health():

@@ -119,8 +119,7 @@ def run(ctx: BenchContext) -> dict:
     f = pq.ParquetFile(out)
     assert f.metadata.num_rows == info["rows"], (f.metadata.num_rows, info["rows"])
     sample = np.sort(np.random.default_rng(seed + 2).choice(info["rows"], size=min(2000, info["rows"]), replace=False))
-    src = pq.read_table(big).take(sample).to_pandas() if info["rows"] <= 200_000 else _take(big, sample)
-    src.index = sample
+    src = _take(big, sample)
     expected = Predictor.load(bundle).predict_frame(src)
     got = _take(out, sample)
     same_rows = bool((got["row"].to_numpy() == sample).all())
