@@ -147,7 +147,7 @@ def _all_skipped(predictor, chunk, proba: bool):
         kind = np.asarray(values).dtype.kind  # typed empties, so the columns keep their type in every chunk
         dtype = {"f": "float64", "i": "Int64", "u": "Int64", "b": "boolean"}.get(kind, "object")
         frame[name] = pd.Series([None] * len(frame), dtype=dtype)
-    from .bundle import skip_reasons
+    from .reading import skip_reasons
 
     reasons = skip_reasons(predictor.last_report)
     frame["skipped"] = [reasons.get(str(r), "bad input") for r in frame["row"]]

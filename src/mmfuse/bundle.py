@@ -17,6 +17,7 @@ import torch
 
 from ._names import safe_key
 from .errors import BundleError, MmfuseError
+from .reading import aligned, skip_reasons
 
 __all__ = ["Predictor", "save_bundle", "BUNDLE_FORMAT"]
 
@@ -458,7 +459,7 @@ class Predictor:
         decoded, rows, n = self.decode(table, threshold, **kw)
         out = pd.DataFrame({"row": table.df.index.to_numpy()})
         for name, values in self.target.output_columns(decoded, proba).items():
-            out[name] = _aligned(values, rows, n)
+            out[name] = aligned(values, rows, n)
         if len(rows) < n:
             reasons = skip_reasons(self.last_report)
             ids = table.df.index.to_numpy()
@@ -475,7 +476,7 @@ class Predictor:
         """Class probabilities ``[N, K]`` (columns in :attr:`classes_` order); for regression, the values.
         One row per input row: rows skipped as bad input are NaN (see :meth:`skipped_rows`)."""
         decoded, rows, n = self.decode(data, **kw)
-        return _aligned(decoded.proba, rows, n)
+        return aligned(decoded.proba, rows, n)
 
     def predict(self, data, threshold=None, **kw) -> np.ndarray:
         """Labels (as in training), label lists (multilabel) or values, one per input row (None or NaN
@@ -484,25 +485,4 @@ class Predictor:
         ``threshold``: overrides the task's decision threshold (binary: a probability; multilabel:
         one, or one per label)."""
         decoded, rows, n = self.decode(data, threshold, **kw)
-        return _aligned(decoded.labels, rows, n)
-
-
-def skip_reasons(report) -> dict:
-    """Row id (as text) -> why the row was skipped (``column: reason`` of its first bad cell)."""
-    reasons = {}
-    for issue in report.issues.values():
-        reasons.setdefault(str(issue.get("row")), f"{issue.get('column')}: {issue.get('reason')}")
-    return reasons
-
-
-def _aligned(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
-    """``values`` of the rows at positions ``rows``, spread over all ``n`` rows (NaN or None elsewhere)."""
-    values = np.asarray(values) if not isinstance(values, np.ndarray) else values
-    if len(rows) == n and (rows == np.arange(n)).all():
-        return values
-    if values.dtype.kind == "f":
-        out = np.full((n, *values.shape[1:]), np.nan, values.dtype)
-    else:
-        out = np.empty((n, *values.shape[1:]), dtype=object)
-    out[rows] = values
-    return out
+        return aligned(decoded.labels, rows, n)

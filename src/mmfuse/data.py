@@ -17,11 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -29,75 +26,16 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ._cache import PRESENT, UNKNOWN, ItemCache, cache_key, default_cache_dir, file_stamp
 from .errors import InputError, MmfuseError
-from .io import Table, atomic_write_text, read_table
+from .io import Table, read_table
 from .preprocessing import Preprocessor, ReadContext
 from .tasks import Task
 from ._names import safe_key
 from .preprocessing._base import is_missing
+from .reading import BadInputPolicy, InputReport, Rows, read_rows
 from ._registry import unknown_name_message
 
 __all__ = ["BadInputPolicy", "InputReport", "MultimodalDataset", "MultimodalLoader", "make_loader",
            "build_preprocessors"]
-
-
-class BadInputPolicy(str, Enum):
-    """What to do with a cell that cannot be read.
-
-    ``raise``: stop with an error naming the row, column and file (the default).
-    ``skip``: drop the row. ``missing``: treat that input as absent in that row.
-    """
-
-    RAISE = "raise"
-    SKIP = "skip"
-    MISSING = "missing"
-
-    @classmethod
-    def parse(cls, v) -> "BadInputPolicy":
-        from ._registry import parse_enum
-
-        return parse_enum(cls, v, "bad-input policy")
-
-
-@dataclass
-class InputReport:
-    """Bad cells met under the ``skip``/``missing`` policies, and unseen categories."""
-
-    policy: BadInputPolicy
-    issues: dict = field(default_factory=dict)  # (row, column) -> issue dict
-    unknown_categories: Counter = field(default_factory=Counter)
-
-    def add(self, issue: dict) -> None:
-        self.issues.setdefault((str(issue["row"]), issue["column"]), issue)
-
-    def counts(self) -> dict[str, int]:
-        return dict(sorted(Counter(c for _, c in self.issues).items()))
-
-    def rows(self) -> list:
-        return sorted({i["row"] for i in self.issues.values()}, key=str)
-
-    def summary(self) -> str:
-        if not self.issues and not self.unknown_categories:
-            return "no bad input"
-        parts = []
-        if self.issues:
-            verb = "skipped" if self.policy is BadInputPolicy.SKIP else "treated as missing"
-            per = ", ".join(f"{c!r}: {n}" for c, n in self.counts().items())
-            parts.append(f"{len(self.rows())} rows with bad input {verb} ({per})")
-        if self.unknown_categories:
-            per = ", ".join(f"{c!r}: {n}" for c, n in sorted(self.unknown_categories.items()))
-            parts.append(f"unseen categories mapped to 'unknown' ({per})")
-        return "; ".join(parts)
-
-    def to_dict(self) -> dict:
-        return {"policy": self.policy.value, "counts": self.counts(), "rows": self.rows(),
-                "issues": list(self.issues.values()), "unknown_categories": dict(self.unknown_categories)}
-
-    def write(self, directory: str | os.PathLike) -> Path:
-        """Write ``bad_input.json`` (counts, row ids, every issue) into the run folder."""
-        path = Path(directory) / "bad_input.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=str))
-        return path
 
 
 class MultimodalDataset(Dataset):
@@ -222,7 +160,7 @@ class MultimodalDataset(Dataset):
         good = next(v for v in values if v is not None)
         return np.stack([v if v is not None else np.zeros_like(good) for v in values]), ok
 
-    def _read_rows(self, name: str, rows: np.ndarray, issues: list[dict]) -> "_Rows":
+    def _read_rows(self, name: str, rows: np.ndarray, issues: list[dict]) -> Rows:
         """Read and featurize input ``name`` at table positions ``rows``, applying the bad-input
         policy. This is the one place where cells are read: for eager inputs every row when the
         data set is built, for lazy ones a batch's uncached rows (in a worker).
@@ -231,36 +169,8 @@ class MultimodalDataset(Dataset):
         ``missing`` it is appended to ``issues`` and the input is absent in that row (and the
         row is dropped under ``skip``).
         """
-        p, cells = self.preprocessors[name], self._cells[name]
-        b = len(rows)
-        arrays = {k: np.zeros((b, *s), d) for k, (s, d) in p.item_spec().items()}
-        present, bad = np.zeros(b, bool), np.zeros(b, bool)
-        read, read_at = [], []
-
-        def flush():  # featurize the fresh items as one batch
-            feats = p.featurize({k: np.stack([it[k] for it in read]) for k in read[0]})
-            for k, a in feats.items():
-                arrays[k][read_at] = a
-            present[read_at] = True
-            read.clear(), read_at.clear()
-
-        for j, i in enumerate(rows if cells is not None else ()):  # no columns: absent in every row
-            try:
-                item = p.read([c[i] for c in cells], self._row_ids[i], self.ctx)
-            except InputError as e:
-                if self.policy is BadInputPolicy.RAISE:
-                    raise
-                issues.append(e.to_dict())
-                bad[j] = True
-                continue
-            if item is not None:
-                read.append(item)
-                read_at.append(j)
-                if len(read) == _FEATURIZE_AT_MOST:
-                    flush()
-        if read:
-            flush()
-        return _Rows(arrays, present, bad, bad & (self.policy is BadInputPolicy.SKIP))
+        return read_rows(self.preprocessors[name], self._cells[name], rows, self._row_ids, self.ctx, self.policy, issues,
+                         _FEATURIZE_AT_MOST)
 
     # --- torch Dataset ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -412,15 +322,6 @@ def share_rows(cache: ItemCache, keys: np.ndarray, group: Path) -> int:
 
 
 _FEATURIZE_AT_MOST = 4096  # items featurized together: bounds the extra memory of reading every row eagerly
-
-
-class _Rows(NamedTuple):
-    """What :meth:`MultimodalDataset._read_rows` read for ``b`` rows of one input."""
-
-    arrays: dict[str, np.ndarray]  # {key: [b, ...]}, zeros where the input is absent
-    present: np.ndarray  # bool [b]: the input is there
-    bad: np.ndarray  # bool [b]: the cell could not be read (its issue was recorded)
-    drop: np.ndarray  # bool [b]: the row leaves the data set (a bad cell under 'skip')
 
 
 def _zero_absent(x, mask: torch.Tensor):

@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .bundle import Predictor, _aligned, _damaged, _damaged_if_inconsistent, _json_default
+from .bundle import Predictor, _damaged, _damaged_if_inconsistent, _json_default
+from .reading import aligned
 from .errors import BundleError, MmfuseError
 
 __all__ = ["ensemble_selection", "Selection", "EnsemblePredictor", "build_ensemble", "ENSEMBLE_FORMAT",
@@ -248,7 +249,7 @@ class EnsemblePredictor(Predictor):
                 z, rows = b.logits(table, batch_size=batch_size, absent=[a for a in absent if a in b.model.names],
                                    on_bad_input=on_bad_input, root=root, num_workers=num_workers,
                                    allow_outside_root=allow_outside_root, cache=cache)
-                total = total + (w / len(folds)) * _aligned(b.target.decode(z).proba, rows, n)  # NaN: skipped
+                total = total + (w / len(folds)) * aligned(b.target.decode(z).proba, rows, n)  # NaN: skipped
                 kept &= np.isin(np.arange(n), rows)
                 for key, issue in b.last_report.issues.items():
                     report.issues.setdefault(key, issue)

@@ -26,12 +26,13 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported where it runs: reading and decoding work without it (mmfuse.onnx)
+    import torch
 
 from ._registry import Registry
 from .errors import InputError, MmfuseError, SchemaError
@@ -201,6 +202,8 @@ class Task(ABC):
         """Per-class loss weights from ``setting`` (``"auto"``, None, ``"balanced"`` or a list) and the
         encoded training targets ``y``. ``balanced``: ``N / (K · count_k)`` (scikit-learn's rule);
         ``auto``: what :meth:`auto_class_weight` chooses for ``y``."""
+        import torch
+
         if isinstance(setting, str) and setting == "auto":
             setting = self.auto_class_weight(y)
         if setting is None:
@@ -368,9 +371,13 @@ class _Classification(Task):
         return y.map(lambda v: "" if _blank(v) else _key(v)).to_numpy()
 
     def _confusion(self, ids: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+        import torch
+
         return torch.bincount(y.long() * k + ids.long(), minlength=k * k).view(k, k).float()  # rows: true
 
     def quick_metrics(self, logits, y):
+        import torch
+
         k = len(self.classes_)
         cm = self._confusion(torch.as_tensor(self.decode(logits).ids), y, k)
         tp = cm.diag()
@@ -417,17 +424,23 @@ class MulticlassTask(_Classification):
         return "balanced" if counts.max() >= self.auto_balance_ratio * max(counts.min(), 1) else None
 
     def loss(self, logits, y, class_weights=None):
+        import torch.nn.functional as F
+
         return F.cross_entropy(logits.float(), y.long(), weight=class_weights)
 
     def decode(self, logits, threshold=None):
         if threshold is not None:
             raise MmfuseError(f"a decision threshold applies to binary and multilabel targets; {self.column!r} is "
                               "multiclass (labels are the most probable class)")
-        proba = torch.softmax(logits.float(), dim=1).numpy()
+        z = _float32(logits)
+        e = np.exp(z - z.max(1, keepdims=True))
+        proba = e / e.sum(1, keepdims=True)
         ids = proba.argmax(1)
         return Decoded(proba, ids, self.labels()[ids])
 
     def logits_of(self, proba):
+        import torch
+
         return torch.log(torch.as_tensor(np.clip(proba, _EPS, 1), dtype=torch.float64))  # softmax(log p) = p
 
     def _extra_metrics(self, proba, pred, y, present):
@@ -472,6 +485,8 @@ class BinaryTask(_Classification):
         return self._threshold
 
     def loss(self, logits, y, class_weights=None):
+        import torch.nn.functional as F
+
         per_row = F.binary_cross_entropy_with_logits(logits[:, 0].float(), y.float(), reduction="none")
         if class_weights is None:
             return per_row.mean()
@@ -479,7 +494,7 @@ class BinaryTask(_Classification):
         return (w * per_row).sum() / w.sum()
 
     def decode(self, logits, threshold=None):
-        p = torch.sigmoid(logits[:, 0].float()).numpy()
+        p = _sigmoid(_float32(logits)[:, 0])
         proba = np.stack([1 - p, p], axis=1)
         ids = _positive(p, self._threshold if threshold is None else _probability(threshold))
         return Decoded(proba, ids, self.labels()[ids])
@@ -575,15 +590,19 @@ class MultilabelTask(Task):
         y = np.asarray(y)
         if isinstance(setting, str) and setting == "balanced":
             pos = y.sum(0)
+            import torch
+
             return torch.tensor((len(y) - pos) / np.maximum(pos, 1), dtype=torch.float32)
         return super().class_weights(setting, y)
 
     def loss(self, logits, y, class_weights=None):
+        import torch.nn.functional as F
+
         pw = None if class_weights is None else class_weights.to(logits.device)
         return F.binary_cross_entropy_with_logits(logits.float(), y.float(), pos_weight=pw)
 
     def decode(self, logits, threshold=None):
-        proba = torch.sigmoid(logits.float()).numpy()
+        proba = _sigmoid(_float32(logits))
         t = self.thresholds_ if threshold is None else np.broadcast_to(np.asarray(threshold, float), proba.shape[1:])
         ids = (proba >= t).astype(np.int64)
         classes = self.labels()
@@ -617,6 +636,8 @@ class MultilabelTask(Task):
         self.thresholds_ = np.array([_probability(v) for v in vals])
 
     def quick_metrics(self, logits, y):
+        import torch
+
         pred = torch.as_tensor(self.decode(logits).ids).float()
         y = y.float()
         tp = (pred * y).sum(0)
@@ -703,6 +724,8 @@ class RegressionTask(Task):
         return None
 
     def loss(self, logits, y, class_weights=None):
+        import torch.nn.functional as F
+
         fn = F.huber_loss if self.regression_loss == "huber" else F.mse_loss
         return fn(logits[:, 0].float(), y.float())
 
@@ -710,7 +733,7 @@ class RegressionTask(Task):
         if threshold is not None:
             raise MmfuseError(f"a decision threshold applies to binary and multilabel targets; {self.column!r} is "
                               "a regression target")
-        z = logits[:, 0].float().numpy()
+        z = _float32(logits)[:, 0]
         values = self.inverse(z)
         return Decoded(values, z, values)
 
@@ -719,6 +742,8 @@ class RegressionTask(Task):
         return z * self.std_ + self.mean_
 
     def logits_of(self, proba):
+        import torch
+
         z = (np.asarray(proba, float) - self.mean_) / self.std_  # values -> the standardized scale
         return torch.as_tensor(z, dtype=torch.float64).reshape(-1, 1)
 
@@ -844,8 +869,23 @@ _EPS = 1e-12  # probabilities are clipped to [_EPS, 1 - _EPS] before their logar
 
 
 def _logit(p: np.ndarray) -> torch.Tensor:
+    import torch
+
     p = np.clip(np.asarray(p, float), _EPS, 1 - _EPS)
     return torch.as_tensor(np.log(p) - np.log1p(-p), dtype=torch.float64)
+
+
+def _float32(logits) -> np.ndarray:
+    """Logits as a float32 numpy array: decoding runs in numpy, so an exported model's outputs
+    (:mod:`mmfuse.onnx`) decode as a torch model's do, without torch."""
+    if hasattr(logits, "detach"):  # a torch tensor
+        logits = logits.detach().float().cpu().numpy()
+    return np.asarray(logits, dtype=np.float32)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-z))`` without overflow for large |z|."""
+    return np.exp(-np.logaddexp(np.float32(0), -z)).astype(np.float32)
 
 
 def _positive(p: np.ndarray, threshold: float) -> np.ndarray:

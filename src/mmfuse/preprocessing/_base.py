@@ -13,11 +13,13 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it runs: reading and decoding work without it (mmfuse.onnx)
+    import torch
 
 from .._registry import Registry
 from ..errors import InputError, MmfuseError, NotFittedError
@@ -174,8 +176,12 @@ class Preprocessor(ABC):
         spectrogram), done once before the result is cached. Identity by default."""
         return arrays
 
-    def batch(self, arrays: dict[str, torch.Tensor], train: bool = False, generator: torch.Generator | None = None):
-        """Turn stacked items ``{key: [B, ...]}`` into the encoder input (a tensor or a dict)."""
+    def batch(self, arrays: dict[str, torch.Tensor], train: bool = False, generator=None):
+        """Turn stacked items ``{key: [B, ...]}`` (tensors) into the encoder input (a tensor or a dict).
+
+        At prediction time (``train=False``) this is part of the model: an ONNX export
+        (:mod:`mmfuse.export`) traces it into the graph, so it must be torch operations on the
+        stacked items alone (the fitted state as constants)."""
         (only,) = arrays.values()
         return only
 

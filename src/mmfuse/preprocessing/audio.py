@@ -1,7 +1,9 @@
-"""Audio: decode with soundfile, mix to mono, resample, pad/crop, then a batched log-mel in torch.
+"""Audio: decode with soundfile, mix to mono, resample, pad/crop, then a batched log-mel.
 
 Decoded waveforms (``float32 [L]``) are what the cache stores; the log-mel spectrogram is
-computed for a whole batch at once with ``torch.stft``.
+computed for a whole batch at once with numpy's real FFT. Nothing here needs torch, so an
+exported model (:mod:`mmfuse.onnx`) reads audio without it; only :meth:`AudioPreprocessor.batch`
+(normalization, inside the model graph) does.
 """
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import math
 import struct
 
 import numpy as np
+import scipy.fft
 import pandas as pd
-import torch
 
 from ._base import (PREPROCESSORS, Preprocessor, ReadContext, bad, check_choice, check_number, is_missing, open_file_cell,
                     present_rows, read_for_fit, sample_rows)
@@ -54,35 +56,46 @@ def resample(wave: np.ndarray, orig_sr: int, new_sr: int, taps: int = 6, rolloff
     o, n = int(orig_sr) // g, int(new_sr) // g
     base = min(o, n) * rolloff
     width = math.ceil(taps * o / base)
-    idx = torch.arange(-width, width + o, dtype=torch.float64)[None, None] / o
-    t = (torch.arange(0, -n, -1, dtype=torch.float64)[:, None, None] / n + idx) * base
-    t = t.clamp(-taps, taps)
-    window = torch.cos(t * math.pi / taps / 2) ** 2
+    idx = np.arange(-width, width + o, dtype=np.float64)[None] / o  # (1, K)
+    t = (np.arange(0, -n, -1, dtype=np.float64)[:, None] / n + idx) * base  # (n, K)
+    t = np.clip(t, -taps, taps)
+    window = np.cos(t * math.pi / taps / 2) ** 2
     t = t * math.pi
-    kernel = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t) * window * (base / o)  # (n, 1, K)
-    x = torch.from_numpy(np.asarray(wave, np.float64))[None, None]  # (1, 1, L)
-    x = torch.nn.functional.pad(x, (width, width + o))
-    y = torch.nn.functional.conv1d(x, kernel, stride=o)  # (1, n, frames)
-    y = y.transpose(1, 2).reshape(-1)
-    return y[: math.ceil(n * len(wave) / o)].numpy().astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kernel = np.where(t == 0, 1.0, np.sin(t) / t) * window * (base / o)  # (n, K): one filter per output phase
+    x = np.pad(np.asarray(wave, np.float64), (width, width + o))
+    frames = np.lib.stride_tricks.sliding_window_view(x, kernel.shape[1])[::o]  # (frames, K), stride o
+    y = (frames @ kernel.T).reshape(-1)  # (frames, n) -> frame-major: output sample f * n + phase
+    return y[: math.ceil(n * len(wave) / o)].astype(np.float32)
 
 
-class LogMel(torch.nn.Module):
-    """Batched log-mel spectrogram: ``(B, L)`` waveform -> ``(B, n_mels, T)``.
+class LogMel:
+    """Batched log-mel spectrogram: ``(B, L)`` waveform -> ``(B, n_mels, T)``, in numpy.
 
-    ``log(mel @ |STFT|^2 + eps)`` with a Hann window, centered frames (T = L // hop + 1).
+    ``log(mel @ |STFT|^2 + eps)`` with a periodic Hann window and centered frames (the signal
+    reflect-padded by ``n_fft // 2`` on both sides; T = L // hop + 1), as ``torch.stft`` with
+    ``center=True`` computes it. Rows are transformed ``chunk`` at a time to bound memory.
     """
 
-    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, eps: float = 1e-6):
-        super().__init__()
-        self.n_fft, self.hop_length, self.eps = n_fft, hop_length, eps
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        self.register_buffer("fb", torch.from_numpy(mel_filterbank(n_fft, n_mels, sample_rate)), persistent=False)
+    chunk = 256
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(wav, self.n_fft, self.hop_length, window=self.window, center=True,
-                          return_complex=True).abs().pow(2)  # (B, F, T)
-        return torch.log(torch.matmul(self.fb, spec) + self.eps)  # (B, n_mels, T)
+    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, eps: float = 1e-6):
+        self.n_fft, self.hop_length, self.eps = n_fft, hop_length, eps
+        self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+        self.fb = mel_filterbank(n_fft, n_mels, sample_rate)  # (n_mels, n_fft // 2 + 1)
+
+    def __call__(self, wav) -> np.ndarray:
+        wav = np.asarray(wav, dtype=np.float32)
+        out = [self._chunk(wav[i:i + self.chunk]) for i in range(0, len(wav), self.chunk)]
+        return np.concatenate(out) if out else np.zeros((0, self.fb.shape[0], 0), np.float32)
+
+    def _chunk(self, wav: np.ndarray) -> np.ndarray:
+        half = self.n_fft // 2
+        x = np.pad(wav, ((0, 0), (half, half)), mode="reflect")
+        frames = np.lib.stride_tricks.sliding_window_view(x, self.n_fft, axis=1)[:, ::self.hop_length]  # (b, T, n_fft)
+        spec = scipy.fft.rfft(frames * self.window, axis=-1)  # (b, T, F), complex64
+        power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+        return np.log(np.matmul(self.fb, power.transpose(0, 2, 1)) + np.float32(self.eps))  # (b, n_mels, T)
 
 
 @PREPROCESSORS.register("audio")
@@ -139,10 +152,9 @@ class AudioPreprocessor(Preprocessor):
             check_number(name, what, getattr(self, what), 0, integer=False, low_open=True)
         sample = sample_rows(present_rows(df[self.columns]), 128)
         waves = read_for_fit(sample, lambda cells, row: self.read(cells, row, ctx)["wave"])
-        with torch.no_grad():
-            m = self.logmel()(torch.from_numpy(np.stack(waves)))  # (N, n_mels, T)
-        self.mean_ = m.mean(dim=(0, 2)).numpy().astype(np.float32)
-        self.std_ = m.std(dim=(0, 2)).clamp_min(1e-3).numpy().astype(np.float32)
+        m = self.logmel()(np.stack(waves)).astype(np.float64)  # (N, n_mels, T)
+        self.mean_ = m.mean(axis=(0, 2)).astype(np.float32)
+        self.std_ = np.maximum(m.transpose(1, 0, 2).reshape(m.shape[1], -1).std(axis=1, ddof=1), 1e-3).astype(np.float32)
         return super().fit(df, ctx)
 
     def read(self, cells, row, ctx):
@@ -193,11 +205,11 @@ class AudioPreprocessor(Preprocessor):
 
     def featurize(self, arrays):
         """Batched log-mel of freshly decoded waveforms; this, not the waveform, is cached."""
-        with torch.no_grad():
-            m = self.logmel()(torch.from_numpy(arrays["wave"]))  # (b, n_mels, T)
-        return {"logmel": m.numpy()}
+        return {"logmel": self.logmel()(arrays["wave"])}  # (b, n_mels, T)
 
     def batch(self, arrays, train=False, generator=None):
+        import torch
+
         m = arrays["logmel"]  # (B, n_mels, T)
         return (m - torch.as_tensor(self.mean_)[:, None]) / torch.as_tensor(self.std_)[:, None]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ._base import PREPROCESSORS, Preprocessor, ReadContext, is_missing, read_for_fit
 from .audio import AudioPreprocessor
@@ -66,6 +65,8 @@ class _HFBase(Preprocessor):
 
     def _run(self, inputs: dict) -> np.ndarray:
         """The pooled output of one batch (trailing padding trimmed), by torch or ONNX Runtime."""
+        import torch
+
         from ..hf import backbone_forward, onnx_session, trim_padding
 
         if self.runtime == "torch":
@@ -112,6 +113,8 @@ class _HFBase(Preprocessor):
         order = np.argsort(-mask.sum(1), kind="stable") if mask is not None and mask.ndim == 2 else np.arange(n)
         out = None
         step = self.embed_batch_size
+        import torch
+
         with torch.inference_mode():
             for start in range(0, n, step):
                 idx = order[start:start + step]

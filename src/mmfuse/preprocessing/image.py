@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it runs: reading and decoding work without it (mmfuse.onnx)
+    import torch
 
 from ..errors import MmfuseError
 from ._base import (PREPROCESSORS, Preprocessor, ReadContext, bad, check_choice, check_number, is_missing, open_file_cell,
@@ -232,6 +234,8 @@ class ImagePreprocessor(Preprocessor):
         return {"image": ((self.channels, H, W), np.dtype(np.uint8))}
 
     def batch(self, arrays, train=False, generator=None):
+        import torch
+
         x = arrays["image"].float().div_(255.0)  # (B, C, H, W)
         if train and self.augment:
             x = augment_images(x, self.augment, generator)
@@ -248,6 +252,8 @@ class ImagePreprocessor(Preprocessor):
 
 def augment_images(x: torch.Tensor, ops, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random translation (pad min(H, W)/8, crop back) and horizontal flip, per sample. x: (B, C, H, W)."""
+    import torch
+
     B, _, H, W = x.shape
     if "crop" in ops:
         p = max(1, min(H, W) // 8)

@@ -1,0 +1,161 @@
+"""Reading a table's cells into model inputs, without torch.
+
+The one place where cells become arrays (:func:`read_rows`), with the bad-input policy and the
+report of what it skipped. :class:`mmfuse.data.MultimodalDataset` reads through it for training
+and prediction, and :class:`mmfuse.onnx.OnnxPredictor` for an exported model, which runs
+without torch; so nothing here imports it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .io import atomic_write_text
+
+__all__ = ["BadInputPolicy", "InputReport", "Rows", "read_rows", "skip_reasons", "aligned"]
+
+
+class BadInputPolicy(str, Enum):
+    """What to do with a cell that cannot be read.
+
+    ``raise``: stop with an error naming the row, column and file (the default).
+    ``skip``: drop the row. ``missing``: treat that input as absent in that row.
+    """
+
+    RAISE = "raise"
+    SKIP = "skip"
+    MISSING = "missing"
+
+    @classmethod
+    def parse(cls, v) -> "BadInputPolicy":
+        from ._registry import parse_enum
+
+        return parse_enum(cls, v, "bad-input policy")
+
+
+@dataclass
+class InputReport:
+    """Bad cells met under the ``skip``/``missing`` policies, and unseen categories."""
+
+    policy: BadInputPolicy
+    issues: dict = field(default_factory=dict)  # (row, column) -> issue dict
+    unknown_categories: Counter = field(default_factory=Counter)
+
+    def add(self, issue: dict) -> None:
+        self.issues.setdefault((str(issue["row"]), issue["column"]), issue)
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(c for _, c in self.issues).items()))
+
+    def rows(self) -> list:
+        return sorted({i["row"] for i in self.issues.values()}, key=str)
+
+    def summary(self) -> str:
+        if not self.issues and not self.unknown_categories:
+            return "no bad input"
+        parts = []
+        if self.issues:
+            verb = "skipped" if self.policy is BadInputPolicy.SKIP else "treated as missing"
+            per = ", ".join(f"{c!r}: {n}" for c, n in self.counts().items())
+            parts.append(f"{len(self.rows())} rows with bad input {verb} ({per})")
+        if self.unknown_categories:
+            per = ", ".join(f"{c!r}: {n}" for c, n in sorted(self.unknown_categories.items()))
+            parts.append(f"unseen categories mapped to 'unknown' ({per})")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"policy": self.policy.value, "counts": self.counts(), "rows": self.rows(),
+                "issues": list(self.issues.values()), "unknown_categories": dict(self.unknown_categories)}
+
+    def write(self, directory: str | os.PathLike) -> Path:
+        """Write ``bad_input.json`` (counts, row ids, every issue) into the run folder."""
+        path = Path(directory) / "bad_input.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=str))
+        return path
+
+
+class Rows(NamedTuple):
+    """What :func:`read_rows` read for ``b`` rows of one input."""
+
+    arrays: dict[str, np.ndarray]  # {key: [b, ...]}, zeros where the input is absent
+    present: np.ndarray  # bool [b]: the input is there
+    bad: np.ndarray  # bool [b]: the cell could not be read (its issue was recorded)
+    drop: np.ndarray  # bool [b]: the row leaves the data set (a bad cell under 'skip')
+
+
+def read_rows(p, cells: Sequence[np.ndarray] | None, rows: np.ndarray, row_ids: np.ndarray, ctx,
+              policy: BadInputPolicy, issues: list[dict], at_most: int = 4096) -> Rows:
+    """Read and featurize one input at table positions ``rows``, applying the bad-input policy.
+
+    Args:
+        p: The input's fitted preprocessor.
+        cells: The input's columns as object arrays over the whole table, or None when the
+            table lacks them (the input is then absent in every row).
+        rows: Table positions to read.
+        row_ids: The table's row ids (for messages), indexed by position.
+        ctx: The :class:`~mmfuse.preprocessing.ReadContext` (data root, path policy).
+        policy: Under ``raise`` a bad cell's :class:`InputError` propagates; under ``skip`` and
+            ``missing`` it is appended to ``issues`` and the input is absent in that row (and
+            the row is dropped under ``skip``).
+        issues: Where bad cells are recorded.
+        at_most: Items featurized together (bounds the extra memory of a large read).
+    """
+    b = len(rows)
+    arrays = {k: np.zeros((b, *s), d) for k, (s, d) in p.item_spec().items()}
+    present, bad = np.zeros(b, bool), np.zeros(b, bool)
+    read, read_at = [], []
+
+    def flush():  # featurize the fresh items as one batch
+        feats = p.featurize({k: np.stack([it[k] for it in read]) for k in read[0]})
+        for k, a in feats.items():
+            arrays[k][read_at] = a
+        present[read_at] = True
+        read.clear(), read_at.clear()
+
+    for j, i in enumerate(rows if cells is not None else ()):  # no columns: absent in every row
+        try:
+            item = p.read([c[i] for c in cells], row_ids[i], ctx)
+        except InputError as e:
+            if policy is BadInputPolicy.RAISE:
+                raise
+            issues.append(e.to_dict())
+            bad[j] = True
+            continue
+        if item is not None:
+            read.append(item)
+            read_at.append(j)
+            if len(read) == at_most:
+                flush()
+    if read:
+        flush()
+    return Rows(arrays, present, bad, bad & (policy is BadInputPolicy.SKIP))
+
+
+def skip_reasons(report: InputReport) -> dict:
+    """Row id (as text) -> why the row was skipped (``column: reason`` of its first bad cell)."""
+    reasons = {}
+    for issue in report.issues.values():
+        reasons.setdefault(str(issue.get("row")), f"{issue.get('column')}: {issue.get('reason')}")
+    return reasons
+
+
+def aligned(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """``values`` of the rows at positions ``rows``, spread over all ``n`` rows (NaN or None elsewhere)."""
+    values = np.asarray(values) if not isinstance(values, np.ndarray) else values
+    if len(rows) == n and (rows == np.arange(n)).all():
+        return values
+    if values.dtype.kind == "f":
+        out = np.full((n, *values.shape[1:]), np.nan, values.dtype)
+    else:
+        out = np.empty((n, *values.shape[1:]), dtype=object)
+    out[rows] = values
+    return out
