@@ -9,11 +9,9 @@ the name itself.
 """
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+import re
 
-from torch import nn
-
-__all__ = ["safe_key", "InputModuleDict"]
+__all__ = ["safe_key", "key_name"]  # and InputModuleDict (mmfuse._modules), imported on first use
 
 _ESCAPED = ".%/>"  # '.' splits module paths, '/' tensor names, '->' pairs of inputs; '%' marks an escaped key
 
@@ -41,44 +39,28 @@ def _reserved() -> frozenset[str]:
     """Attribute names of the containers that hold per-input modules and parameters."""
     global _RESERVED
     if _RESERVED is None:
+        from torch import nn
+
+        from ._modules import InputModuleDict
+
         _RESERVED = frozenset(dir(InputModuleDict())) | frozenset(dir(nn.ParameterDict()))
     return _RESERVED
 
 
-class InputModuleDict(nn.ModuleDict):
-    """An ``nn.ModuleDict`` indexed by input names, stored under their :func:`safe_key`.
+def key_name(key: str) -> str:
+    """The input name of a key: the inverse of :func:`safe_key`.
 
-    Indexing, ``in``, iteration, ``keys()`` and ``items()`` use the input names; the module
-    names (and so the state-dict keys) are the safe keys.
+    >>> key_name("%Review%2EText"), key_name("review")
+    ('Review.Text', 'review')
     """
+    if not key.startswith("%"):
+        return key
+    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), key[1:])
 
-    def __init__(self, modules: Mapping[str, nn.Module] | None = None):
-        super().__init__()
-        self._names: dict[str, str] = {}  # safe key -> input name
-        for name, module in (modules or {}).items():
-            self[name] = module
 
-    def __getitem__(self, name: str) -> nn.Module:
-        return self._modules[safe_key(name)]
+def __getattr__(name):  # InputModuleDict needs torch; the names themselves do not (mmfuse.onnx reads them)
+    if name == "InputModuleDict":
+        from ._modules import InputModuleDict
 
-    def __setitem__(self, name: str, module: nn.Module) -> None:
-        key = safe_key(name)
-        self.add_module(key, module)
-        self._names[key] = name
-
-    def __delitem__(self, name: str) -> None:
-        key = safe_key(name)
-        del self._modules[key]
-        del self._names[key]
-
-    def __contains__(self, name) -> bool:
-        return isinstance(name, str) and safe_key(name) in self._modules
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([self._names[k] for k in self._modules])
-
-    def keys(self):
-        return list(self)
-
-    def items(self):
-        return [(self._names[k], m) for k, m in self._modules.items()]
+        return InputModuleDict
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -139,9 +139,8 @@ def _all_skipped(predictor, chunk, proba: bool):
     """The output lines of a chunk whose every row was skipped: row ids, empty predictions, the reasons."""
     import numpy as np
     import pandas as pd
-    import torch
 
-    empty = predictor.target.decode(torch.zeros(0, predictor.target.n_outputs))
+    empty = predictor.target.decode(np.zeros((0, predictor.target.n_outputs), np.float32))
     frame = pd.DataFrame({"row": chunk.df.index.to_numpy()})
     for name, values in predictor.target.output_columns(empty, proba).items():
         kind = np.asarray(values).dtype.kind  # typed empties, so the columns keep their type in every chunk

@@ -598,7 +598,7 @@ def _table(data: Path, root):
 
 @app.command()
 def predict(
-    bundle: Path = typer.Argument(..., help="Bundle folder written by fit, or an ensemble folder."),
+    bundle: Path = typer.Argument(..., help="Bundle folder written by fit, an ensemble folder, or an ONNX export."),
     data: Path = typer.Argument(..., help="Table to predict on; inputs may be absent or empty."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (.csv, .parquet or .jsonl)."),
     proba: bool = typer.Option(True, "--proba/--no-proba", help="Add a probability column per class."),
@@ -615,13 +615,19 @@ def predict(
     probabilities, and (with --on-bad-input skip) why a row was skipped. The table is read and the output
     written in chunks (Parquet by record batch, CSV and JSON Lines by lines), so it may be larger than memory."""
     from .batch import check_output, predict_file
-    from .bundle import Predictor
 
     check_output(data, out)  # before loading the bundle: a wrong name fails at once
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill: the temporary output is removed, as on Ctrl-C
-    pred = Predictor.load(bundle)
+    if (bundle / "export.json").is_file():  # an ONNX export: ONNX Runtime, no torch
+        from .onnx import OnnxPredictor
+
+        pred = OnnxPredictor.load(bundle)
+    else:
+        from .bundle import Predictor
+
+        pred = Predictor.load(bundle)
     report = predict_file(pred, data, out, chunk_rows=chunk_rows, batch_size=batch_size, proba=proba,
                           on_bad_input=on_bad_input, root=root, allow_outside_root=allow_outside_root,
                           progress=sys.stderr.isatty() if progress is None else progress)
@@ -683,6 +689,44 @@ def compare(
 
 def _higher_is_better(metric: str) -> bool:
     return not any(w in metric for w in ("loss", "ece", "error", "mae", "mse", "rmse", "brier"))
+
+
+@app.command()
+def export(
+    bundle: Path = typer.Argument(..., help="Bundle folder written by fit."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Table of real rows for the parity check (required)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write (default: BUNDLE-onnx beside it)."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format: onnx."),
+    rows: int = typer.Option(256, "--rows", min=2, help="Rows of --data checked."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", min=0, help="Largest absolute difference of the logits."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
+    opset: Optional[int] = typer.Option(None, "--opset", min=17, help="ONNX opset (default 17 with torchscript)."),
+    exporter: str = typer.Option("torchscript", "--exporter",
+                                 help="torchscript (fast; LSTMs stay ONNX LSTM operators) or dynamo (torch.export)."),
+):
+    """Export a bundle to ONNX: the graph (preprocessed arrays and presence masks in, logits out, any
+    batch size), the preprocessors' state and export.json. The export is checked against PyTorch on
+    rows of --data (as read, each input absent, absent inputs mixed per row) and fails above --tolerance.
+    Predict from it with `mmfuse predict EXPORT DATA -o OUT` or mmfuse.onnx.OnnxPredictor (no torch needed)."""
+    from .export import FORMATS, export_onnx
+    from .errors import MmfuseError
+
+    if fmt not in FORMATS:
+        raise MmfuseError(f"--format {fmt!r}: mmfuse exports {', '.join(FORMATS)}")
+    if data is None:
+        raise MmfuseError("--data TABLE is required: the export is checked against the bundle on real rows of it "
+                          "(a validation or test table; the target column is not needed)")
+    if out is None:
+        out = bundle.parent / f"{bundle.resolve().name}-onnx"
+    if out.exists() and not out.is_dir():
+        raise MmfuseError(f"--out {out} is a file; give a folder to write the export to")
+    if out.is_dir() and any(out.iterdir()) and not (out / "export.json").is_file():
+        raise MmfuseError(f"--out {out} is a folder with other files in it; give a new folder (an earlier export "
+                          "is replaced)")
+    report = export_onnx(bundle, out, data, rows=rows, tolerance=tolerance, root=root,
+                         allow_outside_root=allow_outside_root, opset=opset, exporter=exporter)
+    typer.echo(report.summary())
 
 
 @app.command()

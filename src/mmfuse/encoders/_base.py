@@ -112,6 +112,12 @@ class Encoder(nn.Module):
         enc.init_config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
         return enc
 
+    def encode_fixed(self, x) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`encode` with shapes that depend on the input's shape only, never on its values, so
+        that it traces into an exported graph (:mod:`mmfuse.export`). The same outputs on valid
+        positions; an encoder whose :meth:`encode` trims or packs by value overrides it."""
+        return self.encode(x)
+
     def forward(self, x, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, D]``; rows with ``mask == False`` are zeros."""
         return self.forward_with_tokens(x, mask)[0]

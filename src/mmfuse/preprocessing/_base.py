@@ -249,17 +249,16 @@ def load_preprocessors(directory: str | os.PathLike, name: str = "preprocessors"
     """Inverse of :func:`save_preprocessors`. Reads JSON and safetensors only."""
     from safetensors.numpy import load_file
 
-    from .._names import safe_key
+    from .._names import key_name
 
     directory = Path(directory)
     metas = json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
     tensors = load_file(str(directory / f"{name}.safetensors"))
-    out = {}
-    for key, meta in metas.items():
-        prefix = f"{safe_key(key)}/"
-        arrays = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        out[key] = Preprocessor.from_state(meta, arrays)
-    return out
+    by_input: dict[str, dict[str, np.ndarray]] = {}
+    for k, v in tensors.items():  # '<safe key>/<array>': safe keys have no '/'
+        key, _, array = k.partition("/")
+        by_input.setdefault(key_name(key), {})[array] = v
+    return {key: Preprocessor.from_state(meta, by_input.get(key, {})) for key, meta in metas.items()}
 
 
 def sample_rows(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:

@@ -1,0 +1,322 @@
+"""Exporting a bundle to ONNX, with a parity check against PyTorch on real rows.
+
+:func:`export_onnx` traces the model as a prediction sees it: for each input the arrays its
+preprocessor produces (the cached items, e.g. token ids, uint8 pixels, a log-mel spectrogram)
+and its presence mask, then the preprocessor's own normalization (:meth:`Preprocessor.batch`),
+the encoder, the fusion and the head, to the logits. The batch axis is dynamic. Every encoder runs
+on every row and the rows where its input is absent are replaced by zeros (``torch.where``), which
+is what the PyTorch path computes by encoding only the present rows (encoders in evaluation mode
+treat rows independently). Encoders whose ``encode`` depends on the values' shapes (the BiLSTM
+packs and trims) trace their :meth:`~mmfuse.encoders.Encoder.encode_fixed` instead.
+
+The folder it writes is what :class:`mmfuse.onnx.OnnxPredictor` loads (see there for the layout).
+The parity check reads the given rows with the predictor's own reader, runs the graph with ONNX
+Runtime and compares its logits with the bundle's (:meth:`mmfuse.Predictor.logits`): the rows as
+they are, each input absent in every row, and a seeded mix of absent inputs per row. The largest
+absolute difference of each is written to ``export.json`` and an export above the tolerance fails.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import MmfuseError
+
+__all__ = ["export_onnx", "ExportedModel", "ExportReport", "FORMATS"]
+
+FORMATS = ("onnx",)
+EXPORTERS = ("torchscript", "dynamo")
+
+
+class ExportedModel(nn.Module):
+    """The model as an exported graph runs it: graph inputs (see :func:`mmfuse.onnx.input_layout`)
+    in, logits ``[B, K]`` out."""
+
+    def __init__(self, model, preprocessors: dict, layout: list[dict]):
+        super().__init__()
+        self.model = model.eval()
+        self.preps = dict(preprocessors)  # plain objects: their state becomes constants of the graph
+        self.layout = layout
+
+    def forward(self, *tensors):
+        arrays, masks, i = {}, {}, 0
+        for entry in self.layout:
+            arrays[entry["name"]] = {a["key"]: tensors[i + j] for j, a in enumerate(entry["arrays"])}
+            i += len(entry["arrays"])
+        for entry in self.layout:
+            masks[entry["name"]] = tensors[i]
+            i += 1
+        m = self.model
+        feats, tokens = {}, {}
+        for n in m.names:
+            present = masks[n]
+            x = _zero_absent(self.preps[n].batch(arrays[n], train=False), present)
+            pooled, tok, tmask = m.encoders[n].encode_fixed(x)
+            feats[n] = torch.where(present[:, None], pooled, torch.zeros_like(pooled))
+            if tok is not None:
+                tok = torch.where(present[:, None, None], tok, torch.zeros_like(tok))
+                tmask = tmask & present[:, None]
+            tokens[n] = (tok, tmask)
+        fused = m.fusion(feats, masks, tokens if m.fusion.uses_tokens else None)
+        return fused if m.head is None else m.head(fused)
+
+
+def _zero_absent(x, present):
+    """Absent rows as zeros after normalization, as the data set gives them (``where``, so that no
+    value of an absent row, not even a NaN, reaches the encoder)."""
+    if isinstance(x, dict):
+        return {k: _zero_absent(v, present) for k, v in x.items()}
+    p = present.view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(p, x, torch.zeros_like(x))
+
+
+class ExportReport(dict):
+    """What :func:`export_onnx` wrote and measured (also in ``export.json`` under ``parity``)."""
+
+    def summary(self) -> str:
+        worst = max(c["max_abs_diff"] for c in self["checks"])
+        cases = ", ".join(f"{c['case']} {c['max_abs_diff']:.2e}" for c in self["checks"])
+        return (f"exported to {self['out']} ({self['graph_bytes'] / 1e6:.1f} MB); parity with PyTorch on "
+                f"{self['rows']} rows, largest absolute difference of the logits {worst:.2e} (tolerance "
+                f"{self['tolerance']:.0e}): {cases}")
+
+
+def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, root=None,
+                allow_outside_root: bool = False, seed: int = 0, opset: int | None = None,
+                exporter: str = "torchscript") -> ExportReport:
+    """Export a bundle to an ONNX folder and check it against PyTorch.
+
+    Args:
+        bundle: A bundle folder (or a loaded :class:`mmfuse.Predictor`).
+        out: The folder to write (replaced atomically; it must not be the bundle).
+        data: A table of real rows (path or DataFrame) for the parity check and the example batch;
+            its first ``rows`` rows are used (the target column, if present, is not read).
+        rows: Rows of ``data`` checked.
+        tolerance: The largest absolute difference of the logits accepted.
+        root, allow_outside_root: Where the table's file paths are resolved, as for ``predict``.
+        seed: Seeds the rows' mix of absent inputs.
+        opset: ONNX opset (default: 17 for ``torchscript``, the exporter's own for ``dynamo``).
+        exporter: ``torchscript`` (``torch.onnx.export(dynamo=False)``: traces the model in well under a
+            second and keeps LSTMs and GRUs as ONNX's own LSTM/GRU operators) or ``dynamo``
+            (``torch.export``; it unrolls recurrent layers over time, which takes tens of seconds for
+            a BiLSTM and gives a larger graph).
+
+    Returns:
+        The :class:`ExportReport`.
+
+    Raises:
+        MmfuseError: when an encoder cannot be exported, the exporter fails (its first line), or
+            the parity check finds a difference above ``tolerance`` (nothing is written then).
+    """
+    from . import __version__
+    from .bundle import Predictor, replace_folder
+    from .errors import require
+    from .io import Table, read_table
+    from .onnx import EXPORT_FORMAT, OnnxPredictor, input_layout
+    from .preprocessing import save_preprocessors
+
+    ort = require("onnxruntime", "onnx")
+    require("onnx", "onnx")
+    require("onnxscript", "onnx")
+    pred = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle)
+    if not isinstance(pred, Predictor):
+        raise MmfuseError(f"{bundle} is an ensemble; export each of its member bundles (its members/ folder) instead")
+    out = Path(out)
+    if pred.path is not None and out.resolve() == Path(pred.path).resolve():
+        raise MmfuseError(f"--out {out} is the bundle itself; export to another folder")
+    _check_exportable(pred)
+    if exporter not in EXPORTERS:
+        raise MmfuseError(f"exporter must be one of {', '.join(EXPORTERS)}; got {exporter!r}")
+    if not (isinstance(tolerance, (int, float)) and tolerance > 0):
+        raise MmfuseError(f"tolerance must be a positive number, got {tolerance!r}")
+    if not (isinstance(rows, int) and rows >= 2):
+        raise MmfuseError(f"rows must be an integer >= 2 (the parity check's rows), got {rows!r}")
+
+    table = read_table(data, root=root)
+    if len(table.df) < 2:
+        raise MmfuseError(f"the parity check needs at least 2 rows of real data; the table has {len(table.df)}")
+    table = Table(table.df.iloc[:rows], table.root, table.source)
+    layout = input_layout(pred.preprocessors)
+    started = time.perf_counter()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        graph = tmp / "model.onnx"
+        runner = OnnxPredictor(None, pred.preprocessors, pred.target, pred.schema, {"inputs": layout})
+        feeds, kept, _, _ = runner.feeds(table, "raise", None, allow_outside_root)
+        names = [a["onnx"] for e in layout for a in e["arrays"]] + [e["mask"] for e in layout]
+        wrapper = ExportedModel(pred.model, pred.preprocessors, layout).eval()  # the exporter restores this mode
+        example = tuple(torch.from_numpy(feeds[k]) for k in names)
+        try:
+            with _quiet_exporter(), _no_fastpath():
+                if exporter == "dynamo":
+                    batch = torch.export.Dim("batch", min=1)
+                    shapes = (tuple({0: batch} for _ in names),)  # forward(*tensors): the varargs are one entry
+                    torch.onnx.export(wrapper, example, str(graph), input_names=names, output_names=["logits"],
+                                      dynamic_shapes=shapes, dynamo=True, external_data=False,
+                                      **({"opset_version": opset} if opset else {}))
+                else:
+                    torch.onnx.export(wrapper, example, str(graph), input_names=names, output_names=["logits"],
+                                      dynamic_axes={k: {0: "batch"} for k in [*names, "logits"]}, dynamo=False,
+                                      opset_version=opset or 17)
+        except Exception as e:  # the exporter's own errors, of many types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MmfuseError(f"the model could not be exported to ONNX by the {exporter} exporter ({type(e).__name__}: "
+                              f"{first}); --debug shows its traceback"
+                              + ("; try --exporter dynamo" if exporter == "torchscript" else "")) from e
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        runner.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+        checks = _parity(pred, runner, table, feeds, kept, layout, seed, allow_outside_root)
+        worst = max(c["max_abs_diff"] for c in checks)
+        report = ExportReport(out=str(out), format="onnx", exporter=exporter, rows=int(len(kept)),
+                              tolerance=float(tolerance),
+                              checks=checks, max_abs_diff=worst, graph_bytes=graph.stat().st_size,
+                              seconds=round(time.perf_counter() - started, 2))
+        if not worst <= tolerance:  # NaN fails too
+            raise MmfuseError(f"the exported graph differs from the bundle by up to {worst:.2e} on the logits (tolerance "
+                              f"{tolerance:.0e}): " + ", ".join(f"{c['case']} {c['max_abs_diff']:.2e}" for c in checks)
+                              + "; nothing was written. Please report it with the bundle's config.json")
+        save_preprocessors(pred.preprocessors, tmp)
+        meta = {"format": "mmfuse-onnx", "format_version": EXPORT_FORMAT, "mmfuse_version": __version__,
+                "torch_version": torch.__version__, "onnxruntime_version": ort.__version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "graph": "model.onnx", "output": "logits",
+                "exporter": exporter,
+                "bundle": str(pred.path) if pred.path else None, "inputs": layout,
+                "target": pred.target.to_dict(), "decision_threshold": _threshold_setting(pred),
+                "schema": pred.schema.to_dict(), "model": pred.config.get("model"),
+                "parity": {k: report[k] for k in ("rows", "tolerance", "max_abs_diff", "checks")}}
+        (tmp / "export.json").write_text(json.dumps(meta, indent=2, default=_json_default), encoding="utf-8")
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+        replace_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter's progress lines, its optimizer's notes and its warnings about operators of
+    packages that are not installed (torchvision) stay off the console."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _no_fastpath():
+    """Attention layers' fused inference kernels (``_transformer_encoder_layer_fwd``, ``_native_multi_head_
+    attention``) have no ONNX form; the exporter must trace their plain operations."""
+    mha = getattr(torch.backends, "mha", None)
+    before = mha.get_fastpath_enabled() if mha else None
+    try:
+        if mha:
+            mha.set_fastpath_enabled(False)
+        yield
+    finally:
+        if mha:
+            mha.set_fastpath_enabled(before)
+
+
+def _json_default(o):
+    from .bundle import _json_default as bundle_default
+
+    return bundle_default(o)
+
+
+def _threshold_setting(pred):
+    """The decision threshold as ``task_from_dict`` takes it back (binary: a number, multilabel: a list)."""
+    t = pred.target.threshold
+    if t is None:
+        return None
+    return np.asarray(t).tolist() if np.ndim(t) else float(t)
+
+
+def _check_exportable(pred) -> None:
+    """Refuse, naming the input, what the exported graph or the torch-free reader cannot run."""
+    from .encoders.hf import HFEncoder, PrecomputedEmbedding
+
+    for n, enc in pred.model.encoders.items():
+        if isinstance(enc, (HFEncoder, PrecomputedEmbedding)):
+            raise MmfuseError(f"input {n!r} is encoded by a Hugging Face backbone ({pred.preprocessors[n].model}); "
+                              "ONNX export covers the built-in encoders (text_bilstm, image_cnn, audio_cnn, "
+                              "tabular_mlp, timeseries_cnn); serve this bundle with `mmfuse serve` instead")
+
+
+def _parity(pred, runner, table, feeds, kept, layout, seed, allow_outside_root) -> list[dict]:
+    """Largest absolute differences of the logits, graph against bundle, in three cases."""
+    checks = []
+
+    def compare(case, z_torch, feeds_case):
+        z_onnx = runner.run(feeds_case, batch_size=7)  # other batch sizes than the traced one (and a remainder)
+        diff = float(np.max(np.abs(z_onnx.astype(np.float64) - z_torch.astype(np.float64)))) if len(z_onnx) else 0.0
+        if not np.isfinite(z_onnx).all():
+            diff = float("inf")
+        checks.append({"case": case, "rows": int(len(z_onnx)), "max_abs_diff": diff})
+
+    with torch.no_grad():
+        z, rows = pred.logits(table, allow_outside_root=allow_outside_root)
+        assert np.array_equal(rows, kept)
+        compare("as read", z.numpy(), feeds)
+        if len(layout) > 1:
+            for entry in layout:  # each input absent in every row
+                z, _ = pred.logits(table, absent=(entry["name"],), allow_outside_root=allow_outside_root)
+                f = dict(feeds)
+                f[entry["mask"]] = np.zeros_like(feeds[entry["mask"]])
+                compare(f"without {entry['name']}", z.numpy(), f)
+            compare("absent inputs mixed per row", *_mixed(pred, runner, table, feeds, layout, seed,
+                                                         allow_outside_root))
+    return checks
+
+
+def _mixed(pred, runner, table, feeds, layout, seed, allow_outside_root):
+    """Each input of each row dropped with probability 1/2 (seeded): the bundle's logits with those
+    masks (its own path: only present rows encoded) and the graph inputs with the same masks."""
+    from .data import make_loader
+
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(feeds.values())))
+    drop = {e["name"]: rng.random(n) < 0.5 for e in layout}
+    f = dict(feeds)
+    for e in layout:
+        f[e["mask"]] = feeds[e["mask"]] & ~drop[e["name"]]
+    ds = pred._dataset(table, allow_outside_root=allow_outside_root)
+    outs, start = [], 0
+    for b in make_loader(ds, batch_size=256):
+        k = len(b["row"])
+        masks = {name: m & torch.from_numpy(~drop[name][start:start + k]) for name, m in b["mask"].items()}
+        inputs = {name: _zero_rows(x, masks[name]) for name, x in b["inputs"].items()}
+        outs.append(pred.model(inputs, masks)["logits"].float())
+        start += k
+    return torch.cat(outs).numpy(), f
+
+
+def _zero_rows(x, mask):
+    if isinstance(x, dict):
+        return {k: _zero_rows(v, mask) for k, v in x.items()}
+    return x * mask.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)

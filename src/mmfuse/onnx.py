@@ -1,0 +1,284 @@
+"""Predicting from an exported model with ONNX Runtime, without torch.
+
+``mmfuse export BUNDLE --format onnx`` (:func:`mmfuse.export.export_onnx`) writes a folder::
+
+    model.onnx                      the graph: preprocessed arrays and presence masks in, logits out
+    preprocessors.json/.safetensors the preprocessors' fitted state (vocabularies, statistics, ...)
+    export.json                     the graph's inputs, the task (labels, threshold), the schema,
+                                    and the parity check's result
+
+:class:`OnnxPredictor` reads a table with the same preprocessors as the bundle (the cells' reading,
+the bad-input policy and the report are :mod:`mmfuse.reading`'s), runs the graph and decodes the
+logits with the bundle's task: its predictions are the bundle's, to the parity reported at export.
+Nothing on this path imports torch: a service can ship ``onnxruntime``, numpy, pandas, Pillow and
+soundfile instead of a deep-learning framework.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import BundleError, MmfuseError
+
+__all__ = ["OnnxPredictor", "EXPORT_FORMAT", "read_export_meta", "input_layout"]
+
+EXPORT_FORMAT = 1  # the version of export.json's layout
+
+
+def input_layout(preprocessors: dict) -> list[dict]:
+    """The graph's inputs, in order: for each model input (sorted by name), one graph input per
+    array its preprocessor produces (``item_spec``: shape after the batch axis, dtype), then one
+    presence mask (bool) per model input. Names are ``<input>.<array>`` and ``<input>.present``,
+    ``<input>`` the name with characters other than letters, digits and ``_-`` written as ``_`` (and
+    ``~i``, its position, added when two names would then meet)."""
+    import re
+
+    layout, used = [], set()
+    for i, name in enumerate(sorted(preprocessors)):
+        clean = re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
+        if clean in used:
+            clean = f"{clean}~{i}"
+        used.add(clean)
+        spec = preprocessors[name].item_spec()
+        layout.append({"name": name,
+                       "arrays": [{"key": k, "onnx": f"{clean}.{k}", "shape": list(spec[k][0]),
+                                   "dtype": np.dtype(spec[k][1]).name} for k in sorted(spec)],
+                       "mask": f"{clean}.present"})
+    return layout
+
+
+def read_export_meta(path: Path) -> dict:
+    """``export.json`` of an export folder, checked; one clear line when it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path} does not exist; give the folder `mmfuse export` wrote")
+    if not path.is_dir():
+        raise BundleError(f"{path} is a file; give the folder `mmfuse export` wrote (it holds export.json and "
+                          "model.onnx)")
+    meta_file = path / "export.json"
+    if not meta_file.is_file():
+        hint = (" It is a bundle: export it first with `mmfuse export {p} --format onnx --data TABLE`".format(p=path)
+                if (path / "config.json").is_file() else "")
+        raise BundleError(f"{path} is not an ONNX export: it has no export.json.{hint}")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{meta_file} is damaged ({type(e).__name__}: {e}); export the bundle again") from None
+    if not isinstance(meta, dict) or meta.get("format") != "mmfuse-onnx":
+        raise BundleError(f"{meta_file} is not an mmfuse ONNX export's description; export the bundle again")
+    if meta.get("format_version") != EXPORT_FORMAT:
+        raise BundleError(f"{path} is an export of format {meta.get('format_version')}; this mmfuse reads format "
+                          f"{EXPORT_FORMAT}: export the bundle again with this version")
+    for f in (meta.get("graph", "model.onnx"), "preprocessors.json", "preprocessors.safetensors"):
+        if not (path / f).is_file():
+            raise BundleError(f"{path} is damaged: {f} is missing; export the bundle again")
+    return meta
+
+
+class OnnxPredictor:
+    """An exported model that predicts on tables, as :class:`mmfuse.Predictor` does, with ONNX Runtime.
+
+    Inputs absent from the table, or empty in some rows, are missing, as with the bundle. Use
+    :meth:`load`.
+
+    Attributes:
+        meta: ``export.json``.
+        preprocessors: Input name -> fitted preprocessor.
+        task: The bundle's task (labels, decision threshold); decodes the graph's logits.
+    """
+
+    def __init__(self, session, preprocessors: dict, task, schema, meta: dict, path: Path | None = None):
+        self.session, self.preprocessors, self.task, self.target = session, preprocessors, task, task
+        self.schema, self.meta, self.path = schema, meta, path
+        self.layout = meta["inputs"]
+        self.last_report = None
+        self.last_absent: list[str] = []
+        self.last_unread: list[str] = []
+        self.last_skipped: list = []
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, threads: int | None = None) -> "OnnxPredictor":
+        """Load an export folder.
+
+        Args:
+            path: The folder ``mmfuse export`` wrote.
+            threads: ONNX Runtime's intra-op threads (default: its own choice).
+
+        Raises:
+            BundleError: one line naming the folder, when it is missing, is not an export (a bundle
+                gets the export command), is of another format, or is damaged.
+        """
+        from .errors import require
+        from .preprocessing import load_preprocessors
+        from .schema import Schema
+        from .tasks import task_from_dict
+
+        ort = require("onnxruntime", "onnx")
+        path = Path(path)
+        meta = read_export_meta(path)
+        try:
+            preps = load_preprocessors(path)
+            task = task_from_dict(meta["target"], meta.get("decision_threshold"))
+            schema = Schema.from_dict(meta["schema"])
+        except (KeyError, TypeError, ValueError, OSError) as e:  # json/safetensors/state errors
+            raise BundleError(f"{path} is damaged: its preprocessors or task cannot be read ({type(e).__name__}: "
+                              f"{e}); export the bundle again") from None
+        if sorted(preps) != [i["name"] for i in meta["inputs"]]:
+            raise BundleError(f"{path} is damaged: preprocessors.json has inputs {sorted(preps)}, export.json "
+                              f"{[i['name'] for i in meta['inputs']]}; export the bundle again")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            session = ort.InferenceSession(str(path / meta.get("graph", "model.onnx")), opts,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own errors (a truncated or foreign file)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BundleError(f"{path / meta.get('graph', 'model.onnx')} cannot be loaded by ONNX Runtime ({first}); "
+                              "export the bundle again") from None
+        return cls(session, preps, task, schema, meta, path)
+
+    # --- the same surface as mmfuse.Predictor ------------------------------------------------
+    @property
+    def classes_(self) -> list | None:
+        return self.task.classes_
+
+    @property
+    def threshold(self):
+        return self.task.threshold
+
+    def feeds(self, data, on_bad_input="raise", root=None, allow_outside_root: bool = False):
+        """Read a table into the graph's inputs: ``(feeds, rows, report, n)`` with ``feeds`` the
+        arrays by graph input name (rows kept by the bad-input policy), ``rows`` their table
+        positions, ``report`` the :class:`~mmfuse.reading.InputReport` and ``n`` the table's rows.
+        Also used by the export's parity check, so the graph is checked on what this reads."""
+        from .io import read_table
+        from .preprocessing import ReadContext
+        from .reading import BadInputPolicy, InputReport, read_rows
+
+        table = read_table(data, root=root)
+        df = table.df
+        policy = BadInputPolicy.parse(on_bad_input)
+        report = InputReport(policy)
+        ctx = ReadContext(table.root, allow_outside_root)
+        n = len(df)
+        cells, absent = {}, []
+        for entry in self.layout:
+            p = self.preprocessors[entry["name"]]
+            have = [c for c in p.columns if c in df.columns]
+            if have and len(have) < len(p.columns):
+                raise MmfuseError(f"input {entry['name']!r}: the table lacks columns "
+                                  f"{[c for c in p.columns if c not in df.columns]} (it has {len(p.columns)}); "
+                                  "give all of them, or none to treat the input as absent")
+            cells[entry["name"]] = [df[c].to_numpy(dtype=object) for c in p.columns] if have else None
+            if not have:
+                absent.append(entry["name"])
+        self.last_absent = absent
+        known = set(self.schema.roles) if self.schema is not None else set()
+        self.last_unread = [c for c in df.columns if c not in known]
+        if absent and len(absent) == len(self.layout):
+            need = {e["name"]: list(self.preprocessors[e["name"]].columns) for e in self.layout}
+            raise MmfuseError(f"none of the model's inputs is in this table: it reads {need}; the table has "
+                              f"{list(df.columns)[:20]}{' ...' if len(df.columns) > 20 else ''}. Check the column "
+                              "names (renamed? another table?)")
+        issues: list[dict] = []
+        row_ids = df.index.to_numpy()
+        read, drop = {}, np.zeros(n, bool)
+        for entry in self.layout:
+            p = self.preprocessors[entry["name"]]
+            r = read_rows(p, cells[entry["name"]], np.arange(n), row_ids, ctx, policy, issues)
+            read[entry["name"]] = r
+            drop |= r.drop
+            if hasattr(p, "unknown_counts"):
+                report.unknown_categories.update(p.unknown_counts)
+                p.unknown_counts.clear()
+        for issue in issues:
+            report.add(issue)
+        rows = np.flatnonzero(~drop)
+        feeds = {}
+        for entry in self.layout:
+            r = read[entry["name"]]
+            for a in entry["arrays"]:
+                feeds[a["onnx"]] = np.ascontiguousarray(r.arrays[a["key"]][rows])
+            feeds[entry["mask"]] = np.ascontiguousarray(r.present[rows])
+        return feeds, rows, report, n
+
+    def run(self, feeds: dict, batch_size: int = 256) -> np.ndarray:
+        """The graph's logits ``[N, K]`` for arrays by graph input name, ``batch_size`` rows per call."""
+        n = len(next(iter(feeds.values())))
+        outs = [self.session.run(None, {k: v[i:i + batch_size] for k, v in feeds.items()})[0]
+                for i in range(0, n, batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0, self.task.n_outputs), np.float32)
+
+    def logits(self, data, batch_size: int = 256, on_bad_input="raise", root=None,
+               allow_outside_root: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs ``[N, K]`` and the table positions they belong to (rows skipped by policy are
+        left out; :attr:`last_report` lists them)."""
+        feeds, rows, report, n = self.feeds(data, on_bad_input, root, allow_outside_root)
+        self.last_report = report
+        if not len(rows):
+            raise MmfuseError("no rows to predict on (every row was skipped as bad input: "
+                              f"{report.summary()})" if n else "the table has no rows to predict on")
+        return self.run(feeds, batch_size), rows
+
+    def describe_absent(self) -> str:
+        """One line naming the inputs the last table lacked, or '' when it had all of them."""
+        if not self.last_absent:
+            return ""
+        cols = "; ".join(f"{n} (columns {', '.join(map(str, self.preprocessors[n].columns))})" for n in self.last_absent)
+        unread = self.last_unread
+        extra = (f"; the table's columns {', '.join(map(repr, unread[:10]))}{' ...' if len(unread) > 10 else ''} "
+                 "are not the model's (renamed?)") if unread else ""
+        return f"inputs absent from this table, treated as missing in every row: {cols}{extra}"
+
+    def decode(self, data, threshold=None, **kw):
+        """The task's :class:`~mmfuse.tasks.Decoded` of the rows read, their positions and the table's rows."""
+        from .io import read_table
+
+        table = read_table(data, root=kw.get("root"))
+        z, rows = self.logits(table, **kw)
+        kept = np.zeros(len(table.df), bool)
+        kept[rows] = True
+        self.last_skipped = table.df.index[~kept].tolist()
+        return self.task.decode(z, threshold), rows, len(table.df)
+
+    def predict_frame(self, data, proba: bool = True, threshold=None, **kw) -> pd.DataFrame:
+        """One row per input row: ``row``, ``prediction``, ``proba_<class>`` and, when the ``skip``
+        policy left rows out, ``skipped`` (the reason) — as :meth:`mmfuse.Predictor.predict_frame`."""
+        from .io import read_table
+        from .reading import aligned, skip_reasons
+
+        table = read_table(data, root=kw.get("root"))
+        decoded, rows, n = self.decode(table, threshold, **kw)
+        out = pd.DataFrame({"row": table.df.index.to_numpy()})
+        for name, values in self.task.output_columns(decoded, proba).items():
+            out[name] = aligned(values, rows, n)
+        if len(rows) < n:
+            reasons = skip_reasons(self.last_report)
+            ids = table.df.index.to_numpy()
+            kept = np.zeros(n, bool)
+            kept[rows] = True
+            out["skipped"] = [None if kept[i] else reasons.get(str(ids[i]), "bad input") for i in range(n)]
+        return out
+
+    def skipped_rows(self) -> list:
+        return list(self.last_skipped)
+
+    def predict_proba(self, data, **kw) -> np.ndarray:
+        """Class probabilities ``[N, K]`` (regression: values), one row per input row (NaN where skipped)."""
+        from .reading import aligned
+
+        decoded, rows, n = self.decode(data, **kw)
+        return aligned(decoded.proba, rows, n)
+
+    def predict(self, data, threshold=None, **kw) -> np.ndarray:
+        """Labels, label lists (multilabel) or values, one per input row (None/NaN where skipped)."""
+        from .reading import aligned
+
+        decoded, rows, n = self.decode(data, threshold, **kw)
+        return aligned(decoded.labels, rows, n)

@@ -1,0 +1,240 @@
+"""ONNX export: parity with PyTorch for every fusion and built-in encoder, and a predictor without torch."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import make_mm_table  # noqa: E402
+
+from mmfuse import MmfuseError, MultimodalPredictor, Predictor  # noqa: E402
+from mmfuse.errors import BundleError  # noqa: E402
+from mmfuse.export import export_onnx  # noqa: E402
+from mmfuse.onnx import OnnxPredictor  # noqa: E402
+
+# each fusion with another kind of target, so that decoding (softmax, sigmoid and threshold, values) is
+# checked through the exported graph too
+CASES = {"concat": "binary", "weighted": "multiclass", "late": "multiclass", "gated": "regression",
+         "attention": "multilabel", "tensor": "binary", "low_rank": "regression", "cross_attention": "binary"}
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    """Text, image and tabular inputs (a BiLSTM, a CNN and an MLP), one table per kind of target."""
+    d = tmp_path_factory.mktemp("export")
+    df = pd.read_csv(make_mm_table(d, n=24)).drop(columns=["clip", "motion"])
+    i = np.arange(len(df))
+    targets = {"binary": df["label"], "multiclass": pd.Series(["a", "b", "c"])[i % 3].to_numpy(),
+               "regression": df["age"].fillna(30) / 10 + (i % 2), "multilabel": np.where(i % 3, "x|y", "y")}
+    out = {}
+    for kind, y in targets.items():
+        t = df.drop(columns=["label"]).assign(y=y)
+        t.to_csv(d / f"{kind}.csv", index=False)
+        out[kind] = d / f"{kind}.csv"
+    return d, out
+
+
+def fit_bundle(table, out, **kw):
+    MultimodalPredictor(target="y" if "target" not in kw else kw.pop("target"), epochs=1, progress=False, log=None,
+                        contribution=False, seed=0, dim=16, out=out, **kw).fit(table)
+    return out / "bundle"
+
+
+def check_same_predictions(bundle, export_dir, table, **kw):
+    a = Predictor.load(bundle).predict_frame(table, **kw)
+    b = OnnxPredictor.load(export_dir).predict_frame(table, **kw)
+    assert list(a.columns) == list(b.columns)
+    for c in a.columns:
+        if a[c].dtype.kind == "f":
+            np.testing.assert_allclose(b[c].to_numpy(float), a[c].to_numpy(float), atol=1e-5, equal_nan=True)
+        else:
+            assert a[c].astype(str).tolist() == b[c].astype(str).tolist(), c
+    return a, b
+
+
+@pytest.mark.parametrize("fusion", sorted(CASES))
+def test_every_fusion_exports_with_parity_and_predicts_alike(tables, fusion):
+    d, by_kind = tables
+    table = by_kind[CASES[fusion]]
+    kw = {"fusion_kwargs": {"rank_dim": 4}} if fusion == "tensor" else {}
+    bundle = fit_bundle(table, d / f"run_{fusion}", fusion=fusion, **kw)
+    rep = export_onnx(bundle, d / f"onnx_{fusion}", table)
+    cases = {c["case"]: c for c in rep["checks"]}
+    # the rows as read (three have a blank cell), each input absent in every row, and a mix per row
+    assert set(cases) == {"as read", "without photo", "without review", "without tabular",
+                          "absent inputs mixed per row"}
+    assert all(c["rows"] == 24 for c in cases.values())
+    assert rep["max_abs_diff"] <= 1e-4
+    meta = json.loads((d / f"onnx_{fusion}" / "export.json").read_text())
+    assert meta["parity"]["max_abs_diff"] == rep["max_abs_diff"]
+    check_same_predictions(bundle, d / f"onnx_{fusion}", table)
+
+
+def test_all_five_builtin_encoders_and_their_variants_export(tmp_path):
+    """Text (a 2-layer BiLSTM, whose export reverses each row within its own length), image, audio,
+    time series (with its GRU) and tabular encoders in one model; dynamic batch sizes."""
+    table = make_mm_table(tmp_path, n=24)
+    bundle = fit_bundle(table, tmp_path / "run", target="label", fusion="attention",
+                        encoders={"text": {"layers": 2}, "timeseries": {"gru": True}})
+    rep = export_onnx(bundle, tmp_path / "onnx", table)
+    assert rep["max_abs_diff"] <= 1e-4
+    assert {c["case"] for c in rep["checks"]} >= {"without clip", "without motion"}
+    a, b = check_same_predictions(bundle, tmp_path / "onnx", table)
+    one = OnnxPredictor.load(tmp_path / "onnx").predict_frame(pd.read_csv(table).iloc[[5]], root=tmp_path)
+    assert one["proba_yes"].iloc[0] == pytest.approx(b["proba_yes"].iloc[5], abs=1e-6)  # batch of 1 and of 24
+
+
+def test_the_dynamo_exporter_gives_the_same_graph_behaviour(tables):
+    d, by_kind = tables
+    table = d / "image_tabular.csv"
+    pd.read_csv(by_kind["multiclass"]).drop(columns=["review"]).to_csv(table, index=False)
+    bundle = fit_bundle(table, d / "run_dynamo", fusion="cross_attention")
+    rep = export_onnx(bundle, d / "onnx_dynamo", table, exporter="dynamo")
+    assert rep["exporter"] == "dynamo" and rep["max_abs_diff"] <= 1e-4
+    check_same_predictions(bundle, d / "onnx_dynamo", table)
+
+
+def test_a_single_input_model_exports(tables):
+    d, by_kind = tables
+    table = d / "text_only.csv"
+    pd.read_csv(by_kind["binary"])[["review", "y"]].to_csv(table, index=False)
+    bundle = fit_bundle(table, d / "run_single")
+    rep = export_onnx(bundle, d / "onnx_single", table)
+    assert [c["case"] for c in rep["checks"]] == ["as read"]
+    assert rep["max_abs_diff"] <= 1e-4
+    check_same_predictions(bundle, d / "onnx_single", table)
+
+
+@pytest.fixture(scope="module")
+def exported(tables):
+    d, by_kind = tables
+    bundle = fit_bundle(by_kind["binary"], d / "run_main", fusion="gated")
+    export_onnx(bundle, d / "onnx_main", by_kind["binary"])
+    return d, bundle, d / "onnx_main", by_kind["binary"]
+
+
+def test_the_predictor_never_imports_torch(exported, tmp_path):
+    d, bundle, onnx_dir, table = exported
+    expected = Predictor.load(bundle).predict_frame(table)
+    code = ("import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
+            "from mmfuse.onnx import OnnxPredictor\n"
+            f"f = OnnxPredictor.load({str(onnx_dir)!r}).predict_frame({str(table)!r})\n"
+            f"f.to_csv({str(tmp_path / 'p.csv')!r}, index=False)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = pd.read_csv(tmp_path / "p.csv")
+    assert got["prediction"].astype(str).tolist() == expected["prediction"].astype(str).tolist()
+    np.testing.assert_allclose(got["proba_yes"], expected["proba_yes"], atol=1e-5)
+
+
+def test_bad_input_policies_and_absent_columns_match_the_bundle(exported, tmp_path):
+    d, bundle, onnx_dir, table = exported
+    df = pd.read_csv(table)
+    df.loc[2, "photo"] = "img/nope.png"
+    df["age"] = df["age"].astype(object)
+    df.loc[4, "age"] = "old"
+    bad = tmp_path / "bad.csv"
+    df.to_csv(bad, index=False)
+    for policy in ("skip", "missing"):
+        a, b = check_same_predictions(bundle, onnx_dir, bad, on_bad_input=policy, root=d)
+    assert "skipped" not in b.columns and b["prediction"].notna().all()  # missing: every row predicted
+    o = OnnxPredictor.load(onnx_dir)
+    frame = o.predict_frame(bad, on_bad_input="skip", root=d)
+    assert frame.loc[frame["skipped"].notna(), "row"].tolist() == [2, 4]
+    assert o.skipped_rows() == [2, 4]
+    with pytest.raises(MmfuseError, match="row 2.*photo"):
+        o.predict_frame(bad, root=d)
+    # a column left out: the input is absent in every row, as with the bundle, and said so
+    no_photo = df.drop(columns=["photo"]).iloc[[0, 1, 3]]
+    check_same_predictions(bundle, onnx_dir, no_photo, root=d)
+    o.predict_frame(no_photo, root=d)
+    assert "photo (columns photo)" in o.describe_absent()
+    with pytest.raises(MmfuseError, match="none of the model's inputs"):
+        o.predict_frame(pd.DataFrame({"other": [1, 2]}))
+
+
+def test_parity_above_the_tolerance_fails_and_writes_nothing(exported, tmp_path):
+    d, bundle, _, table = exported
+    with pytest.raises(MmfuseError, match="differs from the bundle by up to .*nothing was written"):
+        export_onnx(bundle, tmp_path / "strict", table, tolerance=1e-30)
+    assert not (tmp_path / "strict").exists()
+    assert not list(tmp_path.glob(".strict*"))
+
+
+def test_cli_export_and_predict_from_the_export(exported, tmp_path):
+    from mmfuse.cli import main
+
+    d, bundle, _, table = exported
+    main(["export", str(bundle), "--data", str(table), "-o", str(tmp_path / "e"), "--rows", "10"])
+    meta = json.loads((tmp_path / "e" / "export.json").read_text())
+    assert meta["parity"]["rows"] == 10 and meta["inputs"][0]["mask"].endswith(".present")
+    main(["predict", str(tmp_path / "e"), str(table), "-o", str(tmp_path / "p.csv")])
+    got = pd.read_csv(tmp_path / "p.csv")
+    want = Predictor.load(bundle).predict_frame(table)
+    assert got["prediction"].astype(str).tolist() == want["prediction"].astype(str).tolist()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--format", "tflite"], "--format 'tflite': mmfuse exports onnx"),
+    ([], "--data TABLE is required"),
+])
+def test_cli_export_refuses_bad_options(exported, capsys, args, message):
+    from mmfuse.cli import main
+
+    d, bundle, _, table = exported
+    extra = [] if not args or args[0] != "--format" else ["--data", str(table)]
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(bundle), *args, *extra, "-o", str(d / "never")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_damaged_or_wrong_folders_give_one_line(exported, tmp_path):
+    import shutil
+
+    d, bundle, onnx_dir, table = exported
+    with pytest.raises(BundleError, match="export it first with `mmfuse export"):
+        OnnxPredictor.load(bundle)
+    with pytest.raises(BundleError, match="does not exist"):
+        OnnxPredictor.load(tmp_path / "nothing")
+    broken = tmp_path / "broken"
+    shutil.copytree(onnx_dir, broken)
+    (broken / "model.onnx").write_bytes((onnx_dir / "model.onnx").read_bytes()[:1000])
+    with pytest.raises(BundleError, match="cannot be loaded by ONNX Runtime"):
+        OnnxPredictor.load(broken)
+    (broken / "export.json").write_text("{not json")
+    with pytest.raises(BundleError, match="export.json is damaged"):
+        OnnxPredictor.load(broken)
+    shutil.rmtree(broken)
+    shutil.copytree(onnx_dir, broken)
+    (broken / "preprocessors.safetensors").unlink()
+    with pytest.raises(BundleError, match="preprocessors.safetensors is missing"):
+        OnnxPredictor.load(broken)
+
+
+def test_the_bilstm_fixed_shape_encoding_equals_the_packed_one():
+    """The exported BiLSTM reads each row reversed within its own length: rows of every length, and
+    an empty one, give the packed encoder's outputs; reversing whole rows instead would not."""
+    import torch
+
+    from mmfuse.encoders.text_bilstm import TextBiLSTM
+
+    torch.manual_seed(0)
+    enc = TextBiLSTM(50, embed_dim=8, hidden=6, dim=5, layers=2).eval()
+    lens = torch.tensor([12, 5, 1, 3, 0, 9, 2])
+    x = torch.randint(1, 50, (7, 12))
+    x[torch.arange(12)[None] >= lens[:, None]] = 0
+    with torch.no_grad():
+        p1, t1, m1 = enc.encode(x)
+        p2, t2, m2 = enc.encode_fixed(x)
+    T = t1.shape[1]
+    assert torch.allclose(p1, p2, atol=1e-6) and torch.allclose(t1, t2[:, :T], atol=1e-6)
+    assert torch.equal(m1, m2[:, :T]) and not m2[:, T:].any()
