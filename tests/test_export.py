@@ -238,3 +238,36 @@ def test_the_bilstm_fixed_shape_encoding_equals_the_packed_one():
     T = t1.shape[1]
     assert torch.allclose(p1, p2, atol=1e-6) and torch.allclose(t1, t2[:, :T], atol=1e-6)
     assert torch.equal(m1, m2[:, :T]) and not m2[:, T:].any()
+
+
+def test_hugging_face_encoders_export_and_predict_without_torch(tmp_path):
+    """A fine-tuned BERT, a frozen ViT whose embeddings the bundle caches (the graph then runs the
+    backbone itself) and a wav2vec2: parity, and the export's own tokenizer and processors read the
+    rows in a process where torch cannot be imported."""
+    pytest.importorskip("transformers")
+    from hf_fixtures import tiny_bert, tiny_vit, tiny_wav2vec2
+
+    table = make_mm_table(tmp_path, n=24)
+    enc = {"text": {"name": "hf", "model": str(tiny_bert(tmp_path / "bert")), "max_length": 16},
+           "image": {"name": "hf", "model": str(tiny_vit(tmp_path / "vit")), "train": "frozen"},
+           "audio": {"name": "hf", "model": str(tiny_wav2vec2(tmp_path / "w2v")), "duration": 0.25}}
+    bundle = fit_bundle(table, tmp_path / "run", target="label", fusion="attention", encoders=enc)
+    rep = export_onnx(bundle, tmp_path / "onnx", table)
+    assert rep["max_abs_diff"] <= 1e-4 and len(rep["checks"]) == 7  # as read, each of 5 inputs absent, mixed
+    meta = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    raw = {e["name"]: e for e in meta["inputs"] if e["raw"]}
+    assert list(raw) == ["photo"] and [a["key"] for a in raw["photo"]["arrays"]] == ["pixel_values"]
+    want = Predictor.load(bundle).predict_frame(table)
+    for sub in ("bert", "vit", "w2v"):  # the export stands alone: the backbones' folders may go
+        import shutil
+
+        shutil.rmtree(tmp_path / sub)
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from mmfuse.onnx import OnnxPredictor\n"
+            f"OnnxPredictor.load({str(tmp_path / 'onnx')!r}).predict_frame({str(table)!r})"
+            f".to_csv({str(tmp_path / 'p.csv')!r}, index=False)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = pd.read_csv(tmp_path / "p.csv")
+    assert got["prediction"].astype(str).tolist() == want["prediction"].astype(str).tolist()
+    np.testing.assert_allclose(got["proba_yes"], want["proba_yes"], atol=1e-5)

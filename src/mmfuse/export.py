@@ -48,6 +48,9 @@ class ExportedModel(nn.Module):
         self.model = model.eval()
         self.preps = dict(preprocessors)  # plain objects: their state becomes constants of the graph
         self.layout = layout
+        # frozen backbones that the bundle runs in preprocessing (cached embeddings) run in the graph
+        self.backbones = nn.ModuleList([preprocessors[e["name"]].backbone for e in layout if e.get("raw")])
+        self._raw = {e["name"]: i for i, e in enumerate(e for e in layout if e.get("raw"))}
 
     def forward(self, *tensors):
         arrays, masks, i = {}, {}, 0
@@ -61,7 +64,13 @@ class ExportedModel(nn.Module):
         feats, tokens = {}, {}
         for n in m.names:
             present = masks[n]
-            x = _zero_absent(self.preps[n].batch(arrays[n], train=False), present)
+            if n in self._raw:
+                from .hf import pool_output
+
+                x = _zero_absent(arrays[n], present)
+                x = pool_output(self.backbones[self._raw[n]](**x), x, self.preps[n].pooling)[0].float()
+            else:
+                x = _zero_absent(self.preps[n].batch(arrays[n], train=False), present)
             pooled, tok, tmask = m.encoders[n].encode_fixed(x)
             feats[n] = torch.where(present[:, None], pooled, torch.zeros_like(pooled))
             if tok is not None:
@@ -135,7 +144,6 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
     out = Path(out)
     if pred.path is not None and out.resolve() == Path(pred.path).resolve():
         raise MmfuseError(f"--out {out} is the bundle itself; export to another folder")
-    _check_exportable(pred)
     if exporter not in EXPORTERS:
         raise MmfuseError(f"exporter must be one of {', '.join(EXPORTERS)}; got {exporter!r}")
     if not (isinstance(tolerance, (int, float)) and tolerance > 0):
@@ -147,7 +155,8 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
     if len(table.df) < 2:
         raise MmfuseError(f"the parity check needs at least 2 rows of real data; the table has {len(table.df)}")
     table = Table(table.df.iloc[:rows], table.root, table.source)
-    layout = input_layout(pred.preprocessors)
+    raw = [n for n, p in pred.preprocessors.items() if getattr(p, "embed", False)]
+    layout = input_layout(pred.preprocessors, raw)
     started = time.perf_counter()
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +201,7 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
                               f"{tolerance:.0e}): " + ", ".join(f"{c['case']} {c['max_abs_diff']:.2e}" for c in checks)
                               + "; nothing was written. Please report it with the bundle's config.json")
         save_preprocessors(pred.preprocessors, tmp)
+        _save_processors(pred.preprocessors, layout, tmp)
         meta = {"format": "mmfuse-onnx", "format_version": EXPORT_FORMAT, "mmfuse_version": __version__,
                 "torch_version": torch.__version__, "onnxruntime_version": ort.__version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "graph": "model.onnx", "output": "logits",
@@ -201,8 +211,8 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
                 "schema": pred.schema.to_dict(), "model": pred.config.get("model"),
                 "parity": {k: report[k] for k in ("rows", "tolerance", "max_abs_diff", "checks")}}
         (tmp / "export.json").write_text(json.dumps(meta, indent=2, default=_json_default), encoding="utf-8")
-        for f in tmp.iterdir():
-            f.chmod(0o644)
+        for f in tmp.rglob("*"):
+            f.chmod(0o755 if f.is_dir() else 0o644)
         tmp.chmod(0o755)
         replace_folder(tmp, out)
     finally:
@@ -243,6 +253,22 @@ def _no_fastpath():
             mha.set_fastpath_enabled(before)
 
 
+def _save_processors(preps: dict, layout: list[dict], folder: Path) -> None:
+    """Hugging Face inputs: their tokenizer or processor goes into ``hf/<input>/`` and preprocessors.json
+    names it there, so the export reads its rows without the bundle's backbone folder or the hub."""
+    from .onnx import EXPORT_REF
+
+    metas = json.loads((folder / "preprocessors.json").read_text(encoding="utf-8"))
+    for e in layout:
+        p = preps[e["name"]]
+        if not hasattr(p, "processor"):
+            continue
+        where = f"hf/{e['mask'][:-len('.present')]}"
+        p.processor.save_pretrained(str(folder / where))
+        metas[e["name"]]["config"]["model"] = EXPORT_REF + where
+    (folder / "preprocessors.json").write_text(json.dumps(metas, indent=2, sort_keys=True), encoding="utf-8")
+
+
 def _json_default(o):
     from .bundle import _json_default as bundle_default
 
@@ -255,17 +281,6 @@ def _threshold_setting(pred):
     if t is None:
         return None
     return np.asarray(t).tolist() if np.ndim(t) else float(t)
-
-
-def _check_exportable(pred) -> None:
-    """Refuse, naming the input, what the exported graph or the torch-free reader cannot run."""
-    from .encoders.hf import HFEncoder, PrecomputedEmbedding
-
-    for n, enc in pred.model.encoders.items():
-        if isinstance(enc, (HFEncoder, PrecomputedEmbedding)):
-            raise MmfuseError(f"input {n!r} is encoded by a Hugging Face backbone ({pred.preprocessors[n].model}); "
-                              "ONNX export covers the built-in encoders (text_bilstm, image_cnn, audio_cnn, "
-                              "tabular_mlp, timeseries_cnn); serve this bundle with `mmfuse serve` instead")
 
 
 def _parity(pred, runner, table, feeds, kept, layout, seed, allow_outside_root) -> list[dict]:

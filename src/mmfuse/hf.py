@@ -11,8 +11,10 @@ import socket
 import warnings
 from pathlib import Path
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it runs: the processors (tokenizers) load without it (mmfuse.onnx)
+    from torch import nn
 
 from .errors import MmfuseError, require
 
@@ -152,6 +154,8 @@ def trim_padding(inputs: dict) -> dict:
     Tokenizers pad to ``max_length``; a batch of short texts then spends most of its compute on
     padding. Only trailing all-padding columns go, so every real token keeps its position and the
     result is the same (attention never looks at padding)."""
+    import torch
+
     mask = inputs.get("attention_mask")
     if mask is None or mask.dim() != 2 or mask.shape[1] == 0:
         return inputs
@@ -176,6 +180,8 @@ def backbone_forward(backbone: nn.Module, inputs: dict, pooling: str = "auto"):
 
 def pool_output(out, inputs: dict, pooling: str = "auto"):
     """The pooled output of a backbone's output ``out`` for ``inputs`` (see :func:`backbone_forward`)."""
+    import torch
+
     hidden = getattr(out, "last_hidden_state", None)
     if hidden is not None and hidden.dim() == 4:  # a feature map [B, C, H, W] (ResNet, ConvNeXt): H*W tokens
         hidden = hidden.flatten(2).transpose(1, 2)
@@ -204,6 +210,8 @@ def pool_output(out, inputs: dict, pooling: str = "auto"):
 
 def layer_list(backbone: nn.Module) -> nn.ModuleList:
     """The backbone's stack of transformer layers: its largest ``nn.ModuleList``."""
+    from torch import nn
+
     best, size = None, -1
     for _, mod in backbone.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) > 0:
@@ -226,6 +234,9 @@ def onnx_session(backbone: nn.Module, example: dict, pooling: str, runtime: str,
 
     The graph is exported once per ``key`` (the weights' fingerprint, the pooling and the library
     versions) into the cache folder (``onnx/``), written atomically, and reused afterwards."""
+    import torch
+    from torch import nn
+
     import json
 
     from ._cache import default_cache_dir, library_versions

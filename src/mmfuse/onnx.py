@@ -27,12 +27,15 @@ from .errors import BundleError, MmfuseError
 __all__ = ["OnnxPredictor", "EXPORT_FORMAT", "read_export_meta", "input_layout"]
 
 EXPORT_FORMAT = 1  # the version of export.json's layout
+EXPORT_REF = "export://"  # a path inside the export folder, in preprocessors.json
 
 
-def input_layout(preprocessors: dict) -> list[dict]:
+def input_layout(preprocessors: dict, raw=()) -> list[dict]:
     """The graph's inputs, in order: for each model input (sorted by name), one graph input per
     array its preprocessor produces (``item_spec``: shape after the batch axis, dtype), then one
-    presence mask (bool) per model input. Names are ``<input>.<array>`` and ``<input>.present``,
+    presence mask (bool) per model input. Inputs named in ``raw`` (a frozen backbone whose
+    embeddings the bundle computes in preprocessing) take what the preprocessor reads instead
+    (``read_spec``: token ids), and the graph runs the backbone (``"raw": true``). Names are ``<input>.<array>`` and ``<input>.present``,
     ``<input>`` the name with characters other than letters, digits and ``_-`` written as ``_`` (and
     ``~i``, its position, added when two names would then meet)."""
     import re
@@ -43,8 +46,8 @@ def input_layout(preprocessors: dict) -> list[dict]:
         if clean in used:
             clean = f"{clean}~{i}"
         used.add(clean)
-        spec = preprocessors[name].item_spec()
-        layout.append({"name": name,
+        spec = preprocessors[name].read_spec() if name in raw else preprocessors[name].item_spec()
+        layout.append({"name": name, "raw": name in raw,
                        "arrays": [{"key": k, "onnx": f"{clean}.{k}", "shape": list(spec[k][0]),
                                    "dtype": np.dtype(spec[k][1]).name} for k in sorted(spec)],
                        "mask": f"{clean}.present"})
@@ -77,6 +80,23 @@ def read_export_meta(path: Path) -> dict:
         if not (path / f).is_file():
             raise BundleError(f"{path} is damaged: {f} is missing; export the bundle again")
     return meta
+
+
+class _AsRead:
+    """A preprocessor whose items are what it reads (token ids), not its features: the graph runs the
+    frozen backbone that the bundle runs in preprocessing."""
+
+    def __init__(self, p):
+        self.p = p
+
+    def read(self, cells, row, ctx):
+        return self.p.read(cells, row, ctx)
+
+    def item_spec(self):
+        return self.p.read_spec()
+
+    def featurize(self, arrays):
+        return arrays
 
 
 class OnnxPredictor:
@@ -120,8 +140,15 @@ class OnnxPredictor:
         ort = require("onnxruntime", "onnx")
         path = Path(path)
         meta = read_export_meta(path)
+
+        def resolve(config: dict) -> dict:  # a Hugging Face processor saved inside the export
+            m = config.get("model")
+            if isinstance(m, str) and m.startswith(EXPORT_REF):
+                config = {**config, "model": str(path.resolve() / m[len(EXPORT_REF):])}
+            return config
+
         try:
-            preps = load_preprocessors(path)
+            preps = load_preprocessors(path, resolve=resolve)
             task = task_from_dict(meta["target"], meta.get("decision_threshold"))
             schema = Schema.from_dict(meta["schema"])
         except (KeyError, TypeError, ValueError, OSError) as e:  # json/safetensors/state errors
@@ -191,7 +218,8 @@ class OnnxPredictor:
         read, drop = {}, np.zeros(n, bool)
         for entry in self.layout:
             p = self.preprocessors[entry["name"]]
-            r = read_rows(p, cells[entry["name"]], np.arange(n), row_ids, ctx, policy, issues)
+            reader = _AsRead(p) if entry.get("raw") else p
+            r = read_rows(reader, cells[entry["name"]], np.arange(n), row_ids, ctx, policy, issues)
             read[entry["name"]] = r
             drop |= r.drop
             if hasattr(p, "unknown_counts"):

@@ -90,6 +90,13 @@ class HFEncoder(Encoder):
 
         return backbone_forward(self.backbone, x, self.pooling)
 
+    def encode_fixed(self, x):
+        """:meth:`encode` without trimming trailing padding (the trim depends on the values): the same
+        outputs on the real tokens, as attention never looks at padding."""
+        from ..hf import pool_output
+
+        return pool_output(self.backbone(**x), x, self.pooling)
+
     def trainable_groups(self, layer_decay: float = 1.0):
         """``[(params, lr_scale, is_backbone)]``: layer-wise decay ``decay^(L - 1 - i)`` for layer i
         of L, ``decay^L`` for parameters before the layers (embeddings), 1 for the rest."""

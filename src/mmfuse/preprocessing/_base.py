@@ -245,8 +245,11 @@ def save_preprocessors(preps: Mapping[str, Preprocessor], directory: str | os.Pa
     atomic_write_text(directory / f"{name}.json", json.dumps(metas, indent=2, sort_keys=True))
 
 
-def load_preprocessors(directory: str | os.PathLike, name: str = "preprocessors") -> dict[str, Preprocessor]:
-    """Inverse of :func:`save_preprocessors`. Reads JSON and safetensors only."""
+def load_preprocessors(directory: str | os.PathLike, name: str = "preprocessors",
+                       resolve: Callable[[dict], dict] | None = None) -> dict[str, Preprocessor]:
+    """Inverse of :func:`save_preprocessors`. Reads JSON and safetensors only.
+
+    ``resolve`` maps each preprocessor's ``config`` before it is built (paths relative to the folder)."""
     from safetensors.numpy import load_file
 
     from .._names import key_name
@@ -258,6 +261,8 @@ def load_preprocessors(directory: str | os.PathLike, name: str = "preprocessors"
     for k, v in tensors.items():  # '<safe key>/<array>': safe keys have no '/'
         key, _, array = k.partition("/")
         by_input.setdefault(key_name(key), {})[array] = v
+    if resolve is not None:
+        metas = {key: {**meta, "config": resolve(meta["config"])} for key, meta in metas.items()}
     return {key: Preprocessor.from_state(meta, by_input.get(key, {})) for key, meta in metas.items()}
 
 
