@@ -59,6 +59,12 @@ def check_same_predictions(bundle, export_dir, table, **kw):
     return a, b
 
 
+def test_every_fusion_is_covered():
+    from mmfuse import list_fusions
+
+    assert sorted(CASES) == sorted(list_fusions())
+
+
 @pytest.mark.parametrize("fusion", sorted(CASES))
 def test_every_fusion_exports_with_parity_and_predicts_alike(tables, fusion):
     d, by_kind = tables
@@ -68,9 +74,10 @@ def test_every_fusion_exports_with_parity_and_predicts_alike(tables, fusion):
     rep = export_onnx(bundle, d / f"onnx_{fusion}", table)
     cases = {c["case"]: c for c in rep["checks"]}
     # the rows as read (three have a blank cell), each input absent in every row, and a mix per row
-    assert set(cases) == {"as read", "without photo", "without review", "without tabular",
+    assert set(cases) == {"as read", "one row at a time", "without photo", "without review", "without tabular",
                           "absent inputs mixed per row"}
-    assert all(c["rows"] == 24 for c in cases.values())
+    assert cases["one row at a time"]["rows"] == 8
+    assert all(c["rows"] == 24 for k, c in cases.items() if k != "one row at a time")
     assert rep["max_abs_diff"] <= 1e-4
     meta = json.loads((d / f"onnx_{fusion}" / "export.json").read_text())
     assert meta["parity"]["max_abs_diff"] == rep["max_abs_diff"]
@@ -97,7 +104,7 @@ def test_the_dynamo_exporter_gives_the_same_graph_behaviour(tables):
     pd.read_csv(by_kind["multiclass"]).drop(columns=["review"]).to_csv(table, index=False)
     bundle = fit_bundle(table, d / "run_dynamo", fusion="cross_attention")
     rep = export_onnx(bundle, d / "onnx_dynamo", table, exporter="dynamo")
-    assert rep["exporter"] == "dynamo" and rep["max_abs_diff"] <= 1e-4
+    assert rep["exporter"] == "dynamo" and rep["max_abs_diff"] <= 1e-4 and len(rep["checks"]) == 5
     check_same_predictions(bundle, d / "onnx_dynamo", table)
 
 
@@ -107,7 +114,8 @@ def test_a_single_input_model_exports(tables):
     pd.read_csv(by_kind["binary"])[["review", "y"]].to_csv(table, index=False)
     bundle = fit_bundle(table, d / "run_single")
     rep = export_onnx(bundle, d / "onnx_single", table)
-    assert [c["case"] for c in rep["checks"]] == ["as read"]
+    assert [c["case"] for c in rep["checks"]] == ["as read", "one row at a time", "without review",
+                                                  "absent inputs mixed per row"]
     assert rep["max_abs_diff"] <= 1e-4
     check_same_predictions(bundle, d / "onnx_single", table)
 
@@ -120,16 +128,34 @@ def exported(tables):
     return d, bundle, d / "onnx_main", by_kind["binary"]
 
 
-def test_the_predictor_never_imports_torch(exported, tmp_path):
-    d, bundle, onnx_dir, table = exported
-    expected = Predictor.load(bundle).predict_frame(table)
-    code = ("import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
-            "from mmfuse.onnx import OnnxPredictor\n"
+@pytest.fixture(scope="module")
+def all_modalities(tmp_path_factory):
+    d = tmp_path_factory.mktemp("all")
+    table = make_mm_table(d, n=24)
+    bundle = fit_bundle(table, d / "run", target="label", fusion="concat")
+    export_onnx(bundle, d / "onnx", table)
+    return d, bundle, d / "onnx", table
+
+
+def _predict_in_subprocess(onnx_dir, table, out, block_torch: bool):
+    code = ("import sys\n" + ("sys.modules['torch'] = None  # any import of torch now fails\n" if block_torch else "")
+            + "from mmfuse.onnx import OnnxPredictor\n"
             f"f = OnnxPredictor.load({str(onnx_dir)!r}).predict_frame({str(table)!r})\n"
-            f"f.to_csv({str(tmp_path / 'p.csv')!r}, index=False)\n")
+            f"f.to_csv({str(out)!r}, index=False)\n"
+            "print('torch imported:', sys.modules.get('torch') is not None)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    got = pd.read_csv(tmp_path / "p.csv")
+    return r.stdout.strip(), pd.read_csv(out)
+
+
+@pytest.mark.parametrize("block_torch", [True, False], ids=["torch-unimportable", "torch-installed"])
+def test_the_predictor_never_imports_torch(all_modalities, tmp_path, block_torch):
+    """Text, image, audio, time series and tabular inputs: where torch cannot be imported the export still
+    predicts as the bundle; where it is installed, predicting never imports it."""
+    d, bundle, onnx_dir, table = all_modalities
+    expected = Predictor.load(bundle).predict_frame(table)
+    said, got = _predict_in_subprocess(onnx_dir, table, tmp_path / "p.csv", block_torch)
+    assert said == "torch imported: False"
     assert got["prediction"].astype(str).tolist() == expected["prediction"].astype(str).tolist()
     np.testing.assert_allclose(got["proba_yes"], expected["proba_yes"], atol=1e-5)
 
@@ -183,18 +209,32 @@ def test_cli_export_and_predict_from_the_export(exported, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--format", "tflite"], "--format 'tflite': mmfuse exports onnx"),
-    ([], "--data TABLE is required"),
+    (["--exporter", "torch"], "exporter must be one of torchscript, dynamo; got 'torch'"),
+    (["--tolerance", "0"], "--tolerance must be a positive number, got 0.0"),
+    (["-o", "FILE"], "is a file; give a folder"),
+    (["-o", "FULL"], "is a folder with other files in it"),
+    (["-o", "RUN"], "is the bundle, holds it or is inside it"),
+    (["-o", "INSIDE"], "is the bundle, holds it or is inside it"),
+    (["--no-data"], "--data TABLE is required"),
 ])
-def test_cli_export_refuses_bad_options(exported, capsys, args, message):
+def test_cli_export_refuses_bad_options(exported, capsys, tmp_path, args, message):
     from mmfuse.cli import main
 
     d, bundle, _, table = exported
-    extra = [] if not args or args[0] != "--format" else ["--data", str(table)]
+    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "FULL").mkdir()
+    (tmp_path / "FULL" / "notes.txt").write_text("keep me")
+    where = {"FILE": tmp_path / "FILE", "FULL": tmp_path / "FULL", "RUN": bundle.parent, "INSIDE": bundle / "onnx"}
+    args = [str(where.get(a, a)) for a in args]
+    data = [] if args == ["--no-data"] else ["--data", str(table)]
+    out = [] if "-o" in args else ["-o", str(tmp_path / "never")]
     with pytest.raises(SystemExit) as e:
-        main(["export", str(bundle), *args, *extra, "-o", str(d / "never")])
+        main(["export", str(bundle), *[a for a in args if a != "--no-data"], *data, *out])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+    assert message in err and len(err.strip().splitlines()) <= 2
+    assert (tmp_path / "FULL" / "notes.txt").read_text() == "keep me" and (bundle / "config.json").is_file()
+    assert not (tmp_path / "never").exists() and not (bundle / "onnx").exists()
 
 
 def test_damaged_or_wrong_folders_give_one_line(exported, tmp_path):
@@ -215,9 +255,24 @@ def test_damaged_or_wrong_folders_give_one_line(exported, tmp_path):
         OnnxPredictor.load(broken)
     shutil.rmtree(broken)
     shutil.copytree(onnx_dir, broken)
+    (broken / "preprocessors.safetensors").write_bytes((onnx_dir / "preprocessors.safetensors").read_bytes()[:50])
+    with pytest.raises(BundleError, match="its preprocessors or task cannot be read"):
+        OnnxPredictor.load(broken)
     (broken / "preprocessors.safetensors").unlink()
     with pytest.raises(BundleError, match="preprocessors.safetensors is missing"):
         OnnxPredictor.load(broken)
+    shutil.rmtree(broken)
+    shutil.copytree(onnx_dir, broken)
+    (broken / "preprocessors.json").write_text("[]")
+    with pytest.raises(BundleError, match="its preprocessors or task cannot be read"):
+        OnnxPredictor.load(broken)
+    shutil.copy(onnx_dir / "preprocessors.json", broken / "preprocessors.json")
+    meta = json.loads((onnx_dir / "export.json").read_text())
+    for change in ({"inputs": None}, {"graph": "../model.onnx"},
+                   {"inputs": [{**meta["inputs"][0], "mask": "renamed"}, *meta["inputs"][1:]]}):
+        (broken / "export.json").write_text(json.dumps({**meta, **change}))
+        with pytest.raises(BundleError, match="export.json is damaged|outside its folder|graph's inputs .* are not"):
+            OnnxPredictor.load(broken)
 
 
 def test_the_bilstm_fixed_shape_encoding_equals_the_packed_one():
@@ -229,15 +284,16 @@ def test_the_bilstm_fixed_shape_encoding_equals_the_packed_one():
 
     torch.manual_seed(0)
     enc = TextBiLSTM(50, embed_dim=8, hidden=6, dim=5, layers=2).eval()
-    lens = torch.tensor([12, 5, 1, 3, 0, 9, 2])
-    x = torch.randint(1, 50, (7, 12))
-    x[torch.arange(12)[None] >= lens[:, None]] = 0
+    lens = torch.tensor([10, 5, 1, 3, 0, 9, 2])  # the longest row is shorter than the width: encode trims
+    x = torch.randint(1, 50, (7, 14))
+    x[torch.arange(14)[None] >= lens[:, None]] = 0
     with torch.no_grad():
         p1, t1, m1 = enc.encode(x)
         p2, t2, m2 = enc.encode_fixed(x)
     T = t1.shape[1]
     assert torch.allclose(p1, p2, atol=1e-6) and torch.allclose(t1, t2[:, :T], atol=1e-6)
-    assert torch.equal(m1, m2[:, :T]) and not m2[:, T:].any()
+    assert T == 10 and torch.equal(m1, m2[:, :T]) and not m2[:, T:].any()
+    assert torch.allclose(t2[:, T:], enc.tok.bias.expand(7, 4, -1))  # padded positions: the projection of zeros
 
 
 def test_hugging_face_encoders_export_and_predict_without_torch(tmp_path):
@@ -253,14 +309,18 @@ def test_hugging_face_encoders_export_and_predict_without_torch(tmp_path):
            "audio": {"name": "hf", "model": str(tiny_wav2vec2(tmp_path / "w2v")), "duration": 0.25}}
     bundle = fit_bundle(table, tmp_path / "run", target="label", fusion="attention", encoders=enc)
     rep = export_onnx(bundle, tmp_path / "onnx", table)
-    assert rep["max_abs_diff"] <= 1e-4 and len(rep["checks"]) == 7  # as read, each of 5 inputs absent, mixed
+    assert rep["max_abs_diff"] <= 1e-4 and len(rep["checks"]) == 8  # as read, one by one, 5 inputs absent, mixed
     meta = json.loads((tmp_path / "onnx" / "export.json").read_text())
     raw = {e["name"]: e for e in meta["inputs"] if e["raw"]}
     assert list(raw) == ["photo"] and [a["key"] for a in raw["photo"]["arrays"]] == ["pixel_values"]
     want = Predictor.load(bundle).predict_frame(table)
-    for sub in ("bert", "vit", "w2v"):  # the export stands alone: the backbones' folders may go
-        import shutil
+    import shutil
 
+    shutil.copytree(tmp_path / "onnx", tmp_path / "no_tokenizer")
+    shutil.rmtree(tmp_path / "no_tokenizer" / "hf" / "review")
+    with pytest.raises(BundleError, match="hf/review/ \\(a tokenizer or processor\\) is missing"):
+        OnnxPredictor.load(tmp_path / "no_tokenizer")
+    for sub in ("bert", "vit", "w2v"):  # the export stands alone: the backbones' folders may go
         shutil.rmtree(tmp_path / sub)
     code = ("import sys; sys.modules['torch'] = None\n"
             "from mmfuse.onnx import OnnxPredictor\n"
@@ -271,3 +331,9 @@ def test_hugging_face_encoders_export_and_predict_without_torch(tmp_path):
     got = pd.read_csv(tmp_path / "p.csv")
     assert got["prediction"].astype(str).tolist() == want["prediction"].astype(str).tolist()
     np.testing.assert_allclose(got["proba_yes"], want["proba_yes"], atol=1e-5)
+
+
+def test_commands_that_need_a_bundle_say_an_export_is_not_one(exported):
+    d, bundle, onnx_dir, table = exported
+    with pytest.raises(BundleError, match="is an ONNX export, not a bundle: predict from it with `mmfuse predict`"):
+        Predictor.load(onnx_dir)

@@ -181,6 +181,10 @@ def _read_bundle(path: Path) -> tuple[dict, dict]:
     if not cfg_path.is_file() or not st_path.is_file():
         if (path / "bundle" / "config.json").is_file():
             raise BundleError(f"{str(path)!r} is a run folder, not a bundle; did you mean {str(path / 'bundle')!r}?")
+        if (path / "export.json").is_file():
+            raise BundleError(f"{str(path)!r} is an ONNX export, not a bundle: predict from it with `mmfuse predict` "
+                              "or mmfuse.onnx.OnnxPredictor; serve, evaluate, export and fit --init-from take the bundle "
+                              "it was exported from")
         lacks = " and ".join(p.name for p in (cfg_path, st_path) if not p.is_file())
         raise BundleError(f"{str(path)!r} is not an mmfuse bundle: it has no {lacks}. Pass the bundle/ folder of a "
                           "run, or a folder written by save()")

@@ -698,7 +698,7 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write (default: BUNDLE-onnx beside it)."),
     fmt: str = typer.Option("onnx", "--format", help="Export format: onnx."),
     rows: int = typer.Option(256, "--rows", min=2, help="Rows of --data checked."),
-    tolerance: float = typer.Option(1e-4, "--tolerance", min=0, help="Largest absolute difference of the logits."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest absolute difference of the logits accepted."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
     opset: Optional[int] = typer.Option(None, "--opset", min=17, help="ONNX opset (default 17 with torchscript)."),
@@ -718,12 +718,7 @@ def export(
         raise MmfuseError("--data TABLE is required: the export is checked against the bundle on real rows of it "
                           "(a validation or test table; the target column is not needed)")
     if out is None:
-        out = bundle.parent / f"{bundle.resolve().name}-onnx"
-    if out.exists() and not out.is_dir():
-        raise MmfuseError(f"--out {out} is a file; give a folder to write the export to")
-    if out.is_dir() and any(out.iterdir()) and not (out / "export.json").is_file():
-        raise MmfuseError(f"--out {out} is a folder with other files in it; give a new folder (an earlier export "
-                          "is replaced)")
+        out = bundle.resolve().parent / f"{bundle.resolve().name}-onnx"
     report = export_onnx(bundle, out, data, rows=rows, tolerance=tolerance, root=root,
                          allow_outside_root=allow_outside_root, opset=opset, exporter=exporter)
     typer.echo(report.summary())

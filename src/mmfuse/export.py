@@ -135,21 +135,27 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
     from .onnx import EXPORT_FORMAT, OnnxPredictor, input_layout
     from .preprocessing import save_preprocessors
 
-    ort = require("onnxruntime", "onnx")
-    require("onnx", "onnx")
-    require("onnxscript", "onnx")
-    pred = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle)
-    if not isinstance(pred, Predictor):
-        raise MmfuseError(f"{bundle} is an ensemble; export each of its member bundles (its members/ folder) instead")
-    out = Path(out)
-    if pred.path is not None and out.resolve() == Path(pred.path).resolve():
-        raise MmfuseError(f"--out {out} is the bundle itself; export to another folder")
     if exporter not in EXPORTERS:
         raise MmfuseError(f"exporter must be one of {', '.join(EXPORTERS)}; got {exporter!r}")
     if not (isinstance(tolerance, (int, float)) and tolerance > 0):
         raise MmfuseError(f"tolerance must be a positive number, got {tolerance!r}")
     if not (isinstance(rows, int) and rows >= 2):
         raise MmfuseError(f"rows must be an integer >= 2 (the parity check's rows), got {rows!r}")
+    ort = require("onnxruntime", "onnx")
+    require("onnx", "onnx")
+    require("onnxscript", "onnx")
+    out = Path(out)
+    _check_out(out, None if isinstance(bundle, Predictor) else Path(bundle))
+    pred = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle)
+    if not isinstance(pred, Predictor):
+        raise MmfuseError(f"{bundle} is an ensemble; export each of its member bundles (its members/ folder) instead")
+    if pred.path is not None:
+        _check_out(out, Path(pred.path))
+    for n, p in pred.preprocessors.items():
+        if getattr(p, "embed", False) and getattr(p, "runtime", "torch") == "onnx-int8":
+            raise MmfuseError(f"input {n!r}: the bundle's embeddings come from an int8-quantized backbone (runtime "
+                              "onnx-int8), which the graph cannot reproduce; export a bundle trained with runtime "
+                              "'torch' or 'onnx'")
 
     table = read_table(data, root=root)
     if len(table.df) < 2:
@@ -165,13 +171,13 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
     tmp.mkdir()
     try:
         graph = tmp / "model.onnx"
-        runner = OnnxPredictor(None, pred.preprocessors, pred.target, pred.schema, {"inputs": layout})
-        feeds, kept, _, _ = runner.feeds(table, "raise", None, allow_outside_root)
+        reader = OnnxPredictor(None, pred.preprocessors, pred.target, pred.schema, {"inputs": layout})
+        feeds, kept, _, _ = reader.feeds(table, "raise", None, allow_outside_root)
         names = [a["onnx"] for e in layout for a in e["arrays"]] + [e["mask"] for e in layout]
         wrapper = ExportedModel(pred.model, pred.preprocessors, layout).eval()  # the exporter restores this mode
         example = tuple(torch.from_numpy(feeds[k]) for k in names)
         try:
-            with _quiet_exporter(), _no_fastpath():
+            with _quiet_exporter() as traced, _no_fastpath():
                 if exporter == "dynamo":
                     batch = torch.export.Dim("batch", min=1)
                     shapes = (tuple({0: batch} for _ in names),)  # forward(*tensors): the varargs are one entry
@@ -187,29 +193,31 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
             raise MmfuseError(f"the model could not be exported to ONNX by the {exporter} exporter ({type(e).__name__}: "
                               f"{first}); --debug shows its traceback"
                               + ("; try --exporter dynamo" if exporter == "torchscript" else "")) from e
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        runner.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
-        checks = _parity(pred, runner, table, feeds, kept, layout, seed, allow_outside_root)
-        worst = max(c["max_abs_diff"] for c in checks)
-        report = ExportReport(out=str(out), format="onnx", exporter=exporter, rows=int(len(kept)),
-                              tolerance=float(tolerance),
-                              checks=checks, max_abs_diff=worst, graph_bytes=graph.stat().st_size,
-                              seconds=round(time.perf_counter() - started, 2))
-        if not worst <= tolerance:  # NaN fails too
-            raise MmfuseError(f"the exported graph differs from the bundle by up to {worst:.2e} on the logits (tolerance "
-                              f"{tolerance:.0e}): " + ", ".join(f"{c['case']} {c['max_abs_diff']:.2e}" for c in checks)
-                              + "; nothing was written. Please report it with the bundle's config.json")
+        # the folder as it will be read: the preprocessors' saved state and processors, loaded back
         save_preprocessors(pred.preprocessors, tmp)
         _save_processors(pred.preprocessors, layout, tmp)
         meta = {"format": "mmfuse-onnx", "format_version": EXPORT_FORMAT, "mmfuse_version": __version__,
                 "torch_version": torch.__version__, "onnxruntime_version": ort.__version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "graph": "model.onnx", "output": "logits",
-                "exporter": exporter,
-                "bundle": str(pred.path) if pred.path else None, "inputs": layout,
+                "exporter": exporter, "bundle": str(pred.path) if pred.path else None, "inputs": layout,
                 "target": pred.target.to_dict(), "decision_threshold": _threshold_setting(pred),
                 "schema": pred.schema.to_dict(), "model": pred.config.get("model"),
-                "parity": {k: report[k] for k in ("rows", "tolerance", "max_abs_diff", "checks")}}
+                "processors": {e["name"]: type(pred.preprocessors[e["name"]].processor).__name__ for e in layout
+                               if hasattr(pred.preprocessors[e["name"]], "processor")},
+                "tracer_warnings": traced}
+        (tmp / "export.json").write_text(json.dumps(meta, indent=2, default=_json_default), encoding="utf-8")
+        runner = OnnxPredictor.load(tmp)
+        checks = _parity(pred, runner, table, kept, seed, allow_outside_root)
+        worst = max(c["max_abs_diff"] for c in checks)
+        report = ExportReport(out=str(out), format="onnx", exporter=exporter, rows=int(len(kept)),
+                              tolerance=float(tolerance), checks=checks, max_abs_diff=worst,
+                              graph_bytes=graph.stat().st_size, seconds=round(time.perf_counter() - started, 2),
+                              tracer_warnings=traced)
+        if not worst <= tolerance:  # NaN and inf fail too
+            raise MmfuseError(f"the exported graph differs from the bundle by up to {worst:.2e} on the logits (tolerance "
+                              f"{tolerance:.0e}): " + ", ".join(f"{c['case']} {c['max_abs_diff']:.2e}" for c in checks)
+                              + "; nothing was written. Please report it with the bundle's config.json")
+        meta["parity"] = {k: report[k] for k in ("rows", "tolerance", "max_abs_diff", "checks")}
         (tmp / "export.json").write_text(json.dumps(meta, indent=2, default=_json_default), encoding="utf-8")
         for f in tmp.rglob("*"):
             f.chmod(0o755 if f.is_dir() else 0o644)
@@ -220,19 +228,43 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
     return report
 
 
+def _check_out(out: Path, bundle: Path | None) -> None:
+    """Refuse an output folder whose replacement would lose something: the bundle, a folder holding or
+    inside it, a file, or a folder of other files (an earlier export is replaced)."""
+    o = out.resolve()
+    if bundle is not None:
+        b = bundle.resolve()
+        if o == b or o in b.parents or b in o.parents:
+            raise MmfuseError(f"--out {out} is the bundle, holds it or is inside it; export to a folder of its own "
+                              f"(e.g. {bundle.parent / (b.name + '-onnx')})")
+    if out.exists() and not out.is_dir():
+        raise MmfuseError(f"--out {out} is a file; give a folder to write the export to")
+    if out.is_dir() and any(out.iterdir()) and not (out / "export.json").is_file():
+        raise MmfuseError(f"--out {out} is a folder with other files in it; give a new folder (an earlier export "
+                          "is replaced)")
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter's progress lines, its optimizer's notes and its warnings about operators of
-    packages that are not installed (torchvision) stay off the console."""
+    """The exporter's progress lines, its optimizer's notes and its warnings about operators of packages
+    that are not installed (torchvision) stay off the console. Yields a list that collects, once each,
+    the tracer's warnings (a value or shape of the example taken as a constant of the graph): they go
+    into ``export.json``, as the parity rows cannot exercise every branch."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo")]
     levels = [lg.level for lg in loggers]
+    traced: list[str] = []
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
+            warnings.simplefilter("always")
+            yield traced
+        for w in caught:
+            if issubclass(w.category, torch.jit.TracerWarning):
+                line = f"{Path(w.filename).name}:{w.lineno}: {str(w.message).splitlines()[0]}"
+                if line not in traced:
+                    traced.append(line)
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
@@ -283,36 +315,43 @@ def _threshold_setting(pred):
     return np.asarray(t).tolist() if np.ndim(t) else float(t)
 
 
-def _parity(pred, runner, table, feeds, kept, layout, seed, allow_outside_root) -> list[dict]:
-    """Largest absolute differences of the logits, graph against bundle, in three cases."""
+def _parity(pred, runner, table, kept, seed, allow_outside_root) -> list[dict]:
+    """Largest absolute differences of the logits, the exported folder (read back as a deployment reads it)
+    against the bundle: the rows as read (in batches of 7, and one row at a time), each input absent in
+    every row, and absent inputs mixed per row."""
     checks = []
+    feeds, rows, _, _ = runner.feeds(table, "raise", None, allow_outside_root)
+    if not np.array_equal(rows, kept):
+        raise MmfuseError("the exported folder's preprocessors read other rows than the bundle's; please report it")
+    layout = runner.layout
 
-    def compare(case, z_torch, feeds_case):
-        z_onnx = runner.run(feeds_case, batch_size=7)  # other batch sizes than the traced one (and a remainder)
-        diff = float(np.max(np.abs(z_onnx.astype(np.float64) - z_torch.astype(np.float64)))) if len(z_onnx) else 0.0
-        if not np.isfinite(z_onnx).all():
-            diff = float("inf")
-        checks.append({"case": case, "rows": int(len(z_onnx)), "max_abs_diff": diff})
+    def compare(case, z_torch, feeds_case, batch_size=7):  # other batch sizes than the traced one
+        z_onnx = runner.run(feeds_case, batch_size=batch_size)
+        n = len(z_onnx)
+        z_torch = z_torch[:n]
+        if not (np.isfinite(z_onnx).all() and np.isfinite(z_torch).all()):
+            diff = float("inf")  # a NaN anywhere fails the check
+        else:
+            diff = float(np.max(np.abs(z_onnx.astype(np.float64) - z_torch.astype(np.float64)))) if n else 0.0
+        checks.append({"case": case, "rows": int(n), "max_abs_diff": diff})
 
     with torch.no_grad():
-        z, rows = pred.logits(table, allow_outside_root=allow_outside_root)
-        assert np.array_equal(rows, kept)
+        z, _ = pred.logits(table, allow_outside_root=allow_outside_root)
         compare("as read", z.numpy(), feeds)
-        if len(layout) > 1:
-            for entry in layout:  # each input absent in every row
-                z, _ = pred.logits(table, absent=(entry["name"],), allow_outside_root=allow_outside_root)
-                f = dict(feeds)
-                f[entry["mask"]] = np.zeros_like(feeds[entry["mask"]])
-                compare(f"without {entry['name']}", z.numpy(), f)
-            compare("absent inputs mixed per row", *_mixed(pred, runner, table, feeds, layout, seed,
-                                                         allow_outside_root))
+        compare("one row at a time", z.numpy(), {k: v[:8] for k, v in feeds.items()}, batch_size=1)
+        for entry in layout:  # each input absent in every row
+            z, _ = pred.logits(table, absent=(entry["name"],), allow_outside_root=allow_outside_root)
+            f = dict(feeds)
+            f[entry["mask"]] = np.zeros_like(feeds[entry["mask"]])
+            compare(f"without {entry['name']}", z.numpy(), f)
+        compare("absent inputs mixed per row", *_mixed(pred, table, feeds, layout, seed, allow_outside_root))
     return checks
 
 
-def _mixed(pred, runner, table, feeds, layout, seed, allow_outside_root):
+def _mixed(pred, table, feeds, layout, seed, allow_outside_root):
     """Each input of each row dropped with probability 1/2 (seeded): the bundle's logits with those
     masks (its own path: only present rows encoded) and the graph inputs with the same masks."""
-    from .data import make_loader
+    from .data import MultimodalDataset, make_loader
 
     rng = np.random.default_rng(seed)
     n = len(next(iter(feeds.values())))
@@ -320,7 +359,7 @@ def _mixed(pred, runner, table, feeds, layout, seed, allow_outside_root):
     f = dict(feeds)
     for e in layout:
         f[e["mask"]] = feeds[e["mask"]] & ~drop[e["name"]]
-    ds = pred._dataset(table, allow_outside_root=allow_outside_root)
+    ds = MultimodalDataset(table, pred.preprocessors, allow_outside_root=allow_outside_root)
     outs, start = [], 0
     for b in make_loader(ds, batch_size=256):
         k = len(b["row"])

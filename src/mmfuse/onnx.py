@@ -76,10 +76,28 @@ def read_export_meta(path: Path) -> dict:
     if meta.get("format_version") != EXPORT_FORMAT:
         raise BundleError(f"{path} is an export of format {meta.get('format_version')}; this mmfuse reads format "
                           f"{EXPORT_FORMAT}: export the bundle again with this version")
-    for f in (meta.get("graph", "model.onnx"), "preprocessors.json", "preprocessors.safetensors"):
+    if not _layout_ok(meta.get("inputs")) or not isinstance(meta.get("target"), dict) or \
+            not isinstance(meta.get("schema"), dict) or not isinstance(meta.get("graph", "model.onnx"), str):
+        raise BundleError(f"{meta_file} is damaged: its inputs, target, schema or graph entry is missing or malformed; "
+                          "export the bundle again")
+    graph = meta.get("graph", "model.onnx")
+    if Path(graph).is_absolute() or ".." in Path(graph).parts:
+        raise BundleError(f"{meta_file} names a graph outside its folder ({graph!r}); export the bundle again")
+    for f in (graph, "preprocessors.json", "preprocessors.safetensors"):
         if not (path / f).is_file():
             raise BundleError(f"{path} is damaged: {f} is missing; export the bundle again")
     return meta
+
+
+def _layout_ok(layout) -> bool:
+    """``export.json``'s inputs: a list of ``{name, raw, arrays: [{key, onnx, shape, dtype}], mask}``."""
+    try:
+        return isinstance(layout, list) and bool(layout) and all(
+            isinstance(e["name"], str) and isinstance(e["mask"], str) and isinstance(e["arrays"], list)
+            and all(isinstance(a["key"], str) and isinstance(a["onnx"], str) and np.dtype(a["dtype"]) is not None
+                    for a in e["arrays"]) for e in layout)
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 class _AsRead:
@@ -97,6 +115,66 @@ class _AsRead:
 
     def featurize(self, arrays):
         return arrays
+
+
+class _Reader:
+    """A table's cells, checked once, read into graph inputs a slice of rows at a time."""
+
+    def __init__(self, pred: "OnnxPredictor", table, on_bad_input, allow_outside_root: bool):
+        from .preprocessing import ReadContext
+        from .reading import BadInputPolicy, InputReport
+
+        df = table.df
+        self.layout, self.preps = pred.layout, pred.preprocessors
+        self.policy = BadInputPolicy.parse(on_bad_input)
+        self.report = InputReport(self.policy)
+        self.ctx = ReadContext(table.root, allow_outside_root)
+        self.n = len(df)
+        self.row_ids = df.index.to_numpy()
+        self.cells, self.absent = {}, []
+        for entry in self.layout:
+            p = self.preps[entry["name"]]
+            have = [c for c in p.columns if c in df.columns]
+            if have and len(have) < len(p.columns):
+                raise MmfuseError(f"input {entry['name']!r}: the table lacks columns "
+                                  f"{[c for c in p.columns if c not in df.columns]} (it has {len(p.columns)}); "
+                                  "give all of them, or none to treat the input as absent")
+            self.cells[entry["name"]] = [df[c].to_numpy(dtype=object) for c in p.columns] if have else None
+            if not have:
+                self.absent.append(entry["name"])
+        known = set(pred.schema.roles) if pred.schema is not None else set()
+        self.unread = [c for c in df.columns if c not in known]
+        if self.absent and len(self.absent) == len(self.layout):
+            need = {e["name"]: list(self.preps[e["name"]].columns) for e in self.layout}
+            raise MmfuseError(f"none of the model's inputs is in this table: it reads {need}; the table has "
+                              f"{list(df.columns)[:20]}{' ...' if len(df.columns) > 20 else ''}. Check the column "
+                              "names (renamed? another table?)")
+
+    def __call__(self, positions: np.ndarray) -> tuple[dict, np.ndarray]:
+        """The graph inputs of the rows at ``positions`` that the policy keeps, and those rows' positions."""
+        from .reading import read_rows
+
+        issues: list[dict] = []
+        read, drop = {}, np.zeros(len(positions), bool)
+        for entry in self.layout:
+            p = self.preps[entry["name"]]
+            reader = _AsRead(p) if entry.get("raw") else p
+            r = read_rows(reader, self.cells[entry["name"]], positions, self.row_ids, self.ctx, self.policy, issues)
+            read[entry["name"]] = r
+            drop |= r.drop
+            if hasattr(p, "unknown_counts"):
+                self.report.unknown_categories.update(p.unknown_counts)
+                p.unknown_counts.clear()
+        for issue in issues:
+            self.report.add(issue)
+        keep = np.flatnonzero(~drop)
+        feeds = {}
+        for entry in self.layout:
+            r = read[entry["name"]]
+            for a in entry["arrays"]:
+                feeds[a["onnx"]] = np.ascontiguousarray(r.arrays[a["key"]][keep])
+            feeds[entry["mask"]] = np.ascontiguousarray(r.present[keep])
+        return feeds, positions[keep]
 
 
 class OnnxPredictor:
@@ -141,19 +219,26 @@ class OnnxPredictor:
         path = Path(path)
         meta = read_export_meta(path)
 
-        def resolve(config: dict) -> dict:  # a Hugging Face processor saved inside the export
+        def resolve(config: dict) -> dict:  # a Hugging Face tokenizer or processor saved inside the export
             m = config.get("model")
             if isinstance(m, str) and m.startswith(EXPORT_REF):
-                config = {**config, "model": str(path.resolve() / m[len(EXPORT_REF):])}
+                folder = path.resolve() / m[len(EXPORT_REF):]
+                if not folder.is_dir():
+                    raise BundleError(f"{path} is damaged: {m[len(EXPORT_REF):]}/ (a tokenizer or processor) is "
+                                      "missing; export the bundle again")
+                config = {**config, "model": str(folder)}
             return config
 
         try:
             preps = load_preprocessors(path, resolve=resolve)
             task = task_from_dict(meta["target"], meta.get("decision_threshold"))
             schema = Schema.from_dict(meta["schema"])
-        except (KeyError, TypeError, ValueError, OSError) as e:  # json/safetensors/state errors
+        except MmfuseError:
+            raise
+        except Exception as e:  # json, safetensors (its own error type), a state of the wrong shape
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise BundleError(f"{path} is damaged: its preprocessors or task cannot be read ({type(e).__name__}: "
-                              f"{e}); export the bundle again") from None
+                              f"{first}); export the bundle again") from None
         if sorted(preps) != [i["name"] for i in meta["inputs"]]:
             raise BundleError(f"{path} is damaged: preprocessors.json has inputs {sorted(preps)}, export.json "
                               f"{[i['name'] for i in meta['inputs']]}; export the bundle again")
@@ -168,6 +253,11 @@ class OnnxPredictor:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BundleError(f"{path / meta.get('graph', 'model.onnx')} cannot be loaded by ONNX Runtime ({first}); "
                               "export the bundle again") from None
+        want = {a["onnx"] for e in meta["inputs"] for a in e["arrays"]} | {e["mask"] for e in meta["inputs"]}
+        have = {i.name for i in session.get_inputs()}
+        if want != have:
+            raise BundleError(f"{path} is damaged: the graph's inputs {sorted(have)[:6]} are not those export.json "
+                              f"describes {sorted(want)[:6]}; export the bundle again")
         return cls(session, preps, task, schema, meta, path)
 
     # --- the same surface as mmfuse.Predictor ------------------------------------------------
@@ -180,61 +270,21 @@ class OnnxPredictor:
         return self.task.threshold
 
     def feeds(self, data, on_bad_input="raise", root=None, allow_outside_root: bool = False):
-        """Read a table into the graph's inputs: ``(feeds, rows, report, n)`` with ``feeds`` the
-        arrays by graph input name (rows kept by the bad-input policy), ``rows`` their table
-        positions, ``report`` the :class:`~mmfuse.reading.InputReport` and ``n`` the table's rows.
-        Also used by the export's parity check, so the graph is checked on what this reads."""
+        """Read a whole table into the graph's inputs: ``(feeds, rows, report, n)`` with ``feeds`` the
+        arrays by graph input name (rows kept by the bad-input policy), ``rows`` their table positions,
+        ``report`` the :class:`~mmfuse.reading.InputReport` and ``n`` the table's rows. Also used by
+        the export's parity check, so that the graph is checked on what this reads."""
+        reader = self._reader(data, on_bad_input, root, allow_outside_root)
+        feeds, rows = reader(np.arange(reader.n))
+        return feeds, rows, reader.report, reader.n
+
+    def _reader(self, data, on_bad_input, root, allow_outside_root) -> "_Reader":
         from .io import read_table
-        from .preprocessing import ReadContext
-        from .reading import BadInputPolicy, InputReport, read_rows
 
         table = read_table(data, root=root)
-        df = table.df
-        policy = BadInputPolicy.parse(on_bad_input)
-        report = InputReport(policy)
-        ctx = ReadContext(table.root, allow_outside_root)
-        n = len(df)
-        cells, absent = {}, []
-        for entry in self.layout:
-            p = self.preprocessors[entry["name"]]
-            have = [c for c in p.columns if c in df.columns]
-            if have and len(have) < len(p.columns):
-                raise MmfuseError(f"input {entry['name']!r}: the table lacks columns "
-                                  f"{[c for c in p.columns if c not in df.columns]} (it has {len(p.columns)}); "
-                                  "give all of them, or none to treat the input as absent")
-            cells[entry["name"]] = [df[c].to_numpy(dtype=object) for c in p.columns] if have else None
-            if not have:
-                absent.append(entry["name"])
-        self.last_absent = absent
-        known = set(self.schema.roles) if self.schema is not None else set()
-        self.last_unread = [c for c in df.columns if c not in known]
-        if absent and len(absent) == len(self.layout):
-            need = {e["name"]: list(self.preprocessors[e["name"]].columns) for e in self.layout}
-            raise MmfuseError(f"none of the model's inputs is in this table: it reads {need}; the table has "
-                              f"{list(df.columns)[:20]}{' ...' if len(df.columns) > 20 else ''}. Check the column "
-                              "names (renamed? another table?)")
-        issues: list[dict] = []
-        row_ids = df.index.to_numpy()
-        read, drop = {}, np.zeros(n, bool)
-        for entry in self.layout:
-            p = self.preprocessors[entry["name"]]
-            reader = _AsRead(p) if entry.get("raw") else p
-            r = read_rows(reader, cells[entry["name"]], np.arange(n), row_ids, ctx, policy, issues)
-            read[entry["name"]] = r
-            drop |= r.drop
-            if hasattr(p, "unknown_counts"):
-                report.unknown_categories.update(p.unknown_counts)
-                p.unknown_counts.clear()
-        for issue in issues:
-            report.add(issue)
-        rows = np.flatnonzero(~drop)
-        feeds = {}
-        for entry in self.layout:
-            r = read[entry["name"]]
-            for a in entry["arrays"]:
-                feeds[a["onnx"]] = np.ascontiguousarray(r.arrays[a["key"]][rows])
-            feeds[entry["mask"]] = np.ascontiguousarray(r.present[rows])
-        return feeds, rows, report, n
+        reader = _Reader(self, table, on_bad_input, allow_outside_root)
+        self.last_absent, self.last_unread = reader.absent, reader.unread
+        return reader
 
     def run(self, feeds: dict, batch_size: int = 256) -> np.ndarray:
         """The graph's logits ``[N, K]`` for arrays by graph input name, ``batch_size`` rows per call."""
@@ -246,13 +296,20 @@ class OnnxPredictor:
     def logits(self, data, batch_size: int = 256, on_bad_input="raise", root=None,
                allow_outside_root: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Raw outputs ``[N, K]`` and the table positions they belong to (rows skipped by policy are
-        left out; :attr:`last_report` lists them)."""
-        feeds, rows, report, n = self.feeds(data, on_bad_input, root, allow_outside_root)
-        self.last_report = report
-        if not len(rows):
+        left out; :attr:`last_report` lists them). Rows are read ``batch_size`` at a time, so memory
+        holds one batch of decoded files, not the table's."""
+        reader = self._reader(data, on_bad_input, root, allow_outside_root)
+        outs, kept = [], []
+        for start in range(0, reader.n, batch_size):
+            feeds, rows = reader(np.arange(start, min(start + batch_size, reader.n)))
+            if len(rows):
+                outs.append(self.run(feeds, batch_size))
+                kept.append(rows)
+        self.last_report = reader.report
+        if not outs:
             raise MmfuseError("no rows to predict on (every row was skipped as bad input: "
-                              f"{report.summary()})" if n else "the table has no rows to predict on")
-        return self.run(feeds, batch_size), rows
+                              f"{reader.report.summary()})" if reader.n else "the table has no rows to predict on")
+        return np.concatenate(outs), np.concatenate(kept)
 
     def describe_absent(self) -> str:
         """One line naming the inputs the last table lacked, or '' when it had all of them."""

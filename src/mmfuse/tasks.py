@@ -884,8 +884,9 @@ def _float32(logits) -> np.ndarray:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    """``1 / (1 + exp(-z))`` without overflow for large |z|."""
-    return np.exp(-np.logaddexp(np.float32(0), -z)).astype(np.float32)
+    """``1 / (1 + exp(-z))`` without overflow for large |z| (a NaN stays NaN, silently, as in torch)."""
+    with np.errstate(invalid="ignore"):
+        return np.exp(-np.logaddexp(np.float32(0), -z)).astype(np.float32)
 
 
 def _positive(p: np.ndarray, threshold: float) -> np.ndarray:

