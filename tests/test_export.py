@@ -337,3 +337,22 @@ def test_commands_that_need_a_bundle_say_an_export_is_not_one(exported):
     d, bundle, onnx_dir, table = exported
     with pytest.raises(BundleError, match="is an ONNX export, not a bundle: predict from it with `mmfuse predict`"):
         Predictor.load(onnx_dir)
+
+
+def test_cli_predict_from_an_export_in_chunks_with_skipped_rows(exported, tmp_path):
+    """`mmfuse predict EXPORT` goes through the same chunked writer as a bundle: the same lines, skipped
+    rows kept with their reason, also in a chunk where every row is skipped."""
+    from mmfuse.cli import main
+
+    d, bundle, onnx_dir, table = exported
+    df = pd.read_csv(table)
+    df.loc[10:14, "photo"] = "img/missing.png"  # every row of the third chunk of 5 is bad
+    bad = d / "bad_rows.csv"
+    df.to_csv(bad, index=False)
+    for src, name in ((bundle, "torch.csv"), (onnx_dir, "onnx.csv")):
+        main(["predict", str(src), str(bad), "-o", str(tmp_path / name), "--on-bad-input", "skip", "--chunk-rows", "5"])
+    a, b = pd.read_csv(tmp_path / "torch.csv"), pd.read_csv(tmp_path / "onnx.csv")
+    assert list(a.columns) == list(b.columns) and b["skipped"].notna().sum() == 5
+    assert a["skipped"].fillna("").tolist() == b["skipped"].fillna("").tolist()
+    assert a["prediction"].fillna("").astype(str).tolist() == b["prediction"].fillna("").astype(str).tolist()
+    np.testing.assert_allclose(b["proba_yes"], a["proba_yes"], atol=1e-5)

@@ -10,10 +10,13 @@ treat rows independently). Encoders whose ``encode`` depends on the values' shap
 packs and trims) trace their :meth:`~mmfuse.encoders.Encoder.encode_fixed` instead.
 
 The folder it writes is what :class:`mmfuse.onnx.OnnxPredictor` loads (see there for the layout).
-The parity check reads the given rows with the predictor's own reader, runs the graph with ONNX
-Runtime and compares its logits with the bundle's (:meth:`mmfuse.Predictor.logits`): the rows as
-they are, each input absent in every row, and a seeded mix of absent inputs per row. The largest
-absolute difference of each is written to ``export.json`` and an export above the tolerance fails.
+The parity check loads that folder as a deployment does (its saved preprocessors, tokenizers and
+processors), reads the given rows with it, runs the graph with ONNX Runtime (in batches of 7 rows,
+and one row at a time: batch sizes other than the traced one) and compares the logits with the
+bundle's (:meth:`mmfuse.Predictor.logits`): the rows as they are, each input absent in every row,
+and a seeded mix of absent inputs per row. The largest absolute difference of each is written to
+``export.json``; an export above the tolerance, or with a NaN, fails and writes nothing. The
+tracer's warnings (a value or shape taken as a constant) are kept in ``export.json`` too.
 """
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
 """Every registered encoder goes through the same checks (timm-style: new ones are tested on registration)."""
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file

@@ -177,7 +177,7 @@ def run(ctx: BenchContext) -> dict:
                  "parity_rows": rep["rows"], "max_abs_diff": rep["max_abs_diff"],
                  "checks": {c["case"]: c["max_abs_diff"] for c in rep["checks"]},
                  "same_labels": f"{int(same.sum())}/{len(same)}", "latency": lat,
-                 "test_metric": {k: v for k, v in est.metrics_["test"].items() if k in ("accuracy", "f1_positive")}}
+                 "test_metric": {k: v for k, v in est.metrics_.get("test", {}).items() if k in ("accuracy", "f1_positive")}}
             results.append(r)
             ctx.echo(f"{name} {fusion}: parity {rep['max_abs_diff']:.1e} on {rep['rows']} rows; one row, model only: "
                      f"onnxruntime {lat['model_onnx']['median_ms']:.2f} ms, same graph in torch "
