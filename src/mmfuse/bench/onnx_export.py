@@ -15,8 +15,8 @@ Three real data sets, so that each built-in encoder meets real inputs:
 For each data set and fusion, a model is fitted for ``epochs`` epochs, exported with ``mmfuse export``'s
 function (:func:`mmfuse.export.export_onnx`, TorchScript exporter) and checked on ``rows`` test rows (a
 seeded sample): the
-largest absolute difference of the logits, as read, with each input absent in every row, and with absent
-inputs mixed per row. Latency of one row, after 10 warm-up calls:
+largest absolute difference of the logits, as read (batches of 7, and one row at a time), with each input
+absent in every row, and with absent inputs mixed per row. Latency of one row, after 10 warm-up calls:
 
 - model only, three ways, median and 90th percentile of ``calls`` calls: ``InferenceSession.run`` on one
   row's graph inputs; the same computation in PyTorch (:class:`mmfuse.export.ExportedModel` on the same
@@ -194,8 +194,9 @@ def run(ctx: BenchContext) -> dict:
 def markdown(result: dict) -> str:
     lines = ["# ONNX export: parity and single-row latency" + (" — quick run" if result["quick"] else ""), "",
              f"Each model fitted for {result['epochs']} epochs, exported (TorchScript exporter), checked on "
-             f"{result['rows']} test rows. Largest absolute difference of the logits over three cases: the rows as "
-             "read, each input absent in every row, absent inputs mixed per row. Latency of one row: median "
+             f"{result['rows']} test rows. Largest absolute difference of the logits over four cases: the rows as "
+             "read (in batches of 7), the first 8 one row at a time, each input absent in every row, absent inputs "
+             "mixed per row. Latency of one row: median "
              f"(90th percentile) of {result['calls']} calls, model only; `predict_frame` on a one-row DataFrame "
              f"(reading included), median of {max(5, result['calls'] // 4)} calls. torch threads: "
              f"{result['threads']['torch']}; onnxruntime {result['onnxruntime']}.", "",
