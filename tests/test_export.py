@@ -212,7 +212,9 @@ def test_cli_export_and_predict_from_the_export(exported, tmp_path):
     (["--exporter", "torch"], "exporter must be one of torchscript, dynamo; got 'torch'"),
     (["--tolerance", "0"], "--tolerance must be a positive number, got 0.0"),
     (["-o", "FILE"], "is a file; give a folder"),
-    (["-o", "FULL"], "is a folder with other files in it"),
+    (["-o", "FULL"], "is a folder with other files in it (notes.txt)"),
+    (["-o", "EXPORT_PLUS"], "is a folder with other files in it (notes.txt)"),
+    (["--opset", "99"], "--opset 99: the torchscript exporter writes opsets 17 to 20"),
     (["-o", "RUN"], "is the bundle, holds it or is inside it"),
     (["-o", "INSIDE"], "is the bundle, holds it or is inside it"),
     (["--no-data"], "--data TABLE is required"),
@@ -220,11 +222,16 @@ def test_cli_export_and_predict_from_the_export(exported, tmp_path):
 def test_cli_export_refuses_bad_options(exported, capsys, tmp_path, args, message):
     from mmfuse.cli import main
 
-    d, bundle, _, table = exported
+    import shutil
+
+    d, bundle, onnx_dir, table = exported
+    shutil.copytree(onnx_dir, tmp_path / "EXPORT_PLUS")
+    (tmp_path / "EXPORT_PLUS" / "notes.txt").write_text("keep me")
     (tmp_path / "FILE").write_text("x")
     (tmp_path / "FULL").mkdir()
     (tmp_path / "FULL" / "notes.txt").write_text("keep me")
-    where = {"FILE": tmp_path / "FILE", "FULL": tmp_path / "FULL", "RUN": bundle.parent, "INSIDE": bundle / "onnx"}
+    where = {"FILE": tmp_path / "FILE", "FULL": tmp_path / "FULL", "RUN": bundle.parent, "INSIDE": bundle / "onnx",
+             "EXPORT_PLUS": tmp_path / "EXPORT_PLUS"}
     args = [str(where.get(a, a)) for a in args]
     data = [] if args == ["--no-data"] else ["--data", str(table)]
     out = [] if "-o" in args else ["-o", str(tmp_path / "never")]
@@ -234,6 +241,7 @@ def test_cli_export_refuses_bad_options(exported, capsys, tmp_path, args, messag
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) <= 2
     assert (tmp_path / "FULL" / "notes.txt").read_text() == "keep me" and (bundle / "config.json").is_file()
+    assert (tmp_path / "EXPORT_PLUS" / "notes.txt").is_file()
     assert not (tmp_path / "never").exists() and not (bundle / "onnx").exists()
 
 
@@ -271,7 +279,7 @@ def test_damaged_or_wrong_folders_give_one_line(exported, tmp_path):
     for change in ({"inputs": None}, {"graph": "../model.onnx"},
                    {"inputs": [{**meta["inputs"][0], "mask": "renamed"}, *meta["inputs"][1:]]}):
         (broken / "export.json").write_text(json.dumps({**meta, **change}))
-        with pytest.raises(BundleError, match="export.json is damaged|outside its folder|graph's inputs .* are not"):
+        with pytest.raises(BundleError, match="export.json is damaged|outside its folder|graph takes inputs that export.json"):
             OnnxPredictor.load(broken)
 
 
@@ -356,3 +364,17 @@ def test_cli_predict_from_an_export_in_chunks_with_skipped_rows(exported, tmp_pa
     assert a["skipped"].fillna("").tolist() == b["skipped"].fillna("").tolist()
     assert a["prediction"].fillna("").astype(str).tolist() == b["prediction"].fillna("").astype(str).tolist()
     np.testing.assert_allclose(b["proba_yes"], a["proba_yes"], atol=1e-5)
+
+
+def test_a_tabular_input_without_numbers_exports(tables):
+    """Its numeric array is 0 wide and unused, so the graph has no such input: it is left out of the feeds."""
+    d, by_kind = tables
+    table = d / "no_numbers.csv"
+    pd.read_csv(by_kind["binary"]).drop(columns=["age"]).to_csv(table, index=False)
+    bundle = fit_bundle(table, d / "run_no_numbers")
+    rep = export_onnx(bundle, d / "onnx_no_numbers", table)
+    assert rep["max_abs_diff"] <= 1e-4
+    check_same_predictions(bundle, d / "onnx_no_numbers", table)
+    # an earlier export in the folder, and nothing else, is replaced
+    export_onnx(bundle, d / "onnx_no_numbers", table, rows=5)
+    assert json.loads((d / "onnx_no_numbers" / "export.json").read_text())["parity"]["rows"] == 5

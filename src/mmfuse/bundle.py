@@ -181,6 +181,9 @@ def _read_bundle(path: Path) -> tuple[dict, dict]:
     if not cfg_path.is_file() or not st_path.is_file():
         if (path / "bundle" / "config.json").is_file():
             raise BundleError(f"{str(path)!r} is a run folder, not a bundle; did you mean {str(path / 'bundle')!r}?")
+        if (path / "model.onnx").is_file() and not (path / "export.json").is_file():
+            raise BundleError(f"{str(path)!r} holds a model.onnx but no export.json: an ONNX export that lost its "
+                              "description, not a bundle; export the bundle again")
         if (path / "export.json").is_file():
             raise BundleError(f"{str(path)!r} is an ONNX export, not a bundle: predict from it with `mmfuse predict` "
                               "or mmfuse.onnx.OnnxPredictor; serve, evaluate, export and fit --init-from take the bundle "

@@ -712,6 +712,10 @@ def export(
     from .export import FORMATS, export_onnx
     from .errors import MmfuseError
 
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill: the temporary folder is removed
+    fmt = fmt.lower()
     if fmt not in FORMATS:
         raise MmfuseError(f"--format {fmt!r}: mmfuse exports {', '.join(FORMATS)}")
     if data is None:

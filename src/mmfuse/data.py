@@ -62,7 +62,7 @@ class MultimodalDataset(Dataset):
             p.check_fitted()
             absent = [c for c in p.columns if c not in self.table.df.columns]
             if absent and len(absent) < len(p.columns):
-                raise MmfuseError(f"input {name!r}: the table lacks columns {absent} (it has {len(p.columns)}); "
+                raise MmfuseError(f"input {name!r}: the table lacks columns {absent} (the input reads {len(p.columns)} columns); "
                                   "give all of them, or none to treat the input as absent")
         self.policy = BadInputPolicy.parse(on_bad_input)
         self.ctx = ReadContext(self.table.root, allow_outside_root)

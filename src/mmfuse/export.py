@@ -99,9 +99,12 @@ class ExportReport(dict):
     def summary(self) -> str:
         worst = max(c["max_abs_diff"] for c in self["checks"])
         cases = ", ".join(f"{c['case']} {c['max_abs_diff']:.2e}" for c in self["checks"])
-        return (f"exported to {self['out']} ({self['graph_bytes'] / 1e6:.1f} MB); parity with PyTorch on "
-                f"{self['rows']} rows, largest absolute difference of the logits {worst:.2e} (tolerance "
-                f"{self['tolerance']:.0e}): {cases}")
+        absent = self.get("absent_inputs") or []
+        note = (f"; note: --data lacks the inputs {', '.join(absent)}, so they were checked only as absent; give "
+                "rows that hold them to check them on real values") if absent else ""
+        return (f"exported to {self['out']} ({self['graph_bytes'] / 1e6:.1f} MB, opset {self.get('opset')}); parity "
+                f"with PyTorch on {self['rows']} rows, largest absolute difference of the logits {worst:.2e} (tolerance "
+                f"{self['tolerance']:.0e}): {cases}{note}")
 
 
 def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, root=None,
@@ -144,6 +147,9 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
         raise MmfuseError(f"tolerance must be a positive number, got {tolerance!r}")
     if not (isinstance(rows, int) and rows >= 2):
         raise MmfuseError(f"rows must be an integer >= 2 (the parity check's rows), got {rows!r}")
+    lo, hi = (17, torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET) if exporter == "torchscript" else (18, None)
+    if opset is not None and (opset < lo or (hi is not None and opset > hi)):
+        raise MmfuseError(f"--opset {opset}: the {exporter} exporter writes opsets {lo} to {hi or 'its newest'}")
     ort = require("onnxruntime", "onnx")
     require("onnx", "onnx")
     require("onnxscript", "onnx")
@@ -202,12 +208,19 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
         meta = {"format": "mmfuse-onnx", "format_version": EXPORT_FORMAT, "mmfuse_version": __version__,
                 "torch_version": torch.__version__, "onnxruntime_version": ort.__version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "graph": "model.onnx", "output": "logits",
-                "exporter": exporter, "bundle": str(pred.path) if pred.path else None, "inputs": layout,
+                "exporter": exporter, "bundle": str(Path(pred.path).resolve()) if pred.path else None, "inputs": layout,
                 "target": pred.target.to_dict(), "decision_threshold": _threshold_setting(pred),
                 "schema": pred.schema.to_dict(), "model": pred.config.get("model"),
                 "processors": {e["name"]: type(pred.preprocessors[e["name"]].processor).__name__ for e in layout
                                if hasattr(pred.preprocessors[e["name"]], "processor")},
                 "tracer_warnings": traced}
+        import onnx
+
+        meta["opset"] = next((o.version for o in onnx.load(str(graph), load_external_data=False).opset_import
+                              if o.domain in ("", "ai.onnx")), None)
+        if opset is not None and meta["opset"] != opset:
+            raise MmfuseError(f"the {exporter} exporter wrote opset {meta['opset']}, not the requested {opset}; "
+                              "use --exporter torchscript for opsets 17 to 20")
         (tmp / "export.json").write_text(json.dumps(meta, indent=2, default=_json_default), encoding="utf-8")
         runner = OnnxPredictor.load(tmp)
         checks = _parity(pred, runner, table, kept, seed, allow_outside_root)
@@ -215,7 +228,7 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
         report = ExportReport(out=str(out), format="onnx", exporter=exporter, rows=int(len(kept)),
                               tolerance=float(tolerance), checks=checks, max_abs_diff=worst,
                               graph_bytes=graph.stat().st_size, seconds=round(time.perf_counter() - started, 2),
-                              tracer_warnings=traced)
+                              tracer_warnings=traced, opset=meta["opset"], absent_inputs=list(reader.last_absent))
         if not worst <= tolerance:  # NaN and inf fail too
             raise MmfuseError(f"the exported graph differs from the bundle by up to {worst:.2e} on the logits (tolerance "
                               f"{tolerance:.0e}): " + ", ".join(f"{c['case']} {c['max_abs_diff']:.2e}" for c in checks)
@@ -231,6 +244,9 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
     return report
 
 
+_EXPORT_FILES = {"export.json", "model.onnx", "preprocessors.json", "preprocessors.safetensors", "hf"}
+
+
 def _check_out(out: Path, bundle: Path | None) -> None:
     """Refuse an output folder whose replacement would lose something: the bundle, a folder holding or
     inside it, a file, or a folder of other files (an earlier export is replaced)."""
@@ -242,9 +258,11 @@ def _check_out(out: Path, bundle: Path | None) -> None:
                               f"(e.g. {bundle.parent / (b.name + '-onnx')})")
     if out.exists() and not out.is_dir():
         raise MmfuseError(f"--out {out} is a file; give a folder to write the export to")
-    if out.is_dir() and any(out.iterdir()) and not (out / "export.json").is_file():
-        raise MmfuseError(f"--out {out} is a folder with other files in it; give a new folder (an earlier export "
-                          "is replaced)")
+    if out.is_dir() and any(out.iterdir()):
+        others = sorted(f.name for f in out.iterdir() if f.name not in _EXPORT_FILES)
+        if not (out / "export.json").is_file() or others:
+            raise MmfuseError(f"--out {out} is a folder with other files in it ({', '.join(others[:5])}); give a new "
+                              "folder (only a folder holding an earlier export and nothing else is replaced)")
 
 
 @contextlib.contextmanager

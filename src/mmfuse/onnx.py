@@ -65,7 +65,9 @@ def read_export_meta(path: Path) -> dict:
     meta_file = path / "export.json"
     if not meta_file.is_file():
         hint = (" It is a bundle: export it first with `mmfuse export {p} --format onnx --data TABLE`".format(p=path)
-                if (path / "config.json").is_file() else "")
+                if (path / "config.json").is_file() else
+                f" It is a run folder: export its bundle with `mmfuse export {path / 'bundle'} --data TABLE`"
+                if (path / "bundle" / "config.json").is_file() else "")
         raise BundleError(f"{path} is not an ONNX export: it has no export.json.{hint}")
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
@@ -137,7 +139,7 @@ class _Reader:
             have = [c for c in p.columns if c in df.columns]
             if have and len(have) < len(p.columns):
                 raise MmfuseError(f"input {entry['name']!r}: the table lacks columns "
-                                  f"{[c for c in p.columns if c not in df.columns]} (it has {len(p.columns)}); "
+                                  f"{[c for c in p.columns if c not in df.columns]} (the input reads {len(p.columns)} columns); "
                                   "give all of them, or none to treat the input as absent")
             self.cells[entry["name"]] = [df[c].to_numpy(dtype=object) for c in p.columns] if have else None
             if not have:
@@ -255,9 +257,9 @@ class OnnxPredictor:
                               "export the bundle again") from None
         want = {a["onnx"] for e in meta["inputs"] for a in e["arrays"]} | {e["mask"] for e in meta["inputs"]}
         have = {i.name for i in session.get_inputs()}
-        if want != have:
-            raise BundleError(f"{path} is damaged: the graph's inputs {sorted(have)[:6]} are not those export.json "
-                              f"describes {sorted(want)[:6]}; export the bundle again")
+        if not have <= want:  # an array the model never reads (no numeric column: 0 wide) is not a graph input
+            raise BundleError(f"{path} is damaged: the graph takes inputs that export.json does not describe "
+                              f"({sorted(have - want)[:6]}); export the bundle again")
         return cls(session, preps, task, schema, meta, path)
 
     # --- the same surface as mmfuse.Predictor ------------------------------------------------
@@ -289,6 +291,8 @@ class OnnxPredictor:
     def run(self, feeds: dict, batch_size: int = 256) -> np.ndarray:
         """The graph's logits ``[N, K]`` for arrays by graph input name, ``batch_size`` rows per call."""
         n = len(next(iter(feeds.values())))
+        names = {i.name for i in self.session.get_inputs()}
+        feeds = {k: v for k, v in feeds.items() if k in names}  # arrays the graph does not read are not its inputs
         outs = [self.session.run(None, {k: v[i:i + batch_size] for k, v in feeds.items()})[0]
                 for i in range(0, n, batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0, self.task.n_outputs), np.float32)
