@@ -237,3 +237,18 @@ def test_a_command_that_writes_a_folder_refuses_a_file_name_for_it(run, tmp_path
 def test_evaluate_refuses_to_write_into_a_bundle(run, capsys):
     line = cli_error(capsys, "evaluate", run / "run" / "bundle", run / "data.csv", "-o", run / "run" / "bundle")
     assert "is a bundle folder; write the evaluation elsewhere" in line
+
+
+def test_ctrl_c_exits_130_with_a_line_not_0(tmp_path, monkeypatch, capsys):
+    """typer turns a KeyboardInterrupt into an exit code that main() returned as success (0) before."""
+    import mmfuse.batch
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mmfuse.batch, "predict_file", interrupted)
+    monkeypatch.setattr("mmfuse.bundle.Predictor.load", classmethod(lambda cls, p: None))
+    (tmp_path / "t.csv").write_text("a\n1\n")
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(tmp_path), str(tmp_path / "t.csv"), "-o", str(tmp_path / "p.csv")])
+    assert e.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"

@@ -883,7 +883,12 @@ def main(argv=None) -> None:
 
     warnings.showwarning = note
     try:
-        app(args=args, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)  # an exit code when the command was stopped (typer.Exit)
+        if code == 130:  # Ctrl-C: typer turns the KeyboardInterrupt into an exit code, which must not read as success
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            sys.exit(code)
         if argv is None and _state["fast_exit"]:
             # A process that imported torch and pandas spends ~0.3 s tearing its modules down at exit. A
             # command that has closed all it wrote (predict) skips that: flush, then leave at once.
@@ -904,8 +909,9 @@ def main(argv=None) -> None:
         if not _state["debug"] and hasattr(e, "show") and hasattr(e, "exit_code"):  # --debug before the command
             e.show()  # one usage line, with click's own "Did you mean"
             sys.exit(e.exit_code)
-        if type(e).__name__ == "Abort":  # Ctrl-C at a prompt
-            sys.exit(1)
+        if type(e).__name__ == "Abort":  # Ctrl-C: click turns the KeyboardInterrupt into Abort
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
         raise
     finally:
         warnings.showwarning = show
