@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ._names import safe_key
 from .errors import BundleError, MmfuseError
-from .reading import aligned, skip_reasons
+from .reading import TablePredictions, check_columns
 
 __all__ = ["Predictor", "save_bundle", "BUNDLE_FORMAT"]
 
@@ -279,7 +278,7 @@ def _legacy_tensor_names(tensors: dict, names: list[str]) -> dict:
     return out
 
 
-class Predictor:
+class Predictor(TablePredictions):
     """A loaded bundle that predicts on new tables.
 
     Inputs absent from the table, or empty in some rows, are treated as missing; the model
@@ -422,74 +421,5 @@ class Predictor:
         prediction would then be the same, whatever the row."""
         absent = dataset.absent_inputs()
         self.last_absent = absent
-        known = set(self.schema.roles) if self.schema is not None else set()
-        self.last_unread = [c for c in dataset.table.df.columns if c not in known]  # a renamed column, likely
-        if absent and len(absent) == len(self.preprocessors):
-            need = {n: list(p.columns) for n, p in self.preprocessors.items()}
-            have = list(dataset.table.df.columns)
-            raise MmfuseError(f"none of the model's inputs is in this table: it reads {need}; the table has "
-                              f"{have[:20]}{' ...' if len(have) > 20 else ''}. Check the column names (renamed? "
-                              "another table?)")
+        self.last_unread = check_columns(self.preprocessors, self.schema, dataset.table.df.columns, absent)
         return absent
-
-    def describe_absent(self) -> str:
-        """One line naming the inputs the last table lacked, or '' when it had all of them."""
-        absent = getattr(self, "last_absent", [])
-        if not absent:
-            return ""
-        cols = "; ".join(f"{n} (columns {', '.join(map(str, self.preprocessors[n].columns))})" for n in absent)
-        unread = getattr(self, "last_unread", [])
-        extra = (f"; the table's columns {', '.join(map(repr, unread[:10]))}{' ...' if len(unread) > 10 else ''} "
-                 "are not the model's (renamed?)") if unread else ""
-        return f"inputs absent from this table, treated as missing in every row: {cols}{extra}"
-
-    def decode(self, data, threshold=None, **kw):
-        """The one call behind every prediction (``predict``, ``predict_proba``, ``predict_frame``, the CLI):
-        the task's :class:`~mmfuse.tasks.Decoded` of the rows that were read, their table positions, and
-        the number of rows in the table."""
-        from .io import read_table
-
-        table = read_table(data, root=kw.get("root")) if kw.get("dataset") is None else kw["dataset"].table
-        z, rows = self.logits(table, **kw)
-        kept = np.zeros(len(table.df), bool)
-        kept[rows] = True
-        self.last_skipped = table.df.index[~kept].tolist()
-        return self.target.decode(z, threshold), rows, len(table.df)
-
-    def predict_frame(self, data, proba: bool = True, threshold=None, **kw):
-        """A DataFrame aligned with the input, one row per input row: ``row`` (the table's row id),
-        ``prediction`` and ``proba_<class>`` columns, and ``skipped`` (the reason, for rows the
-        ``skip`` policy left out; their predictions are empty)."""
-        from .io import read_table
-
-        table = read_table(data, root=kw.get("root"))
-        decoded, rows, n = self.decode(table, threshold, **kw)
-        out = pd.DataFrame({"row": table.df.index.to_numpy()})
-        for name, values in self.target.output_columns(decoded, proba).items():
-            out[name] = aligned(values, rows, n)
-        if len(rows) < n:
-            reasons = skip_reasons(self.last_report)
-            ids = table.df.index.to_numpy()
-            kept = np.zeros(n, bool)
-            kept[rows] = True
-            out["skipped"] = [None if kept[i] else reasons.get(str(ids[i]), "bad input") for i in range(n)]
-        return out
-
-    def skipped_rows(self) -> list:
-        """Row ids that the last prediction skipped as bad input (``on_bad_input="skip"``)."""
-        return list(getattr(self, "last_skipped", []))
-
-    def predict_proba(self, data, **kw) -> np.ndarray:
-        """Class probabilities ``[N, K]`` (columns in :attr:`classes_` order); for regression, the values.
-        One row per input row: rows skipped as bad input are NaN (see :meth:`skipped_rows`)."""
-        decoded, rows, n = self.decode(data, **kw)
-        return aligned(decoded.proba, rows, n)
-
-    def predict(self, data, threshold=None, **kw) -> np.ndarray:
-        """Labels (as in training), label lists (multilabel) or values, one per input row (None or NaN
-        for rows skipped as bad input; see :meth:`skipped_rows`).
-
-        ``threshold``: overrides the task's decision threshold (binary: a probability; multilabel:
-        one, or one per label)."""
-        decoded, rows, n = self.decode(data, threshold, **kw)
-        return aligned(decoded.labels, rows, n)

@@ -31,7 +31,7 @@ from .preprocessing import Preprocessor, ReadContext
 from .tasks import Task
 from ._names import safe_key
 from .preprocessing._base import is_missing
-from .reading import BadInputPolicy, InputReport, Rows, read_rows
+from .reading import BadInputPolicy, InputReport, Rows, input_cells, read_rows
 from ._registry import unknown_name_message
 
 __all__ = ["BadInputPolicy", "InputReport", "MultimodalDataset", "MultimodalLoader", "make_loader",
@@ -58,12 +58,8 @@ class MultimodalDataset(Dataset):
                  allow_outside_root: bool = False, train: bool = False, root=None):
         self.table: Table = read_table(data, root=root)
         self.preprocessors = {k: preprocessors[k] for k in sorted(preprocessors)}
-        for name, p in self.preprocessors.items():
+        for p in self.preprocessors.values():
             p.check_fitted()
-            absent = [c for c in p.columns if c not in self.table.df.columns]
-            if absent and len(absent) < len(p.columns):
-                raise MmfuseError(f"input {name!r}: the table lacks columns {absent} (the input reads {len(p.columns)} columns); "
-                                  "give all of them, or none to treat the input as absent")
         self.policy = BadInputPolicy.parse(on_bad_input)
         self.ctx = ReadContext(self.table.root, allow_outside_root)
         self.train = train
@@ -71,7 +67,7 @@ class MultimodalDataset(Dataset):
         n = len(self.table.df)
         self._row_ids = self.table.df.index.to_numpy()
         keep = np.ones(n, dtype=bool)
-        self._cells = {name: self._columns_of(p) for name, p in self.preprocessors.items()}
+        self._cells = {name: input_cells(name, p, self.table.df) for name, p in self.preprocessors.items()}
 
         self.target = target
         self._y = None
@@ -120,12 +116,6 @@ class MultimodalDataset(Dataset):
         return [name for name, cells in self._cells.items() if cells is None]
 
     # --- construction helpers --------------------------------------------------------------
-    def _columns_of(self, p: Preprocessor) -> list[np.ndarray] | None:
-        df = self.table.df
-        if not all(c in df.columns for c in p.columns):
-            return None  # input absent from the table: absent in every row
-        return [df[c].to_numpy(dtype=object) for c in p.columns]
-
     def _prep_key(self, p: Preprocessor) -> str:
         """The preprocessor's configuration and fitted state, the data root and the library versions."""
         meta, arrays = p.get_state()

@@ -135,7 +135,7 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
             the parity check finds a difference above ``tolerance`` (nothing is written then).
     """
     from . import __version__
-    from .bundle import Predictor, replace_folder
+    from .bundle import Predictor, _json_default, replace_folder
     from .errors import require
     from .io import Table, read_table
     from .onnx import EXPORT_FORMAT, OnnxPredictor, input_layout
@@ -322,12 +322,6 @@ def _save_processors(preps: dict, layout: list[dict], folder: Path) -> None:
     (folder / "preprocessors.json").write_text(json.dumps(metas, indent=2, sort_keys=True), encoding="utf-8")
 
 
-def _json_default(o):
-    from .bundle import _json_default as bundle_default
-
-    return bundle_default(o)
-
-
 def _threshold_setting(pred):
     """The decision threshold as ``task_from_dict`` takes it back (binary: a number, multilabel: a list)."""
     t = pred.target.threshold
@@ -373,6 +367,7 @@ def _mixed(pred, table, feeds, layout, seed, allow_outside_root):
     """Each input of each row dropped with probability 1/2 (seeded): the bundle's logits with those
     masks (its own path: only present rows encoded) and the graph inputs with the same masks."""
     from .data import MultimodalDataset, make_loader
+    from .data import _zero_absent as _zero_absent_rows  # the data set's own zeroing
 
     rng = np.random.default_rng(seed)
     n = len(next(iter(feeds.values())))
@@ -385,13 +380,7 @@ def _mixed(pred, table, feeds, layout, seed, allow_outside_root):
     for b in make_loader(ds, batch_size=256):
         k = len(b["row"])
         masks = {name: m & torch.from_numpy(~drop[name][start:start + k]) for name, m in b["mask"].items()}
-        inputs = {name: _zero_rows(x, masks[name]) for name, x in b["inputs"].items()}
+        inputs = {name: _zero_absent_rows(x, masks[name]) for name, x in b["inputs"].items()}
         outs.append(pred.model(inputs, masks)["logits"].float())
         start += k
     return torch.cat(outs).numpy(), f
-
-
-def _zero_rows(x, mask):
-    if isinstance(x, dict):
-        return {k: _zero_rows(v, mask) for k, v in x.items()}
-    return x * mask.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)

@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .errors import BundleError, MmfuseError
+from .reading import TablePredictions
 
 __all__ = ["OnnxPredictor", "EXPORT_FORMAT", "read_export_meta", "input_layout"]
 
@@ -124,7 +124,7 @@ class _Reader:
 
     def __init__(self, pred: "OnnxPredictor", table, on_bad_input, allow_outside_root: bool):
         from .preprocessing import ReadContext
-        from .reading import BadInputPolicy, InputReport
+        from .reading import BadInputPolicy, InputReport, check_columns, input_cells
 
         df = table.df
         self.layout, self.preps = pred.layout, pred.preprocessors
@@ -133,24 +133,9 @@ class _Reader:
         self.ctx = ReadContext(table.root, allow_outside_root)
         self.n = len(df)
         self.row_ids = df.index.to_numpy()
-        self.cells, self.absent = {}, []
-        for entry in self.layout:
-            p = self.preps[entry["name"]]
-            have = [c for c in p.columns if c in df.columns]
-            if have and len(have) < len(p.columns):
-                raise MmfuseError(f"input {entry['name']!r}: the table lacks columns "
-                                  f"{[c for c in p.columns if c not in df.columns]} (the input reads {len(p.columns)} columns); "
-                                  "give all of them, or none to treat the input as absent")
-            self.cells[entry["name"]] = [df[c].to_numpy(dtype=object) for c in p.columns] if have else None
-            if not have:
-                self.absent.append(entry["name"])
-        known = set(pred.schema.roles) if pred.schema is not None else set()
-        self.unread = [c for c in df.columns if c not in known]
-        if self.absent and len(self.absent) == len(self.layout):
-            need = {e["name"]: list(self.preps[e["name"]].columns) for e in self.layout}
-            raise MmfuseError(f"none of the model's inputs is in this table: it reads {need}; the table has "
-                              f"{list(df.columns)[:20]}{' ...' if len(df.columns) > 20 else ''}. Check the column "
-                              "names (renamed? another table?)")
+        self.cells = {e["name"]: input_cells(e["name"], self.preps[e["name"]], df) for e in self.layout}
+        self.absent = [name for name, cells in self.cells.items() if cells is None]
+        self.unread = check_columns(self.preps, pred.schema, df.columns, self.absent)
 
     def __call__(self, positions: np.ndarray) -> tuple[dict, np.ndarray]:
         """The graph inputs of the rows at ``positions`` that the policy keeps, and those rows' positions."""
@@ -179,7 +164,7 @@ class _Reader:
         return feeds, positions[keep]
 
 
-class OnnxPredictor:
+class OnnxPredictor(TablePredictions):
     """An exported model that predicts on tables, as :class:`mmfuse.Predictor` does, with ONNX Runtime.
 
     Inputs absent from the table, or empty in some rows, are missing, as with the bundle. Use
@@ -196,9 +181,7 @@ class OnnxPredictor:
         self.schema, self.meta, self.path = schema, meta, path
         self.layout = meta["inputs"]
         self.last_report = None
-        self.last_absent: list[str] = []
-        self.last_unread: list[str] = []
-        self.last_skipped: list = []
+        self._graph_inputs = None  # the session's input names, read on first use
 
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None) -> "OnnxPredictor":
@@ -291,8 +274,9 @@ class OnnxPredictor:
     def run(self, feeds: dict, batch_size: int = 256) -> np.ndarray:
         """The graph's logits ``[N, K]`` for arrays by graph input name, ``batch_size`` rows per call."""
         n = len(next(iter(feeds.values())))
-        names = {i.name for i in self.session.get_inputs()}
-        feeds = {k: v for k, v in feeds.items() if k in names}  # arrays the graph does not read are not its inputs
+        if self._graph_inputs is None:
+            self._graph_inputs = {i.name for i in self.session.get_inputs()}
+        feeds = {k: v for k, v in feeds.items() if k in self._graph_inputs}  # arrays the graph never reads are not its inputs
         outs = [self.session.run(None, {k: v[i:i + batch_size] for k, v in feeds.items()})[0]
                 for i in range(0, n, batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0, self.task.n_outputs), np.float32)
@@ -314,60 +298,3 @@ class OnnxPredictor:
             raise MmfuseError("no rows to predict on (every row was skipped as bad input: "
                               f"{reader.report.summary()})" if reader.n else "the table has no rows to predict on")
         return np.concatenate(outs), np.concatenate(kept)
-
-    def describe_absent(self) -> str:
-        """One line naming the inputs the last table lacked, or '' when it had all of them."""
-        if not self.last_absent:
-            return ""
-        cols = "; ".join(f"{n} (columns {', '.join(map(str, self.preprocessors[n].columns))})" for n in self.last_absent)
-        unread = self.last_unread
-        extra = (f"; the table's columns {', '.join(map(repr, unread[:10]))}{' ...' if len(unread) > 10 else ''} "
-                 "are not the model's (renamed?)") if unread else ""
-        return f"inputs absent from this table, treated as missing in every row: {cols}{extra}"
-
-    def decode(self, data, threshold=None, **kw):
-        """The task's :class:`~mmfuse.tasks.Decoded` of the rows read, their positions and the table's rows."""
-        from .io import read_table
-
-        table = read_table(data, root=kw.get("root"))
-        z, rows = self.logits(table, **kw)
-        kept = np.zeros(len(table.df), bool)
-        kept[rows] = True
-        self.last_skipped = table.df.index[~kept].tolist()
-        return self.task.decode(z, threshold), rows, len(table.df)
-
-    def predict_frame(self, data, proba: bool = True, threshold=None, **kw) -> pd.DataFrame:
-        """One row per input row: ``row``, ``prediction``, ``proba_<class>`` and, when the ``skip``
-        policy left rows out, ``skipped`` (the reason) — as :meth:`mmfuse.Predictor.predict_frame`."""
-        from .io import read_table
-        from .reading import aligned, skip_reasons
-
-        table = read_table(data, root=kw.get("root"))
-        decoded, rows, n = self.decode(table, threshold, **kw)
-        out = pd.DataFrame({"row": table.df.index.to_numpy()})
-        for name, values in self.task.output_columns(decoded, proba).items():
-            out[name] = aligned(values, rows, n)
-        if len(rows) < n:
-            reasons = skip_reasons(self.last_report)
-            ids = table.df.index.to_numpy()
-            kept = np.zeros(n, bool)
-            kept[rows] = True
-            out["skipped"] = [None if kept[i] else reasons.get(str(ids[i]), "bad input") for i in range(n)]
-        return out
-
-    def skipped_rows(self) -> list:
-        return list(self.last_skipped)
-
-    def predict_proba(self, data, **kw) -> np.ndarray:
-        """Class probabilities ``[N, K]`` (regression: values), one row per input row (NaN where skipped)."""
-        from .reading import aligned
-
-        decoded, rows, n = self.decode(data, **kw)
-        return aligned(decoded.proba, rows, n)
-
-    def predict(self, data, threshold=None, **kw) -> np.ndarray:
-        """Labels, label lists (multilabel) or values, one per input row (None/NaN where skipped)."""
-        from .reading import aligned
-
-        decoded, rows, n = self.decode(data, threshold, **kw)
-        return aligned(decoded.labels, rows, n)

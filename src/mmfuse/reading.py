@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
+import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, MmfuseError
 from .io import atomic_write_text
 
-__all__ = ["BadInputPolicy", "InputReport", "Rows", "read_rows", "skip_reasons", "aligned"]
+__all__ = ["BadInputPolicy", "InputReport", "Rows", "read_rows", "skip_reasons", "aligned", "input_cells",
+           "check_columns", "TablePredictions"]
 
 
 class BadInputPolicy(str, Enum):
@@ -159,3 +161,100 @@ def aligned(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
         out = np.empty((n, *values.shape[1:]), dtype=object)
     out[rows] = values
     return out
+
+
+def input_cells(name: str, p, df: pd.DataFrame) -> list[np.ndarray] | None:
+    """Input ``name``'s columns of ``df`` as object arrays, or None when the table has none of them (the
+    input is then absent in every row); an error when it has only some."""
+    have = [c for c in p.columns if c in df.columns]
+    if have and len(have) < len(p.columns):
+        raise MmfuseError(f"input {name!r}: the table lacks columns {[c for c in p.columns if c not in df.columns]} "
+                          f"(the input reads {len(p.columns)} columns); give all of them, or none to treat the input "
+                          "as absent")
+    return [df[c].to_numpy(dtype=object) for c in p.columns] if have else None
+
+
+def check_columns(preprocessors: dict, schema, columns, absent: list[str]) -> list[str]:
+    """The table's columns the model does not read (a renamed column, likely); an error when every input
+    is ``absent``: every prediction would then be the same, whatever the row."""
+    known = set(schema.roles) if schema is not None else set()
+    if absent and len(absent) == len(preprocessors):
+        need = {n: list(p.columns) for n, p in preprocessors.items()}
+        have = list(columns)
+        raise MmfuseError(f"none of the model's inputs is in this table: it reads {need}; the table has "
+                          f"{have[:20]}{' ...' if len(have) > 20 else ''}. Check the column names (renamed? "
+                          "another table?)")
+    return [c for c in columns if c not in known]
+
+
+class TablePredictions:
+    """What a predictor does with a table, given its :meth:`logits` (``(z [N, K], row positions)``), its
+    ``target`` task and ``preprocessors``: decoding, one output row per input row, the rows it skipped,
+    the inputs the table lacked. Shared by :class:`mmfuse.Predictor` and :class:`mmfuse.onnx.OnnxPredictor`,
+    so that a bundle and its export answer alike."""
+
+    last_absent: list | tuple = ()  # the last table's: set by each call
+    last_unread: list | tuple = ()
+    last_skipped: list | tuple = ()
+
+    def describe_absent(self) -> str:
+        """One line naming the inputs the last table lacked, or '' when it had all of them."""
+        absent = self.last_absent
+        if not absent:
+            return ""
+        cols = "; ".join(f"{n} (columns {', '.join(map(str, self.preprocessors[n].columns))})" for n in absent)
+        unread = self.last_unread
+        extra = (f"; the table's columns {', '.join(map(repr, unread[:10]))}{' ...' if len(unread) > 10 else ''} "
+                 "are not the model's (renamed?)") if unread else ""
+        return f"inputs absent from this table, treated as missing in every row: {cols}{extra}"
+
+    def decode(self, data, threshold=None, **kw):
+        """The one call behind every prediction (``predict``, ``predict_proba``, ``predict_frame``, the CLI):
+        the task's :class:`~mmfuse.tasks.Decoded` of the rows that were read, their table positions, and
+        the number of rows in the table."""
+        from .io import read_table
+
+        table = read_table(data, root=kw.get("root")) if kw.get("dataset") is None else kw["dataset"].table
+        z, rows = self.logits(table, **kw)
+        kept = np.zeros(len(table.df), bool)
+        kept[rows] = True
+        self.last_skipped = table.df.index[~kept].tolist()
+        return self.target.decode(z, threshold), rows, len(table.df)
+
+    def predict_frame(self, data, proba: bool = True, threshold=None, **kw) -> pd.DataFrame:
+        """A DataFrame aligned with the input, one row per input row: ``row`` (the table's row id),
+        ``prediction`` and ``proba_<class>`` columns, and ``skipped`` (the reason, for rows the
+        ``skip`` policy left out; their predictions are empty)."""
+        from .io import read_table
+
+        table = read_table(data, root=kw.get("root"))
+        decoded, rows, n = self.decode(table, threshold, **kw)
+        out = pd.DataFrame({"row": table.df.index.to_numpy()})
+        for name, values in self.target.output_columns(decoded, proba).items():
+            out[name] = aligned(values, rows, n)
+        if len(rows) < n:
+            reasons = skip_reasons(self.last_report)
+            ids = table.df.index.to_numpy()
+            kept = np.zeros(n, bool)
+            kept[rows] = True
+            out["skipped"] = [None if kept[i] else reasons.get(str(ids[i]), "bad input") for i in range(n)]
+        return out
+
+    def skipped_rows(self) -> list:
+        """Row ids that the last prediction skipped as bad input (``on_bad_input="skip"``)."""
+        return list(self.last_skipped)
+
+    def predict_proba(self, data, **kw) -> np.ndarray:
+        """Class probabilities ``[N, K]`` (columns in :attr:`classes_` order); for regression, the values.
+        One row per input row: rows skipped as bad input are NaN (see :meth:`skipped_rows`)."""
+        decoded, rows, n = self.decode(data, **kw)
+        return aligned(decoded.proba, rows, n)
+
+    def predict(self, data, threshold=None, **kw) -> np.ndarray:
+        """Labels (as in training), label lists (multilabel) or values, one per input row (None or NaN
+        for rows skipped as bad input; see :meth:`skipped_rows`).
+
+        ``threshold``: overrides the task's decision threshold (binary: a probability; multilabel:
+        one, or one per label)."""
+        decoded, rows, n = self.decode(data, threshold, **kw)
+        return aligned(decoded.labels, rows, n)
