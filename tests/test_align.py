@@ -52,3 +52,31 @@ def test_rows_with_an_absent_input_contribute_nothing():
     z = loss(a, b, torch.tensor([True] + [False] * 5), None)
     z.backward()
     assert float(z) == 0.0 and a.grad is not None
+
+
+def test_the_queue_adds_past_pairs_as_negatives_with_a_hand_computed_value():
+    # scale 1; a first (training) call queues the pair (e1, e1); the next call's one row (e2, e2) then has
+    # one negative, the queued e1: logits [1, 0] in each direction, loss log(1 + e^-1)
+    loss = ClipLoss(init_temperature=1.0, queue_size=4, dim=2).train()
+    e1, e2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert float(loss(e1, e1)) == 0.0  # one row and an empty queue: no negative yet
+    assert loss.queued == 1
+    assert float(loss(e2, e2)) == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    # without the queue the same row has no negative at all
+    assert float(ClipLoss(init_temperature=1.0)(e2, e2)) == 0.0
+    # first in, first out, bounded; evaluation does not add to it
+    for _ in range(5):
+        loss(e2, e2)
+    assert loss.queued == 4 and torch.equal(loss.queue_a, e2.repeat(4, 1))
+    loss.eval()
+    loss(e1, e1)
+    assert torch.equal(loss.queue_a, e2.repeat(4, 1))
+
+
+def test_the_queue_trains_through_the_batch_rows_only():
+    loss = ClipLoss(queue_size=8, dim=4).train()
+    torch.manual_seed(0)
+    loss(torch.randn(8, 4), torch.randn(8, 4))
+    a, b = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)
+    loss(a, b).backward()
+    assert a.grad is not None and b.grad is not None and loss.queue_a.grad is None

@@ -58,7 +58,8 @@ class MultimodalPredictor:
         replay: With ``init_from``: the old table (or any table of the same schema), whose rows are mixed
             into the training rows so that ``replay_fraction`` of them are old (limits forgetting).
         replay_fraction: With ``replay``: the share of old rows among the training rows, in [0, 1).
-        fusion, fusion_kwargs, dim, encoders, head_hidden, dropout, modality_dropout, aux_weight:
+        fusion, fusion_kwargs, dim, encoders, head_hidden, dropout, modality_dropout, aux_weight, shared_dim,
+        align_weight, align_pairs, align_temperature, align_queue, fill_missing, fill_weight:
             model settings (:class:`~mmfuse.config.ModelConfig`).
         epochs, batch_size, lr, ... progress: training settings (:class:`~mmfuse.config.TrainConfig`).
 
@@ -78,6 +79,10 @@ class MultimodalPredictor:
                  fusion: str = _M.fusion, fusion_kwargs: dict | None = None, dim: int = _M.dim,
                  encoders: dict | None = None, head_hidden: int = _M.head_hidden, dropout: float = _M.dropout,
                  modality_dropout: float = _M.modality_dropout, aux_weight: float = _M.aux_weight,
+                 shared_dim: int = _M.shared_dim, align_weight: float = _M.align_weight,
+                 align_pairs: Sequence[str] | None = None, align_temperature: float = _M.align_temperature,
+                 align_queue: int = _M.align_queue, fill_missing: bool = _M.fill_missing,
+                 fill_weight: float = _M.fill_weight,
                  # training (TrainConfig)
                  epochs: int = _T.epochs, batch_size: int = _T.batch_size, lr: float = _T.lr,
                  backbone_lr: float = _T.backbone_lr, layer_decay: float = _T.layer_decay,
@@ -153,7 +158,8 @@ class MultimodalPredictor:
         from .tasks import list_tasks
 
         mcfg = ModelConfig(**{k: getattr(self, k) for k in _MODEL_FIELDS}  # the dataclasses validate themselves
-                           | {"fusion_kwargs": dict(self.fusion_kwargs or {}), "encoders": dict(self.encoders or {})})
+                           | {"fusion_kwargs": dict(self.fusion_kwargs or {}), "encoders": dict(self.encoders or {}),
+                              "align_pairs": list(self.align_pairs or [])})
         tcfg = TrainConfig(**{k: getattr(self, k) for k in _TRAIN_FIELDS})
         if self.task is not None and self.task not in list_tasks():
             raise MmfuseError(unknown_name_message("task", self.task, list_tasks()) + " (or None: inferred)")
@@ -197,7 +203,14 @@ class MultimodalPredictor:
         t0 = time.perf_counter()
         table = read_table(train, root=self.root)
         base = self._init_bundle(table) if self.init_from is not None else None
-        if base is None:
+        aligned = base if base is not None and base.aligned_only else None  # encoders of mmfuse align
+        if aligned is not None:
+            from .align import aligned_schema_options
+
+            base = None
+            columns, groups = aligned_schema_options(aligned, table.df.columns, self.columns, self.groups)
+            schema, inputs = P.select_inputs(table, self.target, columns, groups, self.schema_file, self.inputs)
+        elif base is None:
             schema, inputs = P.select_inputs(table, self.target, self.columns, self.groups, self.schema_file,
                                              self.inputs)
         else:
@@ -214,7 +227,13 @@ class MultimodalPredictor:
             task = self._continued_task(base, splits, tcfg)
         task.set_threshold(tcfg.decision_threshold)  # a bad setting fails now, not after training
         task.monitor_for(tcfg.monitor)  # likewise a monitor this kind of target has no per-epoch metric for
-        if base is None:
+        if aligned is not None:  # the aligned inputs are read as in alignment; the others are fitted here
+            from .align import aligned_preprocessors
+
+            kept = aligned_preprocessors(aligned, inputs, schema)
+            preps = {**P.fit_preprocessors(schema, [n for n in inputs if n not in kept], splits.train, splits.root,
+                                           mcfg, tcfg, self.preprocessing, self.allow_outside_root), **kept}
+        elif base is None:
             preps = P.fit_preprocessors(schema, inputs, splits.train, splits.root, mcfg, tcfg, self.preprocessing,
                                         self.allow_outside_root)
         else:
@@ -223,7 +242,11 @@ class MultimodalPredictor:
         run_dir.mkdir(parents=True, exist_ok=True)
         data = P.make_datasets(splits, preps, task, tcfg, self.on_bad_input, self.allow_outside_root)
         torch.manual_seed(tcfg.seed)
-        if base is None:
+        if aligned is not None:
+            from .align import model_from_aligned
+
+            model, spec = model_from_aligned(aligned, preps, task.n_outputs, mcfg)
+        elif base is None:
             model, spec = P.build_model(preps, task.n_outputs, mcfg)
         elif task.classes_ != base.task.classes_ or task.n_outputs != base.task.n_outputs:  # a new head
             from .feedback import model_with_new_head
@@ -240,7 +263,8 @@ class MultimodalPredictor:
                 echo(line)
         policy = BadInputPolicy.parse(self.on_bad_input).value
         fingerprint = P.fit_fingerprint(splits, preps, task, mcfg, tcfg, on_bad_input=policy,
-                                        **({"init_from": str(Path(self.init_from).resolve())} if base else {}))
+                                        **({"init_from": str(Path(self.init_from).resolve())}
+                                           if base or aligned else {}))
         t_train = time.perf_counter()
         try:
             result = P.train(model, task, data, mcfg, tcfg, run_dir, self.resume, fingerprint, callbacks)
@@ -263,6 +287,9 @@ class MultimodalPredictor:
                    "split_source": splits.source, "plan": plan, **scores}
         if splits.blank_target:
             metrics["blank_target_rows"] = splits.blank_target
+        if aligned is not None:
+            metrics["init_from"] = {"bundle": str(self.init_from), "aligned": sorted(aligned.preprocessors),
+                                    "pairs": aligned.config.get("metrics", {}).get("pairs")}
         if base is not None:
             metrics["init_from"] = {"bundle": str(self.init_from), "new_head": task.classes_ != base.task.classes_,
                                     "classes_before": base.task.classes_, **(replay or {})}
@@ -290,6 +317,12 @@ class MultimodalPredictor:
         if not hasattr(base, "model") or not hasattr(base.model, "state_dict"):
             raise MmfuseError(f"init_from={str(self.init_from)!r} is an ensemble; continue training one of its "
                               "member bundles instead")
+        if base.aligned_only:  # aligned encoders: a new model is built around them (fit's own settings)
+            for name in ("new_head", "replay"):
+                if getattr(self, name):
+                    raise MmfuseError(f"init_from={str(self.init_from)!r} holds aligned encoders without a target; "
+                                      f"{name} continues a trained model, leave it unset")
+            return base
         if base.target.column != self.target:
             raise MmfuseError(f"the bundle {str(self.init_from)!r} predicts {base.target.column!r}, not "
                               f"{self.target!r}; continue it on its own target")

@@ -66,7 +66,8 @@ def save_bundle(path: str | os.PathLike, model, preps: dict, target, schema, spe
             tensors[f"prep/{safe_key(name)}/{k}"] = torch.from_numpy(np.ascontiguousarray(a))
     save_file(tensors, str(tmp / "model.safetensors"))
     config = {"format": BUNDLE_FORMAT, "mmfuse_version": __version__, "torch_version": torch.__version__,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "schema": schema.to_dict(), "target": target.to_dict(),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "schema": schema.to_dict(),
+              "target": target.to_dict() if target is not None else {},  # {}: aligned encoders (mmfuse align)
               "preprocessors": prep_meta, "model": spec, "backbones": backbones,
               "input_keys": {n: safe_key(n) for n in sorted(preps)}, **(extra or {})}
     (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
@@ -292,7 +293,20 @@ class Predictor(TablePredictions):
     @property
     def threshold(self):
         """The task's decision threshold: a probability (binary), one per label (multilabel), or None."""
-        return self.target.threshold
+        return self.target.threshold if self.target is not None else None
+
+    @property
+    def aligned_only(self) -> bool:
+        """True for a bundle of aligned encoders (``mmfuse align``): it embeds and retrieves, and
+        ``fit --init-from`` continues from it, but it has no target to predict."""
+        return self.model.fusion is None
+
+    def _refuse_aligned(self, what: str) -> None:
+        if self.aligned_only:
+            where = f" {str(self.path)!r}" if self.path else ""
+            raise MmfuseError(f"the bundle{where} holds aligned encoders (mmfuse align) and no target, so it cannot "
+                              f"{what}; embed or retrieve with it (mmfuse retrieve), or train a model from it: "
+                              "mmfuse fit TABLE --target COLUMN --init-from BUNDLE")
 
     @classmethod
     @_damaged_if_inconsistent
@@ -340,8 +354,8 @@ class Predictor(TablePredictions):
         bad = [k for k in missing if not k.startswith(allowed)] + list(unexpected)
         if bad:
             raise _damaged(path, f"model.safetensors does not match the model in config.json (e.g. {bad[:3]})")
-        return cls(model, preps, task_from_dict(config["target"], config.get("decision_threshold")), Schema.from_dict(config["schema"]), config,
-                   path)
+        task = task_from_dict(config["target"], config.get("decision_threshold")) if config["target"] else None
+        return cls(model, preps, task, Schema.from_dict(config["schema"]), config, path)
 
     def save(self, path, embed_backbones: bool = False) -> Path:
         extra = {k: v for k, v in self.config.items() if k in ("metrics", "training")}
@@ -350,7 +364,7 @@ class Predictor(TablePredictions):
 
     @property
     def classes_(self) -> list | None:
-        return self.target.classes_
+        return self.target.classes_ if self.target is not None else None
 
     @property
     def task(self):
@@ -371,6 +385,7 @@ class Predictor(TablePredictions):
         (``"memory"`` reuses the embeddings a frozen backbone cached on disk for these rows)."""
         from .data import make_loader
 
+        self._refuse_aligned("predict")
         ds = dataset if dataset is not None else self._dataset(data, on_bad_input, root, allow_outside_root, cache)
         self.check_inputs(ds)
         outs, rows = [], []
@@ -384,37 +399,72 @@ class Predictor(TablePredictions):
         return torch.cat(outs), torch.cat(rows).numpy()
 
     @torch.no_grad()
-    def embed(self, data, batch_size: int = 256, on_bad_input="raise", root=None, num_workers: int = 0,
-              allow_outside_root: bool = False, cache=None) -> dict:
-        """Each input's pooled encoder output, the representation the fusion receives.
+    def embed(self, data, input: str | None = None, batch_size: int = 256, on_bad_input="raise", root=None,
+              num_workers: int = 0, allow_outside_root: bool = False, cache=None) -> dict:
+        """Embeddings of the rows of a table: each input's and the fused one, L2-normalised.
 
-        Returns ``{"features": {input: float32 [N, D]}, "present": {input: bool [N]}, "rows": [N]}``:
-        one entry per row that was read (``rows``: their table positions); an input absent from a row
-        has zeros there and ``present`` False. Used to refit a fusion on frozen encoders
-        (:func:`mmfuse.alpha.search_alpha`), and for retrieval or inspection."""
-        from .data import make_loader
+        Returns a dict with:
 
-        ds = self._dataset(data, on_bad_input, root, allow_outside_root, cache)
-        self.check_inputs(ds)
-        feats = {n: [] for n in self.model.names}
-        present = {n: [] for n in self.model.names}
-        rows = []
+        - ``inputs``: ``{input: float32 [N, S]}``, each input's embedding, normalised to unit length: in the
+          shared space (the projection head's output) when the model has one (``shared_dim``, alignment,
+          filling in, ``mmfuse align``), where the inputs can be compared with each other; else the encoder's
+          pooled output (``space`` says which). Rows where the input is absent are zeros.
+        - ``fused``: ``float32 [N, D]``, the fused representation the head reads (late fusion: the combined
+          logits; a bundle of aligned encoders: the mean of the present inputs' shared embeddings),
+          normalised. Left out with ``input``.
+        - ``features``: ``{input: [N, D_m]}``, the encoders' pooled outputs as the fusion receives them (not
+          normalised; used to refit a fusion on frozen encoders, :func:`mmfuse.alpha.search_alpha`).
+        - ``present``: ``{input: bool [N]}``; ``rows``: the table positions of the rows read; ``space``:
+          ``"shared"`` or ``"encoder"``.
+
+        ``input``: embed only this input (the table needs only its columns), e.g. the items of a retrieval
+        index."""
+        import torch.nn.functional as F
+
+        from .data import MultimodalDataset, make_loader
+
+        m = self.model
+        if input is not None and input not in m.names:
+            raise MmfuseError(f"embed: the model has no input {input!r}; its inputs: {', '.join(m.names)}")
+        names = [input] if input is not None else m.names
+        if input is not None:
+            ds = MultimodalDataset(data, {input: self.preprocessors[input]}, None, on_bad_input=on_bad_input,
+                                   root=root, allow_outside_root=allow_outside_root, cache=cache)
+            if ds.absent_inputs():
+                cols = ", ".join(map(repr, self.preprocessors[input].columns))
+                raise MmfuseError(f"embed: the table lacks the column(s) of input {input!r} ({cols}); it has "
+                                  f"{list(ds.table.df.columns)[:20]}")
+        else:
+            ds = self._dataset(data, on_bad_input, root, allow_outside_root, cache)
+            self.check_inputs(ds)
+        keys = ("inputs", "features", "present")
+        acc = {k: {n: [] for n in names} for k in keys}
+        fused, rows = [], []
         for b in make_loader(ds, batch_size=batch_size, num_workers=num_workers):
             ref = b["row"]
-            for n in self.model.names:
-                mask = b["mask"].get(n, torch.zeros(len(ref), dtype=torch.bool))
-                if n in b["inputs"]:
-                    pooled = self.model.encoders[n].forward_with_tokens(b["inputs"][n], mask)[0]
+            masks = {n: b["mask"].get(n, torch.zeros(len(ref), dtype=torch.bool)) for n in m.names}
+            feats, tokens = m.encode(b["inputs"], masks, names)
+            feats = {n: f.float() * masks[n].unsqueeze(1) for n, f in feats.items()}
+            emb = m.project(feats) if m.projections is not None else feats
+            for n in names:
+                acc["inputs"][n].append(F.normalize(emb[n].float(), dim=-1) * masks[n].unsqueeze(1))
+                acc["features"][n].append(feats[n])
+                acc["present"][n].append(masks[n])
+            if input is None:
+                if m.fusion is None:  # aligned encoders: the mean of the present inputs' unit embeddings
+                    f = sum(acc["inputs"][n][-1] for n in names)
                 else:
-                    pooled = torch.zeros(len(ref), self.model.encoders[n].output_dim)
-                feats[n].append(pooled.float() * mask.unsqueeze(1))
-                present[n].append(mask)
+                    f = m.fuse(feats, tokens, masks)["fused"].float()
+                fused.append(F.normalize(f, dim=-1))
             rows.append(ref)
         self.last_report = ds.report
         if not rows:
             raise MmfuseError("no rows to embed (every row was skipped as bad input)")
-        return {"features": {n: torch.cat(v).numpy() for n, v in feats.items()},
-                "present": {n: torch.cat(v).numpy() for n, v in present.items()}, "rows": torch.cat(rows).numpy()}
+        out = {k: {n: torch.cat(v).numpy() for n, v in acc[k].items()} for k in keys}
+        if input is None:
+            out["fused"] = torch.cat(fused).numpy()
+        out.update(rows=torch.cat(rows).numpy(), space="shared" if m.projections is not None else "encoder")
+        return out
 
     def check_inputs(self, dataset) -> list[str]:
         """The inputs absent from this table (kept in :attr:`last_absent`); an error when all are: every

@@ -157,16 +157,27 @@ def fit(
                                                                  "mixed back in to limit forgetting."),
     replay_fraction: float = typer.Option(0.0, "--replay-fraction", min=0.0, max=0.99,
                                           help="Share of old (--replay) rows among the training rows."),
+    modality_dropout: Optional[float] = typer.Option(None, "--modality-dropout",
+                                                     help=setting_help(ModelConfig, "modality_dropout")),
+    align_weight: Optional[float] = typer.Option(None, "--align-weight", help=setting_help(ModelConfig, "align_weight")),
+    align_pairs: Optional[str] = typer.Option(None, "--align-pairs", help="Inputs to align, a:b[,a:c] (default: "
+                                                                          "every pair). With --align-weight."),
+    fill_missing: Optional[bool] = typer.Option(None, "--fill-missing/--no-fill-missing",
+                                                help=setting_help(ModelConfig, "fill_missing")),
 ):
-    """Train a model on a table; writes checkpoints, metrics.json, report.md, plots and bundle/ to --out."""
+    """Train a model on a table; writes checkpoints, metrics.json, report.md, plots and bundle/ to --out.
+    With --init-from a bundle of aligned encoders (mmfuse align), a new model is trained from them."""
     if not (overwrite or resume):
         _refuse_another_run(out)
     if init_from is not None and target is None and config is None:
         target = _bundle_target(init_from)
         if target is None:  # not a bundle: the loader says what it is (a run folder, a typo ...)
             from .bundle import Predictor
+            from .errors import MmfuseError
 
-            Predictor.load(init_from)
+            if Predictor.load(init_from).target is None:
+                raise MmfuseError(f"{str(init_from)!r} holds aligned encoders (mmfuse align) without a target: "
+                                  "give the column to predict, --target COLUMN")
     if (new_head or replay is not None or replay_fraction) and init_from is None:
         from .errors import MmfuseError
 
@@ -180,12 +191,16 @@ def fit(
         progress = sys.stdout.isatty()
     feedback = {k: v for k, v in (("init_from", init_from), ("new_head", new_head or None), ("replay", replay),
                                   ("replay_fraction", replay_fraction or None)) if v is not None}
+    shared = {k: v for k, v in (("modality_dropout", modality_dropout), ("align_weight", align_weight),
+                                ("fill_missing", fill_missing),
+                                ("align_pairs", [p.strip() for p in align_pairs.split(",") if p.strip()]
+                                 if align_pairs else None)) if v is not None}
     m = _predictor_from_options(
         target, config, fusion=fusion, task=task, column=column, group=group, input_=input_,
         group_column=group_column, image_size=image_size, image_resize=image_resize, epochs=epochs,
         batch_size=batch_size, lr=lr, seed=seed, workers=workers, max_time=max_time,
         decision_threshold=decision_threshold, root=root, out=out, on_bad_input=on_bad_input,
-        allow_outside_root=allow_outside_root, resume=resume, progress=progress, **feedback,
+        allow_outside_root=allow_outside_root, resume=resume, progress=progress, **feedback, **shared,
         **({"test_fraction": 0.0} if test is not None else {}))
     import warnings
 
@@ -203,6 +218,240 @@ def fit(
         typer.echo(f"left out {len(rows)} rows with a blank target {m.target!r}: {', '.join(map(str, rows[:20]))}"
                    f"{', ...' if len(rows) > 20 else ''} (all listed in {out / 'metrics.json'})")
     typer.echo(f"run folder: {out} (report.md, metrics.json, bundle/)")
+
+
+@app.command()
+def align(
+    data: Path = typer.Argument(..., help="Table of unlabelled rows (.csv, .tsv, .parquet, .jsonl)."),
+    pairs: Optional[str] = typer.Option(None, "--pairs", help="Inputs to align, a:b[,a:c] (default: every pair of "
+                                                              "--input, or of all inputs)."),
+    out: Path = typer.Option(Path("runs/align"), "--out", "-o", callback=_folder,
+                             help="Run folder (checkpoints, metrics.json, bundle/)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file with `model:` (encoders, dim) "
+                                                                 "and `train:` settings, as for fit."),
+    column: List[str] = typer.Option([], "--column", "-c", help="Override a role: NAME=ROLE (repeatable)."),
+    group: List[str] = typer.Option([], "--group", "-g", help="Read columns as one input: NAME=COL1,COL2."),
+    input_: List[str] = typer.Option([], "--input", help="Align these inputs (every pair of them; repeatable)."),
+    shared_dim: int = typer.Option(128, "--shared-dim", min=1, help="Width of the shared space."),
+    temperature: float = typer.Option(0.07, "--temperature", min=1e-4, max=1.0,
+                                      help="Initial temperature of the contrastive loss (learned)."),
+    queue: int = typer.Option(0, "--queue", min=0, help="Past pairs kept as extra negatives (MoCo-style queue)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=setting_help(TrainConfig, "epochs")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per batch (the negatives of each "
+                                                                        "row; default 128)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help=setting_help(TrainConfig, "lr")),
+    seed: Optional[int] = typer.Option(None, "--seed", help=setting_help(TrainConfig, "seed")),
+    on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted alignment in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Show the progress bar (default: when the output is a terminal)."),
+):
+    """Align inputs in one shared space by contrastive pretraining on unlabelled rows (symmetric InfoNCE).
+    Then `mmfuse fit TABLE --target Y --init-from OUT/bundle` trains from the aligned encoders, and
+    `mmfuse retrieve OUT/bundle ...` searches across inputs."""
+    from .align import align as run_align
+    from .errors import MmfuseError
+
+    if not (overwrite or resume):
+        _refuse_another_run(out)
+    cfg = _load_config(config)
+    unknown = set(cfg) - {"model", "train", "columns", "groups", "preprocessing", "inputs"}
+    if unknown:
+        raise MmfuseError(f"config file {config}: mmfuse align reads model:, train:, columns, groups, inputs and "
+                          f"preprocessing; not {', '.join(sorted(unknown))}")
+    model = dict(cfg.get("model") or {})
+    bad = set(model) - {"encoders", "dim"}
+    if bad:
+        raise MmfuseError(f"config file {config}: mmfuse align takes model.encoders and model.dim; "
+                          f"{', '.join(sorted(bad))} belong to fit (--shared-dim, --temperature and --queue are options)")
+    train = dict(cfg.get("train") or {})
+    for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("seed", seed)):
+        if v is not None:
+            train[k] = v
+    train["progress"] = sys.stdout.isatty() if progress is None else progress
+    from .schema import parse_column_overrides
+
+    columns = {**(cfg.get("columns") or {}), **parse_column_overrides(column)}
+    groups = {**(cfg.get("groups") or {}), **_parse_groups(group)}
+    pred = run_align(data, pairs, out, inputs=list(input_) or cfg.get("inputs"), columns=columns or None,
+                     groups=groups or None, preprocessing=cfg.get("preprocessing"), encoders=model.get("encoders"),
+                     dim=model.get("dim", 128), shared_dim=shared_dim, temperature=temperature, queue=queue,
+                     root=root, on_bad_input=on_bad_input, allow_outside_root=allow_outside_root, resume=resume,
+                     echo=typer.echo, **train)
+    m = pred.config["metrics"]
+    typer.echo(f"best epoch {m['best_epoch'] + 1 if m['best_epoch'] is not None else '-'} of {m['epochs_run']}; "
+               "held-out rows, exact search:")
+    for direction, r in m["val_retrieval"].items():
+        typer.echo(f"  {direction}: recall@1 {r['recall@1']:.3f}, recall@5 {r['recall@5']:.3f}, recall@10 "
+                   f"{r['recall@10']:.3f}, median rank {r['median_rank']:g} of {r['index_rows']} "
+                   f"(chance recall@1 {r['chance_recall@1']:.3f})")
+    typer.echo(f"run folder: {out} (metrics.json, bundle/); next: mmfuse fit TABLE --target COLUMN --init-from "
+               f"{out / 'bundle'}")
+
+
+def _retrieval_bundle(bundle: Path):
+    from .bundle import Predictor
+    from .errors import MmfuseError
+
+    pred = Predictor.load(bundle)
+    if not hasattr(pred, "model"):
+        raise MmfuseError(f"{bundle} is an ensemble; retrieve with one of its member bundles")
+    return pred
+
+
+@app.command()
+def index(
+    bundle: Path = typer.Argument(..., help="Bundle with a shared space (mmfuse align, or fit with align_weight)."),
+    data: Path = typer.Argument(..., help="Table of the items to search."),
+    input_: str = typer.Option(..., "--input", help="The input of the items embedded (e.g. image)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=_folder, help="Index folder to write."),
+    faiss: Optional[str] = typer.Option(None, "--faiss", help="Also build an approximate FAISS index: hnsw, ivf or "
+                                                              "flat (pip install 'mmfuse[faiss]')."),
+    match: Optional[str] = typer.Option(None, "--match", help="COL[,COL]: keep these columns' values with each item, "
+                                                              "for `mmfuse evaluate-retrieval --index FOLDER --match`."),
+    on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
+):
+    """Embed a table's items once and save them (and a FAISS index) for `mmfuse retrieve --index FOLDER`."""
+    from .errors import MmfuseError
+    from .retrieval import FAISS_KINDS, build_index
+
+    if faiss is not None and faiss not in FAISS_KINDS:
+        raise MmfuseError(f"--faiss {faiss!r}: choose one of {', '.join(FAISS_KINDS)}")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "index.json").is_file())):
+        raise MmfuseError(f"--out {out} is a file or a folder of other files; give a new folder (an index folder is "
+                          "replaced)")
+    pred = _retrieval_bundle(bundle)
+    if input_ not in pred.model.names:
+        raise MmfuseError(f"--input {input_!r}: the bundle has no such input; its inputs: {', '.join(pred.model.names)}")
+    idx = build_index(pred, _table(data, root), input_, faiss=faiss, root=root, on_bad_input=on_bad_input,
+                      match=[c.strip() for c in match.split(",") if c.strip()] if match else None,
+                      allow_outside_root=allow_outside_root)
+    idx.save(out)
+    extra = (f"; FAISS {faiss}: recall@10 against exact search {idx.info['recall@10_vs_exact']:.3f} "
+             f"({idx.info['recall_measured_on']})" if faiss else "")
+    absent = f"; {idx.info['absent_rows']} rows without {input_!r} left out" if idx.info["absent_rows"] else ""
+    typer.echo(f"indexed {len(idx)} rows of {input_!r}{absent}{extra}; written to {out}")
+
+
+_OPT_FROM = typer.Option(..., "--from", help="The query rows' input (e.g. audio).")
+_OPT_TO = typer.Option(..., "--to", help="The index rows' input (e.g. image).")
+
+
+@app.command()
+def retrieve(
+    bundle: Path = typer.Argument(..., help="Bundle with a shared space (mmfuse align, or fit with align_weight)."),
+    query: Path = typer.Option(..., "--query", help="Table of the query rows."),
+    index_: Path = typer.Option(..., "--index", help="Table of the items to search, or an index folder (mmfuse index)."),
+    from_: str = _OPT_FROM,
+    to: str = _OPT_TO,
+    k: int = typer.Option(10, "--k", min=1, help="Results per query row."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results (.csv, .parquet, .jsonl); "
+                                                                  "default: print the first ones."),
+    exact: bool = typer.Option(False, "--exact", help="Exact search even when the index folder has a FAISS index."),
+    on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
+):
+    """The top k index rows for each query row (query_row, rank, index_row, score = cosine similarity)."""
+    from .retrieval import retrieve as run_retrieve
+
+    if out is not None:
+        from .batch import check_output
+
+        check_output(query, out)
+    pred = _retrieval_bundle(bundle)
+    res = run_retrieve(pred, _table(query, root), index_ if index_.is_dir() else _table(index_, root), from_, to, k,
+                       root=root, on_bad_input=on_bad_input, allow_outside_root=allow_outside_root,
+                       exact=True if exact else None)
+    absent = res.attrs.get("absent_queries") or []
+    if absent:
+        typer.echo(f"note: {len(absent)} query rows have no {from_!r} and get no results: "
+                   f"{', '.join(map(str, absent[:20]))}{' ...' if len(absent) > 20 else ''}")
+    if out is None:
+        typer.echo(res.head(50).to_string(index=False))
+        if len(res) > 50:
+            typer.echo(f"... {len(res)} lines in all; write them with --out FILE")
+        return
+    _write_frame(res, out)
+    typer.echo(f"{res['query_row'].nunique()} query rows, top {k}: written to {out}")
+
+
+def _write_frame(df, out: Path) -> None:
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
+    os.close(fd)
+    try:
+        suffix = out.suffix.lower()
+        if suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        elif suffix == ".jsonl":
+            df.to_json(tmp, orient="records", lines=True)
+        else:
+            df.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@app.command("evaluate-retrieval")
+def evaluate_retrieval(
+    bundle: Path = typer.Argument(..., help="Bundle with a shared space (mmfuse align, or fit with align_weight)."),
+    query: Path = typer.Option(..., "--query", help="Table of the query rows."),
+    index_: Optional[Path] = typer.Option(None, "--index", help="Table (or index folder) of the items; default: the "
+                                                                "query table (row i matches row i)."),
+    from_: str = _OPT_FROM,
+    to: str = _OPT_TO,
+    match: Optional[str] = typer.Option(None, "--match", help="COL[,COL]: an index row is a hit when it has the "
+                                                              "query's values in these columns (e.g. label). "
+                                                              "Default: row i matches row i."),
+    k: str = typer.Option("1,5,10", "--k", help="Cut-offs, e.g. 1,5,10."),
+    faiss: Optional[str] = typer.Option(None, "--faiss", help="Also measure an approximate FAISS index (hnsw, ivf, "
+                                                              "flat) against exact search."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the metrics to this .json file."),
+    on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
+):
+    """Recall@k (and precision@k with --match), median rank and mean reciprocal rank of retrieving --to items
+    from --from queries, on the rows whose true match is known."""
+    import json
+
+    from .errors import MmfuseError
+    from .io import atomic_write_text
+    from .retrieval import FAISS_KINDS
+    from .retrieval import evaluate_retrieval as run_eval
+
+    try:
+        ks = [int(x) for x in k.split(",") if x.strip()]
+    except ValueError:
+        raise MmfuseError(f"--k {k!r}: write cut-offs as integers, e.g. 1,5,10") from None
+    if faiss is not None and faiss not in FAISS_KINDS:
+        raise MmfuseError(f"--faiss {faiss!r}: choose one of {', '.join(FAISS_KINDS)}")
+    if out is not None and out.suffix.lower() != ".json":
+        raise MmfuseError(f"--out {out}: the metrics are written as JSON; name a .json file")
+    pred = _retrieval_bundle(bundle)
+    q = _table(query, root)
+    idx = q if index_ is None else (index_ if index_.is_dir() else _table(index_, root))
+    res = run_eval(pred, q, idx, from_, to, match=[c.strip() for c in match.split(",")] if match else None, ks=ks,
+                   root=root, on_bad_input=on_bad_input, allow_outside_root=allow_outside_root, faiss=faiss)
+    head = (f"{res['from']} -> {res['to']}: {res['queries']} queries against {res['index_rows']} index rows"
+            + (f" ({res['rows_left_out']} query rows left out: no input or no known match)" if res["rows_left_out"] else ""))
+    typer.echo(head)
+    for key in [f"recall@{x}" for x in ks] + [f"precision@{x}" for x in ks if f"precision@{x}" in res] + [
+            "median_rank", "mean_reciprocal_rank", "chance_precision", "chance_recall@1", "approx_recall@10_vs_exact"]:
+        if key in res:
+            typer.echo(f"  {key:26s} {res[key]:.4f}" if isinstance(res[key], float) else f"  {key:26s} {res[key]}")
+    if out is not None:
+        atomic_write_text(out, json.dumps(res, indent=1, default=str) + "\n")
+        typer.echo(f"written to {out}")
 
 
 # Options that `cv` and `search` share (the same metadata object serves both commands)

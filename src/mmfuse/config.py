@@ -37,6 +37,23 @@ class ModelConfig:
     dropout: float = _doc(0.1, "Dropout in the head.")
     modality_dropout: float = _doc(0.0, "Probability of dropping each input of each row in training.")
     aux_weight: float = _doc(0.0, "Weight of the auxiliary unimodal losses (0 disables them).")
+    shared_dim: int = _doc(0, "Width of the shared embedding space: a linear projection head per input maps its encoder "
+                              "output there (`Predictor.embed`, retrieval, alignment, filling in). 0: `dim` when "
+                              "`align_weight` > 0 or `fill_missing` is on, else no projection heads.")
+    align_weight: float = _doc(0.0, "Weight of the contrastive alignment loss (symmetric InfoNCE between the shared "
+                                    "embeddings of `align_pairs`), added to the supervised loss (0 disables it).")
+    align_pairs: list = _doc(help='Pairs of inputs to align, e.g. `["audio:image"]`; empty: every pair of inputs.',
+                             factory=list)
+    align_temperature: float = _doc(0.07, "Initial temperature of the alignment loss (learned; the inverse "
+                                          "temperature is capped at 100).")
+    align_queue: int = _doc(0, "Past embeddings of each aligned pair kept as extra negatives of the alignment loss "
+                               "(a MoCo-style queue, without a momentum encoder); 0: the batch's rows only.")
+    fill_missing: bool = _doc(False, "Fill an absent input with an estimate of its shared embedding, predicted from "
+                                     "the inputs present by a small regressor trained on rows where it is present "
+                                     "(hidden from the regressor); the fusion then reads every input's shared "
+                                     "embedding. False: absent inputs are zeros.")
+    fill_weight: float = _doc(1.0, "Weight of the filling regressor's loss (mean squared error to the hidden input's "
+                                   "shared embedding) when `fill_missing` is on.")
 
     def __post_init__(self):  # every way of making a config (Python, CLI, config file, replace) is checked
         validate(self)
@@ -170,6 +187,12 @@ CONSTRAINTS = {
     "dim": lambda: _int(1), "encoders": lambda: _Check(lambda v: isinstance(v, dict), "a mapping"),
     "head_hidden": lambda: _int(1), "dropout": lambda: _real(0, 1, hi_open=True),
     "modality_dropout": lambda: _real(0, 1, hi_open=True), "aux_weight": lambda: _real(0),
+    "shared_dim": lambda: _int(0), "align_weight": lambda: _real(0),
+    "align_pairs": lambda: _Check(lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) and ":" in x
+                                                                               for x in v),
+                                  "a list of 'input_a:input_b' pairs"),
+    "align_temperature": lambda: _real(0, 1, lo_open=True), "align_queue": lambda: _int(0),
+    "fill_missing": lambda: _one_of(True, False), "fill_weight": lambda: _real(0),
     "epochs": lambda: _int(1), "batch_size": lambda: _int(1), "lr": lambda: _real(0, lo_open=True),
     "backbone_lr": lambda: _real(0, lo_open=True), "layer_decay": lambda: _real(0, 1, lo_open=True),
     "weight_decay": lambda: _real(0), "warmup": lambda: _real(0, 1, hi_open=True), "grad_clip": lambda: _real(0),

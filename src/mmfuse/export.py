@@ -80,8 +80,7 @@ class ExportedModel(nn.Module):
                 tok = torch.where(present[:, None, None], tok, torch.zeros_like(tok))
                 tmask = tmask & present[:, None]
             tokens[n] = (tok, tmask)
-        fused = m.fusion(feats, masks, tokens if m.fusion.uses_tokens else None)
-        return fused if m.head is None else m.head(fused)
+        return m.fuse(feats, tokens, masks)["logits"]
 
 
 def _zero_absent(x, present):
@@ -158,6 +157,7 @@ def export_onnx(bundle, out, data, *, rows: int = 256, tolerance: float = 1e-4, 
     pred = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle)
     if not isinstance(pred, Predictor):
         raise MmfuseError(f"{bundle} is an ensemble; export each of its member bundles (its members/ folder) instead")
+    pred._refuse_aligned("be exported as a predicting graph")
     if pred.path is not None:
         _check_out(out, Path(pred.path))
     for n, p in pred.preprocessors.items():

@@ -1,16 +1,18 @@
-"""The model: encoders -> fusion -> head, with modality dropout and auxiliary unimodal heads."""
+"""The model: encoders -> fusion -> head, with modality dropout, auxiliary unimodal heads and, optionally,
+a shared embedding space (projection heads, contrastive alignment, filling in absent inputs)."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._names import InputModuleDict
 from .encoders import Encoder
 from .fusion import Fusion
 
-__all__ = ["MultimodalModel", "Head"]
+__all__ = ["MultimodalModel", "Head", "Filler", "parse_pairs"]
 
 
 class Head(nn.Sequential):
@@ -18,6 +20,53 @@ class Head(nn.Sequential):
 
     def __init__(self, dim: int, n_outputs: int, hidden: int = 128, dropout: float = 0.1):
         super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_outputs))
+
+
+class Filler(nn.Module):
+    """Estimates each input's shared embedding from the other inputs' (those present in the row).
+
+    For input ``n`` of M, a two-layer MLP reads ``[z_m * p_m for m != n] + [p_m for m != n]`` (the other
+    inputs' shared embeddings, zeroed where absent, and their presence) and returns ``ẑ_n`` ``[B, S]``. It
+    never reads ``n`` itself, so training it on rows where ``n`` is present teaches it with ``n`` hidden."""
+
+    def __init__(self, names: Sequence[str], dim: int, hidden: int | None = None):
+        super().__init__()
+        if len(names) < 2:
+            raise ValueError("filling in an absent input needs at least two inputs (one to fill from)")
+        self.names = sorted(names)
+        width = (len(self.names) - 1) * (dim + 1)
+        hidden = hidden or dim
+        self.nets = InputModuleDict({n: nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, dim))
+                                     for n in self.names})
+
+    def forward(self, shared: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict:
+        out = {}
+        for n in self.names:
+            others = [m for m in self.names if m != n]
+            x = torch.cat([shared[m] * masks[m].unsqueeze(1).to(shared[m].dtype) for m in others]
+                          + [torch.stack([masks[m] for m in others], 1).to(shared[n].dtype)], 1)
+            out[n] = self.nets[n](x)
+        return out
+
+
+def parse_pairs(pairs: Sequence[str] | None, names: Sequence[str]) -> list[tuple[str, str]]:
+    """``["a:b", ...]`` as ``[("a", "b"), ...]`` over these input names (a name may hold ``:``: the split
+    that gives two known names is taken); empty or None: every pair of inputs."""
+    names = sorted(names)
+    if not pairs:
+        return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    out = []
+    for p in pairs:
+        splits = [(p[:i], p[i + 1:]) for i, c in enumerate(p) if c == ":" and p[:i] in names and p[i + 1:] in names]
+        if not splits:
+            raise ValueError(f"alignment pair {p!r}: write INPUT_A:INPUT_B with two of the model's inputs "
+                             f"({', '.join(names)})")
+        a, b = splits[0]
+        if a == b:
+            raise ValueError(f"alignment pair {p!r}: an input cannot be aligned with itself")
+        if (a, b) not in out and (b, a) not in out:
+            out.append((a, b))
+    return out
 
 
 class MultimodalModel(nn.Module):
@@ -29,30 +78,50 @@ class MultimodalModel(nn.Module):
 
     Args:
         encoders: Input name -> encoder.
-        fusion: A fusion over exactly those inputs.
+        fusion: A fusion over exactly those inputs (over widths ``shared_dim`` with ``fill_missing``); None
+            for a model of aligned encoders only (``mmfuse align``: no fusion, no head).
         head: Maps the fused ``[B, D]`` to logits; None when the fusion produces logits (late).
         aux_heads: Input name -> head on that encoder's output alone (auxiliary unimodal losses).
         aux_from_fusion: Take the auxiliary logits from the fusion's own per-input heads
             (:meth:`Fusion.unimodal_logits`, late fusion) instead of ``aux_heads``.
         modality_dropout: During training, drop each input of each row with this probability
             (a row always keeps at least one of its present inputs).
+        shared_dim: Width S of the shared space; > 0 gives every input a linear projection head
+            (``out["shared"]``), 0 none.
+        align_pairs: Pairs of inputs whose shared embeddings the contrastive loss aligns
+            (:meth:`alignment_loss`, one :class:`~mmfuse.align.ClipLoss` per pair, with its own temperature).
+        align_temperature, align_queue: Of those losses (initial temperature; past embeddings kept as negatives).
+        fill_missing: Absent inputs get the :class:`Filler`'s estimate of their shared embedding, and the
+            fusion reads every input's shared embedding (present: projected; absent: estimated).
     """
 
-    def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion, head: nn.Module | None = None,
+    def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion | None, head: nn.Module | None = None,
                  aux_heads: Mapping[str, nn.Module] | None = None, modality_dropout: float = 0.0,
-                 aux_from_fusion: bool = False):
+                 aux_from_fusion: bool = False, shared_dim: int = 0, align_pairs: Sequence[tuple[str, str]] = (),
+                 align_temperature: float = 0.07, align_queue: int = 0, fill_missing: bool = False):
         super().__init__()
         self.names = sorted(encoders)
-        if sorted(fusion.names) != self.names:
+        if fusion is not None and sorted(fusion.names) != self.names:
             raise ValueError(f"fusion inputs {fusion.names} differ from encoder inputs {self.names}")
+        if (align_pairs or fill_missing) and not shared_dim:
+            raise ValueError("alignment and filling in need a shared space: shared_dim > 0")
         self.encoders = InputModuleDict({n: encoders[n] for n in self.names})
         self.fusion = fusion
         self.head = head
         self.aux_heads = InputModuleDict(aux_heads) if aux_heads else None
         self.modality_dropout = modality_dropout
-        if aux_from_fusion and (aux_heads or not fusion.has_unimodal_heads):
+        if aux_from_fusion and (aux_heads or fusion is None or not fusion.has_unimodal_heads):
             raise ValueError("aux_from_fusion needs a fusion with per-input heads and no aux_heads")
         self.aux_from_fusion = aux_from_fusion
+        self.shared_dim = int(shared_dim)
+        self.projections = (InputModuleDict({n: nn.Linear(encoders[n].output_dim, shared_dim) for n in self.names})
+                            if shared_dim else None)
+        from .align import ClipLoss
+
+        self.align_pairs = [tuple(p) for p in align_pairs]
+        self.align_losses = nn.ModuleList([ClipLoss(align_temperature, queue_size=align_queue, dim=shared_dim)
+                                           for _ in self.align_pairs])
+        self.filler = Filler(self.names, shared_dim) if fill_missing else None
 
     def drop_modalities(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Randomly mark present inputs absent, keeping at least one per row that had one."""
@@ -64,7 +133,8 @@ class MultimodalModel(nn.Module):
         return {n: dropped[:, i] for i, n in enumerate(self.names)}
 
     def forward(self, inputs: Mapping, masks: Mapping[str, torch.Tensor], absent: Sequence[str] = ()) -> dict:
-        """Logits ``[B, K]`` (and ``aux``: per-input logits when auxiliary heads exist).
+        """Logits ``[B, K]`` (and ``aux``: per-input logits when auxiliary heads exist; ``shared``: each
+        input's shared embedding, with a shared space; ``filled``: the filler's estimates).
 
         Args:
             inputs: Input name -> batch tensor (or dict of tensors). Names missing here are absent.
@@ -75,17 +145,67 @@ class MultimodalModel(nn.Module):
         masks = {n: (masks[n] if n in masks and n not in absent else torch.zeros_like(ref)) for n in self.names}
         if self.training and self.modality_dropout > 0:
             masks = self.drop_modalities(masks)
+        feats, tokens = self.encode(inputs, masks)
+        return self.fuse(feats, tokens, masks)
+
+    def encode(self, inputs: Mapping, masks: Mapping[str, torch.Tensor], names: Sequence[str] | None = None):
+        """Each input's pooled output ``[B, D_m]`` and tokens (``(None, None)`` without); an input not in
+        ``inputs`` gives zeros. ``names``: only these inputs (default: all)."""
+        ref = next(iter(masks.values()))
         feats, tokens = {}, {}
-        for n in self.names:
+        for n in names or self.names:
             if n in inputs:
                 pooled, tok, tmask = self.encoders[n].forward_with_tokens(inputs[n], masks[n])
             else:
                 pooled, tok, tmask = torch.zeros(ref.shape[0], self.encoders[n].output_dim, device=ref.device), None, None
             feats[n], tokens[n] = pooled, (tok, tmask)
-        fused = self.fusion(feats, masks, tokens if self.fusion.uses_tokens else None)
-        out = {"logits": fused if self.head is None else self.head(fused), "masks": masks}
+        return feats, tokens
+
+    def project(self, feats: Mapping[str, torch.Tensor]) -> dict:
+        """Each input's shared embedding ``[B, S]`` (not normalised), for the inputs in ``feats``."""
+        return {n: self.projections[n](f) for n, f in feats.items()}
+
+    def fuse(self, feats: Mapping[str, torch.Tensor], tokens: Mapping, masks: Mapping[str, torch.Tensor]) -> dict:
+        """From the encoders' outputs to ``{"logits", "masks", "fused" (the head's input), "shared",
+        "filled", "aux"}`` (the last three where the model has them)."""
+        out = {"masks": masks}
+        fin_feats, fin_masks, fin_tokens = feats, masks, tokens
+        if self.projections is not None:
+            shared = out["shared"] = self.project(feats)
+            if self.filler is not None:
+                est = out["filled"] = self.filler(shared, masks)
+                any_present = torch.stack([masks[n] for n in self.names], 1).any(1)
+                fin_feats = {n: torch.where(masks[n].unsqueeze(1), shared[n], est[n]) for n in self.names}
+                fin_masks = {n: any_present for n in self.names}  # present, or filled from the inputs present
+                fin_tokens = None
+        if self.fusion is not None:
+            fused = self.fusion(fin_feats, fin_masks, fin_tokens if self.fusion.uses_tokens else None)
+            out["fused"] = fused
+            out["logits"] = fused if self.head is None else self.head(fused)
         if self.aux_heads is not None:
             out["aux"] = {n: self.aux_heads[n](feats[n]) for n in self.names}
         elif self.aux_from_fusion:
-            out["aux"] = self.fusion.unimodal_logits(feats)
+            out["aux"] = self.fusion.unimodal_logits(fin_feats)
         return out
+
+    # --- the losses of the shared space ---------------------------------------------------------------
+    def alignment_loss(self, out: dict) -> torch.Tensor:
+        """The mean over :attr:`align_pairs` of each pair's contrastive loss on ``out["shared"]`` (rows where
+        either input of a pair is absent are left out of that pair's loss)."""
+        shared, masks = out["shared"], out["masks"]
+        return torch.stack([loss(shared[a], shared[b], masks[a], masks[b])
+                            for (a, b), loss in zip(self.align_pairs, self.align_losses)]).mean()
+
+    def fill_loss(self, out: dict) -> torch.Tensor:
+        """Mean squared error of the filler's estimate of each input to its (detached) shared embedding, on
+        rows where the input is present and another input is present to fill from; the mean over inputs."""
+        shared, est, masks = out["shared"], out["filled"], out["masks"]
+        stacked = torch.stack([masks[n] for n in self.names], 1)
+        terms = []
+        for i, n in enumerate(self.names):
+            rows = masks[n] & (stacked.sum(1) > 1)
+            if bool(rows.any()):
+                terms.append(F.mse_loss(est[n][rows], shared[n][rows].detach()))
+        if not terms:
+            return sum(e.sum() for e in est.values()) * 0.0
+        return torch.stack(terms).mean()

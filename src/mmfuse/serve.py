@@ -408,6 +408,8 @@ def create_app(bundle, config: ServeConfig | None = None):
     predictor = Predictor.load(bundle) if isinstance(bundle, (str, os.PathLike)) else bundle
     if not predictor.preprocessors:
         raise MmfuseError("mmfuse serve takes one bundle, not an ensemble folder: serve one of its members")
+    if getattr(predictor, "aligned_only", False):
+        predictor._refuse_aligned("be served")
     Row, PredictRequest, PredictResponse = request_models(predictor)
     reader = RowReader(predictor, cfg)
     metrics = Metrics()
@@ -566,7 +568,9 @@ def serve(bundle, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, c
     cfg = config or ServeConfig()
     from .bundle import Predictor
 
-    Predictor.load(bundle)  # a bad bundle fails here, once, with its one-line error
+    loaded = Predictor.load(bundle)  # a bad bundle fails here, once, with its one-line error
+    if getattr(loaded, "aligned_only", False):
+        loaded._refuse_aligned("be served")
     import socket
 
     with socket.socket() as sock:  # a taken port or an unknown host: one line now, not uvicorn's log later

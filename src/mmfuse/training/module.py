@@ -52,9 +52,28 @@ class LitMultimodal(L.LightningModule):
     def val_dataloader(self):
         return self.val_loader
 
-    def loss(self, out: dict, y: torch.Tensor) -> torch.Tensor:
-        """The task's loss (with class weights), plus ``aux_weight`` × the mean unimodal auxiliary loss."""
-        loss = self.task.loss(out["logits"], y, self.class_weights)
+    def loss(self, out: dict, y: torch.Tensor | None) -> torch.Tensor:
+        """The task's loss (with class weights), plus ``aux_weight`` × the mean unimodal auxiliary loss,
+        ``align_weight`` × the alignment loss and ``fill_weight`` × the filler's loss, where the model has
+        them. Without a task (contrastive pretraining, :func:`mmfuse.align.align`): the alignment loss."""
+        parts = self.loss_parts(out, y)
+        return sum(w * parts[k] for k, w in self.weights.items() if k in parts)
+
+    @property
+    def weights(self) -> dict:
+        return {"task": 1.0, "aux": self.mcfg.aux_weight, "fill": self.mcfg.fill_weight,
+                "align": self.mcfg.align_weight if self.task is not None else 1.0}
+
+    def loss_parts(self, out: dict, y: torch.Tensor | None) -> dict:
+        """Each term of the objective, unweighted: ``task``, ``aux``, ``align``, ``fill``."""
+        parts = {}
+        if self.model.align_pairs:
+            parts["align"] = self.model.alignment_loss(out)
+        if self.model.filler is not None:
+            parts["fill"] = self.model.fill_loss(out)
+        if self.task is None or y is None:  # no task (pretraining), or the shared space's terms only
+            return parts
+        parts["task"] = self.task.loss(out["logits"], y, self.class_weights)
         if "aux" in out and self.mcfg.aux_weight > 0:
             aux = []
             for n, lg in out["aux"].items():
@@ -62,8 +81,8 @@ class LitMultimodal(L.LightningModule):
                 if bool(m.any()):
                     aux.append(self.task.loss(lg[m], y[m], self.class_weights))
             if aux:
-                loss = loss + self.mcfg.aux_weight * torch.stack(aux).mean()
-        return loss
+                parts["aux"] = torch.stack(aux).mean()
+        return parts
 
     def on_train_epoch_start(self):
         self._train_sum, self._train_n = 0.0, 0
@@ -72,8 +91,8 @@ class LitMultimodal(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         out = self.model(batch["inputs"], batch["mask"])
-        loss = self.loss(out, batch["target"])
-        n = len(batch["target"])
+        loss = self.loss(out, batch.get("target"))
+        n = len(batch["row"])
         self._train_sum = self._train_sum + loss.detach() * n  # stays on the device: no sync per step
         self._train_n += n
         if self.tcfg.progress or self.tcfg.log:  # Lightning's per-step logging costs even with nothing to show it
@@ -85,17 +104,30 @@ class LitMultimodal(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         out = self.model(batch["inputs"], batch["mask"])
-        self._val.append((out["logits"].float().cpu(), batch["target"].cpu()))
+        n = len(batch["row"])
+        # the shared space's terms, per batch (a contrastive loss depends on the batch: validation batches are fixed)
+        extra = {k: float(v) * n for k, v in self.loss_parts(out, None).items()} if self.task is None or \
+            self.model.align_pairs or self.model.filler is not None else {}
+        if self.task is None:
+            self._val.append((None, None, extra, n))
+        else:
+            self._val.append((out["logits"].float().cpu(), batch["target"].cpu(), extra, n))
 
     def on_validation_epoch_end(self):
         if not self._val:
             return
-        logits = torch.cat([v[0] for v in self._val])
-        y = torch.cat([v[1] for v in self._val])
-        # the training objective's main term, class weights included, so that early stopping watches it
-        weights = None if self.class_weights is None else self.class_weights.cpu()
-        metrics = {"val_loss": float(self.task.loss(logits, y, weights))}
-        metrics.update({f"val_{k}": v for k, v in self.task.quick_metrics(logits, y).items()})
+        total = sum(v[3] for v in self._val)
+        extra = {f"val_{k}_loss": sum(v[2].get(k, 0.0) for v in self._val) / total for k in self._val[0][2]}
+        if self.task is None:  # contrastive pretraining: early stopping watches the alignment loss
+            metrics = {"val_loss": extra.pop("val_align_loss"), **extra}
+        else:
+            logits = torch.cat([v[0] for v in self._val])
+            y = torch.cat([v[1] for v in self._val])
+            # the training objective's main term, class weights included, so that early stopping watches it
+            weights = None if self.class_weights is None else self.class_weights.cpu()
+            metrics = {"val_loss": float(self.task.loss(logits, y, weights))}
+            metrics.update({f"val_{k}": v for k, v in self.task.quick_metrics(logits, y).items()})
+            metrics.update(extra)
         for k, v in metrics.items():
             self.log(k, v, prog_bar=k in ("val_loss", "val_accuracy", "val_rmse"))
         entry = {"epoch": self.current_epoch, "train_loss": float(self._train_sum) / max(1, self._train_n), **metrics,

@@ -62,7 +62,8 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
     last = ckpt_dir / "last.ckpt"
     fingerprint = normalize(fingerprint) if fingerprint is not None else None
     resumed_from = _check_resume(last, fingerprint, run_dir) if resume and last.exists() else None
-    monitor, mode = task.monitor_for(tcfg.monitor)  # early stopping and best-checkpoint selection
+    # early stopping and best-checkpoint selection (contrastive pretraining, without a task: its loss)
+    monitor, mode = task.monitor_for(tcfg.monitor) if task is not None else ("val_loss", "min")
     lit = LitMultimodal(model, task, train_loader, val_loader, tcfg, mcfg, class_weights)
     lit.extra_checkpoint_state = {_FINGERPRINT_KEY: fingerprint}  # in every checkpoint (a hook, not a callback,
     # which Lightning would call on every one of its per-step events)

@@ -1,0 +1,183 @@
+"""The shared space of a model: projection heads, the alignment and filling losses, filling in absent
+inputs with every fusion, embeddings through save and load, and fit from aligned encoders."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmfuse import MultimodalPredictor, Predictor
+from mmfuse.encoders import create_encoder
+from mmfuse.fusion import FUSIONS, create_fusion, list_fusions
+from mmfuse.model import Head, MultimodalModel, parse_pairs
+
+
+def model(fusion="concat", fill=False, pairs=(("a", "b"),), S=6, seed=0):
+    torch.manual_seed(seed)
+    enc = {"a": create_encoder("tabular_mlp", n_numeric=2, dim=8), "b": create_encoder("tabular_mlp", n_numeric=3, dim=8),
+           "c": create_encoder("tabular_mlp", n_numeric=1, dim=8)}
+    logits = FUSIONS.get(fusion).produces_logits
+    width = S if fill else 8
+    f = create_fusion(fusion, {n: width for n in enc}, dim=3 if logits else 8,
+                      **({"rank_dim": 2} if fusion == "tensor" else {}))
+    return MultimodalModel(enc, f, None if logits else Head(8, 3, 8), shared_dim=S, align_pairs=pairs,
+                           fill_missing=fill)
+
+
+def batch(B=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = {"a": {"num": torch.randn(B, 4, generator=g)}, "b": {"num": torch.randn(B, 6, generator=g)},
+         "c": {"num": torch.randn(B, 2, generator=g)}}
+    return x, {n: torch.ones(B, dtype=torch.bool) for n in x}
+
+
+def test_pairs_parse_against_the_inputs():
+    assert parse_pairs([], ["b", "a", "c"]) == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert parse_pairs(["x:y:z"], ["x:y", "z"]) == [("x:y", "z")]  # a name holding ':' is found
+    assert parse_pairs(["b:a", "a:b"], ["a", "b"]) == [("b", "a")]  # a pair once
+    for bad in (["a:q"], ["a:a"], ["ab"]):
+        with pytest.raises(ValueError, match="pair"):
+            parse_pairs(bad, ["a", "b"])
+
+
+def test_rows_with_an_absent_input_leave_the_pair_loss_unchanged():
+    m = model().eval()  # (in training, batch norm would let one row's values reach the others)
+    x, masks = batch()
+    masks["b"][:5] = False
+    loss = m.alignment_loss(m(x, masks))
+    x2 = {**x, "a": {"num": x["a"]["num"].clone()}}
+    x2["a"]["num"][:5] = 100.0  # the absent-b rows' a changes: neither positive nor negative anywhere
+    assert float(m.alignment_loss(m(x2, masks)).detach()) == pytest.approx(float(loss.detach()), abs=1e-6)
+    x2["a"]["num"][7] = 100.0  # a present row changes: the loss changes
+    assert float(m.alignment_loss(m(x2, masks)).detach()) != pytest.approx(float(loss.detach()), abs=1e-4)
+
+
+@pytest.mark.parametrize("fusion", list_fusions())
+def test_every_fusion_reads_the_filled_estimate_of_an_absent_input(fusion):
+    m = model(fusion, fill=True).eval()
+    x, masks = batch(8)
+    masks["b"][:4] = False
+    out = m(x, masks)
+    assert torch.isfinite(out["logits"]).all()
+    with torch.no_grad():  # the filler's estimate reaches the output: changing it changes the absent rows only
+        m.filler.nets["b"][-1].bias += 1.0
+    out2 = m(x, masks)
+    changed = (out2["logits"] - out["logits"]).abs().amax(1) > 1e-6
+    assert changed[:4].all() and not changed[4:].any()
+    # the absent input's own values never matter
+    x3 = {**x, "b": {"num": x["b"]["num"].clone()}}
+    x3["b"]["num"][:4] = 50.0
+    assert torch.allclose(m(x3, masks)["logits"], out2["logits"], atol=1e-6)
+
+
+def test_the_fill_loss_is_taught_where_the_input_is_present_and_not_what_it_fills():
+    m = model(fill=True).train()
+    with torch.no_grad():  # the estimators of a and c ignore b: only b's own term could reach b's embedding
+        for n in ("a", "c"):
+            m.filler.nets[n][0].weight.zero_()
+    x, masks = batch()
+    masks["b"][:5] = False
+    out = m(x, masks)
+    loss = m.fill_loss(out)
+    # the target is the detached shared embedding: b's own term sends no gradient to it
+    (g_b,) = torch.autograd.grad(loss, out["shared"]["b"], retain_graph=True)
+    assert float(g_b.abs().sum()) == 0.0
+    (g_est,) = torch.autograd.grad(loss, out["filled"]["b"], retain_graph=True)
+    assert float(g_est[:5].abs().sum()) == 0.0 and float(g_est[5:].abs().sum()) > 0  # taught where b is present
+    # by hand: the mean over inputs of each one's squared error on its present rows
+    terms = [torch.nn.functional.mse_loss(out["filled"][n][masks[n]], out["shared"][n][masks[n]]) for n in "abc"]
+    assert float(loss) == pytest.approx(float(torch.stack(terms).mean()), abs=1e-6)
+
+
+# --- through the estimator and the bundle ---------------------------------------------------------------
+def paired_table(n=400, seed=0):
+    """Two inputs that share a latent (A: the latent; B: a rotation of it, squashed), and a label of it."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, 4))
+    rot = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    a, b = z + 0.1 * rng.standard_normal((n, 4)), np.tanh(z @ rot) + 0.1 * rng.standard_normal((n, 4))
+    df = pd.DataFrame({**{f"a{i}": a[:, i] for i in range(4)}, **{f"b{i}": b[:, i] for i in range(4)}})
+    df["y"] = np.where(z[:, 0] + z[:, 1] > 0, "pos", "neg")
+    return df
+
+
+GROUPS = {"A": [f"a{i}" for i in range(4)], "B": [f"b{i}" for i in range(4)]}
+QUIET = dict(progress=False, log=None)
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    from mmfuse.align import align
+
+    out = tmp_path_factory.mktemp("align") / "run"
+    df = paired_table()
+    return align(df.drop(columns="y"), ["A:B"], out, groups=GROUPS, shared_dim=16, dim=32, epochs=15, seed=0,
+                 **QUIET), df
+
+
+def test_alignment_learns_to_retrieve_the_pair(aligned):
+    from mmfuse.retrieval import evaluate_retrieval
+
+    pred, df = aligned
+    m = pred.config["metrics"]
+    assert m["pairs"] == ["A:B"] and m["shared_dim"] == 16
+    test = df.tail(100)
+    res = evaluate_retrieval(pred, test, test, "A", "B")
+    assert res["recall@1"] > 0.5 and res["recall@10"] > 0.9  # chance: 0.01 and 0.1
+    # against the same architecture before alignment
+    from mmfuse._build import model_from_spec
+
+    fresh = Predictor(model_from_spec(pred.config["model"]), pred.preprocessors, None, pred.schema, pred.config)
+    assert evaluate_retrieval(fresh, test, test, "A", "B")["recall@1"] < 0.2
+
+
+def test_embeddings_survive_save_and_load_and_are_unit_length(aligned, tmp_path):
+    pred, df = aligned
+    loaded = Predictor.load(pred.path)
+    e1, e2 = pred.embed(df.head(30)), loaded.embed(df.head(30))
+    assert e1["space"] == "shared" and set(e1["inputs"]) == {"A", "B"}
+    for n in ("A", "B"):
+        np.testing.assert_array_equal(e1["inputs"][n], e2["inputs"][n])
+        np.testing.assert_allclose(np.linalg.norm(e1["inputs"][n], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(e1["fused"], e2["fused"])
+    only = loaded.embed(df.head(30)[GROUPS["B"]], input="B")  # one input: its columns are enough
+    np.testing.assert_array_equal(only["inputs"]["B"], e1["inputs"]["B"]) and "fused" not in only
+    again = Predictor.load(loaded.save(tmp_path / "copy"))
+    np.testing.assert_array_equal(again.embed(df.head(30))["inputs"]["A"], e1["inputs"]["A"])
+    with pytest.raises(Exception, match="aligned encoders"):
+        loaded.predict(df.head(3))
+
+
+def test_fit_from_aligned_encoders_starts_from_them(aligned):
+    pred, df = aligned
+    m = MultimodalPredictor("y", init_from=pred.path, epochs=1, min_steps=0, lr=1e-9, **QUIET).fit(df.head(200))
+    assert m.metrics_["init_from"]["aligned"] == ["A", "B"]
+    # at a learning rate of ~0, the encoders and projections are the aligned ones
+    e_new, e_old = m.predictor_.embed(df.head(20)), pred.embed(df.head(20))
+    for n in ("A", "B"):
+        np.testing.assert_allclose(e_new["inputs"][n], e_old["inputs"][n], atol=1e-4)
+    scratch = MultimodalPredictor("y", groups=GROUPS, epochs=1, min_steps=0, shared_dim=16, dim=32, **QUIET).fit(df.head(200))
+    assert not np.allclose(scratch.predictor_.embed(df.head(20))["inputs"]["A"], e_old["inputs"]["A"], atol=1e-2)
+
+
+def test_a_fill_model_saves_loads_and_predicts_with_an_input_absent(tmp_path):
+    df = paired_table(300)
+    m = MultimodalPredictor("y", groups=GROUPS, fill_missing=True, modality_dropout=0.3, align_weight=0.5,
+                            fusion="gated", epochs=2, min_steps=0, **QUIET).fit(df)
+    hist = m.history_[-1]
+    assert "val_fill_loss" in hist and "val_align_loss" in hist
+    p = Predictor.load(m.save(tmp_path / "b"))
+    no_b = df.head(20).drop(columns=GROUPS["B"])
+    np.testing.assert_allclose(p.predict_proba(no_b), m.predict_proba(no_b), atol=1e-6)
+    assert p.model.filler is not None and p.model.fusion.input_dims == {"A": 128, "B": 128}
+
+
+def test_settings_that_need_a_shared_space_are_checked():
+    from mmfuse.errors import MmfuseError
+
+    df = paired_table(60)
+    with pytest.raises(MmfuseError, match="two inputs"):
+        MultimodalPredictor("y", inputs=["A"], groups=GROUPS, fill_missing=True, epochs=1, **QUIET).fit(df)
+    with pytest.raises(MmfuseError, match="pair"):
+        MultimodalPredictor("y", groups=GROUPS, align_weight=1.0, align_pairs=["A:Q"], epochs=1, **QUIET).fit(df)
+    with pytest.raises(MmfuseError, match="align_pairs"):
+        MultimodalPredictor("y", groups=GROUPS, align_pairs=["AB"], epochs=1, **QUIET).fit(df)
