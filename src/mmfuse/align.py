@@ -112,7 +112,8 @@ def align(data, pairs=None, out=None, *, inputs=None, columns=None, groups=None,
     alignment loss, and the retrieval metrics of each pair on those rows are reported.
 
     ``train``: training settings (:class:`~mmfuse.config.TrainConfig` fields: ``epochs``, ``batch_size``
-    (default 128 here), ``lr``, ``seed``, ...).
+    (default 128 here), ``lr``, ``seed``, ...). ``epochs=0`` builds the same model and saves it untrained:
+    the encoders before alignment, a baseline to measure alignment against.
 
     Returns the aligned :class:`~mmfuse.Predictor` (its ``config["metrics"]``: the history, the validation
     retrieval metrics). With ``out``, the run folder gets ``checkpoints/``, ``metrics.json`` and
@@ -140,6 +141,9 @@ def align(data, pairs=None, out=None, *, inputs=None, columns=None, groups=None,
     from .training import train_model
 
     t0 = time.perf_counter()
+    untrained = train.get("epochs") == 0  # the encoders before alignment (a baseline): built, not trained
+    if untrained:
+        train = {k: v for k, v in train.items() if k != "epochs"}
     tcfg = from_dict(TrainConfig, {**ALIGN_TRAIN_DEFAULTS, **train}, "train")
     if isinstance(pairs, str):
         pairs = [p.strip() for p in pairs.split(",") if p.strip()]
@@ -190,7 +194,9 @@ def align(data, pairs=None, out=None, *, inputs=None, columns=None, groups=None,
     fingerprint = run_fingerprint({"train": train_df, "val": val_df}, sorted({c for p in preps.values() for c in p.columns}),
                                   mcfg, tcfg, kind="align")
     try:
-        result = train_model(model, None, tr, va, tcfg, mcfg, run_dir, None, resume=resume, fingerprint=fingerprint)
+        result = (train_model(model, None, tr, va, tcfg, mcfg, run_dir, None, resume=resume, fingerprint=fingerprint)
+                  if not untrained else {"best_epoch": None, "epochs_run": 0, "history": []})
+        model.eval()
     finally:
         if not out:
             shutil.rmtree(run_dir, ignore_errors=True)

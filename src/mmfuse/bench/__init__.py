@@ -39,6 +39,8 @@ PROTOCOLS = {
     "defaults": "mmfuse with nothing but the target against logistic regression on five small real tables",
     "batch_predict": "mmfuse predict over a generated 2 GB Parquet table: rows/s, peak memory, output checked",
     "serve_load": "a load test of mmfuse serve on loopback: 10,000 requests at concurrency 32, with and without batching",
+    "alignment": "cross-modal alignment: digits audio<->image retrieval, semi-supervised gain, filling in vs zeroing, "
+                 "clothing review -> item retrieval",
     "training": "mmfuse's training loop against a hand-written PyTorch loop; predict cold start and one-row latency",
     "feedback": "the feedback loop on the clothing reviews: half the rows, continued on the other half, against all rows",
     "onnx_export": "ONNX export of every fusion and built-in encoder on real rows: parity with PyTorch, one-row latency",

@@ -1,0 +1,359 @@
+"""Cross-modal alignment (issue 13): retrieval, semi-supervised gain, and filling in a missing input.
+
+Parts (``--set parts=retrieval,semi,fill,clothing``; all by default):
+
+- **retrieval** — audio-visual digits (:func:`mmfuse.datasets.fsdd_mnist`, its speaker split). ``mmfuse
+  align`` (:func:`mmfuse.align.align`) pairs audio and image on the training rows without reading a
+  label (the image encoder is the ``fsdd_mnist`` protocol's CNN, the audio one its log-mel CNN). On the
+  1,000 test rows, every audio row queries the test images (and every image the recordings); a
+  retrieved item is a hit when it shows the same digit (pairs are arbitrary within a digit). Reported:
+  precision@1, precision@10, recall@10 (a hit in the top 10), the median rank of the first hit, against
+  chance (the share of same-digit items, ~0.1) and against the same encoders before alignment
+  (``epochs=0``: the initial weights) and the per-input embeddings of a supervised model with the same
+  shared width that never saw the alignment loss.
+- **semi** — the same rows; 10 % of the training labels (stratified by digit, seeded). Alignment
+  pretraining on every training row (its labels unread), then ``fit --init-from`` on the labelled 10 %,
+  against the same fit from scratch on the same 10 %. Both validate on the validation speaker's rows
+  (early stopping) and are scored on the test speakers. Test accuracy, mean ± std over seeds.
+- **fill** — a missing input, filled in against zeroed: concat and gated fusion, each trained with
+  modality dropout 0.3, once with ``fill_missing`` and once without (absent inputs are zeros), scored
+  with each input blank in every test row, on the audio-visual digits and on the phone + watch windows
+  (:func:`mmfuse.datasets.sp_sw_har`, ``devices="both"``; the subjects split, seeded, into 15 training,
+  3 validation and 5 test subjects; no subject information as input). Mean ± std over seeds.
+- **clothing** — Women's Clothing reviews (the published split), review text (Title + Review Text)
+  and the item's ``"<Department> / <Class>"`` as text, both through frozen all-MiniLM-L6-v2 (cached),
+  aligned on the training rows. Each test review queries the distinct (Department, Class) items of
+  the training rows; recall@1/5/10 and the median rank, against chance, against zero-shot MiniLM (the
+  backbone's own pooled embeddings of review and item compared directly) and against the projections
+  before alignment.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import BenchContext, mean_std
+
+OPTIONS = {"parts": str, "epochs": int, "align_epochs": int, "fill_fusions": str, "label_fraction": float,
+           "har_epochs": int}
+SEEDS = True
+PUBLISHED = {"note": "no published retrieval number exists for these pairings; chance levels are reported"}
+PARTS = ("retrieval", "semi", "fill", "clothing")
+PREPROCESSING = {"image": {"size": 28}, "audio": {"sample_rate": 8000, "n_mels": 32, "hop_ms": 20}}
+ENCODERS = {"image": {"name": "image_cnn", "widths": [16, 32, 64]}, "audio": {"name": "audio_cnn", "widths": [16, 32, 64]}}
+QUIET = dict(progress=False, log=None)
+
+
+def _digits(ctx: BenchContext):
+    from mmfuse.datasets import fsdd_mnist
+    from mmfuse.io import Table
+
+    t = fsdd_mnist(ctx.data / "fsdd", ctx.data / "mnist", ctx.out / "data")
+    if ctx.quick:
+        df = t.df
+        keep = [i for (split, _), g in df.groupby(["split", "label"])
+                for i in g.sample(min(len(g), {"train": 10, "val": 5, "test": 10}[split]), random_state=0).index]
+        t = Table(df.loc[sorted(keep)], t.root, t.source)
+    return t
+
+
+def _blank(df, predictor, name):
+    """``df`` with every column of input ``name`` blank (the input missing in every row)."""
+    out = df.copy()
+    for c in predictor.preprocessors[name].columns:
+        out[c] = None
+    return out
+
+
+def _retrieval(ctx, table, epochs, align_epochs):
+    from mmfuse import MultimodalPredictor
+    from mmfuse.align import align
+    from mmfuse.datasets import FSDD_MNIST_ROLES
+    from mmfuse.retrieval import evaluate_retrieval
+
+    df = table.df
+    train, test = df[df["split"] == "train"], df[df["split"] == "test"]
+    unlabelled = train[["image", "audio"]]
+    out = {}
+    for seed in ctx.seeds:
+        t0 = time.perf_counter()
+        aligned = align(unlabelled, ["audio:image"], ctx.out / "retrieval" / f"aligned{seed}", root=table.root,
+                        encoders=ENCODERS, preprocessing=PREPROCESSING, shared_dim=128, epochs=align_epochs,
+                        seed=seed, **QUIET)
+        align_s = time.perf_counter() - t0
+        before = align(unlabelled, ["audio:image"], ctx.out / "retrieval" / f"before{seed}", root=table.root,
+                       encoders=ENCODERS, preprocessing=PREPROCESSING, shared_dim=128, epochs=0, seed=seed, **QUIET)
+        sup = MultimodalPredictor("label", columns=dict(FSDD_MNIST_ROLES), encoders=ENCODERS, preprocessing=PREPROCESSING,
+                                  fusion="concat", shared_dim=128, epochs=epochs, seed=seed, contribution=False,
+                                  out=ctx.out / "retrieval" / f"supervised{seed}", **QUIET).fit(table)
+        models = {"aligned": aligned, "before alignment": before, "supervised, not aligned": sup.predictor_}
+        res = {}
+        for name, pred in models.items():
+            for a, b in (("audio", "image"), ("image", "audio")):
+                m = evaluate_retrieval(pred, test, test, a, b, match=["label"], ks=(1, 10), root=table.root)
+                res.setdefault(name, {})[f"{a}->{b}"] = {k: m[k] for k in ("precision@1", "precision@10", "recall@10",
+                                                                           "median_rank", "chance_precision",
+                                                                           "queries")}
+        out[seed] = {"models": res, "align_seconds": round(align_s, 1),
+                     "align_epochs_run": aligned.config["metrics"]["epochs_run"],
+                     "temperature": aligned.config["metrics"]["temperatures"]}
+        ctx.echo(f"retrieval seed {seed}: aligned audio->image P@1 {res['aligned']['audio->image']['precision@1']:.3f}, "
+                 f"image->audio {res['aligned']['image->audio']['precision@1']:.3f}; before alignment "
+                 f"{res['before alignment']['audio->image']['precision@1']:.3f}; supervised "
+                 f"{res['supervised, not aligned']['audio->image']['precision@1']:.3f} ({align_s:.0f} s to align)")
+    summary = {}
+    for name in out[ctx.seeds[0]]["models"]:
+        for d in ("audio->image", "image->audio"):
+            for k in ("precision@1", "precision@10", "recall@10", "median_rank", "chance_precision"):
+                summary.setdefault(name, {}).setdefault(d, {})[k] = mean_std([out[s]["models"][name][d][k]
+                                                                              for s in ctx.seeds])
+    return {"per_seed": out, "summary": summary, "test_rows": int(len(test)), "train_rows": int(len(train))}
+
+
+def _semi(ctx, table, epochs, align_epochs, fraction):
+    from mmfuse import MultimodalPredictor
+    from mmfuse.align import align
+    from mmfuse.datasets import FSDD_MNIST_ROLES
+
+    df = table.df
+    train = df[df["split"] == "train"]
+    rest = df[df["split"] != "train"]
+    runs = []
+    for seed in ctx.seeds:
+        labelled = train.loc[[i for _, g in train.groupby("label")
+                              for i in g.sample(max(1, int(round(fraction * len(g)))), random_state=seed).index]]
+        t0 = time.perf_counter()
+        aligned = align(train[["image", "audio"]], ["audio:image"], ctx.out / "semi" / f"aligned{seed}", root=table.root,
+                        encoders=ENCODERS, preprocessing=PREPROCESSING, shared_dim=128, epochs=align_epochs,
+                        seed=seed, **QUIET)
+        align_s = time.perf_counter() - t0
+        rows = pd_concat([labelled, rest])
+        common = dict(columns=dict(FSDD_MNIST_ROLES), fusion="concat", epochs=epochs, seed=seed, contribution=False,
+                      root=table.root, **QUIET)
+        t0 = time.perf_counter()
+        pre = MultimodalPredictor("label", init_from=aligned.path, out=ctx.out / "semi" / f"pretrained{seed}",
+                                  **common).fit(rows)
+        pre_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scratch = MultimodalPredictor("label", encoders=ENCODERS, preprocessing=PREPROCESSING, shared_dim=128,
+                                      out=ctx.out / "semi" / f"scratch{seed}", **common).fit(rows)
+        scratch_s = time.perf_counter() - t0
+        r = {"seed": seed, "labelled_rows": int(len(labelled)), "pretrained": pre.metrics_["test"]["accuracy"],
+             "scratch": scratch.metrics_["test"]["accuracy"], "pretrained_macro_f1": pre.metrics_["test"]["macro_f1"],
+             "scratch_macro_f1": scratch.metrics_["test"]["macro_f1"], "align_seconds": round(align_s, 1),
+             "fit_seconds": {"pretrained": round(pre_s, 1), "scratch": round(scratch_s, 1)},
+             "epochs_run": {"pretrained": pre.metrics_["epochs_run"], "scratch": scratch.metrics_["epochs_run"]}}
+        runs.append(r)
+        ctx.echo(f"semi seed {seed}: {len(labelled)} labelled rows; aligned then fitted {r['pretrained']:.4f}, "
+                 f"from scratch {r['scratch']:.4f}")
+    summary = {k: mean_std([r[k] for r in runs]) for k in ("pretrained", "scratch")}
+    summary["gain_points"] = mean_std([100 * (r["pretrained"] - r["scratch"]) for r in runs])
+    return {"runs": runs, "summary": summary, "label_fraction": fraction,
+            "validation_rows": int((rest["split"] == "val").sum()), "test_rows": int((rest["split"] == "test").sum())}
+
+
+def pd_concat(parts):
+    import pandas as pd
+
+    return pd.concat(parts)
+
+
+def _har(ctx):
+    from mmfuse.datasets import sp_sw_har
+
+    t = sp_sw_har(ctx.data / "sp-sw-har", devices="both", subject_info=False)
+    df = t.df
+    subjects = sorted(df["subject_id"].unique())
+    rng = np.random.default_rng(0)
+    order = list(rng.permutation(subjects))
+    split = {s: "test" for s in order[:5]} | {s: "val" for s in order[5:8]} | {s: "train" for s in order[8:]}
+    df = df.assign(split=df["subject_id"].map(split))[["phone", "watch", "label", "split"]]
+    return df, {k: sorted(int(s) for s, v in split.items() if v == k) for k in ("train", "val", "test")}
+
+
+def _fill(ctx, name, df, root, fusions, epochs, target, encoders=None, preprocessing=None, columns=None):
+    from mmfuse import MultimodalPredictor, evaluate_predictor
+
+    test = df[df["split"] == "test"]
+    inputs = None
+    rows = {}
+    for fusion in fusions:
+        for fill in (True, False):
+            key = f"{fusion}, {'filled in' if fill else 'zeroed'}"
+            rs = []
+            for seed in ctx.seeds:
+                t0 = time.perf_counter()
+                est = MultimodalPredictor(target, fusion=fusion, fill_missing=fill, modality_dropout=0.3, epochs=epochs,
+                                          seed=seed, contribution=False, root=root, encoders=encoders,
+                                          preprocessing=preprocessing, columns=columns,
+                                          out=ctx.out / "fill" / name / key.replace(", ", "_").replace(" ", "_")
+                                          / f"seed{seed}", **QUIET).fit(df)
+                inputs = sorted(est.predictor_.preprocessors)
+                r = {"seed": seed, "clean": est.metrics_["test"]["accuracy"], "seconds": round(time.perf_counter() - t0, 1),
+                     "epochs_run": est.metrics_["epochs_run"]}
+                for n in inputs:
+                    r[f"without {n}"] = float(evaluate_predictor(est.predictor_, _blank(test, est.predictor_, n),
+                                                                 root=root)["accuracy"])
+                rs.append(r)
+                ctx.echo(f"fill {name} {key} seed {seed}: clean {r['clean']:.4f}, "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith("without")))
+            rows[key] = {"runs": rs, **{k: mean_std([r[k] for r in rs]) for k in ["clean", *[f"without {n}" for n in inputs]]}}
+    verdict = {}
+    for fusion in fusions:
+        f, z = rows[f"{fusion}, filled in"], rows[f"{fusion}, zeroed"]
+        verdict[fusion] = {f"without {n}": round(100 * (f[f"without {n}"][0] - z[f"without {n}"][0]), 2) for n in inputs}
+    return {"models": rows, "filled_minus_zeroed_points": verdict, "inputs": inputs, "test_rows": int(len(test))}
+
+
+def _clothing(ctx, align_epochs):
+    import pandas as pd
+
+    from mmfuse.align import align
+    from mmfuse.datasets import womens_clothing
+    from mmfuse.retrieval import evaluate_retrieval, retrieval_metrics
+
+    from .womens_clothing import minilm
+
+    df = womens_clothing(ctx.data / "womens-clothing", "Recommended IND").df
+    df = df[df["Department Name"].notna() & df["Class Name"].notna()].copy()
+    df["review"] = df["Title"].fillna("") + ". " + df["Review Text"].fillna("")
+    df["item"] = df["Department Name"] + " / " + df["Class Name"]
+    train, test = df[df["split"] == "train"], df[df["split"] == "test"]
+    if ctx.quick:
+        train, test = train.sample(400, random_state=0), test.sample(100, random_state=0)
+    enc = {"name": "hf", "model": minilm(), "train": "frozen", "pooling": "mean", "max_length": 128}
+    kw = dict(columns={"review": "text", "item": "text"}, encoders={"review": enc, "item": enc}, shared_dim=128,
+              seed=ctx.seeds[0], **QUIET)
+    cols = ["review", "item"]
+    t0 = time.perf_counter()
+    aligned = align(train[cols], ["review:item"], ctx.out / "clothing" / "aligned", epochs=align_epochs,
+                    batch_size=256, **kw)
+    seconds = time.perf_counter() - t0
+    before = align(train[cols], ["review:item"], ctx.out / "clothing" / "before", epochs=0, **kw)
+    items = train.drop_duplicates(["Department Name", "Class Name"])[["item", "Department Name", "Class Name"]]
+    match = ["Department Name", "Class Name"]
+    res = {}
+    for name, pred in (("aligned", aligned), ("before alignment", before)):
+        m = evaluate_retrieval(pred, test, items, "review", "item", match=match, ks=(1, 5, 10))
+        res[name] = {k: m[k] for k in ("recall@1", "recall@5", "recall@10", "median_rank", "chance_precision", "queries")}
+    # zero-shot: the backbone's own pooled embeddings of the review and of the item text, compared directly
+    q = aligned.embed(test[["review"]], input="review")
+    x = aligned.embed(items[["item"]], input="item")
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    m = retrieval_metrics(unit(q["features"]["review"]), unit(x["features"]["item"]),
+                          test[match].astype(str).agg("\x1f".join, axis=1).to_numpy(object),
+                          items[match].astype(str).agg("\x1f".join, axis=1).to_numpy(object), ks=(1, 5, 10))
+    res["zero-shot MiniLM"] = {k: m[k] for k in ("recall@1", "recall@5", "recall@10", "median_rank", "chance_precision",
+                                                  "queries")}
+    # the most frequent item of the training rows, ranked first for every query (a prior, no text read)
+    freq = train.groupby(match).size().sort_values(ascending=False)
+    keys = test[match].apply(tuple, axis=1)
+    ranks = keys.map({k: i + 1 for i, k in enumerate(freq.index)})
+    res["most frequent first (no text)"] = {f"recall@{k}": float((ranks <= k).mean()) for k in (1, 5, 10)} | {
+        "median_rank": float(ranks.median())}
+    for name, r in res.items():
+        ctx.echo(f"clothing {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k.startswith("recall")))
+    return {"models": res, "items": int(len(items)), "test_reviews": int(len(test)), "train_rows": int(len(train)),
+            "align_seconds": round(seconds, 1), "align_epochs_run": aligned.config["metrics"]["epochs_run"],
+            "val_retrieval": aligned.config["metrics"]["val_retrieval"], "pandas": pd.__version__}
+
+
+def run(ctx: BenchContext) -> dict:
+    from mmfuse.errors import MmfuseError
+    from mmfuse.fusion import list_fusions
+
+    o = ctx.options
+    parts = [p for p in str(o.get("parts", ",".join(PARTS if not ctx.quick else PARTS[:3]))).split(",") if p]
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        raise MmfuseError(f"--set parts: unknown part {bad[0]!r}; choose from {', '.join(PARTS)}")
+    epochs = int(o.get("epochs", 1 if ctx.quick else 30))
+    align_epochs = int(o.get("align_epochs", 1 if ctx.quick else 30))
+    har_epochs = int(o.get("har_epochs", 1 if ctx.quick else 15))
+    fraction = float(o.get("label_fraction", 0.1))
+    if not 0 < fraction <= 1:
+        raise MmfuseError(f"--set label_fraction={fraction}: a share of the training labels in (0, 1]")
+    fusions = [f for f in str(o.get("fill_fusions", "concat" if ctx.quick else "concat,gated")).split(",") if f]
+    bad = [f for f in fusions if f not in list_fusions()]
+    if bad:
+        raise MmfuseError(f"--set fill_fusions: unknown fusion {bad[0]!r}; choose from {', '.join(list_fusions())}")
+    out = {"parts": parts, "epochs": epochs, "align_epochs": align_epochs}
+    digits = _digits(ctx) if {"retrieval", "semi", "fill"} & set(parts) else None
+    if digits is not None:
+        out["digits_rows"] = digits.df["split"].value_counts().to_dict()
+    if "retrieval" in parts:
+        out["retrieval"] = _retrieval(ctx, digits, epochs, align_epochs)
+    if "semi" in parts:
+        out["semi"] = _semi(ctx, digits, epochs, align_epochs, fraction)
+    if "fill" in parts:
+        from mmfuse.datasets import FSDD_MNIST_ROLES
+
+        out["fill"] = {"digits": _fill(ctx, "digits", digits.df, digits.root, fusions, epochs, "label", ENCODERS,
+                                       PREPROCESSING, dict(FSDD_MNIST_ROLES))}
+        if not ctx.quick:
+            har, subjects = _har(ctx)
+            out["fill"]["phone_watch"] = _fill(ctx, "phone_watch", har, None, fusions, har_epochs, "label")
+            out["fill"]["phone_watch"]["subjects"] = subjects
+            out["fill"]["phone_watch"]["rows"] = har["split"].value_counts().to_dict()
+    if "clothing" in parts:
+        out["clothing"] = _clothing(ctx, align_epochs)
+    return out
+
+
+def _ms(v, digits=3):
+    m, s = v
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    seeds = ", ".join(map(str, result["seeds"]))
+    lines = ["# Cross-modal alignment: retrieval, semi-supervised gain, filling in a missing input"
+             + (" — quick run" if result["quick"] else ""), "",
+             f"Seeds {seeds}; at most {result['epochs']} epochs of supervised training and {result['align_epochs']} of "
+             "alignment (early stopping on held-out rows). Mean ± std over seeds.", ""]
+    r = result.get("retrieval")
+    if r:
+        lines += [f"## Audio ↔ image retrieval on the audio-visual digits ({r['test_rows']} test rows; a hit shows the "
+                  f"query's digit; alignment on {r['train_rows']} training rows, no label read)", "",
+                  "| model | direction | precision@1 | precision@10 | recall@10 | median rank of the first hit | chance |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, dirs in r["summary"].items():
+            for d, m in dirs.items():
+                lines.append(f"| {name} | {d} | {_ms(m['precision@1'])} | {_ms(m['precision@10'])} | "
+                             f"{_ms(m['recall@10'])} | {m['median_rank'][0]:.1f} | {m['chance_precision'][0]:.3f} |")
+        lines.append("")
+    s = result.get("semi")
+    if s:
+        sm = s["summary"]
+        lines += [f"## Semi-supervised: {100 * s['label_fraction']:.0f} % of the training labels (digits)", "",
+                  "| model | test accuracy | per seed |", "|---|---|---|",
+                  f"| aligned on every training row, then fitted on the labelled ones | {_ms(sm['pretrained'], 4)} | "
+                  + ", ".join(f"{x['pretrained']:.4f}" for x in s["runs"]) + " |",
+                  f"| fitted on the labelled ones from scratch | {_ms(sm['scratch'], 4)} | "
+                  + ", ".join(f"{x['scratch']:.4f}" for x in s["runs"]) + " |", "",
+                  f"Gain: {sm['gain_points'][0]:+.2f} ± {sm['gain_points'][1]:.2f} points "
+                  f"({s['runs'][0]['labelled_rows']} labelled training rows per seed; both validate on the "
+                  f"{s['validation_rows']} rows of the validation speaker and are scored on {s['test_rows']} test rows).", ""]
+    f = result.get("fill")
+    if f:
+        lines += ["## One input missing in every test row: filled in against zeroed (modality dropout 0.3 for both)", ""]
+        for data, d in f.items():
+            cols = ["clean", *[f"without {n}" for n in d["inputs"]]]
+            lines += [f"### {data} ({d['test_rows']} test rows)", "", "| model | " + " | ".join(cols) + " |",
+                      "|---|" + "---|" * len(cols)]
+            for name, m in d["models"].items():
+                lines.append(f"| {name} | " + " | ".join(_ms(m[c], 4) for c in cols) + " |")
+            lines += ["", "Filled in minus zeroed, points: " + "; ".join(
+                f"{fu}: " + ", ".join(f"{k} {v:+.2f}" for k, v in g.items())
+                for fu, g in d["filled_minus_zeroed_points"].items()), ""]
+    c = result.get("clothing")
+    if c:
+        lines += [f"## Review text → (Department, Class) of the item, Women's Clothing ({c['test_reviews']} test "
+                  f"reviews, {c['items']} items; frozen all-MiniLM-L6-v2; seed {result['seeds'][0]})", "",
+                  "| model | recall@1 | recall@5 | recall@10 | median rank |", "|---|---|---|---|---|"]
+        for name, m in c["models"].items():
+            lines.append(f"| {name} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | "
+                         f"{m['median_rank']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
