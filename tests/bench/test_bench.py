@@ -57,7 +57,8 @@ def _quick(name, tmp_path, *extra):
     folder = {"fsdd_mnist": "fsdd", "sp_sw_har": "sp-sw-har", "womens_clothing": "womens-clothing",
               "efficiency": "sp-sw-har", "embedding": "womens-clothing",
               "group_by_length": "womens-clothing", "loading": "mnist",
-              "clothing_search": "womens-clothing", "onnx_export": "fsdd", "feedback": "womens-clothing"}[name]
+              "clothing_search": "womens-clothing", "onnx_export": "fsdd", "feedback": "womens-clothing",
+              "alignment": "fsdd"}[name]
     data = require_shared_data(folder).parent
     main(["bench", name, "--quick", "--data", str(data), "--out", str(tmp_path / "work"),
           "--results", str(tmp_path / "results"), *extra])
@@ -296,3 +297,15 @@ def test_quick_serve_load_protocol(tmp_path):
         assert m["completed"] == 64 and m["statuses"] == {"200": 64} and m["latency_ms"]["p99"] >= m["latency_ms"]["p50"]
     assert r["modes"]["no batching"]["mean_rows_per_model_call"] <= 16  # one request per model call
     assert "| batching (max batch 64) | 64 |" in (tmp_path / "results" / "serve_load_quick.md").read_text()
+
+
+@pytest.mark.realdata
+def test_quick_alignment_protocol(tmp_path):
+    r, md = _quick("alignment", tmp_path)
+    assert r["parts"] == ["retrieval", "semi", "fill"]
+    ret = r["retrieval"]["summary"]
+    assert set(ret) == {"aligned", "before alignment", "supervised, not aligned"}
+    assert 0 < ret["aligned"]["audio->image"]["chance_precision"][0] < 0.2
+    assert set(r["semi"]["summary"]) == {"pretrained", "scratch", "gain_points"}
+    assert set(r["fill"]["digits"]["models"]) == {"concat, filled in", "concat, zeroed"}
+    assert "without audio" in md and "precision@10" in md
