@@ -120,6 +120,18 @@ def test_a_single_input_model_exports(tables):
     check_same_predictions(bundle, d / "onnx_single", table)
 
 
+def test_a_model_that_fills_in_absent_inputs_exports(tables):
+    """The filler runs in the graph: each input absent is estimated from the others, as in PyTorch."""
+    d, by_kind = tables
+    table = by_kind["multiclass"]
+    bundle = fit_bundle(table, d / "run_fill", fusion="cross_attention", fill_missing=True, align_weight=0.5,
+                        modality_dropout=0.3)
+    assert Predictor.load(bundle).model.filler is not None
+    rep = export_onnx(bundle, d / "onnx_fill", table)
+    assert rep["max_abs_diff"] <= 1e-4 and "without photo" in {c["case"] for c in rep["checks"]}
+    check_same_predictions(bundle, d / "onnx_fill", table)
+
+
 @pytest.fixture(scope="module")
 def exported(tables):
     d, by_kind = tables

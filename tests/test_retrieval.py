@@ -166,3 +166,27 @@ def test_a_model_without_a_shared_space_says_how_to_get_one(run, tmp_path):
     m = MultimodalPredictor("y", groups=GROUPS, epochs=1, min_steps=0, progress=False, log=None).fit(df)
     with pytest.raises(MmfuseError, match="no shared space"):
         retrieve(m.predictor_, df, df, "A", "B")
+
+
+def test_collapsed_embeddings_do_not_score_as_perfect():
+    x = np.ones((20, 4)) / 2  # every item the same: no ordering at all
+    m = retrieval_metrics(x, x, ks=(1,))
+    assert m["median_rank"] == 20 and m["mean_reciprocal_rank"] == pytest.approx(1 / 20)
+    keys = np.array(list("ab") * 10, object)
+    m = retrieval_metrics(x, x, keys, keys, ks=(1,))
+    assert m["median_rank"] == 11  # ten items of the other key tie with the best hit
+
+
+def test_faiss_finding_fewer_than_k_gives_no_made_up_rows(run):
+    pytest.importorskip("faiss")
+    from mmfuse import Predictor
+    from mmfuse.retrieval import build_index, retrieve
+
+    call, d = run
+    pred = Predictor.load(d / "al/bundle")
+    df = pd.read_csv(d / "t.csv")
+    idx = build_index(pred, df, "B", faiss="ivf")
+    idx._faiss.nprobe = 1  # one list: far fewer than k candidates for most queries
+    res = retrieve(pred, df.head(20), idx, "A", "B", k=300)
+    assert res["index_row"].isin(df.index).all() and np.isfinite(res["score"]).all()
+    assert res.groupby("query_row").size().max() <= 300

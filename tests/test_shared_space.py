@@ -83,8 +83,9 @@ def test_the_fill_loss_is_taught_where_the_input_is_present_and_not_what_it_fill
     assert float(g_b.abs().sum()) == 0.0
     (g_est,) = torch.autograd.grad(loss, out["filled"]["b"], retain_graph=True)
     assert float(g_est[:5].abs().sum()) == 0.0 and float(g_est[5:].abs().sum()) > 0  # taught where b is present
-    # by hand: the mean over inputs of each one's squared error on its present rows
-    terms = [torch.nn.functional.mse_loss(out["filled"][n][masks[n]], out["shared"][n][masks[n]]) for n in "abc"]
+    # by hand: the mean over inputs of each one's mean cosine distance on its present rows
+    cos = torch.nn.functional.cosine_similarity
+    terms = [(1 - cos(out["filled"][n][masks[n]], out["shared"][n][masks[n]], dim=-1)).mean() for n in "abc"]
     assert float(loss) == pytest.approx(float(torch.stack(terms).mean()), abs=1e-6)
 
 
@@ -140,7 +141,8 @@ def test_embeddings_survive_save_and_load_and_are_unit_length(aligned, tmp_path)
         np.testing.assert_allclose(np.linalg.norm(e1["inputs"][n], axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(e1["fused"], e2["fused"])
     only = loaded.embed(df.head(30)[GROUPS["B"]], input="B")  # one input: its columns are enough
-    np.testing.assert_array_equal(only["inputs"]["B"], e1["inputs"]["B"]) and "fused" not in only
+    np.testing.assert_array_equal(only["inputs"]["B"], e1["inputs"]["B"])
+    assert "fused" not in only and set(only["inputs"]) == {"B"} and e1["aligned_pairs"] == ["A:B"]
     again = Predictor.load(loaded.save(tmp_path / "copy"))
     np.testing.assert_array_equal(again.embed(df.head(30))["inputs"]["A"], e1["inputs"]["A"])
     with pytest.raises(Exception, match="aligned encoders"):
@@ -181,3 +183,32 @@ def test_settings_that_need_a_shared_space_are_checked():
         MultimodalPredictor("y", groups=GROUPS, align_weight=1.0, align_pairs=["A:Q"], epochs=1, **QUIET).fit(df)
     with pytest.raises(MmfuseError, match="align_pairs"):
         MultimodalPredictor("y", groups=GROUPS, align_pairs=["AB"], epochs=1, **QUIET).fit(df)
+
+
+def test_alignment_without_rows_holding_both_inputs_is_refused(tmp_path):
+    from mmfuse.align import align
+    from mmfuse.errors import MmfuseError
+
+    df = paired_table(80).drop(columns="y")
+    df.loc[:39, GROUPS["A"]] = np.nan  # A only in the second half, B only in the first: never together
+    df.loc[40:, GROUPS["B"]] = np.nan
+    with pytest.raises(MmfuseError, match="nothing to align.*A:B has 0 row"):
+        align(df, ["A:B"], tmp_path / "x", groups=GROUPS, epochs=1, **QUIET)
+
+
+def test_align_pairs_without_an_alignment_weight_are_refused():
+    from mmfuse.errors import MmfuseError
+
+    with pytest.raises(MmfuseError, match="align_weight > 0"):
+        MultimodalPredictor("y", groups=GROUPS, align_pairs=["A:B"], epochs=1, **QUIET).fit(paired_table(60))
+
+
+def test_retrieval_refuses_a_shared_space_never_aligned():
+    from mmfuse.errors import MmfuseError
+    from mmfuse.retrieval import retrieve
+
+    df = paired_table(100)
+    m = MultimodalPredictor("y", groups=GROUPS, fill_missing=True, epochs=1, min_steps=0, **QUIET).fit(df)
+    assert m.predictor_.model.projections is not None and m.predictor_.aligned_pairs == []
+    with pytest.raises(MmfuseError, match="never trained to match"):
+        retrieve(m.predictor_, df, df, "A", "B")

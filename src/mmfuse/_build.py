@@ -85,6 +85,9 @@ def shared_space(cfg: ModelConfig, names, aligned: bool = False) -> ModelConfig:
         raise MmfuseError("fill_missing needs at least two inputs: an absent input is estimated from the others")
     if needs and not cfg.shared_dim:
         cfg = dataclasses.replace(cfg, shared_dim=cfg.dim)
+    if cfg.align_pairs and not (aligned or cfg.align_weight > 0):
+        raise MmfuseError(f"align_pairs {cfg.align_pairs} are aligned only with align_weight > 0 (--align-weight W); "
+                          "set it, or leave align_pairs out")
     if aligned or cfg.align_weight > 0:
         if len(names) < 2:
             raise MmfuseError("alignment needs at least two inputs (pairs of inputs are aligned)")

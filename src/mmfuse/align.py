@@ -30,7 +30,9 @@ class ClipLoss(nn.Module):
             score each ``a_i`` against the batch's ``b``'s and the queue's ``b``'s (and each ``b_i`` likewise),
             the target still being its own pair. As in MoCo (He et al. 2020) but without a momentum
             encoder: the queued embeddings come from the model as it was when they were computed. The queue
-            is not saved (a resumed run starts it empty).
+            is not saved (a resumed run starts it empty), and is not used in evaluation (a validation loss
+            does not depend on what training left in it). A queue as large as the training rows holds each
+            row's own past partner among its negatives: keep it well below.
         dim: The embeddings' width (needed with a queue).
     """
 
@@ -74,7 +76,7 @@ class ClipLoss(nn.Module):
         if present_b is not None:
             keep = keep & present_b.bool()
         n = int(keep.sum())
-        queued = self.queued if self.queue_size else 0
+        queued = self.queued if self.queue_size and self.training else 0  # evaluation: the batch's rows only
         if n == 0 or n + queued < 2:  # no negative yet (the row still joins the queue)
             if n and self.queue_size and self.training:
                 self._enqueue(F.normalize(a[keep], dim=-1), F.normalize(b[keep], dim=-1))
@@ -173,6 +175,7 @@ def align(data, pairs=None, out=None, *, inputs=None, columns=None, groups=None,
     df = table.df
     val_df, train_df = df.iloc[np.sort(order[:n_val])], df.iloc[np.sort(order[n_val:])]
     preps = P.fit_preprocessors(schema, names, train_df, table.root, mcfg, tcfg, preprocessing, allow_outside_root)
+    pair_rows = check_pairs(train_df, preps, parse_pairs(mcfg.align_pairs, names))
     kw = dict(on_bad_input=on_bad_input, allow_outside_root=allow_outside_root, root=table.root, cache=tcfg.cache)
     ds_tr = MultimodalDataset(train_df, preps, None, train=True, **kw)
     ds_va = MultimodalDataset(val_df, preps, None, **kw)
@@ -214,9 +217,12 @@ def align(data, pairs=None, out=None, *, inputs=None, columns=None, groups=None,
                 val_metrics[f"{b}->{a}"] = retrieval_metrics(eb, ea)
     temps = {f"{a}:{b}": float(1 / loss.scale.detach()) for (a, b), loss in zip(model.align_pairs, model.align_losses)}
     metrics = {"kind": "aligned", "pairs": [f"{a}:{b}" for a, b in model.align_pairs], "inputs": names,
+               "pair_rows": pair_rows,
                "shared_dim": model.shared_dim, "rows": {"train": len(train_df), "val": len(val_df)},
                "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"], "history": result["history"],
-               "temperatures": temps, "val_retrieval": val_metrics, "fit_seconds": time.perf_counter() - t0,
+               "temperatures": temps,
+               "val_retrieval": val_metrics,  # on the held-out rows, which also chose the best epoch
+               "fit_seconds": time.perf_counter() - t0,
                "reports": {k: ds.report.summary() for k, ds in (("train", ds_tr), ("val", ds_va))}}
     pred.config["metrics"] = metrics
     if out:
@@ -282,6 +288,8 @@ def model_from_aligned(aligned, preps: dict, n_outputs: int, mcfg):
             enc_spec[n] = {"name": aligned.config["model"]["encoders"][n]["name"], "config": encoders[n].init_config}
     cfg = type(cfg)(**spec0["model"]) if len(preps) == 1 else cfg  # one input: build_model chose `single`
     model, spec = assemble(enc_spec, encoders, n_outputs, cfg)
+    spec["aligned_from"] = {"pairs": [f"{a}:{b}" for a, b in aligned.model.align_pairs],
+                            "inputs": sorted(n for n in preps if n in aligned.model.names)}
     with torch.no_grad():
         if model.projections is not None:
             for n in preps:
@@ -295,3 +303,29 @@ def model_from_aligned(aligned, preps: dict, n_outputs: int, mcfg):
             if src is not None:
                 loss.log_scale.copy_(src.log_scale)
     return model.train(), spec
+
+
+def check_pairs(df, preps: dict, pairs, where: str = "the training rows", batch_size: int | None = None) -> dict:
+    """Rows of ``df`` where both inputs of each pair are given (a cell not blank), per pair ``"a:b"``; an
+    error when a pair has fewer than two (its loss would be zero throughout: nothing would be aligned)."""
+    import numpy as np
+
+    from .errors import MmfuseError
+
+    def given(name):
+        cols = preps[name].columns
+        part = df[[c for c in cols if c in df.columns]]
+        if part.shape[1] == 0:
+            return np.zeros(len(df), bool)
+        blank = part.isna() | part.apply(lambda c: c.astype(str).str.strip().eq(""))
+        return ~blank.all(axis=1).to_numpy()
+
+    counts = {}
+    for a, b in pairs:
+        counts[f"{a}:{b}"] = int((given(a) & given(b)).sum())
+    poor = {k: v for k, v in counts.items() if v < 2}
+    if poor:
+        raise MmfuseError(f"nothing to align: in {where}, " + "; ".join(f"{k} has {v} row(s) with both inputs"
+                                                                         for k, v in poor.items())
+                          + ". Alignment learns from rows that hold both inputs of a pair; check the pairs and columns")
+    return counts

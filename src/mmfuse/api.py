@@ -240,6 +240,15 @@ class MultimodalPredictor:
             preps = base.preprocessors  # kept: the new rows are read as the old ones were
         run_dir = Path(self.out) if self.out else Path(tempfile.mkdtemp(prefix="mmfuse_run_"))
         run_dir.mkdir(parents=True, exist_ok=True)
+        if mcfg.align_weight > 0 and len(preps) > 1:  # a pair never given together would align nothing
+            from .align import check_pairs
+            from .model import parse_pairs
+
+            try:
+                pairs = parse_pairs(mcfg.align_pairs, sorted(preps))
+            except ValueError as e:
+                raise MmfuseError(str(e)) from None
+            check_pairs(splits.train, preps, pairs)
         data = P.make_datasets(splits, preps, task, tcfg, self.on_bad_input, self.allow_outside_root)
         torch.manual_seed(tcfg.seed)
         if aligned is not None:
@@ -433,6 +442,8 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
     from .evaluation import compute_metrics, modality_contribution
     from .io import read_table
 
+    if getattr(predictor, "aligned_only", False):
+        predictor._refuse_aligned("be evaluated")
     table = read_table(data, root=root)
     column = predictor.target.column
     if column not in table.df.columns:

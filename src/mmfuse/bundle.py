@@ -301,6 +301,14 @@ class Predictor(TablePredictions):
         ``fit --init-from`` continues from it, but it has no target to predict."""
         return self.model.fusion is None
 
+    @property
+    def aligned_pairs(self) -> list[str]:
+        """The pairs of inputs whose shared embeddings were trained to match (``"a:b"``): by the alignment
+        loss (``mmfuse align``, ``align_weight``), or in the aligned bundle this model was trained from
+        (``fit --init-from``). Empty: the inputs' embeddings cannot be compared with each other."""
+        own = [f"{a}:{b}" for a, b in self.model.align_pairs]
+        return own or list(self.config.get("model", {}).get("aligned_from", {}).get("pairs", []))
+
     def _refuse_aligned(self, what: str) -> None:
         if self.aligned_only:
             where = f" {str(self.path)!r}" if self.path else ""
@@ -399,8 +407,8 @@ class Predictor(TablePredictions):
         return torch.cat(outs), torch.cat(rows).numpy()
 
     @torch.no_grad()
-    def embed(self, data, input: str | None = None, batch_size: int = 256, on_bad_input="raise", root=None,
-              num_workers: int = 0, allow_outside_root: bool = False, cache=None) -> dict:
+    def embed(self, data, batch_size: int = 256, on_bad_input="raise", root=None, num_workers: int = 0,
+              allow_outside_root: bool = False, cache=None, *, input: str | None = None) -> dict:
         """Embeddings of the rows of a table: each input's and the fused one, L2-normalised.
 
         Returns a dict with:
@@ -415,7 +423,8 @@ class Predictor(TablePredictions):
         - ``features``: ``{input: [N, D_m]}``, the encoders' pooled outputs as the fusion receives them (not
           normalised; used to refit a fusion on frozen encoders, :func:`mmfuse.alpha.search_alpha`).
         - ``present``: ``{input: bool [N]}``; ``rows``: the table positions of the rows read; ``space``:
-          ``"shared"`` or ``"encoder"``.
+          ``"shared"`` or ``"encoder"``; ``aligned_pairs``: the pairs whose embeddings were trained to match
+          (:attr:`aligned_pairs`; without any, embeddings of different inputs are not comparable).
 
         ``input``: embed only this input (the table needs only its columns), e.g. the items of a retrieval
         index."""
@@ -463,7 +472,8 @@ class Predictor(TablePredictions):
         out = {k: {n: torch.cat(v).numpy() for n, v in acc[k].items()} for k in keys}
         if input is None:
             out["fused"] = torch.cat(fused).numpy()
-        out.update(rows=torch.cat(rows).numpy(), space="shared" if m.projections is not None else "encoder")
+        out.update(rows=torch.cat(rows).numpy(), space="shared" if m.projections is not None else "encoder",
+                   aligned_pairs=self.aligned_pairs)
         return out
 
     def check_inputs(self, dataset) -> list[str]:

@@ -52,7 +52,7 @@ class ModelConfig:
                                      "the inputs present by a small regressor trained on rows where it is present "
                                      "(hidden from the regressor); the fusion then reads every input's shared "
                                      "embedding. False: absent inputs are zeros.")
-    fill_weight: float = _doc(1.0, "Weight of the filling regressor's loss (mean squared error to the hidden input's "
+    fill_weight: float = _doc(1.0, "Weight of the filling regressor's loss (cosine distance to the hidden input's "
                                    "shared embedding) when `fill_missing` is on.")
 
     def __post_init__(self):  # every way of making a config (Python, CLI, config file, replace) is checked

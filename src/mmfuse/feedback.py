@@ -108,6 +108,9 @@ def compare(a, b, data, *, n_boot: int = 1000, seed: int = 0, root=None, on_bad_
     """
     from .io import read_table
 
+    for p in (a, b):
+        if getattr(p, "aligned_only", False):
+            p._refuse_aligned("be compared")
     if a.target.column != b.target.column:
         raise MmfuseError(f"the bundles predict different targets ({a.target.column!r}, {b.target.column!r})")
     table = read_table(data, root=root)

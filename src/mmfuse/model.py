@@ -2,6 +2,7 @@
 a shared embedding space (projection heads, contrastive alignment, filling in absent inputs)."""
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import torch
@@ -25,9 +26,10 @@ class Head(nn.Sequential):
 class Filler(nn.Module):
     """Estimates each input's shared embedding from the other inputs' (those present in the row).
 
-    For input ``n`` of M, a two-layer MLP reads ``[z_m * p_m for m != n] + [p_m for m != n]`` (the other
-    inputs' shared embeddings, zeroed where absent, and their presence) and returns ``ẑ_n`` ``[B, S]``. It
-    never reads ``n`` itself, so training it on rows where ``n`` is present teaches it with ``n`` hidden."""
+    For input ``n`` of M, a two-layer MLP reads ``[u_m * p_m for m != n] + [p_m for m != n]`` (the other
+    inputs' shared embeddings, unit-normalised and zeroed where absent, and their presence) and returns
+    ``ẑ_n`` ``[B, S]`` (its direction is the estimate). It never reads ``n`` itself, so training it on rows
+    where ``n`` is present teaches it with ``n`` hidden."""
 
     def __init__(self, names: Sequence[str], dim: int, hidden: int | None = None):
         super().__init__()
@@ -43,7 +45,7 @@ class Filler(nn.Module):
         out = {}
         for n in self.names:
             others = [m for m in self.names if m != n]
-            x = torch.cat([shared[m] * masks[m].unsqueeze(1).to(shared[m].dtype) for m in others]
+            x = torch.cat([F.normalize(shared[m], dim=-1) * masks[m].unsqueeze(1).to(shared[m].dtype) for m in others]
                           + [torch.stack([masks[m] for m in others], 1).to(shared[n].dtype)], 1)
             out[n] = self.nets[n](x)
         return out
@@ -92,7 +94,8 @@ class MultimodalModel(nn.Module):
             (:meth:`alignment_loss`, one :class:`~mmfuse.align.ClipLoss` per pair, with its own temperature).
         align_temperature, align_queue: Of those losses (initial temperature; past embeddings kept as negatives).
         fill_missing: Absent inputs get the :class:`Filler`'s estimate of their shared embedding, and the
-            fusion reads every input's shared embedding (present: projected; absent: estimated).
+            fusion reads every input's shared embedding, unit-normalised and scaled by √S (present: projected;
+            absent: estimated), so that a present and a filled input look alike to it.
     """
 
     def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion | None, head: nn.Module | None = None,
@@ -142,11 +145,16 @@ class MultimodalModel(nn.Module):
             absent: Inputs to treat as absent in every row (modality contribution analysis).
         """
         ref = next(iter(masks.values()))
-        masks = {n: (masks[n] if n in masks and n not in absent else torch.zeros_like(ref)) for n in self.names}
+        masks = observed = {n: (masks[n] if n in masks and n not in absent else torch.zeros_like(ref))
+                            for n in self.names}
         if self.training and self.modality_dropout > 0:
             masks = self.drop_modalities(masks)
-        feats, tokens = self.encode(inputs, masks)
-        return self.fuse(feats, tokens, masks)
+        # with a shared space, inputs dropped for the fusion are still encoded: the alignment and filling
+        # losses learn from them (a dropped input is exactly one to fill in, and its true embedding is known)
+        feats, tokens = self.encode(inputs, observed if self.projections is not None else masks)
+        out = self.fuse(feats, tokens, masks)
+        out["observed"] = observed
+        return out
 
     def encode(self, inputs: Mapping, masks: Mapping[str, torch.Tensor], names: Sequence[str] | None = None):
         """Each input's pooled output ``[B, D_m]`` and tokens (``(None, None)`` without); an input not in
@@ -175,7 +183,9 @@ class MultimodalModel(nn.Module):
             if self.filler is not None:
                 est = out["filled"] = self.filler(shared, masks)
                 any_present = torch.stack([masks[n] for n in self.names], 1).any(1)
-                fin_feats = {n: torch.where(masks[n].unsqueeze(1), shared[n], est[n]) for n in self.names}
+                scale = math.sqrt(self.shared_dim)
+                fin_feats = {n: torch.where(masks[n].unsqueeze(1), F.normalize(shared[n], dim=-1),
+                                            F.normalize(est[n], dim=-1)) * scale for n in self.names}
                 fin_masks = {n: any_present for n in self.names}  # present, or filled from the inputs present
                 fin_tokens = None
         if self.fusion is not None:
@@ -191,21 +201,26 @@ class MultimodalModel(nn.Module):
     # --- the losses of the shared space ---------------------------------------------------------------
     def alignment_loss(self, out: dict) -> torch.Tensor:
         """The mean over :attr:`align_pairs` of each pair's contrastive loss on ``out["shared"]`` (rows where
-        either input of a pair is absent are left out of that pair's loss)."""
-        shared, masks = out["shared"], out["masks"]
+        either input of a pair is absent from the data are left out of that pair's loss; modality dropout,
+        which hides inputs from the fusion only, does not)."""
+        shared, masks = out["shared"], out.get("observed", out["masks"])
         return torch.stack([loss(shared[a], shared[b], masks[a], masks[b])
                             for (a, b), loss in zip(self.align_pairs, self.align_losses)]).mean()
 
     def fill_loss(self, out: dict) -> torch.Tensor:
-        """Mean squared error of the filler's estimate of each input to its (detached) shared embedding, on
-        rows where the input is present and another input is present to fill from; the mean over inputs."""
+        """The cosine distance ``1 - cos(ẑ_n, z_n)`` of the filler's estimate of each input to its (detached)
+        shared embedding, on rows where the input is in the data (dropped by modality dropout or not) and
+        another input reaches the fusion to fill from; the mean over those rows, then over inputs. (The fusion
+        reads directions, so the loss does too, and it stays in [0, 2] whatever the embeddings' scale.)"""
         shared, est, masks = out["shared"], out["filled"], out["masks"]
+        observed = out.get("observed", masks)
         stacked = torch.stack([masks[n] for n in self.names], 1)
         terms = []
         for i, n in enumerate(self.names):
-            rows = masks[n] & (stacked.sum(1) > 1)
+            others = stacked.sum(1) - stacked[:, i].long()
+            rows = observed[n] & (others > 0)
             if bool(rows.any()):
-                terms.append(F.mse_loss(est[n][rows], shared[n][rows].detach()))
+                terms.append((1 - F.cosine_similarity(est[n][rows], shared[n][rows].detach(), dim=-1)).mean())
         if not terms:
             return sum(e.sum() for e in est.values()) * 0.0
         return torch.stack(terms).mean()

@@ -95,7 +95,9 @@ def retrieval_metrics(queries: np.ndarray, index: np.ndarray, query_keys: np.nda
         if not len(sims):
             continue
         best_rel = np.where(rel, sims, -np.inf).max(1)
-        first_rank.append(1 + ((sims > best_rel[:, None]) & ~rel).sum(1))  # items above the best hit
+        # items scoring at least the best hit's score come first (ties count against the query: collapsed
+        # embeddings rank every item equal and must not score as perfect)
+        first_rank.append(1 + ((sims >= best_rel[:, None]) & ~rel).sum(1))
         top, _ = exact_search(q[s:s + _BLOCK][has], x, kmax)
         top_rel = np.take_along_axis(rel, top, 1)
         for k in ks:
@@ -183,7 +185,7 @@ class RetrievalIndex:
         if self._faiss is None or exact or exact is None and self.faiss_kind is None:
             return exact_search(q, self.embeddings, k)
         val, pos = self._faiss.search(q, min(int(k), len(self)))
-        return pos.astype(np.int64), val
+        return pos.astype(np.int64), val  # -1 where FAISS found fewer than k (dropped by retrieve)
 
     def recall_against_exact(self, queries: np.ndarray, k: int = 10) -> float | None:
         """The share of the exact top ``k`` that the approximate search also returns (None without FAISS)."""
@@ -191,7 +193,7 @@ class RetrievalIndex:
             return None
         approx, _ = self.search(queries, k)
         exact, _ = exact_search(queries, self.embeddings, k)
-        return float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(approx, exact)]))
+        return float(np.mean([len(set(a[a >= 0]) & set(e)) / len(e) for a, e in zip(approx, exact)]))
 
     def save(self, folder) -> Path:
         """Write the index into ``folder`` atomically (a temporary folder renamed into place)."""
@@ -255,10 +257,24 @@ def _jsonable(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _bundle_id(predictor) -> dict:
-    """What ties an index to the bundle that embedded it."""
-    return {"path": str(predictor.path.resolve()) if predictor.path else None,
-            "created": predictor.config.get("created"), "shared_dim": predictor.model.shared_dim}
+def _bundle_id(predictor, input: str) -> dict:
+    """What ties an index to the bundle that embedded it: a hash of the weights that embed ``input`` (its
+    encoder and projection head) and of its preprocessor's state, so a copy of the bundle matches and
+    another bundle does not."""
+    import hashlib
+
+    h = hashlib.sha256()
+    m = predictor.model
+    for mod in (m.encoders[input], m.projections[input] if m.projections is not None else None):
+        for k, v in sorted((mod.state_dict() if mod is not None else {}).items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    meta, arrays = predictor.preprocessors[input].get_state()
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    for k, a in sorted(arrays.items()):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return {"path": str(predictor.path.resolve()) if predictor.path else None, "weights_sha256": h.hexdigest()}
 
 
 def build_index(predictor, table, input: str, *, faiss: str | None = None, match: Sequence[str] | None = None,
@@ -284,7 +300,7 @@ def build_index(predictor, table, input: str, *, faiss: str | None = None, match
     if match:
         keys, ok = _keys(t.df.iloc[e["rows"][present]], list(match), "index")
         info.update(match_columns=list(match), match_keys=[k if o else None for k, o in zip(keys.tolist(), ok)])
-    index = RetrievalIndex(emb, ids, input, _bundle_id(predictor), faiss, info=info)
+    index = RetrievalIndex(emb, ids, input, _bundle_id(predictor, input), faiss, info=info)
     if faiss:
         rng = np.random.default_rng(seed)
         sample = emb[rng.choice(len(emb), min(recall_queries, len(emb)), replace=False)]
@@ -299,6 +315,10 @@ def _check_input(predictor, name: str, flag: str) -> None:
     if predictor.model.projections is None:
         raise MmfuseError("this bundle has no shared space (no projection heads), so its inputs cannot be compared "
                           "with each other; align them first (mmfuse align, or fit with align_weight > 0)")
+    if not predictor.aligned_pairs:
+        raise MmfuseError("this bundle's shared space was never trained to match its inputs (no alignment loss: "
+                          "projection heads alone map each input its own way), so scores across inputs mean nothing; "
+                          "align them (mmfuse align, or fit with align_weight > 0)")
 
 
 def _index_for(predictor, index, to: str, root, on_bad_input, allow_outside_root, faiss) -> RetrievalIndex:
@@ -309,8 +329,8 @@ def _index_for(predictor, index, to: str, root, on_bad_input, allow_outside_root
         idx = RetrievalIndex.load(index)
         if idx.input != to:
             raise MmfuseError(f"the index {str(index)!r} holds input {idx.input!r}, not {to!r} (--to)")
-        mine = _bundle_id(predictor)
-        if idx.bundle.get("created") != mine["created"] or idx.bundle.get("shared_dim") != mine["shared_dim"]:
+        mine = _bundle_id(predictor, to)
+        if idx.bundle.get("weights_sha256") != mine["weights_sha256"]:
             raise MmfuseError(f"the index {str(index)!r} was built with another bundle ({idx.bundle.get('path')}); "
                               "build it again with this one: mmfuse index")
         return idx
@@ -346,8 +366,9 @@ def retrieve(predictor, query, index, from_: str, to: str, k: int = 10, *, root=
     qid = t.df.index.to_numpy()[rows]
     ids = np.asarray(idx.row_ids, dtype=object)
     kk = pos.shape[1]
-    out = pd.DataFrame({"query_row": np.repeat(qid, kk), "rank": np.tile(np.arange(1, kk + 1), len(qid)),
-                        "index_row": ids[pos.ravel()] if len(pos) else [], "score": val.ravel()})
+    found = pos.ravel() >= 0  # an approximate search may find fewer than k
+    out = pd.DataFrame({"query_row": np.repeat(qid, kk)[found], "rank": np.tile(np.arange(1, kk + 1), len(qid))[found],
+                        "index_row": ids[pos.ravel()[found]], "score": val.ravel()[found]})
     present = np.zeros(len(t.df), bool)
     present[rows] = True
     out.attrs["absent_queries"] = t.df.index[~present].tolist()

@@ -402,6 +402,9 @@ def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] |
     if not named:
         raise MmfuseError("robustness: give at least one model (a bundle path or a fitted predictor)")
     preds = {n: _load(m) for n, m in named.items()}
+    for p in preds.values():
+        if getattr(p, "aligned_only", False):
+            p._refuse_aligned("be scored for robustness")
     levels = [float(x) for x in levels]
     if not levels or levels[0] != 0 or any(not 0 <= x < 1 for x in levels) or levels != sorted(set(levels)):
         raise MmfuseError(f"levels (--levels) must rise from 0 (the clean rows) and stay below 1, e.g. 0,0.3,0.6,0.9; "

@@ -304,7 +304,7 @@ def test_quick_alignment_protocol(tmp_path):
     r, md = _quick("alignment", tmp_path)
     assert r["parts"] == ["retrieval", "semi", "fill"]
     ret = r["retrieval"]["summary"]
-    assert set(ret) == {"aligned", "before alignment", "supervised, not aligned"}
+    assert set(ret) == {"aligned", "before alignment", "supervised + align_weight 1 (labels read)"}
     assert 0 < ret["aligned"]["audio->image"]["chance_precision"][0] < 0.2
     assert set(r["semi"]["summary"]) == {"pretrained", "scratch", "gain_points"}
     assert set(r["fill"]["digits"]["models"]) == {"concat, filled in", "concat, zeroed"}
