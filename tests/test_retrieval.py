@@ -190,3 +190,33 @@ def test_faiss_finding_fewer_than_k_gives_no_made_up_rows(run):
     res = retrieve(pred, df.head(20), idx, "A", "B", k=300)
     assert res["index_row"].isin(df.index).all() and np.isfinite(res["score"]).all()
     assert res.groupby("query_row").size().max() <= 300
+
+
+def test_blank_and_numeric_match_values(run):
+    from mmfuse import Predictor
+    from mmfuse.retrieval import build_index, evaluate_retrieval
+
+    call, d = run
+    pred = Predictor.load(d / "al/bundle")
+    df = pd.read_csv(d / "t.csv")
+    df["k"] = np.where(df["y"] == "pos", 1, 0)
+    q = df.assign(k=df["k"].astype(float))  # 1.0 in the queries, 1 in the index: the same key
+    q.loc[:9, "k"] = np.nan  # no known match: left out, counted
+    m = evaluate_retrieval(pred, q, df, "A", "B", match=["k"])
+    assert m["queries"] == len(df) - 10 and m["rows_left_out"] == 10
+    idx = build_index(pred, q, "B", match=["k", "y"])  # blank values kept as unknown in the saved index
+    m2 = evaluate_retrieval(pred, df, idx, "A", "B", match=["y", "k"])  # any order, any subset of the kept columns
+    assert m2["queries"] == len(df)
+    with pytest.raises(MmfuseError, match="keeps the values of"):
+        evaluate_retrieval(pred, df, idx, "A", "B", match=["a0"])
+
+
+def test_the_command_line_protects_the_tables_and_the_groups(run, capsys):
+    from tests.test_cli_errors import cli_error
+
+    call, d = run
+    line = cli_error(capsys, "retrieve", d / "al/bundle", "--query", d / "t.csv", "--index", d / "t2.csv", "--from",
+                     "A", "--to", "B", "-o", d / "t2.csv") if (d / "t2.csv").write_text((d / "t.csv").read_text()) else ""
+    assert "is the --index table" in line
+    line = cli_error(capsys, "align", d / "t.csv", "-g", "A=a0,a1", "-g", "A=b0,b1", "-o", d / "dup")
+    assert "given twice" in line

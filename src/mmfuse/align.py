@@ -147,6 +147,9 @@ def align(data, pairs=None, out=None, *, inputs=None, columns=None, groups=None,
     if untrained:
         train = {k: v for k, v in train.items() if k != "epochs"}
     tcfg = from_dict(TrainConfig, {**ALIGN_TRAIN_DEFAULTS, **train}, "train")
+    if tcfg.batch_size < 2:
+        raise MmfuseError(f"batch_size {tcfg.batch_size}: a contrastive loss needs at least 2 rows per batch (the other "
+                          "rows are each row's negatives); use 64 or more")
     if isinstance(pairs, str):
         pairs = [p.strip() for p in pairs.split(",") if p.strip()]
     mcfg = ModelConfig(dim=dim, encoders=dict(encoders or {}), shared_dim=shared_dim, align_pairs=list(pairs or []),
@@ -176,6 +179,12 @@ def align(data, pairs=None, out=None, *, inputs=None, columns=None, groups=None,
     val_df, train_df = df.iloc[np.sort(order[:n_val])], df.iloc[np.sort(order[n_val:])]
     preps = P.fit_preprocessors(schema, names, train_df, table.root, mcfg, tcfg, preprocessing, allow_outside_root)
     pair_rows = check_pairs(train_df, preps, parse_pairs(mcfg.align_pairs, names))
+    if queue and queue >= min(pair_rows.values()):
+        import warnings
+
+        warnings.warn(f"the queue ({queue} pairs) is as large as the training rows of a pair ({min(pair_rows.values())}): "
+                      "each row's own past partner is then among its negatives; keep the queue well below the rows",
+                      stacklevel=2)
     kw = dict(on_bad_input=on_bad_input, allow_outside_root=allow_outside_root, root=table.root, cache=tcfg.cache)
     ds_tr = MultimodalDataset(train_df, preps, None, train=True, **kw)
     ds_va = MultimodalDataset(val_df, preps, None, **kw)
@@ -190,7 +199,8 @@ def align(data, pairs=None, out=None, *, inputs=None, columns=None, groups=None,
     model, spec = build_model(preps, 0, mcfg, aligned=True)
     if echo is not None:
         echo(f"aligning {', '.join(a + ':' + b for a, b in model.align_pairs)} in a {model.shared_dim}-wide space "
-             f"on {len(train_df)} rows ({len(val_df)} held out); encoders: "
+             f"on {len(train_df)} rows ({len(val_df)} held out; rows holding both inputs: "
+             + ", ".join(f"{k} {v}" for k, v in pair_rows.items()) + "); encoders: "
              + ", ".join(f"{n}={e['name']}" for n, e in spec["encoders"].items()))
     run_dir = Path(out) if out else Path(tempfile.mkdtemp(prefix="mmfuse_align_"))
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -231,6 +231,12 @@ class MultimodalPredictor:
             from .align import aligned_preprocessors
 
             kept = aligned_preprocessors(aligned, inputs, schema)
+            if echo is not None:
+                new = [n for n in inputs if n not in kept]
+                unused = [n for n in aligned.preprocessors if n not in kept]
+                echo(f"from the aligned bundle: the encoders of {', '.join(sorted(kept))}"
+                     + (f"; new inputs: {', '.join(new)}" if new else "")
+                     + (f"; aligned inputs this table lacks: {', '.join(unused)}" if unused else ""))
             preps = {**P.fit_preprocessors(schema, [n for n in inputs if n not in kept], splits.train, splits.root,
                                            mcfg, tcfg, self.preprocessing, self.allow_outside_root), **kept}
         elif base is None:
@@ -297,7 +303,8 @@ class MultimodalPredictor:
         if splits.blank_target:
             metrics["blank_target_rows"] = splits.blank_target
         if aligned is not None:
-            metrics["init_from"] = {"bundle": str(self.init_from), "aligned": sorted(aligned.preprocessors),
+            metrics["init_from"] = {"bundle": str(self.init_from),
+                                    "aligned": sorted(n for n in preps if n in aligned.preprocessors),
                                     "pairs": aligned.config.get("metrics", {}).get("pairs")}
         if base is not None:
             metrics["init_from"] = {"bundle": str(self.init_from), "new_head": task.classes_ != base.task.classes_,

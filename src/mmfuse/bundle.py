@@ -313,7 +313,8 @@ class Predictor(TablePredictions):
         if self.aligned_only:
             where = f" {str(self.path)!r}" if self.path else ""
             raise MmfuseError(f"the bundle{where} holds aligned encoders (mmfuse align) and no target, so it cannot "
-                              f"{what}; embed or retrieve with it (mmfuse retrieve), or train a model from it: "
+                              f"{what}; retrieve with it (mmfuse retrieve, mmfuse index; Predictor.embed in Python), "
+                              "or train a model from it: "
                               "mmfuse fit TABLE --target COLUMN --init-from BUNDLE")
 
     @classmethod

@@ -44,6 +44,8 @@ def _parse_groups(items: List[str]) -> dict:
         if "=" not in item:
             raise SchemaError(f"--group expects NAME=COL1,COL2, got {item!r}")
         name, cols = item.split("=", 1)
+        if name.strip() in out:
+            raise SchemaError(f"--group {name.strip()!r} is given twice; name each group once (NAME=COL1,COL2)")
         out[name.strip()] = [c.strip() for c in cols.split(",") if c.strip()]
         if not name.strip() or not out[name.strip()]:
             raise SchemaError(f"--group expects NAME=COL1,COL2 (or NAME='PATTERN*'), got {item!r}")
@@ -150,7 +152,9 @@ def fit(
                                             help="Show the progress bar (default: when the output is a terminal)."),
     init_from: Optional[Path] = typer.Option(
         None, "--init-from", help="Continue training this bundle on the table (new or corrected labels): its "
-                                  "schema, preprocessors, target and weights are kept; --target defaults to its own."),
+                                  "schema, preprocessors, target and weights are kept; --target defaults to its own. "
+                                  "A bundle of aligned encoders (mmfuse align): a new model (needs --target) whose "
+                                  "aligned inputs start from them; the table's other inputs are new."),
     new_head: bool = typer.Option(False, "--new-head", help="With --init-from: accept labels the bundle does not know "
                                                             "(a head over the old and new classes)."),
     replay: Optional[Path] = typer.Option(None, "--replay", help="With --init-from: the old table, whose rows are "
@@ -265,8 +269,8 @@ def align(
     model = dict(cfg.get("model") or {})
     bad = set(model) - {"encoders", "dim"}
     if bad:
-        raise MmfuseError(f"config file {config}: mmfuse align takes model.encoders and model.dim; "
-                          f"{', '.join(sorted(bad))} belong to fit (--shared-dim, --temperature and --queue are options)")
+        raise MmfuseError(f"config file {config}: mmfuse align reads model.encoders and model.dim only, not "
+                          f"{', '.join(sorted(bad))} (the shared space is set with --shared-dim, --temperature, --queue)")
     train = dict(cfg.get("train") or {})
     for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("seed", seed)):
         if v is not None:
@@ -283,7 +287,8 @@ def align(
                      echo=typer.echo, **train)
     m = pred.config["metrics"]
     typer.echo(f"best epoch {m['best_epoch'] + 1 if m['best_epoch'] is not None else '-'} of {m['epochs_run']}; "
-               "held-out rows, exact search:")
+               "held-out rows, exact search:" if m["val_retrieval"] else
+               "held-out rows: fewer than 2 hold both inputs of a pair; no retrieval measured")
     for direction, r in m["val_retrieval"].items():
         typer.echo(f"  {direction}: recall@1 {r['recall@1']:.3f}, recall@5 {r['recall@5']:.3f}, recall@10 "
                    f"{r['recall@10']:.3f}, median rank {r['median_rank']:g} of {r['index_rows']} "
@@ -309,7 +314,7 @@ def index(
     input_: str = typer.Option(..., "--input", help="The input of the items embedded (e.g. image)."),
     out: Path = typer.Option(..., "--out", "-o", callback=_folder, help="Index folder to write."),
     faiss: Optional[str] = typer.Option(None, "--faiss", help="Also build an approximate FAISS index: hnsw, ivf or "
-                                                              "flat (pip install 'mmfuse[faiss]')."),
+                                                              "flat (needs the faiss extra: pip install faiss-cpu)."),
     match: Optional[str] = typer.Option(None, "--match", help="COL[,COL]: keep these columns' values with each item, "
                                                               "for `mmfuse evaluate-retrieval --index FOLDER --match`."),
     on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
@@ -362,8 +367,11 @@ def retrieve(
 
     if out is not None:
         from .batch import check_output
+        from .errors import MmfuseError
 
         check_output(query, out)
+        if index_.is_file() and index_.resolve() == out.resolve():
+            raise MmfuseError(f"--out {out} is the --index table; write the results to another file")
     pred = _retrieval_bundle(bundle)
     res = run_retrieve(pred, _table(query, root), index_ if index_.is_dir() else _table(index_, root), from_, to, k,
                        root=root, on_bad_input=on_bad_input, allow_outside_root=allow_outside_root,
@@ -378,7 +386,9 @@ def retrieve(
             typer.echo(f"... {len(res)} lines in all; write them with --out FILE")
         return
     _write_frame(res, out)
-    typer.echo(f"{res['query_row'].nunique()} query rows, top {k}: written to {out}")
+    per = int(res.groupby("query_row").size().max()) if len(res) else 0
+    typer.echo(f"{res['query_row'].nunique()} query rows, top {per}" + (f" (the index holds fewer than {k})" if per < k else "")
+               + f": written to {out}")
 
 
 def _write_frame(df, out: Path) -> None:
@@ -405,8 +415,9 @@ def _write_frame(df, out: Path) -> None:
 def evaluate_retrieval(
     bundle: Path = typer.Argument(..., help="Bundle with a shared space (mmfuse align, or fit with align_weight)."),
     query: Path = typer.Option(..., "--query", help="Table of the query rows."),
-    index_: Optional[Path] = typer.Option(None, "--index", help="Table (or index folder) of the items; default: the "
-                                                                "query table (row i matches row i)."),
+    index_: Optional[Path] = typer.Option(None, "--index", help="Table of the items, or an index folder (mmfuse index; "
+                                                                "only with --match, built with those columns); "
+                                                                "default: the query table (row i matches row i)."),
     from_: str = _OPT_FROM,
     to: str = _OPT_TO,
     match: Optional[str] = typer.Option(None, "--match", help="COL[,COL]: an index row is a hit when it has the "
@@ -430,7 +441,7 @@ def evaluate_retrieval(
     from .retrieval import evaluate_retrieval as run_eval
 
     try:
-        ks = [int(x) for x in k.split(",") if x.strip()]
+        ks = sorted({int(x) for x in k.split(",") if x.strip()})
     except ValueError:
         raise MmfuseError(f"--k {k!r}: write cut-offs as integers, e.g. 1,5,10") from None
     if faiss is not None and faiss not in FAISS_KINDS:

@@ -51,7 +51,8 @@ class ModelConfig:
     fill_missing: bool = _doc(False, "Fill an absent input with an estimate of its shared embedding, predicted from "
                                      "the inputs present by a small regressor trained on rows where it is present "
                                      "(hidden from the regressor); the fusion then reads every input's shared "
-                                     "embedding. False: absent inputs are zeros.")
+                                     "embedding as a unit vector (attention fusions attend over these, one per "
+                                     "input, not over tokens). False: absent inputs are zeros.")
     fill_weight: float = _doc(1.0, "Weight of the filling regressor's loss (cosine distance to the hidden input's "
                                    "shared embedding) when `fill_missing` is on.")
 

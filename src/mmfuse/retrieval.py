@@ -51,15 +51,35 @@ def exact_search(queries: np.ndarray, index: np.ndarray, k: int) -> tuple[np.nda
     return pos, val
 
 
+def _value_text(v) -> str | None:
+    """A match value as text, None when blank; numbers in one form (``1``, ``1.0`` and ``"1"`` match)."""
+    if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return str(int(v)) if float(v).is_integer() else repr(float(v))
+    s = str(v).strip()
+    if not s:
+        return None
+    try:
+        f = float(s)
+        return str(int(f)) if f.is_integer() else repr(f)
+    except ValueError:
+        return s
+
+
 def _keys(df: pd.DataFrame, cols: Sequence[str], what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's match key (its values in ``cols``, as text) and whether it has one (no blank value)."""
+    """Each row's match key (its values in ``cols``, as text) and whether it has one (no blank value:
+    rows with one have no known match and are left out)."""
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise MmfuseError(f"the {what} table lacks the match column(s) {', '.join(map(repr, missing))} (it has "
                           f"{list(df.columns)[:20]}); --match names columns both tables hold")
-    part = df[list(cols)]
-    ok = ~part.isna().any(axis=1).to_numpy()
-    keys = part.astype(str).agg("\x1f".join, axis=1).to_numpy() if len(part) else np.array([], object)
+    values = [[_value_text(v) for v in df[c].tolist()] for c in cols]
+    rows = list(zip(*values)) if values else []
+    ok = np.array([all(v is not None for v in r) for r in rows], bool)
+    keys = np.array(["\x1f".join(v or "" for v in r) if o else None for r, o in zip(rows, ok)], object)
     return keys, ok
 
 
@@ -105,8 +125,10 @@ def retrieval_metrics(queries: np.ndarray, index: np.ndarray, query_keys: np.nda
         if not paired:
             chance.append(rel.sum(1) / len(x))
     if not first_rank:
-        raise MmfuseError("no query has a true match in the index (no index row shares a query's key); check the "
-                          "match columns and the tables")
+        example = next((k for k in (query_keys if not paired else []) if k is not None), None)
+        raise MmfuseError("no query has a true match in the index (no index row shares a query's key"
+                          + (f", e.g. {example!r}" if example is not None else "") + "); check the match columns and "
+                          "the tables")
     ranks = np.concatenate(first_rank)
     out = {"queries": int(len(ranks)), "index_rows": int(len(x)), "median_rank": float(np.median(ranks)),
            "mean_reciprocal_rank": float(np.mean(1.0 / ranks))}
@@ -287,6 +309,7 @@ def build_index(predictor, table, input: str, *, faiss: str | None = None, match
     values are kept with each row, so that :func:`evaluate_retrieval` can score against the saved index."""
     from .io import read_table
 
+    _check_input(predictor, input, "--input")
     t = read_table(table, root=root)
     e = predictor.embed(t, input=input, root=root, on_bad_input=on_bad_input, allow_outside_root=allow_outside_root,
                         batch_size=batch_size)
@@ -299,7 +322,9 @@ def build_index(predictor, table, input: str, *, faiss: str | None = None, match
             "skipped_rows": [_jsonable(r) for r in getattr(predictor, "last_skipped", [])]}
     if match:
         keys, ok = _keys(t.df.iloc[e["rows"][present]], list(match), "index")
-        info.update(match_columns=list(match), match_keys=[k if o else None for k, o in zip(keys.tolist(), ok)])
+        sub = t.df.iloc[e["rows"][present]]
+        _keys(sub, list(match), "index")  # a missing column fails now
+        info["match_values"] = {c: [_value_text(v) for v in sub[c].tolist()] for c in match}
     index = RetrievalIndex(emb, ids, input, _bundle_id(predictor, input), faiss, info=info)
     if faiss:
         rng = np.random.default_rng(seed)
@@ -310,11 +335,17 @@ def build_index(predictor, table, input: str, *, faiss: str | None = None, match
 
 
 def _check_input(predictor, name: str, flag: str) -> None:
+    from .model import parse_pairs
+
     if name not in predictor.model.names:
         raise MmfuseError(f"{flag} {name!r}: the bundle has no such input; its inputs: {', '.join(predictor.model.names)}")
     if predictor.model.projections is None:
         raise MmfuseError("this bundle has no shared space (no projection heads), so its inputs cannot be compared "
                           "with each other; align them first (mmfuse align, or fit with align_weight > 0)")
+    aligned = {x for p in predictor.aligned_pairs for x in parse_pairs([p], predictor.model.names)[0]}
+    if predictor.aligned_pairs and name not in aligned:
+        raise MmfuseError(f"{flag} {name!r}: this input was never aligned with another (aligned pairs: "
+                          f"{', '.join(predictor.aligned_pairs)}), so its embeddings cannot be compared across inputs")
     if not predictor.aligned_pairs:
         raise MmfuseError("this bundle's shared space was never trained to match its inputs (no alignment loss: "
                           "projection heads alone map each input its own way), so scores across inputs mean nothing; "
@@ -389,7 +420,7 @@ def evaluate_retrieval(predictor, query, index, from_: str, to: str, *, match: S
     _check_input(predictor, to, "--to")
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
-        raise MmfuseError(f"ks must be positive integers, got {ks!r}")
+        raise MmfuseError(f"the cut-offs (--k) must be positive integers, got {ks!r}")
     tq = read_table(query, root=root)
     q_all = predictor.embed(tq, input=from_, root=root, on_bad_input=on_bad_input,
                             allow_outside_root=allow_outside_root)
@@ -408,6 +439,9 @@ def evaluate_retrieval(predictor, query, index, from_: str, to: str, *, match: S
         pos_i = dict(zip(i_all["rows"], range(len(i_all["rows"]))))
         both = [r for r in q_all["rows"] if r in pos_i and q_all["present"][from_][pos_q[r]]
                 and i_all["present"][to][pos_i[r]]]
+        if len(both) < 2:
+            raise MmfuseError(f"{len(both)} row(s) hold both {from_!r} (in the query table) and {to!r} (in the index "
+                              "table); paired evaluation needs rows with both inputs")
         q = q_all["inputs"][from_][[pos_q[r] for r in both]]
         x = i_all["inputs"][to][[pos_i[r] for r in both]]
         out = retrieval_metrics(q, x, ks=ks)
@@ -416,17 +450,20 @@ def evaluate_retrieval(predictor, query, index, from_: str, to: str, *, match: S
     else:
         match = list(match)
         idx = _index_for(predictor, index, to, root, on_bad_input, allow_outside_root, faiss)
-        ti_df = (read_table(index, root=root).df if not (isinstance(index, (str, os.PathLike)) and Path(index).is_dir())
-                 else None)
+        saved = isinstance(index, RetrievalIndex) or isinstance(index, (str, os.PathLike)) and Path(index).is_dir()
+        ti_df = None if saved else read_table(index, root=root).df
         present = q_all["present"][from_]
         rows = q_all["rows"][present]
         qkeys, qok = _keys(tq.df.iloc[rows], match, "query")
         if ti_df is None:
-            if "match_keys" not in idx.info or idx.info.get("match_columns") != match:
-                raise MmfuseError(f"this saved index keeps no values of the columns {match} (built without "
-                                  f"--match {','.join(match)}); build it with them, or evaluate against the index "
+            kept = idx.info.get("match_values") or {}
+            lacking = [c for c in match if c not in kept]
+            if lacking:
+                raise MmfuseError(f"this saved index keeps the values of {sorted(kept) or 'no column'}, not of "
+                                  f"{lacking}; build it with --match {','.join(match)}, or evaluate against the index "
                                   "table itself (--index TABLE)")
-            ikeys = np.asarray(idx.info["match_keys"], object)
+            rows = list(zip(*[kept[c] for c in match]))
+            ikeys = np.array(["\x1f".join(r) if all(v is not None for v in r) else None for r in rows], object)
         else:
             pos = ti_df.index.get_indexer(idx.row_ids)
             ikeys, iok = _keys(ti_df.iloc[pos], match, "index")
