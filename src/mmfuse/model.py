@@ -28,8 +28,10 @@ class Filler(nn.Module):
 
     For input ``n`` of M, a two-layer MLP reads ``[u_m * p_m for m != n] + [p_m for m != n]`` (the other
     inputs' shared embeddings, unit-normalised and zeroed where absent, and their presence) and returns
-    ``ẑ_n`` ``[B, S]`` (its direction is the estimate). It never reads ``n`` itself, so training it on rows
-    where ``n`` is present teaches it with ``n`` hidden."""
+    ``ẑ_n`` ``[B, S]`` (its direction is the estimate) and a confidence ``c_n = σ(·)`` ``[B]``, how much of the
+    estimate the fusion receives (``c_n · ẑ_n / |ẑ_n|``; learned by the task's loss alone: at 0 the input is
+    zeroed as without filling in, so the model can learn to trust an estimate only as far as it helps). It
+    never reads ``n`` itself, so training it on rows where ``n`` is present teaches it with ``n`` hidden."""
 
     def __init__(self, names: Sequence[str], dim: int, hidden: int | None = None):
         super().__init__()
@@ -38,17 +40,20 @@ class Filler(nn.Module):
         self.names = sorted(names)
         width = (len(self.names) - 1) * (dim + 1)
         hidden = hidden or dim
-        self.nets = InputModuleDict({n: nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.dim = dim
+        self.nets = InputModuleDict({n: nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, dim + 1))
                                      for n in self.names})
 
-    def forward(self, shared: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict:
-        out = {}
+    def forward(self, shared: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+        """``({input: ẑ [B, S]}, {input: confidence [B]})``."""
+        out, conf = {}, {}
         for n in self.names:
             others = [m for m in self.names if m != n]
             x = torch.cat([F.normalize(shared[m], dim=-1) * masks[m].unsqueeze(1).to(shared[m].dtype) for m in others]
                           + [torch.stack([masks[m] for m in others], 1).to(shared[n].dtype)], 1)
-            out[n] = self.nets[n](x)
-        return out
+            y = self.nets[n](x)
+            out[n], conf[n] = y[:, :self.dim], torch.sigmoid(y[:, self.dim])
+        return out, conf
 
 
 def parse_pairs(pairs: Sequence[str] | None, names: Sequence[str]) -> list[tuple[str, str]]:
@@ -95,7 +100,7 @@ class MultimodalModel(nn.Module):
         align_temperature, align_queue: Of those losses (initial temperature; past embeddings kept as negatives).
         fill_missing: Absent inputs get the :class:`Filler`'s estimate of their shared embedding, and the
             fusion reads every input's shared embedding, unit-normalised and scaled by √S (present: projected;
-            absent: estimated), so that a present and a filled input look alike to it.
+            absent: estimated, times the filler's confidence).
     """
 
     def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion | None, head: nn.Module | None = None,
@@ -181,11 +186,13 @@ class MultimodalModel(nn.Module):
         if self.projections is not None:
             shared = out["shared"] = self.project(feats)
             if self.filler is not None:
-                est = out["filled"] = self.filler(shared, masks)
+                est, conf = self.filler(shared, masks)
+                out["filled"], out["fill_confidence"] = est, conf
                 any_present = torch.stack([masks[n] for n in self.names], 1).any(1)
                 scale = math.sqrt(self.shared_dim)
                 fin_feats = {n: torch.where(masks[n].unsqueeze(1), F.normalize(shared[n], dim=-1),
-                                            F.normalize(est[n], dim=-1)) * scale for n in self.names}
+                                            F.normalize(est[n], dim=-1) * conf[n].unsqueeze(1)) * scale
+                             for n in self.names}
                 fin_masks = {n: any_present for n in self.names}  # present, or filled from the inputs present
                 fin_tokens = None
         if self.fusion is not None:

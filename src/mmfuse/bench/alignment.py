@@ -176,7 +176,7 @@ def _har(ctx):
     order = list(rng.permutation(subjects))
     split = {s: "test" for s in order[:5]} | {s: "val" for s in order[5:8]} | {s: "train" for s in order[8:]}
     df = df.assign(split=df["subject_id"].map(split))[["phone", "watch", "label", "split"]]
-    return df, {k: sorted(int(s) for s, v in split.items() if v == k) for k in ("train", "val", "test")}
+    return df, {k: sorted(str(s) for s, v in split.items() if v == k) for k in ("train", "val", "test")}
 
 
 def _fill(ctx, name, df, root, fusions, epochs, target, align_weight, encoders=None, preprocessing=None, columns=None):
@@ -314,6 +314,14 @@ def run(ctx: BenchContext) -> dict:
             out["fill"]["phone_watch"]["rows"] = har["split"].value_counts().to_dict()
     if "clothing" in parts:
         out["clothing"] = _clothing(ctx, align_epochs)
+    # parts not run now are kept from the results file already there, with the command that measured them
+    prev = ctx.previous
+    kept = {p: prev[p] for p in PARTS if p not in parts and p in prev}
+    if kept:
+        earlier = prev.get("part_commands", {})
+        out.update(kept)
+        out["part_commands"] = {p: earlier.get(p, prev.get("command")) for p in kept}
+        out["part_seeds"] = {p: prev.get("part_seeds", {}).get(p, prev.get("seeds")) for p in kept}
     return out
 
 
@@ -374,4 +382,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | "
                          f"{m['median_rank']:.1f} |")
         lines.append("")
+    if result.get("part_commands"):
+        lines += ["Parts kept from earlier runs (seeds): " + "; ".join(
+            f"{p}: `{c}` ({result.get('part_seeds', {}).get(p)})" for p, c in result["part_commands"].items()), ""]
     return "\n".join(lines)
