@@ -212,3 +212,14 @@ def test_retrieval_refuses_a_shared_space_never_aligned():
     assert m.predictor_.model.projections is not None and m.predictor_.aligned_pairs == []
     with pytest.raises(MmfuseError, match="never trained to match"):
         retrieve(m.predictor_, df, df, "A", "B")
+
+
+def test_the_filler_never_reads_the_input_it_estimates():
+    """On rows where b is present (where the filler learns), its estimate of b is the same whatever b holds."""
+    m = model(fill=True).eval()
+    x, masks = batch()
+    est = m(x, masks)["filled"]
+    x2 = {**x, "b": {"num": x["b"]["num"] + 5.0}}
+    est2 = m(x2, masks)["filled"]
+    assert torch.allclose(est["b"], est2["b"], atol=1e-6)
+    assert not torch.allclose(est["a"], est2["a"], atol=1e-3)  # b does inform the others' estimates
