@@ -220,3 +220,14 @@ def test_the_command_line_protects_the_tables_and_the_groups(run, capsys):
     assert "is the --index table" in line
     line = cli_error(capsys, "align", d / "t.csv", "-g", "A=a0,a1", "-g", "A=b0,b1", "-o", d / "dup")
     assert "given twice" in line
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".ndjson"])
+def test_retrieve_writes_every_output_format(run, suffix):
+    call, d = run
+    out = d / f"res{suffix}"
+    r = call("retrieve", d / "al/bundle", "--query", d / "t.csv", "--index", d / "t.csv", "--from", "A", "--to", "B",
+             "--k", "2", "-o", out)
+    assert r.exit_code == 0, r.output
+    back = pd.read_parquet(out) if suffix == ".parquet" else pd.read_json(out, lines=True)
+    assert list(back.columns) == ["query_row", "rank", "index_row", "score"] and len(back) == 800

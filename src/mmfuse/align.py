@@ -321,14 +321,13 @@ def check_pairs(df, preps: dict, pairs, where: str = "the training rows", batch_
     import numpy as np
 
     from .errors import MmfuseError
+    from .schema import missing_mask
 
-    def given(name):
-        cols = preps[name].columns
-        part = df[[c for c in cols if c in df.columns]]
-        if part.shape[1] == 0:
+    def given(name):  # a cell of the input's columns holds a value (mmfuse's one rule for a missing cell)
+        cols = [c for c in preps[name].columns if c in df.columns]
+        if not cols:
             return np.zeros(len(df), bool)
-        blank = part.isna() | part.apply(lambda c: c.astype(str).str.strip().eq(""))
-        return ~blank.all(axis=1).to_numpy()
+        return ~np.logical_and.reduce([missing_mask(df[c]) for c in cols])
 
     counts = {}
     for a, b in pairs:

@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import MmfuseError
 from .io import iter_table, table_rows
 
-__all__ = ["predict_file", "check_output", "BatchReport", "OUTPUT_FORMATS"]
+__all__ = ["predict_file", "check_output", "write_frame", "BatchReport", "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -152,6 +152,26 @@ def _all_skipped(predictor, chunk, proba: bool):
     frame["skipped"] = [reasons.get(str(r), "bad input") for r in frame["row"]]
     predictor.last_skipped = frame["row"].tolist()
     return frame
+
+
+def write_frame(frame, out) -> None:
+    """Write one DataFrame to ``out`` (.csv, .parquet or .jsonl, as :func:`check_output` allows) atomically:
+    a temporary file beside it, renamed at the end (removed if anything fails)."""
+    out = Path(out)
+    fmt = OUTPUT_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise MmfuseError(f"--out {out}: write to a .csv, .parquet or .jsonl file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    writer = _Writer(tmp, fmt)
+    try:
+        writer.write(frame)
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class _Writer:

@@ -385,30 +385,12 @@ def retrieve(
         if len(res) > 50:
             typer.echo(f"... {len(res)} lines in all; write them with --out FILE")
         return
-    _write_frame(res, out)
+    from .batch import write_frame
+
+    write_frame(res, out)
     per = int(res.groupby("query_row").size().max()) if len(res) else 0
     typer.echo(f"{res['query_row'].nunique()} query rows, top {per}" + (f" (the index holds fewer than {k})" if per < k else "")
                + f": written to {out}")
-
-
-def _write_frame(df, out: Path) -> None:
-    import tempfile
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
-    os.close(fd)
-    try:
-        suffix = out.suffix.lower()
-        if suffix == ".parquet":
-            df.to_parquet(tmp, index=False)
-        elif suffix == ".jsonl":
-            df.to_json(tmp, orient="records", lines=True)
-        else:
-            df.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @app.command("evaluate-retrieval")

@@ -53,15 +53,15 @@ def exact_search(queries: np.ndarray, index: np.ndarray, k: int) -> tuple[np.nda
 
 def _value_text(v) -> str | None:
     """A match value as text, None when blank; numbers in one form (``1``, ``1.0`` and ``"1"`` match)."""
-    if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
+    from .schema import is_missing
+
+    if is_missing(v):
         return None
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))
     if isinstance(v, (int, float, np.integer, np.floating)):
         return str(int(v)) if float(v).is_integer() else repr(float(v))
     s = str(v).strip()
-    if not s:
-        return None
     try:
         f = float(s)
         return str(int(f)) if f.is_integer() else repr(f)

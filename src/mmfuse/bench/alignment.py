@@ -63,14 +63,6 @@ def _digits(ctx: BenchContext):
     return t
 
 
-def _blank(df, predictor, name):
-    """``df`` with every column of input ``name`` blank (the input missing in every row)."""
-    out = df.copy()
-    for c in predictor.preprocessors[name].columns:
-        out[c] = None
-    return out
-
-
 def _retrieval(ctx, table, epochs, align_epochs):
     from mmfuse import MultimodalPredictor
     from mmfuse.align import align
@@ -119,6 +111,8 @@ def _retrieval(ctx, table, epochs, align_epochs):
 
 
 def _semi(ctx, table, epochs, align_epochs, fraction):
+    import pandas as pd
+
     from mmfuse import MultimodalPredictor
     from mmfuse.align import align
     from mmfuse.datasets import FSDD_MNIST_ROLES
@@ -135,7 +129,7 @@ def _semi(ctx, table, epochs, align_epochs, fraction):
                         encoders=ENCODERS, preprocessing=PREPROCESSING, shared_dim=128, epochs=align_epochs,
                         seed=seed, **QUIET)
         align_s = time.perf_counter() - t0
-        rows = pd_concat([labelled, rest])
+        rows = pd.concat([labelled, rest])
         common = dict(columns=dict(FSDD_MNIST_ROLES), fusion="concat", epochs=epochs, seed=seed, contribution=False,
                       root=table.root, **QUIET)
         t0 = time.perf_counter()
@@ -160,12 +154,6 @@ def _semi(ctx, table, epochs, align_epochs, fraction):
             "validation_rows": int((rest["split"] == "val").sum()), "test_rows": int((rest["split"] == "test").sum())}
 
 
-def pd_concat(parts):
-    import pandas as pd
-
-    return pd.concat(parts)
-
-
 def _har(ctx):
     from mmfuse.datasets import sp_sw_har
 
@@ -181,6 +169,8 @@ def _har(ctx):
 
 def _fill(ctx, name, df, root, fusions, epochs, target, align_weight, encoders=None, preprocessing=None, columns=None):
     from mmfuse import MultimodalPredictor, evaluate_predictor
+    from mmfuse.io import read_table
+    from mmfuse.robust import blank_inputs, inputs_of
 
     test = df[df["split"] == "test"]
     inputs = None
@@ -201,8 +191,8 @@ def _fill(ctx, name, df, root, fusions, epochs, target, align_weight, encoders=N
                 r = {"seed": seed, "clean": est.metrics_["test"]["accuracy"], "seconds": round(time.perf_counter() - t0, 1),
                      "epochs_run": est.metrics_["epochs_run"]}
                 for n in inputs:
-                    r[f"without {n}"] = float(evaluate_predictor(est.predictor_, _blank(test, est.predictor_, n),
-                                                                 root=root)["accuracy"])
+                    blank = blank_inputs(read_table(test, root=root), inputs_of(est.predictor_), [n])
+                    r[f"without {n}"] = float(evaluate_predictor(est.predictor_, blank, root=root)["accuracy"])
                 rs.append(r)
                 ctx.echo(f"fill {name} {key} seed {seed}: clean {r['clean']:.4f}, "
                          + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith("without")))
