@@ -162,6 +162,8 @@ def test_fit_from_aligned_encoders_starts_from_them(aligned):
 
 
 def test_a_fill_model_saves_loads_and_predicts_with_an_input_absent(tmp_path):
+    from mmfuse.errors import MmfuseError
+
     df = paired_table(300)
     m = MultimodalPredictor("y", groups=GROUPS, fill_missing=True, modality_dropout=0.3, align_weight=0.5,
                             fusion="gated", epochs=2, min_steps=0, **QUIET).fit(df)
@@ -171,6 +173,21 @@ def test_a_fill_model_saves_loads_and_predicts_with_an_input_absent(tmp_path):
     no_b = df.head(20).drop(columns=GROUPS["B"])
     np.testing.assert_allclose(p.predict_proba(no_b), m.predict_proba(no_b), atol=1e-6)
     assert p.model.filler is not None and p.model.fusion.input_dims == {"A": 128, "B": 128}
+    # the ablation: estimates replaced by zeros change the rows without B, and only those
+    half = df.head(20).copy()
+    half.loc[:9, GROUPS["B"]] = np.nan
+    filled = p.predict_proba(half)
+    assert p.fill_estimates is True
+    p.fill_estimates = False
+    zeroed = p.predict_proba(half)
+    moved = np.abs(filled - zeroed).max(1) > 1e-6
+    assert moved[:10].all() and not moved[10:].any()
+    p.fill_estimates = True
+    np.testing.assert_allclose(p.predict_proba(half), filled, atol=1e-6)
+    plain = MultimodalPredictor("y", groups=GROUPS, epochs=1, min_steps=0, **QUIET).fit(df.head(60)).predictor_
+    assert plain.fill_estimates is None
+    with pytest.raises(MmfuseError, match="without fill_missing"):
+        plain.fill_estimates = False
 
 
 def test_settings_that_need_a_shared_space_are_checked():

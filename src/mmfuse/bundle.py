@@ -309,6 +309,19 @@ class Predictor(TablePredictions):
         own = [f"{a}:{b}" for a, b in self.model.align_pairs]
         return own or list(self.config.get("model", {}).get("aligned_from", {}).get("pairs", []))
 
+    @property
+    def fill_estimates(self) -> bool | None:
+        """Whether absent inputs reach the fusion as the filler's estimates (a ``fill_missing`` model; None for
+        other models). Set it to False to zero them instead, the filler's own contribution measured on the same
+        weights (the fusion was trained on estimates, so this is an ablation, not a model trained to zero)."""
+        return None if self.model.filler is None else self.model.use_estimates
+
+    @fill_estimates.setter
+    def fill_estimates(self, on: bool) -> None:
+        if self.model.filler is None:
+            raise MmfuseError("fill_estimates: this model does not fill in absent inputs (trained without fill_missing)")
+        self.model.use_estimates = bool(on)
+
     def _refuse_aligned(self, what: str) -> None:
         if self.aligned_only:
             where = f" {str(self.path)!r}" if self.path else ""

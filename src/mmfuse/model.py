@@ -130,6 +130,7 @@ class MultimodalModel(nn.Module):
         self.align_losses = nn.ModuleList([ClipLoss(align_temperature, queue_size=align_queue, dim=shared_dim)
                                            for _ in self.align_pairs])
         self.filler = Filler(self.names, shared_dim) if fill_missing else None
+        self.use_estimates = True  # False: absent inputs reach the fusion as zeros (the filler's ablation)
 
     def drop_modalities(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Randomly mark present inputs absent, keeping at least one per row that had one."""
@@ -187,6 +188,8 @@ class MultimodalModel(nn.Module):
             shared = out["shared"] = self.project(feats)
             if self.filler is not None:
                 est, conf = self.filler(shared, masks)
+                if not self.use_estimates:
+                    conf = {n: torch.zeros_like(c) for n, c in conf.items()}
                 out["filled"], out["fill_confidence"] = est, conf
                 any_present = torch.stack([masks[n] for n in self.names], 1).any(1)
                 scale = math.sqrt(self.shared_dim)

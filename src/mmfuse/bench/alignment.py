@@ -22,7 +22,9 @@ Parts (``--set parts=retrieval,semi,fill,clothing``; all by default):
   modality dropout 0.3 and the alignment loss (``align_weight``, ``--set fill_align_weight``, default 1:
   the filler estimates an input in a space where the inputs are aligned), once with ``fill_missing`` and
   once without (absent inputs are zeros), scored
-  with each input blank in every test row, on the audio-visual digits and on the phone + watch windows
+  with each input blank in every test row; the filled-in model is scored once more with its estimates
+  replaced by zeros (``Predictor.fill_estimates = False``, same weights), which separates what the estimate
+  adds from what reading the inputs in the shared space does, on the audio-visual digits and on the phone + watch windows
   (:func:`mmfuse.datasets.sp_sw_har`, ``devices="both"``; the subjects split, seeded, into 15 training,
   3 validation and 5 test subjects; no subject information as input). Mean ± std over seeds.
 - **clothing** — Women's Clothing reviews (the published split), review text (Title + Review Text)
@@ -193,15 +195,24 @@ def _fill(ctx, name, df, root, fusions, epochs, target, align_weight, encoders=N
                 for n in inputs:
                     blank = blank_inputs(read_table(test, root=root), inputs_of(est.predictor_), [n])
                     r[f"without {n}"] = float(evaluate_predictor(est.predictor_, blank, root=root)["accuracy"])
+                    if fill:  # the same weights, the estimates replaced by zeros: what the filler itself adds
+                        est.predictor_.fill_estimates = False
+                        r[f"without {n}, estimates zeroed"] = float(
+                            evaluate_predictor(est.predictor_, blank, root=root)["accuracy"])
+                        est.predictor_.fill_estimates = True
                 rs.append(r)
                 ctx.echo(f"fill {name} {key} seed {seed}: clean {r['clean']:.4f}, "
                          + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith("without")))
-            rows[key] = {"runs": rs, **{k: mean_std([r[k] for r in rs]) for k in ["clean", *[f"without {n}" for n in inputs]]}}
-    verdict = {}
+            keys = ["clean", *[f"without {n}" for n in inputs], *([f"without {n}, estimates zeroed" for n in inputs] if fill else [])]
+            rows[key] = {"runs": rs, **{k: mean_std([r[k] for r in rs]) for k in keys}}
+    verdict, own = {}, {}
     for fusion in fusions:
         f, z = rows[f"{fusion}, filled in"], rows[f"{fusion}, zeroed"]
         verdict[fusion] = {f"without {n}": round(100 * (f[f"without {n}"][0] - z[f"without {n}"][0]), 2) for n in inputs}
-    return {"models": rows, "filled_minus_zeroed_points": verdict, "inputs": inputs, "test_rows": int(len(test)),
+        own[fusion] = {f"without {n}": mean_std([100 * (r[f"without {n}"] - r[f"without {n}, estimates zeroed"])
+                                                 for r in f["runs"]]) for n in inputs}
+    return {"models": rows, "filled_minus_zeroed_points": verdict, "estimates_minus_zeros_same_model_points": own,
+            "inputs": inputs, "test_rows": int(len(test)),
             "align_weight": align_weight}
 
 
@@ -360,9 +371,15 @@ def markdown(result: dict) -> str:
                       "|---|" + "---|" * len(cols)]
             for name, m in d["models"].items():
                 lines.append(f"| {name} | " + " | ".join(_ms(m[c], 4) for c in cols) + " |")
-            lines += ["", "Filled in minus zeroed, points: " + "; ".join(
+            lines += ["", "Filled in minus zeroed (two models), points: " + "; ".join(
                 f"{fu}: " + ", ".join(f"{k} {v:+.2f}" for k, v in g.items())
                 for fu, g in d["filled_minus_zeroed_points"].items()), ""]
+            if d.get("estimates_minus_zeros_same_model_points"):
+                lines += ["The filler's own share: the filled-in model scored with its estimates against the same "
+                          "weights with zeros in their place (`Predictor.fill_estimates = False`), points, mean ± std "
+                          "over seeds: " + "; ".join(
+                              f"{fu}: " + ", ".join(f"{k} {v[0]:+.2f} ± {v[1]:.2f}" for k, v in g.items())
+                              for fu, g in d["estimates_minus_zeros_same_model_points"].items()), ""]
     c = result.get("clothing")
     if c:
         lines += [f"## Review text → (Department, Class) of the item, Women's Clothing ({c['test_reviews']} test "
