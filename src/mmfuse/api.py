@@ -66,7 +66,9 @@ class MultimodalPredictor:
     Attributes (after fit):
         predictor_: the fitted :class:`~mmfuse.bundle.Predictor`; task_: its :class:`~mmfuse.tasks.Task`;
         classes_, schema_, history_, metrics_, splits_ (row counts, source, rows left out, the row ids of each split),
-        run_dir_ (None without ``out``: the temporary folder of its checkpoints is removed after training).
+        run_dir_ (None without ``out``: the temporary folder of its checkpoints is removed after training),
+        rank_ (this process's rank in distributed training, 0 in one process: only rank 0 scores the model and
+        writes the run folder; the others return after training, with ``metrics_`` holding their rank and history).
     """
 
     def __init__(self, target: str, *, task: str | None = None, inputs: Sequence[str] | None = None,
@@ -90,7 +92,8 @@ class MultimodalPredictor:
                  patience: int = _T.patience, monitor: str = _T.monitor, min_steps: int = _T.min_steps,
                  max_time: float | None = _T.max_time,
                  precision: str = _T.precision,
-                 accelerator: str = _T.accelerator, seed: int = _T.seed, num_workers: int = _T.num_workers,
+                 accelerator: str = _T.accelerator, devices: Any = _T.devices, num_nodes: int = _T.num_nodes,
+                 strategy: str = _T.strategy, seed: int = _T.seed, num_workers: int = _T.num_workers,
                  cache: str | None = _T.cache, group_by_length: bool | None = _T.group_by_length,
                  class_weight: Any = _T.class_weight, regression_loss: str = _T.regression_loss,
                  decision_threshold: Any = _T.decision_threshold, val_fraction: float = _T.val_fraction,
@@ -288,6 +291,13 @@ class MultimodalPredictor:
                 shutil.rmtree(run_dir, ignore_errors=True)
         train_seconds = time.perf_counter() - t_train
         self.predictor_ = Predictor(model, preps, task, schema, {"model": spec})
+        self.rank_ = result.get("global_rank", 0)
+        if self.rank_ != 0:  # distributed training: the first process scores and writes, the others stop here
+            self.schema_, self.classes_, self.task_, self.history_ = schema, task.classes_, task, result["history"]
+            self.metrics_ = {"rank": self.rank_, "world_size": result["world_size"], "history": result["history"],
+                             "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
+            self.run_dir_, self._train_cfg = None, dataclasses.asdict(tcfg)
+            return self
         scores = P.choose_threshold_and_score(self.predictor_, data, tcfg, self.contribution)
         self.schema_, self.classes_, self.task_ = schema, task.classes_, task
         self.history_ = result["history"]
@@ -299,6 +309,7 @@ class MultimodalPredictor:
                    "monitor": result["monitor"], "train_seconds": train_seconds, "history": result["history"],
                    "epoch_seconds": result.get("epoch_seconds"),
                    "resumed_from_epoch": result["resumed_from_epoch"], "rows": splits.counts(),
+                   "world_size": result.get("world_size", 1),
                    "split_source": splits.source, "plan": plan, **scores}
         if splits.blank_target:
             metrics["blank_target_rows"] = splits.blank_target

@@ -168,10 +168,19 @@ def fit(
                                                                           "every pair). With --align-weight."),
     fill_missing: Optional[bool] = typer.Option(None, "--fill-missing/--no-fill-missing",
                                                 help=setting_help(ModelConfig, "fill_missing")),
+    devices: Optional[str] = typer.Option(None, "--devices", help=setting_help(TrainConfig, "devices")),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help=setting_help(TrainConfig, "num_nodes")),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help=setting_help(TrainConfig, "strategy")),
+    accelerator: Optional[str] = typer.Option(None, "--accelerator", help=setting_help(TrainConfig, "accelerator")),
 ):
     """Train a model on a table; writes checkpoints, metrics.json, report.md, plots and bundle/ to --out.
-    With --init-from a bundle of aligned encoders (mmfuse align), a new model is trained from them."""
-    if not (overwrite or resume):
+    With --init-from a bundle of aligned encoders (mmfuse align), a new model is trained from them.
+    On several devices or machines (--devices, --num-nodes; under torchrun or SLURM, or Lightning's own
+    launcher), every process runs this command and the first one writes and prints."""
+    from .training.trainer import launch_rank
+
+    first = launch_rank() == 0
+    if not (overwrite or resume) and first:
         _refuse_another_run(out)
     if init_from is not None and target is None and config is None:
         target = _bundle_target(init_from)
@@ -196,7 +205,8 @@ def fit(
     feedback = {k: v for k, v in (("init_from", init_from), ("new_head", new_head or None), ("replay", replay),
                                   ("replay_fraction", replay_fraction or None)) if v is not None}
     shared = {k: v for k, v in (("modality_dropout", modality_dropout), ("align_weight", align_weight),
-                                ("fill_missing", fill_missing),
+                                ("fill_missing", fill_missing), ("devices", _devices(devices)),
+                                ("num_nodes", num_nodes), ("strategy", strategy), ("accelerator", accelerator),
                                 ("align_pairs", [p.strip() for p in align_pairs.split(",") if p.strip()]
                                  if align_pairs else None)) if v is not None}
     m = _predictor_from_options(
@@ -210,7 +220,11 @@ def fit(
 
     with warnings.catch_warnings():  # the rows left out for a blank target are reported below, once
         warnings.filterwarnings("ignore", message=".*with a blank target")
-        m.fit(data, val=val, test=test, echo=typer.echo)  # echo: the plan, before training
+        if not first:  # the other processes of a distributed run: the first one warns and prints
+            warnings.simplefilter("ignore")
+        m.fit(data, val=val, test=test, echo=typer.echo if first else None)  # echo: the plan, before training
+    if m.rank_ != 0:  # the first process reports
+        return
     if resume:
         at = m.metrics_.get("resumed_from_epoch")
         typer.echo(f"resumed after epoch {at + 1}" if at is not None else
@@ -663,6 +677,13 @@ def _predictor_from_options(target, config, *, fusion=None, task=None, column=()
         cfg["preprocessing"] = {**pre, "image": {**(pre.get("image") or {}), **image}}
     cfg["groups"] = {**(cfg.get("groups") or {}), **_parse_groups(group)}
     return MultimodalPredictor.from_config(cfg, **settings, **overrides)
+
+
+def _devices(value: Optional[str]):
+    """``--devices``: a whole number or ``auto`` (checked with the setting's own rule)."""
+    if value is None or value == "auto":
+        return value
+    return int(value) if value.strip().isdigit() else value
 
 
 def _refuse_another_run(out: Path) -> None:

@@ -86,6 +86,14 @@ class TrainConfig:
     max_time: Optional[float] = _doc(None, "Stop after this many seconds (null: no limit).")
     precision: str = _doc("auto", "`auto` (bf16/fp16 mixed on GPU, 32 on CPU) or a Lightning precision string.")
     accelerator: str = _doc("auto", "`auto` (a GPU when there is one), `cpu` or `gpu`.")
+    devices: Any = _doc(1, "Training processes per machine (Lightning's `devices`): a number of GPUs, or of CPU "
+                           "processes under DDP; `auto`: every GPU (1 on CPU). Over 1, each process trains on its "
+                           "own share of every epoch's rows with `batch_size` rows per step (the effective batch is "
+                           "`batch_size` x devices x num_nodes); only the first process writes.")
+    num_nodes: int = _doc(1, "Machines training together (Lightning's `num_nodes`; under torchrun or SLURM).")
+    strategy: str = _doc("auto", "How processes train together: `auto` (one process: none; several: DDP that "
+                                 "tolerates parameters without a gradient in a step), `ddp` (DDP; every trainable "
+                                 "parameter must get a gradient in every step) or `ddp_find_unused_parameters_true`.")
     seed: int = _doc(0, "Seed for weights, data order, augmentation and splits.")
     num_workers: int = _doc(0, "DataLoader workers decoding files.")
     cache: Optional[str] = _doc("memory", "Cache of decoded inputs: `memory`, a folder, or null (none).")
@@ -201,6 +209,10 @@ CONSTRAINTS = {
     "min_steps": lambda: _int(0), "max_time": lambda: _real(0, lo_open=True, none=True),
     "precision": lambda: _one_of("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"),
     "accelerator": lambda: _one_of("auto", "cpu", "gpu", "cuda", "mps"), "seed": lambda: _int(0),
+    "devices": lambda: _Check(lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                              "'auto' or a whole number >= 1", ["auto"]),
+    "num_nodes": lambda: _int(1),
+    "strategy": lambda: _one_of("auto", "ddp", "ddp_find_unused_parameters_true"),
     "num_workers": lambda: _int(0),
     "cache": lambda: _Check(lambda v: v is None or isinstance(v, (str, os.PathLike)), "None, 'memory' or a folder"),
     "group_by_length": lambda: _one_of(None, True, False),

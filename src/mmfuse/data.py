@@ -340,6 +340,11 @@ class EpochBatchSampler:
     workers, and a run resumed at epoch e sees the same batches as one that never stopped.
     ``set_epoch`` sets the epoch; otherwise it advances by one at each full pass.
 
+    ``set_shard(rank, world)`` (distributed training): every process draws the same order, padded by its
+    first rows to a multiple of ``world`` (as :class:`torch.utils.data.DistributedSampler` does), and
+    process ``rank`` takes every ``world``-th row from position ``rank``; its k-th batch and the other
+    processes' k-th batches together are the k-th batch of ``batch_size * world`` rows of one process.
+
     With ``lengths`` (one per row) and ``shuffle``, rows of similar length share a batch: the
     shuffled rows are cut into chunks of ``group_size`` batches, each chunk is sorted by length
     and cut into batches, and the batches are shuffled. Batches of short texts then carry little
@@ -354,12 +359,23 @@ class EpochBatchSampler:
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.group_size = group_size
         self.epoch = 0
+        self.rank, self.world = 0, 1
+
+    def set_shard(self, rank: int, world: int) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside a world of {world}")
+        self.rank, self.world = rank, world
+
+    @property
+    def _rows(self) -> int:
+        """Rows this process sees per epoch."""
+        return -(-self.n // self.world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        return self._rows // self.batch_size if self.drop_last else -(-self._rows // self.batch_size)
 
     def __iter__(self):
         epoch = self.epoch
@@ -369,6 +385,8 @@ class EpochBatchSampler:
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
+        if self.world > 1:
+            order = (order + order[:self._rows * self.world - self.n])[self.rank::self.world]
         order = order[:len(self) * bs]  # drop_last drops random rows, before any grouping
         grouped = self.shuffle and self.lengths is not None
         if grouped:
@@ -380,7 +398,7 @@ class EpochBatchSampler:
             batches = [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
         for k, idx in enumerate(batches):
             b = SeededBatch(idx)
-            b.seed = (self.seed * 1_000_003 + epoch) * 100_003 + k
+            b.seed = ((self.seed * 1_000_003 + epoch) * 100_003 + k) * self.world + self.rank
             yield b
         self.epoch = epoch + 1
 
@@ -407,6 +425,10 @@ class MultimodalLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.batch_sampler.set_epoch(epoch)
+
+    def set_shard(self, rank: int, world: int) -> None:
+        """This process's share of every epoch (:meth:`EpochBatchSampler.set_shard`)."""
+        self.batch_sampler.set_shard(rank, world)
 
     def __iter__(self):
         use_workers = self._workers is not None and not self.dataset.fully_cached()

@@ -413,7 +413,7 @@ def describe_plan(splits: Splits, spec: dict, preps: dict, task, data: FitData, 
     """
     from .evaluation import fusion_label
     from .schema import left_out_columns
-    from .training.trainer import resolve_accelerator, resolve_precision
+    from .training.trainer import resolve_accelerator, resolve_precision, world_size
 
     inputs = {n: {"modality": preps[n].modality, "encoder": spec["encoders"][n]["name"]} for n in sorted(preps)}
     fusion = fusion_label(spec["model"]["fusion"], inputs)
@@ -428,7 +428,8 @@ def describe_plan(splits: Splits, spec: dict, preps: dict, task, data: FitData, 
         weighting = (f"{tcfg.class_weight if isinstance(tcfg.class_weight, str) else 'given'}: "
                      + ", ".join(pairs[:10]) + (f", ... ({len(pairs)} classes)" if len(pairs) > 10 else ""))
     device = resolve_accelerator(tcfg.accelerator)
-    return {"inputs": inputs, "fusion": fusion, "split": split, "epochs": tcfg.epochs, "patience": tcfg.patience,
+    processes = world_size(tcfg) if tcfg.devices != "auto" or device in ("gpu", "cuda") else tcfg.num_nodes
+    return {"processes": processes, "inputs": inputs, "fusion": fusion, "split": split, "epochs": tcfg.epochs, "patience": tcfg.patience,
             "monitor": tcfg.monitor,
             "batch_size": tcfg.batch_size, "lr": tcfg.lr, "class_weight": weighting, "device": device,
             "precision": resolve_precision(tcfg.precision, device),
@@ -450,7 +451,9 @@ def format_plan(plan: dict) -> list[str]:
             f"rows: {split}",
             f"epochs: at most {plan['epochs']} (early stopping after {plan['patience']} without improvement of "
             f"validation {plan.get('monitor', 'loss').replace('_', '-')}); "
-            f"batch size {plan['batch_size']}; learning rate {plan['lr']:g}",
+            f"batch size {plan['batch_size']}"
+            + (f" per process x {plan['processes']} processes = {plan['batch_size'] * plan['processes']}"
+               if plan.get("processes", 1) > 1 else "") + f"; learning rate {plan['lr']:g}",
             f"class weighting: {plan['class_weight']}",
             f"device: {plan['device']} (precision {plan['precision']})"] + (
         [f"left out ({len(plan['left_out'])}): " + "; ".join(f"{c} ({why})" for c, why in

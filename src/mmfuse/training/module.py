@@ -46,6 +46,12 @@ class LitMultimodal(L.LightningModule):
         self._train_sum, self._train_n = 0.0, 0
         self._val: list = []
 
+    def setup(self, stage: str) -> None:
+        # several processes: each trains on its share of the rows; every one validates on all of them, so
+        # the metrics, early stopping and the best epoch are the same everywhere without gathering
+        if self.trainer is not None and self.trainer.world_size > 1:
+            self.train_loader.set_shard(self.trainer.global_rank, self.trainer.world_size)
+
     def train_dataloader(self):
         return self.train_loader
 
@@ -130,7 +136,12 @@ class LitMultimodal(L.LightningModule):
             metrics.update(extra)
         for k, v in metrics.items():
             self.log(k, v, prog_bar=k in ("val_loss", "val_accuracy", "val_rmse"))
-        entry = {"epoch": self.current_epoch, "train_loss": float(self._train_sum) / max(1, self._train_n), **metrics,
+        train_sum, train_n = self._train_sum, self._train_n
+        if self.trainer.world_size > 1:  # the training loss over every process's rows
+            both = self.trainer.strategy.reduce(torch.tensor([float(train_sum), float(train_n)],
+                                                             dtype=torch.float64, device=self.device), reduce_op="sum")
+            train_sum, train_n = float(both[0]), int(both[1])
+        entry = {"epoch": self.current_epoch, "train_loss": float(train_sum) / max(1, train_n), **metrics,
                  "lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None}
         if getattr(self, "_epoch_t0", None) is not None and not self.trainer.sanity_checking:
             # the epoch's wall time (training and validation), kept apart from the history, which a seed fixes

@@ -87,8 +87,10 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
         logging.getLogger(name).setLevel(logging.WARNING)
     L.seed_everything(tcfg.seed, workers=True, verbose=False)
     accelerator = resolve_accelerator(tcfg.accelerator)
+    strategy, sync_bn = resolve_strategy(tcfg, accelerator)
     trainer = L.Trainer(
-        max_epochs=tcfg.epochs, min_steps=tcfg.min_steps or None, accelerator=accelerator, devices=1,
+        max_epochs=tcfg.epochs, min_steps=tcfg.min_steps or None, accelerator=accelerator,
+        devices=tcfg.devices, num_nodes=tcfg.num_nodes, strategy=strategy, sync_batchnorm=sync_bn,
         precision=resolve_precision(tcfg.precision, accelerator),
         gradient_clip_val=tcfg.grad_clip or None,
         callbacks=[early, *([_EpochFromOne()] if tcfg.progress else []), *callbacks, best, latest],
@@ -96,11 +98,11 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
         enable_progress_bar=tcfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
         max_time=datetime.timedelta(seconds=tcfg.max_time) if tcfg.max_time else None,
         default_root_dir=str(run_dir), plugins=[SafetensorsCheckpointIO()], deterministic="warn",
-        log_every_n_steps=max(1, min(10, len(train_loader))))
-    if not resume and ckpt_dir.exists():  # a new run in an old folder starts from nothing
+        log_every_n_steps=max(1, min(10, len(train_loader) // world_size(tcfg))))
+    if not resume and ckpt_dir.exists() and trainer.global_rank == 0:  # a new run in an old folder starts from nothing
         import shutil
 
-        shutil.rmtree(ckpt_dir)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     ckpt_path = str(last) if resumed_from is not None else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -108,6 +110,8 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
         warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen backbones stay in eval
         warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)`.*")
         warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # resuming
+        # every process validates on every row, so epoch-level values are the same everywhere without a sync
+        warnings.filterwarnings("ignore", ".*sync_dist=True.*")
         trainer.fit(lit, ckpt_path=ckpt_path)
     best_path = best.best_model_path
     if best_path and os.path.exists(best_path):
@@ -123,7 +127,41 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
             "monitor": monitor, "epochs_run": trainer.current_epoch,
             "stopped_early": bool(early.stopped_epoch), "interrupted": trainer.interrupted,
             "resumed_from_epoch": resumed_from,
-            "epoch_seconds": [lit.epoch_seconds.get(h["epoch"]) for h in lit.history]}
+            "epoch_seconds": [lit.epoch_seconds.get(h["epoch"]) for h in lit.history],
+            "global_rank": trainer.global_rank, "world_size": trainer.world_size}
+
+
+def world_size(tcfg: TrainConfig) -> int:
+    """Processes that train together: ``devices * num_nodes`` (``devices="auto"``: the GPUs, else 1)."""
+    devices = tcfg.devices if tcfg.devices != "auto" else max(1, torch.cuda.device_count())
+    return devices * tcfg.num_nodes
+
+
+def launch_rank() -> int:
+    """This process's rank as its launcher set it (torchrun's ``RANK``, SLURM's ``SLURM_PROCID``, Lightning's
+    own launcher's ``LOCAL_RANK`` with ``NODE_RANK``), before training starts: 0 in a single process. Lets a
+    command print and check its run folder once, from the first process."""
+    env = os.environ
+    for key in ("RANK", "SLURM_PROCID"):
+        if env.get(key, "").isdigit():
+            return int(env[key])
+    return int(env["LOCAL_RANK"]) if env.get("LOCAL_RANK", "").isdigit() else 0
+
+
+def resolve_strategy(tcfg: TrainConfig, accelerator: str):
+    """Lightning's ``strategy`` and ``sync_batchnorm`` for ``tcfg``: one process needs none; several (``devices``
+    or ``num_nodes`` over 1) train with DDP (gloo on CPU, nccl on GPUs; Lightning chooses), ``auto`` with
+    ``find_unused_parameters`` (an input absent from a whole batch leaves its encoder without a gradient).
+    Batch norm statistics are synchronised across GPUs; on CPU each process keeps its own."""
+    if world_size(tcfg) == 1 or (tcfg.devices == "auto" and accelerator not in ("gpu", "cuda") and tcfg.num_nodes == 1):
+        return "auto", False
+    if tcfg.strategy == "auto":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=True)
+    else:
+        strategy = tcfg.strategy
+    return strategy, accelerator in ("gpu", "cuda")
 
 
 _FINGERPRINT_KEY = "mmfuse_fingerprint"
