@@ -58,7 +58,7 @@ def _quick(name, tmp_path, *extra):
               "efficiency": "sp-sw-har", "embedding": "womens-clothing",
               "group_by_length": "womens-clothing", "loading": "mnist",
               "clothing_search": "womens-clothing", "onnx_export": "fsdd", "feedback": "womens-clothing",
-              "alignment": "fsdd"}[name]
+              "alignment": "fsdd", "scaling": "fsdd"}[name]
     data = require_shared_data(folder).parent
     main(["bench", name, "--quick", "--data", str(data), "--out", str(tmp_path / "work"),
           "--results", str(tmp_path / "results"), *extra])
@@ -68,6 +68,15 @@ def _quick(name, tmp_path, *extra):
     assert result["command"].startswith("mmfuse bench") and "## Provenance" in md and "seeds:" in md
     assert not (tmp_path / "results" / f"{name}.json").exists()  # a quick run never replaces the full results
     return result, md
+
+
+@pytest.mark.realdata
+def test_quick_scaling_trains_on_one_and_two_processes(tmp_path):
+    r, md = _quick("scaling", tmp_path, "--set", "configs=1x1,2x1")
+    runs = r["runs"]
+    assert [runs[c]["world_size"] for c in ("1x1", "2x1")] == [1, 2]  # the second really ran two processes
+    assert all(v["rows_per_second"] > 0 and len(v["epoch_seconds"]) == 2 for v in runs.values())
+    assert "| 2 × 1 | 2 |" in md
 
 
 @pytest.mark.realdata
