@@ -49,7 +49,14 @@ class ItemCache:
                 if not f.exists():
                     tmp = self.directory / f".{k}.npy.tmp{os.getpid()}"
                     np.lib.format.open_memmap(tmp, mode="w+", dtype=d, shape=(n, *s)).flush()
-                    os.replace(tmp, f)
+                    try:  # created once: processes that start together (distributed training) share one file
+                        os.link(tmp, f)
+                    except FileExistsError:
+                        pass
+                    except OSError:  # a file system without hard links
+                        if not f.exists():
+                            os.replace(tmp, f)
+                    tmp.unlink(missing_ok=True)
             (self.directory / "meta.json").write_text(json.dumps({"n": n, "keys": sorted(self.spec)}))
 
     def _open(self) -> None:
@@ -80,6 +87,12 @@ class ItemCache:
         for k, a in item.items():
             self._arrays[k][position] = a
         self._status[position] = PRESENT  # written last: a reader never sees half an item
+
+    def flush(self) -> None:
+        """Write a disk cache's pages to its files (other processes map the same files)."""
+        if self._arrays is not None and self.directory is not None:
+            for a in [*self._arrays.values(), self._status]:
+                a.flush()
 
     def __getstate__(self):
         d = dict(self.__dict__)

@@ -23,7 +23,7 @@ import pandas as pd
 #: per-input heads), so that a run checkpointed by an older mmfuse is not resumed into the new model.
 ARCHITECTURE = 2
 
-RESUMABLE_SETTINGS = frozenset({"epochs", "max_time", "patience", "progress", "num_workers", "log", "cache",
+RESUMABLE_SETTINGS = frozenset({"epochs", "max_time", "patience", "progress", "num_workers", "log", "cache", "strategy",
                                 "decision_threshold"})
 
 

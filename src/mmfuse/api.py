@@ -295,7 +295,8 @@ class MultimodalPredictor:
         if self.rank_ != 0:  # distributed training: the first process scores and writes, the others stop here
             self.schema_, self.classes_, self.task_, self.history_ = schema, task.classes_, task, result["history"]
             self.metrics_ = {"rank": self.rank_, "world_size": result["world_size"], "history": result["history"],
-                             "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
+                             "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
+                             "embedded_rows": data.embedded}
             self.run_dir_, self._train_cfg = None, dataclasses.asdict(tcfg)
             return self
         scores = P.choose_threshold_and_score(self.predictor_, data, tcfg, self.contribution)
@@ -309,7 +310,7 @@ class MultimodalPredictor:
                    "monitor": result["monitor"], "train_seconds": train_seconds, "history": result["history"],
                    "epoch_seconds": result.get("epoch_seconds"),
                    "resumed_from_epoch": result["resumed_from_epoch"], "rows": splits.counts(),
-                   "world_size": result.get("world_size", 1),
+                   "world_size": result.get("world_size", 1), "embedded_rows": data.embedded,
                    "split_source": splits.source, "plan": plan, **scores}
         if splits.blank_target:
             metrics["blank_target_rows"] = splits.blank_target

@@ -186,21 +186,47 @@ class MultimodalDataset(Dataset):
                                    dtype=np.int64, count=len(self.positions))
         return out
 
-    def warm_cache(self) -> int:
+    def warm_cache(self, rank: int = 0, world: int = 1, token: str | None = None, timeout: float = 7200.0) -> int:
         """Read and cache, now, every uncached row of the inputs whose items persist on disk (frozen
         backbones' embeddings), instead of batch by batch in the first epoch: all of them are then
         featurized together (texts sorted by length across up to 4,096 rows, each backbone batch padded
         only to its longest text). Bad cells are left for the batches that read them, which report them
-        under the bad-input policy. Returns the rows featurized."""
+        under the bad-input policy. Returns the rows featurized here.
+
+        Distributed (``world`` processes started together, this one ``rank``; ``token`` names the launch): each
+        process featurizes the uncached rows among every ``world``-th row from position ``rank`` into the one cache entry on
+        disk (the processes write disjoint rows of the same memory-mapped files), marks its share done and
+        waits for the others' marks, so that every process then reads one cache that all of them built. The
+        wait only saves work: a row still uncached when it ends (``timeout`` seconds) is featurized by the
+        batch that needs it, as without a cache."""
+        import time
+        import warnings
+
         done = 0
         for name, p in self.preprocessors.items():
             cache = self._caches.get(name)
             if cache is None or not getattr(p, "prefers_disk_cache", False):
                 continue
-            todo = self.positions[cache.status[self.positions] == UNKNOWN]
+            mine = self.positions  # the share is fixed by position, not by what is uncached when a process looks
+            if world > 1 and cache.directory is not None:
+                mine = mine[rank::world]
+            todo = mine[cache.status[mine] == UNKNOWN]
             if len(todo):
                 self._read_lazy(name, todo, [], np.zeros(len(todo), bool))
                 done += len(todo)
+            if world > 1 and cache.directory is not None and token:
+                cache.flush()
+                marks = [cache.directory / f".warm-{token}-{r}-of-{world}" for r in range(world)]
+                marks[rank].touch()
+                t0 = time.monotonic()
+                while not all(m.exists() for m in marks):
+                    if time.monotonic() - t0 > timeout:
+                        missing = [str(r) for r, m in enumerate(marks) if not m.exists()]
+                        warnings.warn(f"cache of input {name!r}: process(es) {', '.join(missing)} did not finish "
+                                      f"their share within {timeout:.0f} s; their rows are featurized when read",
+                                      stacklevel=2)
+                        break
+                    time.sleep(0.2)
         return done
 
     def fully_cached(self) -> bool:

@@ -291,13 +291,15 @@ def fit_preprocessors(schema, inputs: Sequence[str], train_df: pd.DataFrame, roo
 # --- 4. datasets and loaders ----------------------------------------------------------------
 @dataclass
 class FitData:
-    """Datasets and loaders of a fit; ``test`` is None without test rows."""
+    """Datasets and loaders of a fit; ``test`` is None without test rows. ``embedded``: rows of each split whose
+    frozen-backbone embeddings this process computed (0 where the cache held them all)."""
 
     train: object
     val: object
     test: object | None
     train_loader: object
     val_loader: object
+    embedded: dict = field(default_factory=dict)
 
     def reports(self) -> dict:
         return {k: ds.report for k, ds in (("train", self.train), ("val", self.val), ("test", self.test)) if ds}
@@ -315,16 +317,23 @@ def make_datasets(splits: Splits, preps: dict, task, tcfg: TrainConfig | None = 
     ds_tr = MultimodalDataset(splits.train, preps, task, train=True, **kw)
     ds_va = MultimodalDataset(splits.val, preps, task, **kw)
     ds_te = MultimodalDataset(splits.test, preps, task, **kw) if len(splits.test) else None
-    for ds in (ds_tr, ds_va, ds_te):  # frozen backbones embed every row now, sorted by length, once
+    # frozen backbones embed every row now, sorted by length, once; processes started together (torchrun,
+    # SLURM) each embed their share into the one cache on disk
+    from .training.trainer import launched_world, world_size
+
+    launched = launched_world()
+    shard = launched if launched is not None and launched[1] == world_size(tcfg) > 1 else (0, 1, None)
+    embedded = {}
+    for name, ds in (("train", ds_tr), ("val", ds_va), ("test", ds_te)):
         if ds is not None:
-            ds.warm_cache()
+            embedded[name] = ds.warm_cache(*shard)
     group = tcfg.group_by_length
     if group is None:  # a trained text backbone: padding would cost real compute
         group = any(isinstance(p, HFTextPreprocessor) and not p.embed for p in preps.values())
     tr = make_loader(ds_tr, tcfg.batch_size, shuffle=True, num_workers=tcfg.num_workers, seed=tcfg.seed,
                      persistent_workers=True, group_by_length=group)
     va = make_loader(ds_va, max(tcfg.batch_size, 256), num_workers=tcfg.num_workers, persistent_workers=True)
-    return FitData(ds_tr, ds_va, ds_te, tr, va)
+    return FitData(ds_tr, ds_va, ds_te, tr, va, embedded)
 
 
 def fit_fingerprint(splits: Splits, preps: dict, task, mcfg: ModelConfig, tcfg: TrainConfig, **settings) -> dict:

@@ -162,3 +162,64 @@ def test_two_processes_train_as_one_with_the_doubled_batch(tmp_path):
 
     p = Predictor.load(runs["two"] / "run" / "bundle")
     assert len(p.predict(_table().tail(5))) == 5
+
+
+CACHE_SCRIPT = textwrap.dedent('''
+    import json, os, sys
+    import pandas as pd
+    from mmfuse import MultimodalPredictor
+    from mmfuse.data import MultimodalDataset
+
+    out, cache, model, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    read, real = [], MultimodalDataset._read_rows
+
+    def counting(self, name, pos, issues):  # the rows whose note this process embeds
+        if name == "note":
+            read.extend(int(i) for i in self.table.df.index[pos])
+        return real(self, name, pos, issues)
+
+    MultimodalDataset._read_rows = counting
+    m = MultimodalPredictor("y", encoders={"note": {"name": "hf", "model": model, "train": "frozen"}}, cache=cache,
+                            epochs=1, min_steps=0, batch_size=8, accelerator="cpu", devices=devices,
+                            contribution=False, log=None, progress=False, out=os.path.join(out, "run"))
+    m.fit(pd.read_csv(os.path.join(out, "..", "words.csv")))
+    with open(os.path.join(out, f"read_rank{m.rank_}.json"), "w") as f:
+        json.dump({"read": read, "embedded": m.metrics_["embedded_rows"]}, f)
+''')
+
+
+@pytest.mark.slow
+def test_two_processes_build_one_embedding_cache_that_one_process_then_reads(tmp_path):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+    import hf_fixtures as H
+    from conftest import word_table
+
+    word_table(120).to_csv(tmp_path / "words.csv", index=False)
+    model = H.tiny_bert(tmp_path / "bert")
+    script = tmp_path / "cache.py"
+    script.write_text(CACHE_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    shared, alone = tmp_path / "shared_cache", tmp_path / "alone_cache"
+    two, later, ref = tmp_path / "two", tmp_path / "later", tmp_path / "ref"
+    for d in (two, later, ref):
+        d.mkdir()
+    p = _torchrun(script, two, shared, model, 2, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    reads = [json.loads((two / f"read_rank{r}.json").read_text())["read"] for r in (0, 1)]
+    assert not set(reads[0]) & set(reads[1])  # no row embedded twice
+    assert sorted(reads[0] + reads[1]) == list(range(120))  # every row once, by one of the two
+    assert abs(len(reads[0]) - len(reads[1])) <= 3  # an even share (one split's odd row each, at most)
+    for d, cache in ((later, shared), (ref, alone)):  # one process: on the shared cache, and on its own
+        p = subprocess.run([sys.executable, str(script), str(d), str(cache), str(model), "1"], env=env,
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((later / "read_rank0.json").read_text())["read"] == []  # it read the cache the two built
+    assert len(json.loads((ref / "read_rank0.json").read_text())["read"]) == 120
+    # one consistent cache: the entries the two processes wrote hold what one process computes alone
+    files = sorted(f.relative_to(shared) for f in shared.rglob("*.npy") if f.name != "rowkeys.npy")
+    assert files and files == sorted(f.relative_to(alone) for f in alone.rglob("*.npy") if f.name != "rowkeys.npy")
+    for f in files:
+        a, b = np.load(shared / f), np.load(alone / f)
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-5), f
+        if f.name == "__status__.npy":
+            assert (a == 1).all()

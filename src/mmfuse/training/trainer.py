@@ -148,6 +148,28 @@ def launch_rank() -> int:
     return int(env["LOCAL_RANK"]) if env.get("LOCAL_RANK", "").isdigit() else 0
 
 
+def launched_world() -> tuple[int, int, str] | None:
+    """``(rank, world size, launch token)`` when an outside launcher started every process at once (torchrun:
+    ``RANK``/``WORLD_SIZE``; SLURM: ``SLURM_PROCID``/``SLURM_NTASKS``), else None (one process, or Lightning's
+    own launcher, which starts the other processes only when training begins). The token is the same in every
+    process of one launch and differs between launches (job and step, or rendezvous address and restart)."""
+    env = os.environ
+    if env.get("WORLD_SIZE", "").isdigit() and env.get("RANK", "").isdigit():
+        token = "-".join(env.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT",
+                                                    "TORCHELASTIC_RESTART_COUNT", "SLURM_JOB_ID"))
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), _token(token)
+    if env.get("SLURM_NTASKS", "").isdigit() and env.get("SLURM_PROCID", "").isdigit():
+        return (int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
+                _token(f"{env.get('SLURM_JOB_ID')}-{env.get('SLURM_STEP_ID')}"))
+    return None
+
+
+def _token(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def resolve_strategy(tcfg: TrainConfig, accelerator: str):
     """Lightning's ``strategy`` and ``sync_batchnorm`` for ``tcfg``: one process needs none; several (``devices``
     or ``num_nodes`` over 1) train with DDP (gloo on CPU, nccl on GPUs; Lightning chooses), ``auto`` with
