@@ -177,11 +177,11 @@ def fit(
     With --init-from a bundle of aligned encoders (mmfuse align), a new model is trained from them.
     On several devices or machines (--devices, --num-nodes; under torchrun or SLURM, or Lightning's own
     launcher), every process runs this command and the first one writes and prints."""
-    from .training.trainer import launch_rank
+    from .training.trainer import launch_rank, launched_world
 
     first = launch_rank() == 0
-    if not (overwrite or resume) and first:
-        _refuse_another_run(out)
+    if not (overwrite or resume) and (first or launched_world() is not None):  # every process a launcher started
+        _refuse_another_run(out)  # (a refusal on the first one alone would leave the others waiting)
     if init_from is not None and target is None and config is None:
         target = _bundle_target(init_from)
         if target is None:  # not a bundle: the loader says what it is (a run folder, a typo ...)

@@ -319,10 +319,11 @@ def make_datasets(splits: Splits, preps: dict, task, tcfg: TrainConfig | None = 
     ds_te = MultimodalDataset(splits.test, preps, task, **kw) if len(splits.test) else None
     # frozen backbones embed every row now, sorted by length, once; processes started together (torchrun,
     # SLURM) each embed their share into the one cache on disk
-    from .training.trainer import launched_world, world_size
+    from .training.trainer import check_launch, launched_world, local_shard
 
-    launched = launched_world()
-    shard = launched if launched is not None and launched[1] == world_size(tcfg) > 1 else (0, 1, None)
+    check_launch(tcfg)
+    launched, local = launched_world(), local_shard()
+    shard = (*local, launched[2]) if launched is not None and local is not None and local[1] > 1 else (0, 1, None)
     embedded = {}
     for name, ds in (("train", ds_tr), ("val", ds_va), ("test", ds_te)):
         if ds is not None:

@@ -223,3 +223,28 @@ def test_two_processes_build_one_embedding_cache_that_one_process_then_reads(tmp
         assert a.shape == b.shape and np.allclose(a, b, atol=1e-5), f
         if f.name == "__status__.npy":
             assert (a == 1).all()
+
+
+def test_a_launch_that_does_not_match_devices_is_refused_and_ranks_are_read(monkeypatch):
+    from mmfuse.config import TrainConfig
+    from mmfuse.errors import MmfuseError
+    from mmfuse.training.trainer import check_launch, launch_rank, launched_world, local_shard
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "SLURM_PROCID", "SLURM_NTASKS",
+              "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(k, raising=False)
+    assert launched_world() is None and launch_rank() == 0 and local_shard() is None
+    check_launch(TrainConfig(devices=1))  # one process: nothing to check
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert launched_world()[:2] == (1, 2) and launch_rank() == 1 and local_shard() == (1, 2)
+    with pytest.raises(MmfuseError, match="started 2 processes but --devices 1"):
+        check_launch(TrainConfig(devices=1))  # each process would train alone and write the same folder
+    check_launch(TrainConfig(devices=2))
+    for k in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("NODE_RANK", "1")  # Lightning's launcher, the second machine's first process: not first
+    assert launch_rank() > 0

@@ -197,9 +197,11 @@ def _fill(ctx, name, df, root, fusions, epochs, target, align_weight, encoders=N
                     r[f"without {n}"] = float(evaluate_predictor(est.predictor_, blank, root=root)["accuracy"])
                     if fill:  # the same weights, the estimates replaced by zeros: what the filler itself adds
                         est.predictor_.fill_estimates = False
-                        r[f"without {n}, estimates zeroed"] = float(
-                            evaluate_predictor(est.predictor_, blank, root=root)["accuracy"])
-                        est.predictor_.fill_estimates = True
+                        try:
+                            r[f"without {n}, estimates zeroed"] = float(
+                                evaluate_predictor(est.predictor_, blank, root=root)["accuracy"])
+                        finally:
+                            est.predictor_.fill_estimates = True
                 rs.append(r)
                 ctx.echo(f"fill {name} {key} seed {seed}: clean {r['clean']:.4f}, "
                          + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith("without")))

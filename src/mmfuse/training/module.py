@@ -107,6 +107,11 @@ class LitMultimodal(L.LightningModule):
 
     def on_validation_epoch_start(self):
         self._val = []
+        if self.trainer.world_size > 1:  # buffers (batch-norm statistics) from the first process: every process
+            import torch.distributed as dist  # then validates the same model (on CPU they are not synchronised)
+
+            for b in self.model.buffers():
+                dist.broadcast(b, 0)
 
     def validation_step(self, batch, batch_idx):
         out = self.model(batch["inputs"], batch["mask"])

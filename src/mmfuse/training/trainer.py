@@ -114,7 +114,8 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
         warnings.filterwarnings("ignore", ".*sync_dist=True.*")
         trainer.fit(lit, ckpt_path=ckpt_path)
     best_path = best.best_model_path
-    if best_path and os.path.exists(best_path):
+    if best_path and os.path.exists(best_path) and trainer.global_rank == 0:  # the others return now (their
+        # folder may be the first process's temporary one, removed when it finishes)
         state = load_checkpoint_file(best_path)["state_dict"]
         lit.load_state_dict(state)
     best_entry = None
@@ -145,7 +146,9 @@ def launch_rank() -> int:
     for key in ("RANK", "SLURM_PROCID"):
         if env.get(key, "").isdigit():
             return int(env[key])
-    return int(env["LOCAL_RANK"]) if env.get("LOCAL_RANK", "").isdigit() else 0
+    node = int(env["NODE_RANK"]) if env.get("NODE_RANK", "").isdigit() else 0
+    local = int(env["LOCAL_RANK"]) if env.get("LOCAL_RANK", "").isdigit() else 0
+    return local + (1 if node > 0 else 0)  # > 0 on any other process than the first machine's first
 
 
 def launched_world() -> tuple[int, int, str] | None:
@@ -158,10 +161,30 @@ def launched_world() -> tuple[int, int, str] | None:
         token = "-".join(env.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT",
                                                     "TORCHELASTIC_RESTART_COUNT", "SLURM_JOB_ID"))
         return int(env["RANK"]), int(env["WORLD_SIZE"]), _token(token)
-    if env.get("SLURM_NTASKS", "").isdigit() and env.get("SLURM_PROCID", "").isdigit():
+    if env.get("SLURM_NTASKS", "").isdigit() and env.get("SLURM_PROCID", "").isdigit() and int(env["SLURM_NTASKS"]) > 1:
         return (int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
                 _token(f"{env.get('SLURM_JOB_ID')}-{env.get('SLURM_STEP_ID')}"))
     return None
+
+
+def local_shard() -> tuple[int, int] | None:
+    """``(local rank, processes on this machine)`` of a launch by torchrun or SLURM, else None: the processes
+    that share a local disk (an embedding cache is built in parallel by those only)."""
+    env = os.environ
+    for rank, size in (("LOCAL_RANK", "LOCAL_WORLD_SIZE"), ("SLURM_LOCALID", "SLURM_NTASKS_PER_NODE")):
+        if env.get(rank, "").isdigit() and env.get(size, "").isdigit():
+            return int(env[rank]), int(env[size])
+    return None
+
+
+def check_launch(tcfg: TrainConfig) -> None:
+    """Refuse a launch whose number of processes differs from ``devices x num_nodes``: Lightning would run
+    each process alone (each believing it is the first, all writing the same run folder) or wait forever."""
+    launched = launched_world()
+    if launched is not None and tcfg.devices != "auto" and launched[1] != world_size(tcfg):
+        raise MmfuseError(f"the launcher started {launched[1]} processes but --devices {tcfg.devices} x --num-nodes "
+                          f"{tcfg.num_nodes} = {world_size(tcfg)}; give --devices (per machine) and --num-nodes so "
+                          "that they multiply to the number of processes")
 
 
 def _token(text: str) -> str:
