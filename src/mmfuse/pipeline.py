@@ -438,8 +438,7 @@ def describe_plan(splits: Splits, spec: dict, preps: dict, task, data: FitData, 
         weighting = (f"{tcfg.class_weight if isinstance(tcfg.class_weight, str) else 'given'}: "
                      + ", ".join(pairs[:10]) + (f", ... ({len(pairs)} classes)" if len(pairs) > 10 else ""))
     device = resolve_accelerator(tcfg.accelerator)
-    processes = world_size(tcfg) if tcfg.devices != "auto" or device in ("gpu", "cuda") else tcfg.num_nodes
-    return {"processes": processes, "inputs": inputs, "fusion": fusion, "split": split, "epochs": tcfg.epochs, "patience": tcfg.patience,
+    return {"processes": world_size(tcfg), "inputs": inputs, "fusion": fusion, "split": split, "epochs": tcfg.epochs, "patience": tcfg.patience,
             "monitor": tcfg.monitor,
             "batch_size": tcfg.batch_size, "lr": tcfg.lr, "class_weight": weighting, "device": device,
             "precision": resolve_precision(tcfg.precision, device),

@@ -3,7 +3,6 @@ process with the doubled batch. The processes are launched by torchrun as a subp
 (Lightning's DDP inside the pytest process would clash over ports)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mmfuse.bench import free_port
 from mmfuse.data import EpochBatchSampler
 
 #: The 2-process run and the 1-process run with the doubled batch see the same rows per step, but gloo
@@ -42,12 +42,6 @@ def test_the_shards_of_a_step_are_the_doubled_batch_of_one_process():
     assert [list(s) for s in odd] == [[[0, 2], [4]], [[1, 3], [0]]]
     with pytest.raises(ValueError, match="rank 2"):
         odd[0].set_shard(2, 2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _table(n_train=256, n_val=64, seed=0) -> pd.DataFrame:
@@ -93,7 +87,7 @@ SCRIPT = textwrap.dedent('''
 
 def _torchrun(script, out, *args, env=None):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(out), *map(str, args)]
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), str(out), *map(str, args)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=out.parent)
 
 
@@ -130,7 +124,7 @@ def test_two_processes_train_as_one_with_the_doubled_batch(tmp_path):
     runs = {}
     for name, cmd in {
         "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), "OUT", "16", "2"],
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), "OUT", "16", "2"],
         "one": [sys.executable, str(script), "OUT", "32", "1"],
     }.items():
         out = tmp_path / name

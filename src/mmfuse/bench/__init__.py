@@ -48,6 +48,15 @@ PROTOCOLS = {
 }
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server or a rendezvous a protocol starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def default_data_dir() -> Path:
     """``$MMFUSE_SHARED_DATA``, else ``../shared/data`` beside the current folder."""
     env = os.environ.get("MMFUSE_SHARED_DATA")

@@ -24,19 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import BenchContext
+from . import BenchContext, free_port
 
 OPTIONS = {"configs": str, "epochs": int, "batch_size": int, "accelerator": str}
 SEEDS = False
 PUBLISHED = {"note": "no published figure: throughput of this machine, for the scaling table of issue 14"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(ctx: BenchContext) -> dict:
@@ -75,7 +67,7 @@ def run(ctx: BenchContext) -> dict:
             raise ValueError(f"batch_size {batch} does not split over {procs} processes")
         run_dir = ctx.out / f"run_{c}"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--nnodes", "1",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), mmfuse, "fit", str(table),
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), mmfuse, "fit", str(table),
                "--config", str(ctx.out / "config.json"), "--root", str(t.root), "-o", str(run_dir), "--overwrite", "--no-progress",
                "--devices", str(procs), "--strategy", "ddp" if procs > 1 else "auto",
                "--batch-size", str(batch // procs), "--accelerator", accelerator]

@@ -9,24 +9,17 @@ process (one uvicorn worker), once with batching (``--max-batch 64 --max-wait-ms
 (the target: no 5xx), and the server's batch sizes (from its ``/metrics``). The quick run: 300 requests.
 """
 import asyncio
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from . import BenchContext
+from . import BenchContext, free_port
 
 OPTIONS = {"requests": int, "concurrency": int, "max_seconds": float}
 SEEDS = False
 NEEDS_DATA = False
 PUBLISHED = {"target": "10,000 requests at concurrency 32 with no 5xx response; p50 / p99 latency with and without batching"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(bundle: Path, port: int, max_batch: int):
@@ -105,7 +98,7 @@ def run(ctx: BenchContext) -> dict:
                                                                          "16": int((sizes == 16).sum())},
            "model": {"inputs": m.metrics_["inputs"], "fusion": m.metrics_["fusion"]}, "modes": {}}
     for mode, max_batch in (("batching", 64), ("no batching", 1)):
-        port = _free_port()
+        port = free_port()
         proc = _start(bundle, port, max_batch)
         try:
             url = f"http://127.0.0.1:{port}/predict"

@@ -133,8 +133,10 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
 
 
 def world_size(tcfg: TrainConfig) -> int:
-    """Processes that train together: ``devices * num_nodes`` (``devices="auto"``: the GPUs, else 1)."""
-    devices = tcfg.devices if tcfg.devices != "auto" else max(1, torch.cuda.device_count())
+    """Processes that train together: ``devices * num_nodes`` (``devices="auto"``: every GPU when training
+    on GPUs, else 1)."""
+    gpus = resolve_accelerator(tcfg.accelerator) in ("gpu", "cuda")
+    devices = tcfg.devices if tcfg.devices != "auto" else (max(1, torch.cuda.device_count()) if gpus else 1)
     return devices * tcfg.num_nodes
 
 
@@ -181,7 +183,7 @@ def check_launch(tcfg: TrainConfig) -> None:
     """Refuse a launch whose number of processes differs from ``devices x num_nodes``: Lightning would run
     each process alone (each believing it is the first, all writing the same run folder) or wait forever."""
     launched = launched_world()
-    if launched is not None and tcfg.devices != "auto" and launched[1] != world_size(tcfg):
+    if launched is not None and launched[1] != world_size(tcfg):
         raise MmfuseError(f"the launcher started {launched[1]} processes but --devices {tcfg.devices} x --num-nodes "
                           f"{tcfg.num_nodes} = {world_size(tcfg)}; give --devices (per machine) and --num-nodes so "
                           "that they multiply to the number of processes")
@@ -198,7 +200,7 @@ def resolve_strategy(tcfg: TrainConfig, accelerator: str):
     or ``num_nodes`` over 1) train with DDP (gloo on CPU, nccl on GPUs; Lightning chooses), ``auto`` with
     ``find_unused_parameters`` (an input absent from a whole batch leaves its encoder without a gradient).
     Batch norm statistics are synchronised across GPUs; on CPU each process keeps its own."""
-    if world_size(tcfg) == 1 or (tcfg.devices == "auto" and accelerator not in ("gpu", "cuda") and tcfg.num_nodes == 1):
+    if world_size(tcfg) == 1:
         return "auto", False
     if tcfg.strategy == "auto":
         from lightning.pytorch.strategies import DDPStrategy
