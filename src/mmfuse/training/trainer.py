@@ -113,6 +113,10 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
         # every process validates on every row, so epoch-level values are the same everywhere without a sync
         warnings.filterwarnings("ignore", ".*sync_dist=True.*")
         trainer.fit(lit, ckpt_path=ckpt_path)
+    if trainer.world_size > 1 and torch.distributed.is_initialized():
+        # every process leaves the group together: one that exits while another still holds it aborts in gloo
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     best_path = best.best_model_path
     if best_path and os.path.exists(best_path) and trainer.global_rank == 0:  # the others return now (their
         # folder may be the first process's temporary one, removed when it finishes)
