@@ -24,7 +24,7 @@ import pandas as pd
 ARCHITECTURE = 2
 
 RESUMABLE_SETTINGS = frozenset({"epochs", "max_time", "patience", "progress", "num_workers", "log", "cache", "strategy",
-                                "decision_threshold"})
+                                "decision_threshold", "checkpoint_every"})
 
 
 def _cell_text(v) -> str:

@@ -23,7 +23,7 @@ _MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig)]
 _TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 _RUN_FIELDS = ["target", "task", "inputs", "columns", "groups", "schema_file", "preprocessing", "out", "on_bad_input",
                "root", "allow_outside_root", "resume", "contribution", "init_from", "new_head", "replay",
-               "replay_fraction"]
+               "replay_fraction", "stream", "split_hash"]
 
 
 class MultimodalPredictor:
@@ -58,6 +58,13 @@ class MultimodalPredictor:
         replay: With ``init_from``: the old table (or any table of the same schema), whose rows are mixed
             into the training rows so that ``replay_fraction`` of them are old (limits forgetting).
         replay_fraction: With ``replay``: the share of old rows among the training rows, in [0, 1).
+        stream: Train on a table larger than memory (:mod:`mmfuse.streaming`): a Parquet file or a folder of
+            them, read a row group at a time (roles from a sample of ``sample_rows``, numbers, categories and
+            texts fitted on a streamed pass, epochs through a shuffle buffer of ``shuffle_buffer`` rows; with
+            ``checkpoint_every``, a killed run resumes mid-epoch). Its splits come from a split column or
+            ``split_hash``.
+        split_hash: With ``stream``: an id column; a hash of each row's id puts ``val_fraction`` and
+            ``test_fraction`` of the ids into validation and test (stable without reading the table).
         fusion, fusion_kwargs, dim, encoders, head_hidden, dropout, modality_dropout, aux_weight, shared_dim,
         align_weight, align_pairs, align_temperature, align_queue, fill_missing, fill_weight:
             model settings (:class:`~mmfuse.config.ModelConfig`).
@@ -76,7 +83,7 @@ class MultimodalPredictor:
                  schema_file=None, preprocessing: Mapping[str, dict] | None = None, out=None,
                  on_bad_input: str = "raise", root=None, allow_outside_root: bool = False, resume: bool = False,
                  contribution: bool = True, init_from=None, new_head: bool = False, replay=None,
-                 replay_fraction: float = 0.0,
+                 replay_fraction: float = 0.0, stream: bool = False, split_hash: str | None = None,
                  # model (ModelConfig)
                  fusion: str = _M.fusion, fusion_kwargs: dict | None = None, dim: int = _M.dim,
                  encoders: dict | None = None, head_hidden: int = _M.head_hidden, dropout: float = _M.dropout,
@@ -97,7 +104,9 @@ class MultimodalPredictor:
                  cache: str | None = _T.cache, group_by_length: bool | None = _T.group_by_length,
                  class_weight: Any = _T.class_weight, regression_loss: str = _T.regression_loss,
                  decision_threshold: Any = _T.decision_threshold, val_fraction: float = _T.val_fraction,
-                 test_fraction: float = _T.test_fraction, log: str | None = _T.log, progress: bool = _T.progress,
+                 test_fraction: float = _T.test_fraction, checkpoint_every: int = _T.checkpoint_every,
+                 shuffle_buffer: int = _T.shuffle_buffer, sample_rows: int = _T.sample_rows,
+                 log: str | None = _T.log, progress: bool = _T.progress,
                  **unknown):
         if unknown:  # a typo: say so now, with the closest name (no setting is taken from here)
             raise MmfuseError(unknown_name_message("parameter of MultimodalPredictor", next(iter(unknown)),
@@ -204,49 +213,53 @@ class MultimodalPredictor:
                                   "not fit(X, y))")
         mcfg, tcfg = self.configs()
         t0 = time.perf_counter()
-        table = read_table(train, root=self.root)
-        base = self._init_bundle(table) if self.init_from is not None else None
-        aligned = base if base is not None and base.aligned_only else None  # encoders of mmfuse align
-        if aligned is not None:
-            from .align import aligned_schema_options
-
-            base = None
-            columns, groups = aligned_schema_options(aligned, table.df.columns, self.columns, self.groups)
-            schema, inputs = P.select_inputs(table, self.target, columns, groups, self.schema_file, self.inputs)
-        elif base is None:
-            schema, inputs = P.select_inputs(table, self.target, self.columns, self.groups, self.schema_file,
-                                             self.inputs)
+        if self.stream:  # a table larger than memory (mmfuse.streaming): each step streams or samples it
+            base = aligned = replay = None
+            schema, splits, task, preps, data = self._stream_steps(train, val, test, mcfg, tcfg)
         else:
-            schema, inputs = base.schema, sorted(base.preprocessors)
-            from .feedback import mixed_model_config
+            table = read_table(train, root=self.root)
+            base = self._init_bundle(table) if self.init_from is not None else None
+            aligned = base if base is not None and base.aligned_only else None  # encoders of mmfuse align
+            if aligned is not None:
+                from .align import aligned_schema_options
 
-            mcfg = mixed_model_config(base.config["model"], mcfg)  # its architecture; training settings ours
-        splits = P.split_table(table, schema, self.target, base.task.name if base else self.task, val, test,
-                               tcfg.val_fraction, tcfg.test_fraction, tcfg.seed)
-        replay = self._replay(splits, base, tcfg) if base is not None else None
-        if base is None:
-            task = P.fit_target(splits.train, self.target, splits.task, tcfg)  # the kind the split was made for
-        else:
-            task = self._continued_task(base, splits, tcfg)
-        task.set_threshold(tcfg.decision_threshold)  # a bad setting fails now, not after training
-        task.monitor_for(tcfg.monitor)  # likewise a monitor this kind of target has no per-epoch metric for
-        if aligned is not None:  # the aligned inputs are read as in alignment; the others are fitted here
-            from .align import aligned_preprocessors
+                base = None
+                columns, groups = aligned_schema_options(aligned, table.df.columns, self.columns, self.groups)
+                schema, inputs = P.select_inputs(table, self.target, columns, groups, self.schema_file, self.inputs)
+            elif base is None:
+                schema, inputs = P.select_inputs(table, self.target, self.columns, self.groups, self.schema_file,
+                                                 self.inputs)
+            else:
+                schema, inputs = base.schema, sorted(base.preprocessors)
+                from .feedback import mixed_model_config
 
-            kept = aligned_preprocessors(aligned, inputs, schema)
-            if echo is not None:
-                new = [n for n in inputs if n not in kept]
-                unused = [n for n in aligned.preprocessors if n not in kept]
-                echo(f"from the aligned bundle: the encoders of {', '.join(sorted(kept))}"
-                     + (f"; new inputs: {', '.join(new)}" if new else "")
-                     + (f"; aligned inputs this table lacks: {', '.join(unused)}" if unused else ""))
-            preps = {**P.fit_preprocessors(schema, [n for n in inputs if n not in kept], splits.train, splits.root,
-                                           mcfg, tcfg, self.preprocessing, self.allow_outside_root), **kept}
-        elif base is None:
-            preps = P.fit_preprocessors(schema, inputs, splits.train, splits.root, mcfg, tcfg, self.preprocessing,
-                                        self.allow_outside_root)
-        else:
-            preps = base.preprocessors  # kept: the new rows are read as the old ones were
+                mcfg = mixed_model_config(base.config["model"], mcfg)  # its architecture; training settings ours
+            splits = P.split_table(table, schema, self.target, base.task.name if base else self.task, val, test,
+                                   tcfg.val_fraction, tcfg.test_fraction, tcfg.seed)
+            replay = self._replay(splits, base, tcfg) if base is not None else None
+            if base is None:
+                task = P.fit_target(splits.train, self.target, splits.task, tcfg)  # the kind the split was made for
+            else:
+                task = self._continued_task(base, splits, tcfg)
+            task.set_threshold(tcfg.decision_threshold)  # a bad setting fails now, not after training
+            task.monitor_for(tcfg.monitor)  # likewise a monitor this kind of target has no per-epoch metric for
+            if aligned is not None:  # the aligned inputs are read as in alignment; the others are fitted here
+                from .align import aligned_preprocessors
+
+                kept = aligned_preprocessors(aligned, inputs, schema)
+                if echo is not None:
+                    new = [n for n in inputs if n not in kept]
+                    unused = [n for n in aligned.preprocessors if n not in kept]
+                    echo(f"from the aligned bundle: the encoders of {', '.join(sorted(kept))}"
+                         + (f"; new inputs: {', '.join(new)}" if new else "")
+                         + (f"; aligned inputs this table lacks: {', '.join(unused)}" if unused else ""))
+                preps = {**P.fit_preprocessors(schema, [n for n in inputs if n not in kept], splits.train, splits.root,
+                                               mcfg, tcfg, self.preprocessing, self.allow_outside_root), **kept}
+            elif base is None:
+                preps = P.fit_preprocessors(schema, inputs, splits.train, splits.root, mcfg, tcfg, self.preprocessing,
+                                            self.allow_outside_root)
+            else:
+                preps = base.preprocessors  # kept: the new rows are read as the old ones were
         run_dir = Path(self.out) if self.out else Path(tempfile.mkdtemp(prefix="mmfuse_run_"))
         run_dir.mkdir(parents=True, exist_ok=True)
         if mcfg.align_weight > 0 and len(preps) > 1:  # a pair never given together would align nothing
@@ -257,8 +270,10 @@ class MultimodalPredictor:
                 pairs = parse_pairs(mcfg.align_pairs, sorted(preps))
             except ValueError as e:
                 raise MmfuseError(str(e)) from None
-            check_pairs(splits.train, preps, pairs)
-        data = P.make_datasets(splits, preps, task, tcfg, self.on_bad_input, self.allow_outside_root)
+            if not self.stream:
+                check_pairs(splits.train, preps, pairs)
+        if not self.stream:
+            data = P.make_datasets(splits, preps, task, tcfg, self.on_bad_input, self.allow_outside_root)
         torch.manual_seed(tcfg.seed)
         if aligned is not None:
             from .align import model_from_aligned
@@ -303,8 +318,7 @@ class MultimodalPredictor:
         self.schema_, self.classes_, self.task_ = schema, task.classes_, task
         self.history_ = result["history"]
         self.splits_ = {"rows": splits.counts(), "source": splits.source, "blank_target": splits.blank_target,
-                        "ids": {k: getattr(splits, k).index.tolist() for k in ("train", "val", "test")
-                                if getattr(splits, k) is not None}}
+                        "ids": {k: splits.row_ids(k) for k in ("train", "val", "test")}}
         metrics = {"task": task.name, "fusion": spec["model"]["fusion"], "inputs": sorted(preps), "classes": task.classes_,
                    "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
                    "monitor": result["monitor"], "train_seconds": train_seconds, "history": result["history"],
@@ -334,6 +348,32 @@ class MultimodalPredictor:
             write_report(run_dir, metrics, task.classes_)
             self.save(run_dir / "bundle")
         return self
+
+    # --- a table larger than memory ------------------------------------------------------------
+    def _stream_steps(self, train, val, test, mcfg, tcfg):
+        """Schema, splits, task, preprocessors and datasets of a streamed table (:mod:`mmfuse.streaming`)."""
+        from . import pipeline as P
+        from .io import read_table
+        from .streaming import fit_preprocessors_stream, make_stream_datasets, stream_splits
+
+        for name in ("val", "test", "init_from", "replay"):
+            if (val if name == "val" else test if name == "test" else getattr(self, name)) is not None:
+                raise MmfuseError(f"stream=True (--stream) takes one table whose splits come from a split column or "
+                                  f"split_hash; {name} is not supported with it yet: leave it unset")
+        if tcfg.group_by_length:
+            raise MmfuseError("group_by_length sorts every text up front; a streamed table cannot: leave it unset")
+        stream = read_table(train, root=self.root, stream=True)
+        schema, inputs = P.select_inputs(stream.sample_table(tcfg.sample_rows, tcfg.seed), self.target, self.columns,
+                                         self.groups, self.schema_file, self.inputs)
+        splits = stream_splits(stream, schema, self.target, self.task, self.split_hash, tcfg.val_fraction,
+                               tcfg.test_fraction, tcfg.seed)
+        task = P.fit_target(pd.DataFrame({self.target: splits.targets["train"]}), self.target, splits.task, tcfg)
+        task.set_threshold(tcfg.decision_threshold)
+        task.monitor_for(tcfg.monitor)
+        preps = fit_preprocessors_stream(schema, inputs, splits, mcfg, tcfg, self.preprocessing,
+                                         self.allow_outside_root)
+        data = make_stream_datasets(splits, preps, task, tcfg, self.on_bad_input, self.allow_outside_root)
+        return schema, splits, task, preps, data
 
     # --- the feedback loop (init_from) -----------------------------------------------------------
     def _init_bundle(self, table):

@@ -172,6 +172,15 @@ def fit(
     num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help=setting_help(TrainConfig, "num_nodes")),
     strategy: Optional[str] = typer.Option(None, "--strategy", help=setting_help(TrainConfig, "strategy")),
     accelerator: Optional[str] = typer.Option(None, "--accelerator", help=setting_help(TrainConfig, "accelerator")),
+    stream: bool = typer.Option(False, "--stream", show_default=True,
+                                help="Stream a table larger than memory: DATA is a Parquet file or a folder of them, "
+                                     "read a row group at a time; its splits come from a split column or --split-hash."),
+    split_hash: Optional[str] = typer.Option(None, "--split-hash", help="With --stream: an id column whose hash puts "
+                                                                        "each row in train, validation or test."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every",
+                                                   help=setting_help(TrainConfig, "checkpoint_every")),
+    shuffle_buffer: Optional[int] = typer.Option(None, "--shuffle-buffer", help=setting_help(TrainConfig, "shuffle_buffer")),
+    sample_rows: Optional[int] = typer.Option(None, "--sample-rows", help=setting_help(TrainConfig, "sample_rows")),
 ):
     """Train a model on a table; writes checkpoints, metrics.json, report.md, plots and bundle/ to --out.
     With --init-from a bundle of aligned encoders (mmfuse align), a new model is trained from them.
@@ -207,6 +216,9 @@ def fit(
     shared = {k: v for k, v in (("modality_dropout", modality_dropout), ("align_weight", align_weight),
                                 ("fill_missing", fill_missing), ("devices", _devices(devices)),
                                 ("num_nodes", num_nodes), ("strategy", strategy), ("accelerator", accelerator),
+                                ("stream", stream or None), ("split_hash", split_hash),
+                                ("checkpoint_every", checkpoint_every), ("shuffle_buffer", shuffle_buffer),
+                                ("sample_rows", sample_rows),
                                 ("align_pairs", [p.strip() for p in align_pairs.split(",") if p.strip()]
                                  if align_pairs else None)) if v is not None}
     m = _predictor_from_options(

@@ -113,6 +113,15 @@ class TrainConfig:
                                     "split column is given.")
     test_fraction: float = _doc(0.1, "Fraction of the rows held out for testing when no test table or split "
                                      "column is given.")
+    checkpoint_every: int = _doc(0, "Also save the resumable checkpoint every this many optimizer steps, with the "
+                                    "position in the epoch: a run killed mid-epoch resumes from that step, on "
+                                    "the batches it had not trained on yet (0: at the end of each epoch only).")
+    shuffle_buffer: int = _doc(10_000, "Streamed tables (`stream`): rows held in the shuffle buffer; the order of an "
+                                       "epoch depends only on the seed and the epoch. Larger mixes better and "
+                                       "holds more rows in memory.")
+    sample_rows: int = _doc(10_000, "Streamed tables: rows of the sample the column roles are inferred from, and "
+                                    "that preprocessors without a streamed fit (images, audio, time series) are "
+                                    "fitted on (numbers, categories and texts are fitted on every training row).")
     log: Optional[str] = _doc("tensorboard", "Training logs in the run folder: `tensorboard`, `csv` or null.")
     progress: bool = _doc(True, "Show Lightning's progress bar.")
 
@@ -222,6 +231,7 @@ CONSTRAINTS = {
     "decision_threshold": lambda: _Check(_threshold, "None, a probability in (0, 1), a list of them (multilabel), "
                                                      "or one of 'f1', 'balanced_accuracy', 'accuracy', 'mcc'"),
     "val_fraction": lambda: _real(0, 1, hi_open=True), "test_fraction": lambda: _real(0, 1, hi_open=True),
+    "checkpoint_every": lambda: _int(0), "shuffle_buffer": lambda: _int(1), "sample_rows": lambda: _int(1),
     "log": lambda: _one_of(None, "tensorboard", "csv"), "progress": lambda: _one_of(True, False),
 }
 

@@ -386,6 +386,12 @@ class EpochBatchSampler:
         self.group_size = group_size
         self.epoch = 0
         self.rank, self.world = 0, 1
+        self._skip = 0
+
+    def skip(self, batches: int) -> None:
+        """Leave out the first ``batches`` batches of the next pass (a run resumed mid-epoch): the batches
+        after them are those the pass would have drawn, with the same augmentation seeds."""
+        self._skip = int(batches)
 
     def set_shard(self, rank: int, world: int) -> None:
         if not 0 <= rank < world:
@@ -422,7 +428,10 @@ class EpochBatchSampler:
         batches = [order[k * bs:(k + 1) * bs] for k in range(len(self))]
         if grouped:
             batches = [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
+        skip, self._skip = self._skip, 0
         for k, idx in enumerate(batches):
+            if k < skip:
+                continue
             b = SeededBatch(idx)
             b.seed = ((self.seed * 1_000_003 + epoch) * 100_003 + k) * self.world + self.rank
             yield b
@@ -456,6 +465,10 @@ class MultimodalLoader:
         """This process's share of every epoch (:meth:`EpochBatchSampler.set_shard`)."""
         self.batch_sampler.set_shard(rank, world)
 
+    def skip(self, batches: int) -> None:
+        """Start the next pass after its first ``batches`` batches (:meth:`EpochBatchSampler.skip`)."""
+        self.batch_sampler.skip(batches)
+
     def __iter__(self):
         use_workers = self._workers is not None and not self.dataset.fully_cached()
         for batch in (self._workers if use_workers else self._main):
@@ -463,6 +476,8 @@ class MultimodalLoader:
                 raise batch["error"]
             for issue in batch.pop("issues"):
                 self.dataset.report.add(issue)
+            if "unknown" in batch:  # a streamed table's batch: categories its rows held that training never saw
+                self.dataset.report.unknown_categories.update(batch.pop("unknown"))
             if len(batch["row"]) == 0:  # every row of this batch was skipped as bad input
                 continue
             yield batch

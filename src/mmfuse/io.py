@@ -45,8 +45,13 @@ class Table:
         return len(self.df)
 
 
-def read_table(data: TableLike, root: str | os.PathLike | None = None, encoding: str = "utf-8") -> Table:
+def read_table(data: TableLike, root: str | os.PathLike | None = None, encoding: str = "utf-8",
+               stream: bool = False) -> Table:
     """Read a table from a file or wrap a DataFrame.
+
+    With ``stream=True``, ``data`` is a Parquet file or a folder of Parquet files, and the result is a
+    :class:`mmfuse.streaming.ParquetStream`: its metadata, read a row group at a time when used, never
+    loaded whole (tables larger than memory).
 
     Args:
         data: A path to a ``.csv``, ``.tsv``, ``.parquet`` or ``.jsonl`` file, a DataFrame, or a Table.
@@ -63,6 +68,13 @@ def read_table(data: TableLike, root: str | os.PathLike | None = None, encoding:
             libraries (pandas, pyarrow, json, the OS) is turned into this one-line error.
         InputError: for a file that is not valid text in ``encoding``, naming the line.
     """
+    if stream:
+        from .streaming import ParquetStream
+
+        if not isinstance(data, (str, os.PathLike)):
+            raise SchemaError(f"stream=True reads a Parquet file or a folder of them from a path, not a "
+                              f"{type(data).__name__} (a table in memory needs no streaming)")
+        return ParquetStream(data, root)
     if isinstance(data, Table):
         return data if root is None else Table(data.df, Path(root).resolve(), data.source)
     if isinstance(data, dict) and data and not any(isinstance(v, (list, tuple, np.ndarray, pd.Series))

@@ -116,6 +116,10 @@ class Splits:
     def counts(self) -> dict:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
+    def row_ids(self, split: str) -> list:
+        """The row ids of ``split`` (``train``, ``val`` or ``test``)."""
+        return getattr(self, split).index.tolist()
+
     def n_blank(self) -> int:
         return sum(len(v) for v in self.blank_target.values())
 
@@ -357,6 +361,9 @@ def fit_fingerprint(splits: Splits, preps: dict, task, mcfg: ModelConfig, tcfg: 
             h.update(np.ascontiguousarray(arrays[k]).tobytes())
     cols = sorted({c for p in preps.values() for c in p.columns} | {task.column})
     state = {k: v for k, v in task.to_dict().items() if k not in ("threshold", "thresholds")}
+    if hasattr(splits, "fingerprint"):  # a streamed table: its files and each row's split, not its rows
+        return run_fingerprint({}, cols, mcfg, tcfg, task=state, preprocessors=h.hexdigest()[:16],
+                               **splits.fingerprint(), **settings)
     return run_fingerprint({"train": splits.train, "val": splits.val}, cols, mcfg, tcfg, task=state,
                            preprocessors=h.hexdigest()[:16], **settings)
 

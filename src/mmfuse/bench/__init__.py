@@ -44,6 +44,7 @@ PROTOCOLS = {
     "training": "mmfuse's training loop against a hand-written PyTorch loop; predict cold start and one-row latency",
     "feedback": "the feedback loop on the clothing reviews: half the rows, continued on the other half, against all rows",
     "scaling": "training throughput on 1 and 2 processes (DDP under torchrun, gloo on CPU) on the audio-visual digits",
+    "streaming": "training on a generated 10 GB Parquet table, streamed: peak memory, rows/s against the in-memory path",
     "onnx_export": "ONNX export of every fusion and built-in encoder on real rows: parity with PyTorch, one-row latency",
 }
 

@@ -55,12 +55,42 @@ class NumericPreprocessor(Preprocessor):
         self.robust = robust
 
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
-        med, center, scale = [], [], []
-        for c in self.columns:
+        state = self.fit_stream_start()
+        self.fit_stream_update(state, df)
+        return self.fit_stream_finish(state, ctx)
+
+    # a streamed fit (tables larger than memory, :mod:`mmfuse.streaming`): exact means and standard
+    # deviations (Chan's parallel update), medians and quartiles of a uniform sample of each column's values
+    _QUANTILE_SAMPLE = 100_000
+
+    def fit_stream_start(self) -> dict:
+        return {"n": np.zeros(len(self.columns)), "mean": np.zeros(len(self.columns)),
+                "m2": np.zeros(len(self.columns)), "keep": [np.zeros(0) for _ in self.columns],
+                "keys": [np.zeros(0) for _ in self.columns], "rng": np.random.default_rng(0)}
+
+    def fit_stream_update(self, state: dict, df: pd.DataFrame) -> None:
+        for j, c in enumerate(self.columns):
             x = to_numbers(df[c])  # strays are NaN here, and reported when read
             x = x[np.isfinite(x)]
-            if len(x) == 0:
-                x = np.zeros(1)
+            if not len(x):
+                continue
+            n, m = state["n"][j], state["mean"][j]
+            nb, mb = len(x), float(x.mean())
+            delta = mb - m
+            state["mean"][j] = m + delta * nb / (n + nb)
+            state["m2"][j] += float(((x - mb) ** 2).sum()) + delta ** 2 * n * nb / (n + nb)
+            state["n"][j] = n + nb
+            keys = np.concatenate([state["keys"][j], state["rng"].random(nb)])  # the values of the smallest keys
+            vals = np.concatenate([state["keep"][j], x])  # are a uniform sample of all values seen
+            if len(keys) > self._QUANTILE_SAMPLE:
+                top = np.argpartition(keys, self._QUANTILE_SAMPLE)[:self._QUANTILE_SAMPLE]
+                keys, vals = keys[top], vals[top]
+            state["keys"][j], state["keep"][j] = keys, vals
+
+    def fit_stream_finish(self, state: dict, ctx: ReadContext):
+        med, center, scale = [], [], []
+        for j, c in enumerate(self.columns):
+            x = state["keep"][j] if len(state["keep"][j]) else np.zeros(1)
             m = float(np.median(x))
             med.append(m)
             if self.robust:
@@ -68,13 +98,15 @@ class NumericPreprocessor(Preprocessor):
                 center.append(m)
                 scale.append(float(q3 - q1) / 1.349)
             else:
-                center.append(float(x.mean()))
-                scale.append(float(x.std()))
+                n = state["n"][j]
+                center.append(float(state["mean"][j]) if n else 0.0)
+                scale.append(float(np.sqrt(state["m2"][j] / n)) if n else 0.0)
         self.median_ = np.asarray(med, np.float64)
         self.center_ = np.asarray(center, np.float64)
         s = np.asarray(scale, np.float64)
         self.scale_ = np.where(s > 1e-12, s, 1.0)
-        return super().fit(df, ctx)
+        self.fitted_ = True
+        return self
 
     def read(self, cells, row, ctx):
         x = np.array([to_float(v, row, c) for c, v in zip(self.columns, cells)], np.float64)
@@ -114,14 +146,27 @@ class CategoricalPreprocessor(Preprocessor):
         self.unknown_counts: Counter = Counter()
 
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
+        state = self.fit_stream_start()
+        self.fit_stream_update(state, df)
+        return self.fit_stream_finish(state, ctx)
+
+    def fit_stream_start(self) -> dict:  # a streamed fit: the counts of every chunk of rows, added up
         check_number(type(self).__name__, "min_freq", self.min_freq, 1)
+        return {c: Counter() for c in self.columns}
+
+    def fit_stream_update(self, state: dict, df: pd.DataFrame) -> None:
+        for c in self.columns:
+            state[c].update(category_key(v) for v in df[c] if not is_missing(v))
+
+    def fit_stream_finish(self, state: dict, ctx: ReadContext):
         self.vocab_ = {}
         for c in self.columns:
-            counts = Counter(category_key(v) for v in df[c] if not is_missing(v))
+            counts = state[c]
             keep = sorted((k for k, n in counts.items() if n >= self.min_freq), key=lambda k: (-counts[k], k))
             self.vocab_[c] = keep
         self._index = {c: {k: i + 2 for i, k in enumerate(v)} for c, v in self.vocab_.items()}
-        return super().fit(df, ctx)
+        self.fitted_ = True
+        return self
 
     @property
     def cardinalities(self) -> list[int]:
@@ -188,6 +233,19 @@ class TabularPreprocessor(Preprocessor):
         self.num.fit(df, ctx)
         self.cat.fit(df, ctx)
         return super().fit(df, ctx)
+
+    def fit_stream_start(self) -> dict:
+        return {"num": self.num.fit_stream_start(), "cat": self.cat.fit_stream_start()}
+
+    def fit_stream_update(self, state: dict, df) -> None:
+        self.num.fit_stream_update(state["num"], df)
+        self.cat.fit_stream_update(state["cat"], df)
+
+    def fit_stream_finish(self, state: dict, ctx):
+        self.num.fit_stream_finish(state["num"], ctx)
+        self.cat.fit_stream_finish(state["cat"], ctx)
+        self.fitted_ = True
+        return self
 
     def read(self, cells, row, ctx):
         by = dict(zip(self.columns, cells))

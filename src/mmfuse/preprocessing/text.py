@@ -44,17 +44,27 @@ class TextPreprocessor(Preprocessor):
         return _TOKEN.findall(text.lower() if self.lowercase else text)
 
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
+        state = self.fit_stream_start()
+        self.fit_stream_update(state, df)
+        return self.fit_stream_finish(state, ctx)
+
+    def fit_stream_start(self) -> Counter:  # a streamed fit: the word counts of every chunk of rows, added up
         for what, low in (("min_freq", 1), ("max_vocab", 3), ("max_length", 1)):
             check_number(type(self).__name__, what, getattr(self, what), low)
-        counts: Counter = Counter()
+        return Counter()
+
+    def fit_stream_update(self, counts: Counter, df: pd.DataFrame) -> None:
         for c in self.columns:
             for v in df[c]:
                 if not is_missing(v):
                     counts.update(self.tokenize(render_cell(v, c, self.labeled)))
+
+    def fit_stream_finish(self, counts: Counter, ctx: ReadContext):
         words = sorted((w for w, n in counts.items() if n >= self.min_freq), key=lambda w: (-counts[w], w))
         self.vocab_ = [PAD, UNK, SEP] + words[: self.max_vocab]
         self._index = {w: i for i, w in enumerate(self.vocab_)}
-        return super().fit(df, ctx)
+        self.fitted_ = True
+        return self
 
     @property
     def vocab_size(self) -> int:

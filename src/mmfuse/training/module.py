@@ -45,6 +45,8 @@ class LitMultimodal(L.LightningModule):
         self.epoch_seconds: dict[int, float] = {}
         self._train_sum, self._train_n = 0.0, 0
         self._val: list = []
+        self._batches_done = 0  # training batches of the current epoch done (saved in mid-epoch checkpoints)
+        self._resume_position: dict | None = None
 
     def setup(self, stage: str) -> None:
         # several processes: each trains on its share of the rows; every one validates on all of them, so
@@ -90,8 +92,19 @@ class LitMultimodal(L.LightningModule):
                 parts["aux"] = torch.stack(aux).mean()
         return parts
 
+    def on_train_start(self):
+        # a checkpoint saved mid-epoch (``checkpoint_every``): Lightning continues that epoch without calling
+        # ``on_train_epoch_start``; the loader starts after the batches done, and the epoch's loss goes on from its sum
+        pos, self._resume_position = self._resume_position, None
+        if pos and pos["epoch"] == self.current_epoch and 0 < pos["batches"] < len(self.train_loader):
+            self.train_loader.set_epoch(self.current_epoch)
+            self.train_loader.skip(pos["batches"])
+            self._batches_done = pos["batches"]
+            self._train_sum, self._train_n = torch.tensor(pos["train_sum"], dtype=torch.float32), pos["train_n"]
+            self._epoch_t0 = None  # the epoch's wall time is not known
+
     def on_train_epoch_start(self):
-        self._train_sum, self._train_n = 0.0, 0
+        self._train_sum, self._train_n, self._batches_done = 0.0, 0, 0
         self._epoch_t0 = time.perf_counter()
         self.train_loader.set_epoch(self.current_epoch)
 
@@ -101,6 +114,7 @@ class LitMultimodal(L.LightningModule):
         n = len(batch["row"])
         self._train_sum = self._train_sum + loss.detach() * n  # stays on the device: no sync per step
         self._train_n += n
+        self._batches_done += 1  # counted here, before the callbacks' batch-end hooks save a checkpoint
         if self.tcfg.progress or self.tcfg.log:  # Lightning's per-step logging costs even with nothing to show it
             self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         return loss
@@ -188,16 +202,32 @@ class LitMultimodal(L.LightningModule):
             "cuda_rng": _cuda_states(),
             "numpy_rng": _numpy_state(),
             "python_rng": _python_state(),
+            # where training is in its epoch: a checkpoint saved mid-epoch resumes after the batches done
+            "position": {"epoch": int(self.current_epoch), "batches": int(self._batches_done),
+                         "train_sum": float(self._train_sum), "train_n": int(self._train_n)},
         }
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("mmfuse", {})
         self.history = list(state.get("history", []))
+        pos = self._resume_position = state.get("position")
         if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
-            np.random.set_state(_numpy_from(state["numpy_rng"]))
-            random.setstate(_python_from(state["python_rng"]))
-            _set_cuda_states(state.get("cuda_rng") or [])
+            if pos and 0 < pos["batches"] < len(self.train_loader):  # mid-epoch: restored just before the next
+                self._pending_rng = state  # batch, after the loader's iterator has drawn its seed (as it had)
+            else:
+                _set_rng_states(state)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        state, self._pending_rng = getattr(self, "_pending_rng", None), None
+        if state is not None:
+            _set_rng_states(state)
+
+
+def _set_rng_states(state: dict) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(_numpy_from(state["numpy_rng"]))
+    random.setstate(_python_from(state["python_rng"]))
+    _set_cuda_states(state.get("cuda_rng") or [])
 
 
 def _cuda_states() -> list[torch.Tensor]:

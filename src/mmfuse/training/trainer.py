@@ -42,7 +42,7 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
     stop training before the model has settled.
 
     Checkpoints (safetensors, no pickle) go to ``run_dir/checkpoints``: ``last.ckpt`` after
-    every epoch and ``best.ckpt``. With ``resume=True`` training continues from ``last.ckpt``.
+    every epoch (and every ``tcfg.checkpoint_every`` steps, with the position in the epoch) and ``best.ckpt``. With ``resume=True`` training continues from ``last.ckpt``.
     The model ends holding the best epoch's weights.
 
     Args:
@@ -72,6 +72,10 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                            save_weights_only=True, enable_version_counter=False)
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
+    # checkpoint_every: last.ckpt also every N steps, holding the position in the epoch (a long epoch killed
+    # half-way resumes from its last such step, not from the epoch's start)
+    steps = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=tcfg.checkpoint_every,
+                             save_top_k=1, enable_version_counter=False)] if tcfg.checkpoint_every else []
     early = EarlyStopping(monitor=monitor, mode=mode, patience=tcfg.patience)
     logger = False
     if tcfg.log == "tensorboard":
@@ -93,7 +97,7 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
         devices=tcfg.devices, num_nodes=tcfg.num_nodes, strategy=strategy, sync_batchnorm=sync_bn,
         precision=resolve_precision(tcfg.precision, accelerator),
         gradient_clip_val=tcfg.grad_clip or None,
-        callbacks=[early, *([_EpochFromOne()] if tcfg.progress else []), *callbacks, best, latest],
+        callbacks=[early, *([_EpochFromOne()] if tcfg.progress else []), *callbacks, best, latest, *steps],
         logger=logger,
         enable_progress_bar=tcfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
         max_time=datetime.timedelta(seconds=tcfg.max_time) if tcfg.max_time else None,

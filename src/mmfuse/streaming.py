@@ -1,0 +1,577 @@
+"""Tables larger than memory: a folder of Parquet files, or one large file, read a row group at a time.
+
+``read_table(path, stream=True)`` gives a :class:`ParquetStream`: the files' metadata (row groups and
+their row counts), never the rows. Training on it (``MultimodalPredictor(stream=True)``, ``mmfuse fit
+--stream``) takes these steps, none of which holds the table:
+
+1. the column roles are inferred from a sample of ``sample_rows`` rows drawn from random row groups;
+2. the splits come from a split column or from a hash of an id column (``split_hash``), read in one
+   pass over those columns only: a row's split never depends on the other rows, so it is stable as
+   files are added, and the pass also counts each split's rows and finds blank targets;
+3. the target is fitted on every training row's target (one column); numbers, categories and texts
+   are fitted on a streamed pass over their columns (:func:`fit_preprocessors_stream`), the other
+   inputs (images, audio, time series, which learn little: a size, a mean) on the sample;
+4. :class:`StreamSampler` draws each epoch's order from the seed and the epoch alone: the row groups
+   are shuffled, then their rows pass through a shuffle buffer of ``shuffle_buffer`` rows. Process
+   ``rank`` of ``world`` takes every ``world``-th row of each row group. The order is computed on row
+   numbers first, so a run resumed mid-epoch starts exactly after the batches it had trained on,
+   and each batch tells the worker that builds it which rows to read and keep:
+   :class:`StreamingDataset` reads a row group when a batch first needs it, keeps only the rows
+   its own batches will use, and lets each go once it is in a batch. Memory holds about the
+   shuffle buffer and one row group, whatever the size of the table.
+
+Row groups are read whole (Parquet's unit of reading): write large tables with row groups of at most
+some thousands of rows (``pyarrow.parquet.write_table(..., row_group_size=1000)``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from .errors import InputError, MmfuseError, SchemaError
+from .io import Table
+
+__all__ = ["ParquetStream", "StreamSplits", "stream_splits", "fit_preprocessors_stream", "StreamSampler",
+           "StreamingDataset", "make_stream_datasets", "hash_split"]
+
+_SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+_LEFT_OUT = -1  # a blank target
+
+
+class ParquetStream:
+    """One Parquet file, or every ``*.parquet`` file under a folder (sorted by path), as row groups.
+
+    Rows are numbered across the files in that order (file by file, row group by row group): the row
+    id of messages and reports. Only metadata is read here.
+
+    Attributes:
+        source: The path given. root: The folder relative file paths in cells resolve against (the
+        folder given, or the file's folder). columns: The column names. n_rows: Rows in all.
+        rows_of, start_of: Rows of each row group (a "unit") and the row id of its first row.
+    """
+
+    def __init__(self, path, root=None):
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        if not path.exists():
+            raise SchemaError(f"table {path} does not exist; check the path")
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".parquet", ".pq")
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not files:
+                raise SchemaError(f"folder {path} holds no .parquet files; streaming reads a Parquet file or a "
+                                  "folder of them (convert a CSV with pandas: pd.read_csv(f).to_parquet(...))")
+        elif path.suffix.lower() in (".parquet", ".pq"):
+            files = [path]
+        else:
+            raise SchemaError(f"table {path}: streaming reads Parquet (a .parquet file or a folder of them), not "
+                              f"{path.suffix or 'a file without extension'}; convert it once, e.g. with "
+                              "pandas: pd.read_csv(f).to_parquet('table.parquet', row_group_size=1000), or drop --stream")
+        self.source, self.files = str(path), files
+        self.root = Path(root).resolve() if root else (path.resolve() if path.is_dir() else path.resolve().parent)
+        file_of, group_of, rows_of, names = [], [], [], None
+        for i, f in enumerate(files):
+            try:
+                meta = pq.ParquetFile(f).metadata
+                cols = [meta.schema.column(j).path.split(".")[0] for j in range(meta.num_columns)]
+            except Exception as e:  # pyarrow's errors differ by version: each becomes one line naming the file
+                raise SchemaError(f"table {f} is not a readable Parquet file ({' '.join(str(e).split())[:200]}); "
+                                  "copy or export it again, or remove it from the folder") from None
+            cols = list(dict.fromkeys(cols))  # a nested column's leaves share their top-level name
+            if names is None:
+                names = cols
+            elif set(cols) != set(names):
+                extra, lacks = sorted(set(cols) - set(names)), sorted(set(names) - set(cols))
+                raise SchemaError(f"table {f} has other columns than {files[0]}"
+                                  + (f": it adds {extra}" if extra else "") + (f", it lacks {lacks}" if lacks else "")
+                                  + "; every file of a streamed folder needs the same columns")
+            for g in range(meta.num_row_groups):
+                n = meta.row_group(g).num_rows
+                if n:
+                    file_of.append(i), group_of.append(g), rows_of.append(n)
+        if not rows_of:
+            raise SchemaError(f"table {path} has no rows")
+        self.columns = names
+        self.file_of, self.group_of = np.asarray(file_of), np.asarray(group_of)
+        self.rows_of = np.asarray(rows_of, dtype=np.int64)
+        self.start_of = np.concatenate([[0], np.cumsum(self.rows_of)[:-1]]).astype(np.int64)
+        self.n_rows = int(self.rows_of.sum())
+        self._handles: dict = {}
+
+    @property
+    def n_units(self) -> int:
+        return len(self.rows_of)
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def _file(self, i: int):
+        import pyarrow.parquet as pq
+
+        key = (os.getpid(), i)  # a handle is not shared with forked workers
+        if key not in self._handles:
+            self._handles = {k: v for k, v in self._handles.items() if k[0] == os.getpid()}
+            self._handles[key] = pq.ParquetFile(self.files[i])
+        return self._handles[key]
+
+    def read_unit(self, u: int, columns):
+        """Row group ``u`` as a pyarrow Table of ``columns`` (those the files have)."""
+        cols = [c for c in columns if c in self.columns]
+        f = self.files[self.file_of[u]]
+        try:
+            return self._file(int(self.file_of[u])).read_row_group(int(self.group_of[u]), columns=cols)
+        except Exception as e:
+            raise SchemaError(f"table {f}: row group {int(self.group_of[u])} (rows {int(self.start_of[u])}.."
+                              f"{int(self.start_of[u] + self.rows_of[u] - 1)}) cannot be read "
+                              f"({' '.join(str(e).split())[:200]}); the file is damaged or changed while training: "
+                              "export it again") from None
+
+    def unit_frame(self, u: int, columns, rows=None) -> pd.DataFrame:
+        """Row group ``u`` (its rows ``rows``, positions in the group, when given) as a DataFrame indexed by row id."""
+        t = self.read_unit(u, columns)
+        if rows is not None:
+            t = t.take(np.asarray(rows, dtype=np.int64))
+        local = np.arange(self.rows_of[u]) if rows is None else np.asarray(rows)
+        df = t.to_pandas(types_mapper=None, ignore_metadata=True)
+        df.index = self.start_of[u] + local
+        return df
+
+    def sample(self, n: int, seed: int = 0, units=None) -> pd.DataFrame:
+        """About ``n`` rows (all, when there are fewer), drawn from row groups taken in a seeded random order
+        (``units``: only from these), every column; indexed by row id, in row order."""
+        rng = np.random.default_rng([seed, 7])
+        units = np.arange(self.n_units) if units is None else np.asarray(units)
+        parts, got = [], 0
+        for u in rng.permutation(units):
+            if got >= n:
+                break
+            parts.append(self.unit_frame(int(u), self.columns))
+            got += len(parts[-1])
+        df = pd.concat(parts)
+        if len(df) > n:
+            df = df.iloc[np.sort(rng.choice(len(df), n, replace=False))]
+        return df.sort_index()
+
+    def sample_table(self, n: int, seed: int = 0) -> Table:
+        """A :class:`~mmfuse.io.Table` of :meth:`sample` (for :func:`mmfuse.schema.infer_schema`)."""
+        return Table(self.sample(n, seed), self.root, self.source)
+
+    def describe(self) -> str:
+        return (f"{self.source}: {self.n_rows:,} rows in {self.n_units} row groups of {len(self.files)} "
+                f"file{'s' if len(self.files) != 1 else ''}")
+
+
+def hash_split(values, val_fraction: float, test_fraction: float, seed: int = 0) -> np.ndarray:
+    """Split codes (0 train, 1 val, 2 test) from a hash of each id: a row's split depends on its id, the
+    fractions and the seed only (BLAKE2b of the id's text; the same on every machine and version)."""
+    key = str(seed).encode()
+    u = np.fromiter((int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8, key=key).digest(), "big")
+                     for v in values), dtype=np.float64, count=len(values)) / 2.0 ** 64
+    return np.where(u < test_fraction, 2, np.where(u < test_fraction + val_fraction, 1, 0)).astype(np.int8)
+
+
+@dataclass
+class StreamSplits:
+    """Which split each row of a :class:`ParquetStream` belongs to, and the targets of the labelled rows.
+
+    Attributes:
+        codes: Per row group, ``int8`` per row: 0 train, 1 val, 2 test, -1 left out (a blank target).
+        targets: ``{split: object array}``, the target cells of each split's rows, in row order.
+        source: Where the splits come from, in words. blank_target: ``{"train": [row ids]}`` (the first 1,000).
+    """
+
+    stream: ParquetStream
+    codes: list
+    targets: dict
+    source: str
+    labels: dict
+    blank_target: dict = field(default_factory=dict)
+    n_blank_rows: int = 0
+    task: str | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.stream.root
+
+    def ids(self, split: str) -> np.ndarray:
+        """Row ids of ``split``, in row order."""
+        c = _SPLIT_CODE[split]
+        return np.concatenate([self.stream.start_of[u] + np.flatnonzero(k == c) for u, k in enumerate(self.codes)]
+                              or [np.zeros(0, np.int64)]).astype(np.int64)
+
+    def counts(self) -> dict:
+        return {s: int(sum(int((k == c).sum()) for k in self.codes)) for s, c in _SPLIT_CODE.items()}
+
+    def n_blank(self) -> int:
+        return self.n_blank_rows
+
+    def row_ids(self, split: str) -> list:
+        return self.ids(split).tolist()
+
+    def frames(self, columns, split: str = "train"):
+        """The rows of ``split``, ``columns`` only, one row group at a time (DataFrames indexed by row id)."""
+        c = _SPLIT_CODE[split]
+        for u, k in enumerate(self.codes):
+            rows = np.flatnonzero(k == c)
+            if len(rows):
+                yield self.stream.unit_frame(u, columns, rows)
+
+    def sample(self, split: str, n: int, seed: int = 0) -> pd.DataFrame:
+        """About ``n`` rows of ``split`` from random row groups, every column."""
+        c = _SPLIT_CODE[split]
+        units = [u for u, k in enumerate(self.codes) if (k == c).any()]
+        if not units:
+            raise MmfuseError(f"the streamed table {self.stream.source} has no {split} rows to sample")
+        rng = np.random.default_rng([seed, 11])
+        parts, got = [], 0
+        for u in rng.permutation(units):
+            if got >= n:
+                break
+            rows = np.flatnonzero(self.codes[u] == c)
+            parts.append(self.stream.unit_frame(int(u), self.stream.columns, rows))
+            got += len(rows)
+        df = pd.concat(parts)
+        if len(df) > n:
+            df = df.iloc[np.sort(rng.choice(len(df), n, replace=False))]
+        return df.sort_index()
+
+    def fingerprint(self) -> dict:
+        """What a resume must find unchanged: the files (path, size, modification time) and each row's split."""
+        h = hashlib.sha256()
+        for f in self.stream.files:
+            st = f.stat()
+            h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        for k in self.codes:
+            h.update(k.tobytes())
+        return {"stream": h.hexdigest()[:16]}
+
+
+def stream_splits(stream: ParquetStream, schema, target: str, task: str | None = None, split_hash: str | None = None,
+                  val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> StreamSplits:
+    """The splits of a streamed table, from one pass over its split (or id) column and its target column.
+
+    A split column (role ``split``: values train / val / test) is used as given; else ``split_hash`` names
+    an id column whose hash (:func:`hash_split`) puts ``val_fraction`` and ``test_fraction`` of the ids into
+    validation and test. Rows with a blank target are left out (counted, the first listed).
+    """
+    from .schema import Role
+    from .splits import SPLIT_NAMES, split_names
+    from .tasks import blank_targets, infer_task
+
+    if target not in stream.columns:
+        from ._registry import unknown_name_message
+
+        raise SchemaError(unknown_name_message("target column", target, stream.columns))
+    split_cols = schema.columns_with(Role.SPLIT)
+    if split_hash is not None and split_hash not in stream.columns:
+        from ._registry import unknown_name_message
+
+        raise SchemaError(unknown_name_message("split_hash column", split_hash, stream.columns))
+    if split_hash is None and not split_cols:
+        raise MmfuseError(f"a streamed table is split without reading it whole: give it a split column (values "
+                          f"train / val / test), or name an id column whose hash decides each row's split "
+                          f"(--split-hash ID_COLUMN, split_hash=...); {stream.source} has neither a split column "
+                          f"nor a given id column (columns: {', '.join(stream.columns[:12])})")
+    by = split_hash if split_hash is not None else split_cols[0]
+    codes, targets, blank, n_blank = [], {s: [] for s in _SPLIT_CODE}, [], 0
+    for u in range(stream.n_units):
+        df = stream.unit_frame(u, list(dict.fromkeys([by, target])))
+        if split_hash is not None:
+            code = hash_split(df[by].to_numpy(), val_fraction, test_fraction, seed)
+        else:
+            names = split_names(df[by]).map(SPLIT_NAMES)
+            bad = names.isna().to_numpy()
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise InputError(df.index[i], by, f"holds {df[by].iloc[i]!r}, not a split name",
+                                 hint="write train, val or test in every row of the split column")
+            code = names.map(_SPLIT_CODE).to_numpy(dtype=np.int8)
+        miss = blank_targets(df[target])
+        if miss.any():
+            n_blank += int(miss.sum())
+            blank += df.index[miss].tolist()[:max(0, 1000 - len(blank))]
+            code = np.where(miss, _LEFT_OUT, code).astype(np.int8)
+        codes.append(code)
+        y = df[target].to_numpy(dtype=object)
+        for s, c in _SPLIT_CODE.items():
+            targets[s].append(y[code == c])
+    targets = {s: np.concatenate(v) if v else np.zeros(0, object) for s, v in targets.items()}
+    counts = {s: len(v) for s, v in targets.items()}
+    if counts["train"] == 0 or counts["val"] == 0:
+        raise MmfuseError(f"the streamed table {stream.source} has {counts['train']} training and {counts['val']} "
+                          f"validation rows by {'the hash of ' + repr(by) if split_hash else 'its split column ' + repr(by)}; "
+                          "both are needed" + ("" if not split_hash else " (raise val_fraction, or check the id column)"))
+    if split_hash is not None:
+        labels = {"val": f"{val_fraction:.0%} of the ids of {by!r} by hash", "test":
+                  f"{test_fraction:.0%} of the ids of {by!r} by hash" if counts["test"] else "none"}
+    else:
+        labels = {"val": f"rows with split column {by!r} = val",
+                  "test": f"rows with split column {by!r} = test" if counts["test"] else "none"}
+    kind = task if task is not None else infer_task(pd.Series(targets["train"], name=target))
+    if n_blank:
+        import warnings
+
+        warnings.warn(f"{n_blank} rows with a blank target {target!r} were left out (rows "
+                      f"{', '.join(map(str, blank[:10]))}{', ...' if n_blank > 10 else ''})", stacklevel=2)
+    return StreamSplits(stream, codes, targets, f"validation: {labels['val']}; test: {labels['test']}", labels,
+                        {"train": blank} if blank else {}, n_blank, kind)
+
+
+def fit_preprocessors_stream(schema, inputs, splits: StreamSplits, mcfg=None, tcfg=None, options=None,
+                             allow_outside_root: bool = False) -> dict:
+    """Preprocessors of a streamed table: each is fitted on a sample of ``tcfg.sample_rows`` training rows,
+    then those that learn from every row (numbers, categories, texts: a ``fit_stream`` method) are fitted
+    again on one streamed pass over the training rows of their columns."""
+    from .config import TrainConfig
+    from .pipeline import fit_preprocessors
+    from .preprocessing import ReadContext
+
+    tcfg = tcfg or TrainConfig()
+    sample = splits.sample("train", tcfg.sample_rows, tcfg.seed)
+    preps = fit_preprocessors(schema, inputs, sample, splits.root, mcfg, tcfg, options, allow_outside_root)
+    streamed = {n: p for n, p in preps.items() if hasattr(p, "fit_stream")}
+    if streamed:
+        ctx = ReadContext(splits.root, allow_outside_root)
+        cols = sorted({c for p in streamed.values() for c in p.columns if c in splits.stream.columns})
+        states = {n: p.fit_stream_start() for n, p in streamed.items()}
+        for df in splits.frames(cols, "train"):
+            for n, p in streamed.items():
+                p.fit_stream_update(states[n], df.reindex(columns=p.columns))
+        for n, p in streamed.items():
+            p.fit_stream_finish(states[n], ctx)
+    return preps
+
+
+class StreamSampler:
+    """Batches of positions (rows of one split, in row order) whose order depends only on the seed and the epoch.
+
+    The rows of each row group are contiguous positions; ``groups`` gives, per row group, its first
+    position and its row count. With ``shuffle``, the row groups are permuted and their rows pass through
+    a shuffle buffer of ``buffer`` rows; without, rows come in order. ``set_shard(rank, world)``: each
+    process takes every ``world``-th row of each row group, and every process gets the same number of
+    batches (the fewest any has; the rows over are left out of that epoch, a different few each epoch).
+
+    Each batch carries ``seed`` (augmentation), ``load`` (``{row group: positions}``: the rows of each
+    row group that the worker building this batch needs from now to the end of the pass, given to the
+    first batch of that worker that needs the group) and ``fresh`` (the worker's first batch of the pass).
+    Workers take batches in turn (batch k of the pass goes to worker k mod ``workers``), as torch's
+    DataLoader hands them out.
+    """
+
+    def __init__(self, groups: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0, buffer: int = 10_000,
+                 workers: int = 0):
+        self.first, self.count = np.asarray(groups[0], np.int64), np.asarray(groups[1], np.int64)
+        self.batch_size, self.shuffle, self.seed, self.buffer = batch_size, shuffle, seed, max(1, buffer)
+        self.workers = max(1, workers)
+        self.epoch, self.rank, self.world, self._skip = 0, 0, 1, 0
+        self.unit_of = np.repeat(np.arange(len(self.count)), self.count)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_shard(self, rank: int, world: int) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside a world of {world}")
+        self.rank, self.world = rank, world
+
+    def skip(self, batches: int) -> None:
+        self._skip = int(batches)
+
+    def rows_of_rank(self, rank: int) -> int:
+        return int(np.maximum(0, (self.count - rank + self.world - 1) // self.world).sum())
+
+    def __len__(self) -> int:
+        if self.world == 1:
+            return -(-int(self.count.sum()) // self.batch_size)
+        return min(self.rows_of_rank(r) for r in range(self.world)) // self.batch_size
+
+    def order(self, epoch: int) -> np.ndarray:
+        """This process's positions for ``epoch``, in the order they are drawn."""
+        rng = np.random.default_rng([self.seed, epoch, 3])
+        units = np.flatnonzero(self.count > 0)
+        if self.shuffle:
+            units = rng.permutation(units)
+        stream = np.concatenate([np.arange(self.first[u], self.first[u] + self.count[u])[self.rank::self.world]
+                                 for u in units] or [np.zeros(0, np.int64)])
+        if not self.shuffle:
+            return stream
+        return shuffle_buffer(stream, self.buffer, np.random.default_rng([self.seed, epoch, self.rank, 5]))
+
+    def __iter__(self):
+        epoch, bs = self.epoch, self.batch_size
+        n = len(self)
+        order = self.order(epoch)[:n * bs]
+        start, self._skip = min(self._skip, n), 0
+        pos = order[start * bs:]
+        k = start + np.arange(len(pos)) // bs  # the batch of each position
+        worker = (k - start) % self.workers
+        key = worker * len(self.count) + self.unit_of[pos]
+        srt = np.argsort(key, kind="stable")  # by (worker, row group), in draw order within each
+        keys, first = np.unique(key[srt], return_index=True)
+        bounds = np.append(first, len(srt))
+        loads: dict[int, dict] = {}
+        for j, kk in enumerate(keys):
+            idx = srt[bounds[j]:bounds[j + 1]]
+            loads.setdefault(int(k[idx[0]]), {})[int(kk % len(self.count))] = pos[idx]
+        for b in range(start, n):
+            batch = _StreamBatch(order[b * bs:(b + 1) * bs].tolist())
+            batch.seed = ((self.seed * 1_000_003 + epoch) * 100_003 + b) * self.world + self.rank
+            batch.load = loads.get(b, {})
+            batch.fresh = b - start < self.workers
+            yield batch
+        self.epoch = epoch + 1
+
+
+class _StreamBatch(list):
+    seed: int
+    load: dict
+    fresh: bool
+
+
+def shuffle_buffer(stream: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``stream`` through a shuffle buffer of ``size``: the first ``size`` items fill it; then each new item
+    takes the place of a random one, which is drawn; at the end the buffer is drawn in random order."""
+    n = len(stream)
+    if n <= size:
+        return stream[rng.permutation(n)]
+    out = np.empty(n, dtype=stream.dtype)
+    buf = stream[:size].copy()
+    slots = (rng.random(n - size) * size).astype(np.int64)
+    for t in range(n - size):  # sequential by nature; ~1 s per million rows
+        j = slots[t]
+        out[t] = buf[j]
+        buf[j] = stream[size + t]
+    out[n - size:] = buf[rng.permutation(size)]
+    return out
+
+
+class StreamingDataset(Dataset):
+    """The rows of one split of a streamed table, as :class:`~mmfuse.data.MultimodalDataset` batches.
+
+    Positions ``0..len-1`` are the split's rows in row order (``row_ids`` maps them to the table's row ids,
+    which messages and reports name). A batch from :class:`StreamSampler` says which rows to read; one of
+    another sampler (in order, as prediction reads) reads its row groups as it meets them, keeping the last two.
+    ``y``: the split's targets, transformed (None to predict).
+    """
+
+    def __init__(self, splits: StreamSplits, split: str, preprocessors, target=None, y=None, *,
+                 on_bad_input="raise", allow_outside_root: bool = False, train: bool = False):
+        from .data import BadInputPolicy, InputReport
+
+        self.stream = splits.stream
+        self.row_ids = splits.ids(split)
+        self.preprocessors = {k: preprocessors[k] for k in sorted(preprocessors)}
+        self.policy = BadInputPolicy.parse(on_bad_input)
+        self.report = InputReport(self.policy)
+        self.target, self._y, self.train, self.allow_outside_root = target, y, train, allow_outside_root
+        self.table = Table(pd.DataFrame(columns=self.stream.columns), self.stream.root, self.stream.source)
+        self._cols = sorted({c for p in self.preprocessors.values() for c in p.columns if c in self.stream.columns})
+        unit = np.searchsorted(self.stream.start_of, self.row_ids, side="right") - 1
+        counts = np.bincount(unit, minlength=self.stream.n_units)
+        self.groups = (np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        self._unit = unit
+        self._pending: dict[int, dict] = {}
+        self._recent: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.row_ids)
+
+    @property
+    def y(self):
+        return self._y
+
+    def absent_inputs(self) -> list[str]:
+        return [n for n, p in self.preprocessors.items() if not any(c in self.stream.columns for c in p.columns)]
+
+    def fully_cached(self) -> bool:
+        return False
+
+    def text_lengths(self) -> np.ndarray:
+        raise MmfuseError("group_by_length reads every text up front; it is off for streamed tables")
+
+    def sampler(self, batch_size: int, shuffle: bool, seed: int, buffer: int, workers: int) -> StreamSampler:
+        return StreamSampler(self.groups, batch_size, shuffle, seed, buffer, workers)
+
+    def _rows(self, positions: np.ndarray, load: dict) -> list:
+        for u, pos in load.items():  # this worker's rows of these row groups for the rest of the pass
+            pos = np.asarray(pos)
+            local = self.row_ids[pos] - self.stream.start_of[u]
+            rows = self.stream.read_unit(u, self._cols).take(local).to_pylist()
+            self._pending.update(zip(pos.tolist(), rows))
+        out = []
+        for p in positions.tolist():
+            row = self._pending.pop(p, None)
+            out.append(row if row is not None else self._read_in_order(p))
+        return out
+
+    def _read_in_order(self, p: int) -> dict:
+        u = int(self._unit[p])
+        if u not in self._recent:
+            self._recent[u] = self.stream.read_unit(u, self._cols)
+            while len(self._recent) > 2:
+                self._recent.popitem(last=False)
+        return self._recent[u].slice(int(self.row_ids[p] - self.stream.start_of[u]), 1).to_pylist()[0]
+
+    def __getitems__(self, indices) -> dict:
+        from .data import MultimodalDataset, SeededBatch
+
+        if getattr(indices, "fresh", False):
+            self._pending.clear()  # rows an interrupted pass left behind
+        positions = np.asarray(indices, dtype=np.int64)
+        rows = self._rows(positions, getattr(indices, "load", {}))
+        df = pd.DataFrame.from_records(rows, columns=self._cols, index=self.row_ids[positions]) if self._cols else \
+            pd.DataFrame(index=self.row_ids[positions])
+        local = SeededBatch(range(len(df)))
+        local.seed = getattr(indices, "seed", None)
+        try:
+            ds = MultimodalDataset(Table(df, self.stream.root, self.stream.source), self.preprocessors, None,
+                                   on_bad_input=self.policy, allow_outside_root=self.allow_outside_root,
+                                   train=self.train)
+            batch = ds.__getitems__(local) if local.seed is not None else ds.__getitems__(list(local))
+        except InputError as e:  # policy 'raise': the loader re-raises it in the main process
+            if get_worker_info() is None:
+                raise
+            return {"error": e}
+        if "error" in batch:
+            return batch
+        batch["issues"] = list(ds.report.issues.values()) + batch["issues"]
+        batch["unknown"] = dict(ds.report.unknown_categories)
+        kept = positions[batch["row"].numpy()]
+        batch["row"] = torch.from_numpy(kept)
+        if self._y is not None:
+            batch["target"] = torch.from_numpy(self._y[kept])
+        return batch
+
+    def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])
+
+
+def make_stream_datasets(splits: StreamSplits, preps: dict, task, tcfg, on_bad_input: str = "raise",
+                         allow_outside_root: bool = False):
+    """The :class:`~mmfuse.pipeline.FitData` of a streamed table: a :class:`StreamingDataset` per split, the
+    training loader shuffled through the buffer, the validation loader in row order."""
+    from .data import EpochBatchSampler, MultimodalLoader
+    from .pipeline import FitData
+
+    def dataset(split, train=False):
+        y = task.transform(pd.DataFrame({task.column: splits.targets[split]})) if len(splits.targets[split]) else None
+        return StreamingDataset(splits, split, preps, task, y, on_bad_input=on_bad_input,
+                                allow_outside_root=allow_outside_root, train=train)
+
+    tr, va = dataset("train", train=True), dataset("val")
+    te = dataset("test") if len(splits.targets["test"]) else None
+    sampler = tr.sampler(tcfg.batch_size, True, tcfg.seed, tcfg.shuffle_buffer, tcfg.num_workers)
+    train_loader = MultimodalLoader(tr, sampler, tcfg.num_workers)
+    # validation in row order: each worker reads the row groups of its batches as it meets them
+    val_loader = MultimodalLoader(va, EpochBatchSampler(len(va), max(tcfg.batch_size, 256), False),
+                                  tcfg.num_workers, persistent_workers=tcfg.num_workers > 0)
+    return FitData(tr, va, te, train_loader, val_loader, {})
