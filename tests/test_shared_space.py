@@ -11,16 +11,16 @@ from mmfuse.fusion import FUSIONS, create_fusion, list_fusions
 from mmfuse.model import Head, MultimodalModel, parse_pairs
 
 
-def model(fusion="concat", fill=False, pairs=(("a", "b"),), S=6, seed=0):
+def model(fusion="concat", fill=False, pairs=(("a", "b"),), S=6, seed=0, space="features"):
     torch.manual_seed(seed)
     enc = {"a": create_encoder("tabular_mlp", n_numeric=2, dim=8), "b": create_encoder("tabular_mlp", n_numeric=3, dim=8),
            "c": create_encoder("tabular_mlp", n_numeric=1, dim=8)}
     logits = FUSIONS.get(fusion).produces_logits
-    width = S if fill else 8
+    width = S if fill and space == "shared" else 8
     f = create_fusion(fusion, {n: width for n in enc}, dim=3 if logits else 8,
                       **({"rank_dim": 2} if fusion == "tensor" else {}))
     return MultimodalModel(enc, f, None if logits else Head(8, 3, 8), shared_dim=S, align_pairs=pairs,
-                           fill_missing=fill)
+                           fill_missing=fill, fill_space=space)
 
 
 def batch(B=16, seed=1):
@@ -51,9 +51,10 @@ def test_rows_with_an_absent_input_leave_the_pair_loss_unchanged():
     assert float(m.alignment_loss(m(x2, masks)).detach()) != pytest.approx(float(loss.detach()), abs=1e-4)
 
 
+@pytest.mark.parametrize("space", ["features", "shared"])
 @pytest.mark.parametrize("fusion", list_fusions())
-def test_every_fusion_reads_the_filled_estimate_of_an_absent_input(fusion):
-    m = model(fusion, fill=True).eval()
+def test_every_fusion_reads_the_filled_estimate_of_an_absent_input(fusion, space):
+    m = model(fusion, fill=True, space=space).eval()
     x, masks = batch(8)
     masks["b"][:4] = False
     out = m(x, masks)
@@ -69,8 +70,9 @@ def test_every_fusion_reads_the_filled_estimate_of_an_absent_input(fusion):
     assert torch.allclose(m(x3, masks)["logits"], out2["logits"], atol=1e-6)
 
 
-def test_the_fill_loss_is_taught_where_the_input_is_present_and_not_what_it_fills():
-    m = model(fill=True).train()
+@pytest.mark.parametrize("space", ["features", "shared"])
+def test_the_fill_loss_is_taught_where_the_input_is_present_and_not_what_it_fills(space):
+    m = model(fill=True, space=space).train()
     with torch.no_grad():  # the estimators of a and c ignore b: only b's own term could reach b's embedding
         for n in ("a", "c"):
             m.filler.nets[n][0].weight.zero_()
@@ -86,7 +88,27 @@ def test_the_fill_loss_is_taught_where_the_input_is_present_and_not_what_it_fill
     # by hand: the mean over inputs of each one's mean cosine distance on its present rows
     cos = torch.nn.functional.cosine_similarity
     terms = [(1 - cos(out["filled"][n][masks[n]], out["shared"][n][masks[n]], dim=-1)).mean() for n in "abc"]
+    if space == "features":  # and each decoder's relative squared error to the encoder's output
+        for n in "abc":
+            f = out["features"][n][masks[n]]
+            d = m.decoders[n](torch.nn.functional.normalize(out["filled"][n][masks[n]], dim=-1))
+            terms.append(((d - f) ** 2).mean() / ((f ** 2).mean() + 1e-6))
     assert float(loss) == pytest.approx(float(torch.stack(terms).mean()), abs=1e-6)
+
+
+def test_filling_in_features_leaves_a_row_with_every_input_as_without_filling_in():
+    """fill_space="features": the fusion reads the encoders' outputs; a row with every input present gives
+    the logits of the same weights without a filler, and an absent input's logits differ from zeroing it."""
+    filled, plain = model("gated", fill=True), model("gated", fill=False)
+    plain.load_state_dict({k: v for k, v in filled.state_dict().items() if k in plain.state_dict()})
+    filled.eval(), plain.eval()
+    x, masks = batch(8)
+    assert torch.allclose(filled(x, masks)["logits"], plain(x, masks)["logits"], atol=1e-6)
+    masks["b"][:4] = False
+    a, b = filled(x, masks)["logits"], plain(x, masks)["logits"]
+    assert torch.allclose(a[4:], b[4:], atol=1e-6) and not torch.allclose(a[:4], b[:4], atol=1e-4)
+    filled.use_estimates = False  # the ablation: estimates replaced by zeros is exactly zeroing
+    assert torch.allclose(filled(x, masks)["logits"], b, atol=1e-6)
 
 
 # --- through the estimator and the bundle ---------------------------------------------------------------
@@ -188,6 +210,23 @@ def test_a_fill_model_saves_loads_and_predicts_with_an_input_absent(tmp_path):
     assert plain.fill_estimates is None
     with pytest.raises(MmfuseError, match="without fill_missing"):
         plain.fill_estimates = False
+
+
+def test_a_bundle_saved_before_fill_space_loads_as_it_was_trained(tmp_path):
+    """Bundles from before the ``fill_space`` setting have no such key and read shared embeddings."""
+    import json
+
+    df = paired_table(120)
+    m = MultimodalPredictor("y", groups=GROUPS, fill_missing=True, fill_space="shared", fusion="gated", epochs=1,
+                            min_steps=0, **QUIET).fit(df)
+    path = m.save(tmp_path / "b")
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["model"]["model"]["fill_space"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    p = Predictor.load(path)
+    assert p.model.fill_space == "shared" and p.model.decoders is None
+    no_b = df.head(20).drop(columns=GROUPS["B"])
+    np.testing.assert_allclose(p.predict_proba(no_b), m.predict_proba(no_b), atol=1e-6)
 
 
 def test_settings_that_need_a_shared_space_are_checked():

@@ -114,13 +114,14 @@ def assemble(enc_spec: dict, encoders: dict, n_outputs: int, cfg: ModelConfig,
     token_dims = {n: e.token_dim for n, e in encoders.items() if e.has_tokens}
     pairs = parse_pairs(cfg.align_pairs, sorted(encoders)) if aligned or cfg.align_weight > 0 else []
     shared = dict(shared_dim=cfg.shared_dim, align_pairs=pairs, align_temperature=cfg.align_temperature,
-                  align_queue=cfg.align_queue, fill_missing=cfg.fill_missing and not aligned)
+                  align_queue=cfg.align_queue, fill_missing=cfg.fill_missing and not aligned,
+                  fill_space=cfg.fill_space)
     if aligned:
         model = MultimodalModel(encoders, None, **shared)
         spec = {"encoders": enc_spec, "n_outputs": 0, "model": _cfg_dict(cfg), "aligned": True}
         return model, spec
     fcls = FUSIONS.get(cfg.fusion)
-    fdims = {n: cfg.shared_dim for n in dims} if cfg.fill_missing else dims
+    fdims = {n: cfg.shared_dim for n in dims} if cfg.fill_missing and cfg.fill_space == "shared" else dims
     fusion = create_fusion(cfg.fusion, fdims, dim=n_outputs if fcls.produces_logits else cfg.dim,
                            token_dims=None if cfg.fill_missing else token_dims, **cfg.fusion_kwargs)
     head = None if fcls.produces_logits else Head(cfg.dim, n_outputs, cfg.head_hidden, cfg.dropout)
@@ -138,7 +139,7 @@ def model_from_spec(spec: dict, resolve=lambda c: c) -> MultimodalModel:
 
     ``resolve`` may rewrite each encoder's config (a bundle points backbones at its own folder)."""
     encoders = {n: ENCODERS.get(e["name"]).from_config(resolve(e["config"])) for n, e in spec["encoders"].items()}
-    cfg = ModelConfig(**spec["model"])
+    cfg = ModelConfig(**{"fill_space": "shared", **spec["model"]})  # bundles saved before fill_space: "shared"
     return assemble(spec["encoders"], encoders, spec["n_outputs"], cfg, spec.get("aux_heads", "linear"),
                     aligned=spec.get("aligned", False))[0]
 

@@ -66,7 +66,7 @@ class MultimodalPredictor:
         split_hash: With ``stream``: an id column; a hash of each row's id puts ``val_fraction`` and
             ``test_fraction`` of the ids into validation and test (stable without reading the table).
         fusion, fusion_kwargs, dim, encoders, head_hidden, dropout, modality_dropout, aux_weight, shared_dim,
-        align_weight, align_pairs, align_temperature, align_queue, fill_missing, fill_weight:
+        align_weight, align_pairs, align_temperature, align_queue, fill_missing, fill_weight, fill_space:
             model settings (:class:`~mmfuse.config.ModelConfig`).
         epochs, batch_size, lr, ... progress: training settings (:class:`~mmfuse.config.TrainConfig`).
 
@@ -91,7 +91,7 @@ class MultimodalPredictor:
                  shared_dim: int = _M.shared_dim, align_weight: float = _M.align_weight,
                  align_pairs: Sequence[str] | None = None, align_temperature: float = _M.align_temperature,
                  align_queue: int = _M.align_queue, fill_missing: bool = _M.fill_missing,
-                 fill_weight: float = _M.fill_weight,
+                 fill_weight: float = _M.fill_weight, fill_space: str = _M.fill_space,
                  # training (TrainConfig)
                  epochs: int = _T.epochs, batch_size: int = _T.batch_size, lr: float = _T.lr,
                  backbone_lr: float = _T.backbone_lr, layer_decay: float = _T.layer_decay,
@@ -176,6 +176,9 @@ class MultimodalPredictor:
         if self.task is not None and self.task not in list_tasks():
             raise MmfuseError(unknown_name_message("task", self.task, list_tasks()) + " (or None: inferred)")
         BadInputPolicy.parse(self.on_bad_input)
+        if self.split_hash is not None and not self.stream:
+            raise MmfuseError("split_hash (--split-hash) splits a streamed table; add stream=True (--stream), or "
+                              "split a table in memory with a split or group column (--group-column)")
         if not isinstance(self.target, str) or not self.target:
             raise MmfuseError(f"MultimodalPredictor: parameter 'target' must be a column name, got {self.target!r}")
         return mcfg, tcfg

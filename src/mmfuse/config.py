@@ -50,11 +50,15 @@ class ModelConfig:
                                "(a MoCo-style queue, without a momentum encoder); 0: the batch's rows only.")
     fill_missing: bool = _doc(False, "Fill an absent input with an estimate of its shared embedding, predicted from "
                                      "the inputs present by a small regressor trained on rows where it is present "
-                                     "(hidden from the regressor); the fusion then reads every input's shared "
-                                     "embedding as a unit vector (attention fusions attend over these, one per "
-                                     "input, not over tokens). False: absent inputs are zeros.")
+                                     "(hidden from the regressor); see `fill_space` for what the fusion reads "
+                                     "(attention fusions attend over one vector per input, not over tokens). "
+                                     "False: absent inputs are zeros.")
     fill_weight: float = _doc(1.0, "Weight of the filling regressor's loss (cosine distance to the hidden input's "
                                    "shared embedding) when `fill_missing` is on.")
+    fill_space: str = _doc("features", "With `fill_missing`, what the fusion reads. `features`: the encoders' outputs "
+                                       "as without filling in, an absent input's mapped from its estimate (a row "
+                                       "with every input is computed as without filling in); `shared`: every "
+                                       "input's shared embedding as a unit vector.")
 
     def __post_init__(self):  # every way of making a config (Python, CLI, config file, replace) is checked
         validate(self)
@@ -211,6 +215,7 @@ CONSTRAINTS = {
                                   "a list of 'input_a:input_b' pairs"),
     "align_temperature": lambda: _real(0, 1, lo_open=True), "align_queue": lambda: _int(0),
     "fill_missing": lambda: _one_of(True, False), "fill_weight": lambda: _real(0),
+    "fill_space": lambda: _one_of("features", "shared"),
     "epochs": lambda: _int(1), "batch_size": lambda: _int(1), "lr": lambda: _real(0, lo_open=True),
     "backbone_lr": lambda: _real(0, lo_open=True), "layer_decay": lambda: _real(0, 1, lo_open=True),
     "weight_decay": lambda: _real(0), "warmup": lambda: _real(0, 1, hi_open=True), "grad_clip": lambda: _real(0),

@@ -98,15 +98,20 @@ class MultimodalModel(nn.Module):
         align_pairs: Pairs of inputs whose shared embeddings the contrastive loss aligns
             (:meth:`alignment_loss`, one :class:`~mmfuse.align.ClipLoss` per pair, with its own temperature).
         align_temperature, align_queue: Of those losses (initial temperature; past embeddings kept as negatives).
-        fill_missing: Absent inputs get the :class:`Filler`'s estimate of their shared embedding, and the
-            fusion reads every input's shared embedding, unit-normalised and scaled by √S (present: projected;
-            absent: estimated, times the filler's confidence).
+        fill_missing: Absent inputs get the :class:`Filler`'s estimate of their shared embedding.
+        fill_space: Where the fusion receives an estimate. ``"features"``: the fusion reads the encoders'
+            outputs as without filling in, and an absent input's is a linear map (learned) of its estimate,
+            times the filler's confidence: a row with every input present is computed exactly as without
+            filling in. ``"shared"`` (bundles saved before the choice): the fusion reads every input's shared
+            embedding, unit-normalised and scaled by √S (present: projected; absent: estimated, times the
+            confidence).
     """
 
     def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion | None, head: nn.Module | None = None,
                  aux_heads: Mapping[str, nn.Module] | None = None, modality_dropout: float = 0.0,
                  aux_from_fusion: bool = False, shared_dim: int = 0, align_pairs: Sequence[tuple[str, str]] = (),
-                 align_temperature: float = 0.07, align_queue: int = 0, fill_missing: bool = False):
+                 align_temperature: float = 0.07, align_queue: int = 0, fill_missing: bool = False,
+                 fill_space: str = "features"):
         super().__init__()
         self.names = sorted(encoders)
         if fusion is not None and sorted(fusion.names) != self.names:
@@ -130,6 +135,11 @@ class MultimodalModel(nn.Module):
         self.align_losses = nn.ModuleList([ClipLoss(align_temperature, queue_size=align_queue, dim=shared_dim)
                                            for _ in self.align_pairs])
         self.filler = Filler(self.names, shared_dim) if fill_missing else None
+        if fill_space not in ("features", "shared"):
+            raise ValueError(f"fill_space {fill_space!r}: 'features' or 'shared'")
+        self.fill_space = fill_space
+        self.decoders = (InputModuleDict({n: nn.Linear(shared_dim, encoders[n].output_dim) for n in self.names})
+                         if fill_missing and fill_space == "features" else None)
         self.use_estimates = True  # False: absent inputs reach the fusion as zeros (the filler's ablation)
 
     def drop_modalities(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -192,11 +202,19 @@ class MultimodalModel(nn.Module):
                     conf = {n: torch.zeros_like(c) for n, c in conf.items()}
                 out["filled"], out["fill_confidence"] = est, conf
                 any_present = torch.stack([masks[n] for n in self.names], 1).any(1)
-                scale = math.sqrt(self.shared_dim)
-                fin_feats = {n: torch.where(masks[n].unsqueeze(1), F.normalize(shared[n], dim=-1),
-                                            F.normalize(est[n], dim=-1) * conf[n].unsqueeze(1)) * scale
-                             for n in self.names}
-                fin_masks = {n: any_present for n in self.names}  # present, or filled from the inputs present
+                if self.decoders is not None:  # the encoders' outputs; an absent input's from its estimate
+                    dec = out["decoded"] = {n: self.decoders[n](F.normalize(est[n], dim=-1)) for n in self.names}
+                    out["features"] = feats
+                    fin_feats = {n: torch.where(masks[n].unsqueeze(1), feats[n], dec[n] * conf[n].unsqueeze(1))
+                                 for n in self.names}
+                    fin_masks = ({n: masks[n] | any_present for n in self.names} if self.use_estimates
+                                 else masks)  # the ablation: absent inputs exactly as without filling in
+                else:
+                    scale = math.sqrt(self.shared_dim)
+                    fin_feats = {n: torch.where(masks[n].unsqueeze(1), F.normalize(shared[n], dim=-1),
+                                                F.normalize(est[n], dim=-1) * conf[n].unsqueeze(1)) * scale
+                                 for n in self.names}
+                    fin_masks = {n: any_present for n in self.names}  # present, or filled from the inputs present
                 fin_tokens = None
         if self.fusion is not None:
             fused = self.fusion(fin_feats, fin_masks, fin_tokens if self.fusion.uses_tokens else None)
@@ -219,7 +237,8 @@ class MultimodalModel(nn.Module):
 
     def fill_loss(self, out: dict) -> torch.Tensor:
         """The cosine distance ``1 - cos(ẑ_n, z_n)`` of the filler's estimate of each input to its (detached)
-        shared embedding, on rows where the input is in the data (dropped by modality dropout or not) and
+        shared embedding (with ``fill_space="features"``, plus the relative squared error of the decoded
+        estimate to the input's detached encoder output), on rows where the input is in the data (dropped by modality dropout or not) and
         another input reaches the fusion to fill from; the mean over those rows, then over inputs. (The fusion
         reads directions, so the loss does too, and it stays in [0, 2] whatever the embeddings' scale.)"""
         shared, est, masks = out["shared"], out["filled"], out["masks"]
@@ -231,6 +250,10 @@ class MultimodalModel(nn.Module):
             rows = observed[n] & (others > 0)
             if bool(rows.any()):
                 terms.append((1 - F.cosine_similarity(est[n][rows], shared[n][rows].detach(), dim=-1)).mean())
+                if "decoded" in out:  # the map from an estimate to the encoder's output it stands for (relative
+                    f = out["features"][n][rows].detach()  # squared error; the estimate itself is not moved)
+                    d = self.decoders[n](F.normalize(est[n][rows].detach(), dim=-1))
+                    terms.append(((d - f) ** 2).mean() / ((f ** 2).mean() + 1e-6))
         if not terms:
             return sum(e.sum() for e in est.values()) * 0.0
         return torch.stack(terms).mean()

@@ -304,6 +304,7 @@ class FitData:
     train_loader: object
     val_loader: object
     embedded: dict = field(default_factory=dict)
+    stream: dict | None = None  # a streamed table (:func:`mmfuse.streaming.make_stream_datasets`): how it is read
 
     def reports(self) -> dict:
         return {k: ds.report for k, ds in (("train", self.train), ("val", self.val), ("test", self.test)) if ds}
@@ -449,7 +450,8 @@ def describe_plan(splits: Splits, spec: dict, preps: dict, task, data: FitData, 
             "monitor": tcfg.monitor,
             "batch_size": tcfg.batch_size, "lr": tcfg.lr, "class_weight": weighting, "device": device,
             "precision": resolve_precision(tcfg.precision, device),
-            "left_out": {} if schema is None else left_out_columns(schema)}
+            "left_out": {} if schema is None else left_out_columns(schema),
+            **({"stream": data.stream} if getattr(data, "stream", None) else {})}
 
 
 def format_plan(plan: dict) -> list[str]:
@@ -471,7 +473,19 @@ def format_plan(plan: dict) -> list[str]:
             + (f" per process x {plan['processes']} processes = {plan['batch_size'] * plan['processes']}"
                if plan.get("processes", 1) > 1 else "") + f"; learning rate {plan['lr']:g}",
             f"class weighting: {plan['class_weight']}",
-            f"device: {plan['device']} (precision {plan['precision']})"] + (
+            f"device: {plan['device']} (precision {plan['precision']})"] + _stream_line(plan) + (
         [f"left out ({len(plan['left_out'])}): " + "; ".join(f"{c} ({why})" for c, why in
                                                            list(plan["left_out"].items())[:12])
          + ("; ..." if len(plan["left_out"]) > 12 else "")] if plan.get("left_out") else [])
+
+
+def _stream_line(plan: dict) -> list[str]:
+    st = plan.get("stream")
+    if not st:
+        return []
+    line = (f"streamed: {st['source']}; shuffle buffer {st['shuffle_buffer']:,} rows; preprocessors of images, audio "
+            f"and time series fitted on {st['sample_rows']:,} sampled rows, the others on every training row")
+    if st.get("left_out_per_epoch"):
+        line += (f"; {st['left_out_per_epoch']} training rows an epoch left out (a different few each epoch) so that "
+                 f"the {plan.get('processes', 1)} processes take the same number of steps")
+    return [line]

@@ -329,7 +329,7 @@ def stream_splits(stream: ParquetStream, schema, target: str, task: str | None =
 def fit_preprocessors_stream(schema, inputs, splits: StreamSplits, mcfg=None, tcfg=None, options=None,
                              allow_outside_root: bool = False) -> dict:
     """Preprocessors of a streamed table: each is fitted on a sample of ``tcfg.sample_rows`` training rows,
-    then those that learn from every row (numbers, categories, texts: a ``fit_stream`` method) are fitted
+    then those that learn from every row (numbers, categories, texts: ``fit_stream_start``, ``_update`` and ``_finish`` methods) are fitted
     again on one streamed pass over the training rows of their columns."""
     from .config import TrainConfig
     from .pipeline import fit_preprocessors
@@ -338,7 +338,7 @@ def fit_preprocessors_stream(schema, inputs, splits: StreamSplits, mcfg=None, tc
     tcfg = tcfg or TrainConfig()
     sample = splits.sample("train", tcfg.sample_rows, tcfg.seed)
     preps = fit_preprocessors(schema, inputs, sample, splits.root, mcfg, tcfg, options, allow_outside_root)
-    streamed = {n: p for n, p in preps.items() if hasattr(p, "fit_stream")}
+    streamed = {n: p for n, p in preps.items() if hasattr(p, "fit_stream_start")}
     if streamed:
         ctx = ReadContext(splits.root, allow_outside_root)
         cols = sorted({c for p in streamed.values() for c in p.columns if c in splits.stream.columns})
@@ -567,6 +567,9 @@ def make_stream_datasets(splits: StreamSplits, preps: dict, task, tcfg, on_bad_i
         return StreamingDataset(splits, split, preps, task, y, on_bad_input=on_bad_input,
                                 allow_outside_root=allow_outside_root, train=train)
 
+    from .training.trainer import check_launch, world_size
+
+    check_launch(tcfg)
     tr, va = dataset("train", train=True), dataset("val")
     te = dataset("test") if len(splits.targets["test"]) else None
     sampler = tr.sampler(tcfg.batch_size, True, tcfg.seed, tcfg.shuffle_buffer, tcfg.num_workers)
@@ -574,4 +577,9 @@ def make_stream_datasets(splits: StreamSplits, preps: dict, task, tcfg, on_bad_i
     # validation in row order: each worker reads the row groups of its batches as it meets them
     val_loader = MultimodalLoader(va, EpochBatchSampler(len(va), max(tcfg.batch_size, 256), False),
                                   tcfg.num_workers, persistent_workers=tcfg.num_workers > 0)
-    return FitData(tr, va, te, train_loader, val_loader, {})
+    world = world_size(tcfg)
+    shard = tr.sampler(tcfg.batch_size, True, tcfg.seed, tcfg.shuffle_buffer, tcfg.num_workers)
+    shard.set_shard(0, world)
+    info = {"source": splits.stream.describe(), "shuffle_buffer": tcfg.shuffle_buffer, "sample_rows": tcfg.sample_rows,
+            "left_out_per_epoch": len(tr) - len(shard) * tcfg.batch_size * world if world > 1 else 0}
+    return FitData(tr, va, te, train_loader, val_loader, {}, info)

@@ -9,7 +9,7 @@ epochs, ``workers`` DataLoader workers, no contribution pass):
 
 - ``stream_full``: the whole table, streamed, with ``--checkpoint-every``; the peak memory of the command and
   its workers (the largest sum over the process tree of each process's proportional set size, PSS: its
-  resident pages, a page shared by k processes counting 1/k in each; sampled every 0.2 s), against the
+  resident pages, a page shared by k processes counting 1/k in each; sampled every second), against the
   target of 3 GB;
 - ``subset_memory`` and ``subset_stream``: the first ``subset_rows`` rows (a table that fits in memory), read whole
   (the in-memory path, which caches decoded images after the first epoch) and streamed.
@@ -38,7 +38,7 @@ PUBLISHED = {"target": "issue 14: train on a 10 GB Parquet table with peak RSS u
 class _PeakRSS:
     """The largest total proportional set size (PSS) of a process and its descendants, sampled every ``every`` seconds."""
 
-    def __init__(self, pid: int, every: float = 0.2):
+    def __init__(self, pid: int, every: float = 1.0):
         import psutil
 
         self.proc, self.every, self.peak, self._stop = psutil.Process(pid), every, 0, threading.Event()

@@ -1,0 +1,365 @@
+"""Tables larger than memory (mmfuse.streaming): the reader, splits, streamed fits, the sampler, training, resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mmfuse import MultimodalPredictor
+from mmfuse.datasets_synthetic import write_synthetic_parquet
+from mmfuse.errors import InputError, MmfuseError, SchemaError
+from mmfuse.io import read_table
+from mmfuse.streaming import StreamSampler, hash_split, shuffle_buffer, stream_splits
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stream") / "data"
+    write_synthetic_parquet(d, 900, image_size=16, row_group_size=64, files=3, split=True)
+    return d
+
+
+def fit_kw(**kw):
+    return {**dict(stream=True, epochs=1, batch_size=32, progress=False, log=None, min_steps=0, contribution=False,
+                   preprocessing={"image": {"size": 16}}, sample_rows=200, shuffle_buffer=256), **kw}
+
+
+# --- the reader -----------------------------------------------------------------------------
+def test_a_folder_streams_as_row_groups_numbered_across_files(table):
+    s = read_table(table, stream=True)
+    assert s.n_rows == 900 and len(s.files) == 3 and s.n_units == 3 * 5  # 300 rows a file, 64 a group
+    assert s.start_of[5] == 300 and s.rows_of[4] == 300 - 4 * 64
+    df = s.unit_frame(5, ["id", "x"])
+    assert df.index[0] == 300 and df["id"].iloc[0] == "r000000300"  # row ids run on across the files
+    sample = s.sample(100, seed=1)
+    assert len(sample) == 100 and sample.index.is_monotonic_increasing
+    assert (sample["id"] == [f"r{i:09d}" for i in sample.index]).all()
+
+
+def test_streaming_refuses_what_it_cannot_read(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b\n1,2\n")
+    with pytest.raises(SchemaError, match="streaming reads Parquet"):
+        read_table(csv, stream=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SchemaError, match="holds no .parquet files"):
+        read_table(tmp_path / "empty", stream=True)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    pq.write_table(pa.table({"a": [1], "y": ["u"]}), mixed / "a.parquet")
+    pq.write_table(pa.table({"a": [1], "z": ["u"]}), mixed / "b.parquet")
+    with pytest.raises(SchemaError, match=r"b.parquet has other columns .* adds \['z'\].* lacks \['y'\]"):
+        read_table(mixed, stream=True)
+    (mixed / "b.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(SchemaError, match="b.parquet is not a readable Parquet file"):
+        read_table(mixed, stream=True)
+    with pytest.raises(SchemaError, match="from a path"):
+        read_table(pd.DataFrame({"a": [1]}), stream=True)
+
+
+# --- splits ---------------------------------------------------------------------------------
+def test_hash_split_is_a_function_of_the_id_alone():
+    ids = [f"id{i}" for i in range(20_000)]
+    codes = hash_split(ids, 0.1, 0.2, seed=3)
+    assert abs((codes == 1).mean() - 0.1) < 0.01 and abs((codes == 2).mean() - 0.2) < 0.01
+    # each id keeps its split whatever else is in the table, and another seed deals again
+    assert (hash_split(ids[5000:6000], 0.1, 0.2, seed=3) == codes[5000:6000]).all()
+    assert (hash_split(ids, 0.1, 0.2, seed=4) != codes).mean() > 0.2
+
+
+def test_splits_from_the_split_column_and_blank_targets_left_out(tmp_path):
+    d = tmp_path / "t"
+    d.mkdir()
+    df = pd.DataFrame({"x": np.arange(40.0), "y": ["a", "b"] * 20, "split": ["train"] * 30 + ["val"] * 6 + ["test"] * 4})
+    df.loc[3, "y"] = None
+    df.to_parquet(d / "p.parquet", row_group_size=16)
+    s = read_table(d, stream=True)
+    from mmfuse.schema import infer_schema
+
+    schema = infer_schema(s.sample_table(100), target="y")
+    with pytest.warns(UserWarning, match="1 rows with a blank target"):
+        sp = stream_splits(s, schema, "y")
+    assert sp.counts() == {"train": 29, "val": 6, "test": 4} and sp.blank_target == {"train": [3]}
+    assert sp.ids("val").tolist() == list(range(30, 36))
+    df.loc[37, "split"] = "holdout"
+    df.to_parquet(d / "p.parquet", row_group_size=16)
+    with pytest.raises(InputError, match="row 37.*'split'.*holdout"):
+        stream_splits(read_table(d, stream=True), schema, "y")
+
+
+def test_a_stream_without_split_column_or_split_hash_is_refused(tmp_path):
+    pd.DataFrame({"x": [1.0, 2.5, 3.0, 4.5] * 10, "y": ["a", "b"] * 20}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(MmfuseError, match="--split-hash ID_COLUMN"):
+        MultimodalPredictor("y", **fit_kw()).fit(tmp_path / "p.parquet")
+    with pytest.raises(MmfuseError, match="split_hash column 'idd'"):
+        MultimodalPredictor("y", **fit_kw(split_hash="idd")).fit(tmp_path / "p.parquet")
+
+
+# --- streamed fits of the preprocessors ----------------------------------------------------------
+def test_streamed_fit_learns_what_a_fit_on_all_training_rows_learns(table):
+    """Numbers, categories and texts are fitted on every training row (the sample of 50 rows alone misses
+    words and gets other statistics), not on the sample."""
+    from mmfuse.schema import infer_schema
+    from mmfuse.streaming import fit_preprocessors_stream
+    from mmfuse.config import TrainConfig
+
+    s = read_table(table, stream=True)
+    schema = infer_schema(s.sample_table(200), target="label", overrides={"text": "text"})
+    sp = stream_splits(s, schema, "label")
+    preps = fit_preprocessors_stream(schema, ["tabular", "text"], sp, tcfg=TrainConfig(sample_rows=50, seed=0))
+    train = pd.concat(sp.frames(["x", "shop", "text"], "train"))
+    assert len(train) == sp.counts()["train"]
+    from mmfuse.data import build_preprocessors
+
+    whole = build_preprocessors(schema, train, inputs={"tabular", "text"})
+    assert preps["text"].vocab_ == whole["text"].vocab_
+    assert preps["tabular"].cat.vocab_ == whole["tabular"].cat.vocab_
+    np.testing.assert_allclose(preps["tabular"].num.center_, whole["tabular"].num.center_, rtol=1e-10)
+    np.testing.assert_allclose(preps["tabular"].num.scale_, whole["tabular"].num.scale_, rtol=1e-10)
+    np.testing.assert_allclose(preps["tabular"].num.median_, whole["tabular"].num.median_)
+    small = build_preprocessors(schema, sp.sample("train", 50, 0), inputs={"tabular", "text"})
+    assert small["text"].vocab_ != whole["text"].vocab_ or \
+        not np.allclose(small["tabular"].num.center_, whole["tabular"].num.center_)
+
+
+# --- the sampler ----------------------------------------------------------------------------
+def groups(counts):
+    counts = np.asarray(counts)
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]), counts
+
+
+def test_shuffle_buffer_draws_a_permutation_that_mixes_within_its_reach():
+    rng = np.random.default_rng(0)
+    x = np.arange(10_000)
+    y = shuffle_buffer(x, 100, rng)
+    assert sorted(y.tolist()) == x.tolist() and (y != x).mean() > 0.9
+    # a row leaves the buffer no earlier than it entered it minus the buffer's size
+    pos = np.empty_like(y)
+    pos[y] = np.arange(len(y))
+    assert (pos >= x - 100).all()
+    assert np.abs(pos - x).mean() < 300  # local: a buffer of 100, not a full shuffle (that averages 3,333)
+
+
+def test_sampler_order_depends_on_seed_and_epoch_only_and_covers_every_row_once():
+    g = groups([64, 64, 64, 10, 64])
+    s = StreamSampler(g, 32, shuffle=True, seed=1, buffer=50)
+    a, b = s.order(0), s.order(1)
+    assert sorted(a.tolist()) == list(range(266)) and sorted(b.tolist()) == list(range(266))
+    assert (a != b).any() and (s.order(0) == a).all()
+    assert (StreamSampler(g, 32, shuffle=True, seed=2, buffer=50).order(0) != a).any()
+    assert len(s) == 9 and sum(len(x) for x in s) == 266  # the last batch holds the 10 rows over
+    ordered = StreamSampler(g, 100, shuffle=False)
+    assert [list(x) for x in ordered][0] == list(range(100)) and len(ordered) == 3
+
+
+def test_sampler_shards_give_each_process_disjoint_rows_and_the_same_number_of_batches():
+    g = groups([64, 63, 64, 5, 64])
+    shards = []
+    for r in range(2):
+        s = StreamSampler(g, 16, shuffle=True, seed=0, buffer=40)
+        s.set_shard(r, 2)
+        shards.append([list(x) for x in s])
+    assert len(shards[0]) == len(shards[1]) == min(130, 130) // 16  # 130 and 130 rows: 8 batches each
+    a, b = set(sum(shards[0], [])), set(sum(shards[1], []))
+    assert not a & b and len(a | b) == 16 * 8 * 2
+
+
+def test_sampler_tells_each_worker_every_row_it_will_need_once():
+    g = groups([50, 50, 50, 50])
+    s = StreamSampler(g, 16, shuffle=True, seed=0, buffer=30, workers=3)
+    s.skip(2)
+    held = {w: set() for w in range(3)}
+    batches = list(s)
+    assert len(batches) == len(s) - 2
+    for k, b in enumerate(batches):
+        w = k % 3
+        assert b.fresh == (k < 3)
+        for u, pos in b.load.items():
+            assert not set(pos.tolist()) & held[w]
+            held[w] |= set(pos.tolist())
+        assert set(b) <= held[w]  # every row of the batch was loaded by its own worker, now or before
+        held[w] -= set(b)
+    assert all(not h for h in held.values())  # and nothing loaded is left over
+    full = list(StreamSampler(g, 16, shuffle=True, seed=0, buffer=30, workers=3))
+    assert [list(b) for b in batches] == [list(b) for b in full[2:]]  # skipping resumes the same order
+
+
+# --- training -------------------------------------------------------------------------------
+def test_streamed_fit_trains_scores_and_saves_a_bundle_that_predicts_the_parquet_table(table, tmp_path):
+    m = MultimodalPredictor("label", out=tmp_path / "run", **fit_kw(epochs=2, num_workers=2))
+    m.fit(table)
+    assert m.metrics_["rows"] == {"train": 720, "val": 90, "test": 90}  # the split column, as written
+    assert m.metrics_["split_source"].startswith("validation: rows with split column 'split' = val")
+    assert len(m.history_) == 2 and m.metrics_["test"]["n"] == 90
+    assert m.metrics_["val"]["accuracy"] > 0.6  # three classes: chance is 1/3
+    assert sorted(m.splits_["ids"]["val"]) == m.splits_["ids"]["val"] and len(m.splits_["ids"]["train"]) == 720
+    from mmfuse.batch import predict_file
+    from mmfuse.bundle import Predictor
+
+    pred = Predictor.load(tmp_path / "run" / "bundle")
+    files = sorted(table.glob("*.parquet"))
+    rep = predict_file(pred, files[0], tmp_path / "p.csv")
+    out = pd.read_csv(tmp_path / "p.csv")
+    assert rep.predicted == 300 and len(out) == 300
+    # the bundle reads the rows as training read them: its predictions on the validation rows score as fit did
+    val = pd.concat([pd.read_parquet(f) for f in files])
+    val = val[val["split"] == "val"]
+    from mmfuse.api import evaluate_predictor
+
+    assert abs(evaluate_predictor(pred, val.reset_index(drop=True))["accuracy"] - m.metrics_["val"]["accuracy"]) < 1e-9
+
+
+def test_streamed_fit_with_bad_images_names_the_row_or_counts_what_it_skipped(tmp_path):
+    d = tmp_path / "t"
+    write_synthetic_parquet(d, 200, image_size=16, row_group_size=50, split=True)
+    f = next(d.glob("*.parquet"))
+    df = pd.read_parquet(f)
+    df.loc[[120, 171], "image"] = b"\x89PNG broken"
+    df.to_parquet(f, row_group_size=50)
+    train = set(df.index[df["split"] == "train"])
+    bad = [r for r in (120, 171) if r in train]
+    assert bad, "the broken rows must include a training row"
+    with pytest.raises(InputError, match=f"row ({'|'.join(map(str, bad))}), column 'image': is not a readable image"):
+        MultimodalPredictor("label", **fit_kw()).fit(d)
+    m = MultimodalPredictor("label", on_bad_input="skip", **fit_kw()).fit(d)
+    print(m.metrics_["bad_input"])
+    assert f"train: {len(bad)} rows with bad input skipped ('image': {len(bad)})" in m.metrics_["bad_input"]
+    assert m.metrics_["rows"]["train"] == len(train)  # counted in the split, skipped (and listed) when read
+
+
+def test_stream_with_options_it_does_not_support_is_refused(table, tmp_path):
+    with pytest.raises(MmfuseError, match="val is not supported"):
+        MultimodalPredictor("label", **fit_kw()).fit(table, val=table)
+    with pytest.raises(MmfuseError, match="group_by_length"):
+        MultimodalPredictor("label", group_by_length=True, **fit_kw()).fit(table)
+
+
+# --- resume ---------------------------------------------------------------------------------
+RUNNER = """
+import json, os, sys
+import lightning as L
+from mmfuse import MultimodalPredictor
+
+data, out, log, kill_at, resume = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
+
+class Record(L.Callback):  # each trained batch's rows, in order; the victim dies after step kill_at
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        with open(log, "a") as f:
+            f.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch,
+                                "rows": batch["row"].tolist()}) + "\\n")
+        if trainer.global_step == kill_at:
+            os.kill(os.getpid(), 9)
+
+m = MultimodalPredictor("label", stream=os.environ["STREAM"] == "1", epochs=2, batch_size=16, progress=False, log=None, min_steps=0,
+                        contribution=False, preprocessing={"image": {"size": 16}}, sample_rows=200,
+                        shuffle_buffer=100, checkpoint_every=7, num_workers=int(os.environ.get("WORKERS", "0")),
+                        out=out, resume=resume, seed=5)
+m.fit(data, callbacks=[Record()])
+print(json.dumps(m.metrics_["history"]))
+"""
+
+
+def run_steps(log):
+    return [json.loads(x) for x in log.read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers,stream", [(0, True), (2, True), (0, False)])
+def test_a_run_killed_mid_epoch_resumes_after_the_rows_it_had_trained_on(table, tmp_path, workers, stream):
+    """Killed after step 10 with checkpoints every 7 steps: the resumed run trains steps 8.. of the first epoch
+    on the rows the killed run had not reached at its checkpoint. In the interrupted epoch every training row
+    is trained on exactly once (steps 1-7 before the kill, 8.. after), and the run ends as one that never stopped.
+    Streamed (the shuffle-buffer sampler, in the main process and in 2 workers) and in memory (one file of the
+    table, read whole)."""
+    script = tmp_path / "run.py"
+    script.write_text(RUNNER)
+    env = {**os.environ, "WORKERS": str(workers), "STREAM": "1" if stream else "0"}
+    if not stream:
+        table = sorted(table.glob("*.parquet"))[0]
+    n_train = 720 if stream else 240
+    ref = subprocess.run([sys.executable, str(script), str(table), str(tmp_path / "ref"), str(tmp_path / "ref.log"),
+                          "-1", "0"], capture_output=True, text=True, env=env)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    victim = subprocess.run([sys.executable, str(script), str(table), str(tmp_path / "run"), str(tmp_path / "a.log"),
+                             "10", "0"], capture_output=True, text=True, env=env)
+    assert victim.returncode == -signal.SIGKILL
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    resumed = subprocess.run([sys.executable, str(script), str(table), str(tmp_path / "run"),
+                              str(tmp_path / "b.log"), "-1", "1"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ref_steps, a, b = run_steps(tmp_path / "ref.log"), run_steps(tmp_path / "a.log"), run_steps(tmp_path / "b.log")
+    per_epoch = n_train // 16
+    assert len(ref_steps) == 2 * per_epoch and [s["step"] for s in a] == list(range(1, 11))
+    assert b[0]["step"] == 8 and b[0]["epoch"] == 0  # after the checkpoint of step 7, in the same epoch
+    seen = [r for s in a if s["step"] <= 7 for r in s["rows"]] + [r for s in b if s["epoch"] == 0 for r in s["rows"]]
+    assert len(seen) == len(set(seen)) == n_train  # no row twice, none skipped
+    assert [s["rows"] for s in b] == [s["rows"] for s in ref_steps[7:]]  # the batches of a run that never stopped
+    assert json.loads(resumed.stdout.strip().splitlines()[-1]) == json.loads(ref.stdout.strip().splitlines()[-1])
+
+
+# --- the command line -----------------------------------------------------------------------
+def test_the_command_line_streams_and_refuses_careless_options_in_one_line(table, tmp_path, capsys):
+    from test_cli_errors import cli_error
+
+    from mmfuse.cli import main
+
+    csv = tmp_path / "t.csv"
+    pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}).to_csv(csv, index=False)
+    assert "streaming reads Parquet" in cli_error(capsys, "fit", csv, "--target", "b", "--stream", "-o", tmp_path / "r")
+    assert "add stream=True (--stream)" in cli_error(capsys, "fit", table, "--target", "label", "--split-hash", "id",
+                                                     "-o", tmp_path / "r")
+    assert "must be an integer >= 1" in cli_error(capsys, "fit", table, "--target", "label", "--stream",
+                                                  "--shuffle-buffer", "0", "-o", tmp_path / "r")
+    main(["fit", str(table), "--target", "label", "--stream", "--split-hash", "id", "--epochs", "1",
+          "--image-size", "16", "--sample-rows", "100", "-o", str(tmp_path / "run"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert "validation 90 (10% of the ids of 'id' by hash)" not in out  # the hash decides, not the split column
+    assert "of the ids of 'id' by hash" in out and (tmp_path / "run" / "bundle" / "config.json").exists()
+
+
+DDP = """
+import json, os, sys
+import lightning as L
+from mmfuse import MultimodalPredictor
+
+data, out = sys.argv[1], sys.argv[2]
+
+class Record(L.Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        with open(os.path.join(out, f"rows_{trainer.global_rank}.jsonl"), "a") as f:
+            f.write(json.dumps({"epoch": trainer.current_epoch, "rows": batch["row"].tolist()}) + "\\n")
+
+m = MultimodalPredictor("label", stream=True, epochs=2, batch_size=16, progress=False, log=None, min_steps=0,
+                        contribution=False, preprocessing={"image": {"size": 16}}, sample_rows=200, shuffle_buffer=100,
+                        devices=2, accelerator="cpu", out=os.path.join(out, "run"), num_workers=1)
+m.fit(data, callbacks=[Record()], echo=print if os.environ["RANK"] == "0" else None)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_stream_disjoint_rows_in_step(table, tmp_path):
+    """torchrun, 2 CPU processes (gloo), one worker each: each process reads every other row of each row
+    group, both take the same number of steps, and only the first writes the run folder."""
+    from mmfuse.bench import free_port
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1", "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), str(script), str(table), str(tmp_path)]
+    p = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                       timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ranks = [[json.loads(x) for x in (tmp_path / f"rows_{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2 * (360 // 16)  # 720 training rows, 360 a process, 22 steps
+    for epoch in (0, 1):
+        a, b = ({r for s in steps if s["epoch"] == epoch for r in s["rows"]} for steps in ranks)
+        assert not a & b and len(a) == len(b) == 22 * 16  # disjoint shares; 16 rows of 720 left out this epoch
+    assert "16 training rows an epoch left out" in p.stdout
+    assert (tmp_path / "run" / "metrics.json").exists()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["world_size"] == 2
