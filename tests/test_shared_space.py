@@ -229,6 +229,15 @@ def test_a_bundle_saved_before_fill_space_loads_as_it_was_trained(tmp_path):
     np.testing.assert_allclose(p.predict_proba(no_b), m.predict_proba(no_b), atol=1e-6)
 
 
+def test_a_continued_old_fill_bundle_keeps_its_fill_space():
+    from mmfuse.feedback import mixed_model_config
+    from mmfuse.config import ModelConfig
+
+    assert mixed_model_config({"model": {"fill_missing": True}}, ModelConfig()).fill_space == "shared"
+    assert mixed_model_config({"model": {"fill_missing": True, "fill_space": "features"}},
+                              ModelConfig()).fill_space == "features"
+
+
 def test_settings_that_need_a_shared_space_are_checked():
     from mmfuse.errors import MmfuseError
 

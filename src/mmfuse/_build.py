@@ -139,9 +139,19 @@ def model_from_spec(spec: dict, resolve=lambda c: c) -> MultimodalModel:
 
     ``resolve`` may rewrite each encoder's config (a bundle points backbones at its own folder)."""
     encoders = {n: ENCODERS.get(e["name"]).from_config(resolve(e["config"])) for n, e in spec["encoders"].items()}
-    cfg = ModelConfig(**{"fill_space": "shared", **spec["model"]})  # bundles saved before fill_space: "shared"
+    cfg = model_config_from_spec(spec)
     return assemble(spec["encoders"], encoders, spec["n_outputs"], cfg, spec.get("aux_heads", "linear"),
                     aligned=spec.get("aligned", False))[0]
+
+
+def spec_settings(spec: dict) -> dict:
+    """The model settings a spec (a bundle's ``config["model"]``) was built with, with the values of settings added
+    since it was saved as they were then (``fill_space``: "shared")."""
+    return {"fill_space": "shared", **spec["model"]}
+
+
+def model_config_from_spec(spec: dict) -> ModelConfig:
+    return ModelConfig(**spec_settings(spec))
 
 
 def _cfg_dict(cfg: ModelConfig) -> dict:

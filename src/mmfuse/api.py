@@ -488,7 +488,9 @@ class MultimodalPredictor:
         if "model" not in pred.config:  # an ensemble: no single configuration to put into an estimator
             raise MmfuseError(f"{path} is an ensemble bundle; load it with mmfuse.Predictor.load(path), which "
                               "predicts and evaluates like any bundle (MultimodalPredictor.load reads one model's bundle)")
-        settings = {k: v for k, v in {**pred.config["model"]["model"], **(pred.config.get("training") or {})}.items()
+        from ._build import spec_settings
+
+        settings = {k: v for k, v in {**spec_settings(pred.config["model"]), **(pred.config.get("training") or {})}.items()
                     if k in _MODEL_FIELDS or k in _TRAIN_FIELDS}  # get_params() and clone() see the fitted settings
         obj = cls(target=pred.target.column, task=pred.target.name, **settings)
         obj.predictor_, obj.schema_, obj.classes_, obj.task_ = pred, pred.schema, pred.target.classes_, pred.target

@@ -450,6 +450,7 @@ class MultimodalLoader:
     def __init__(self, dataset: MultimodalDataset, sampler: EpochBatchSampler, num_workers: int = 0,
                  persistent_workers: bool = False, pin_memory: bool = False):
         self.dataset, self.batch_sampler = dataset, sampler
+        self.yield_empty = False  # training: a batch whose rows were all skipped still counts (resume position)
         kw = dict(batch_sampler=sampler, collate_fn=_passthrough, pin_memory=pin_memory)
         self._main = DataLoader(dataset, num_workers=0, **kw)
         self._workers = DataLoader(dataset, num_workers=num_workers, persistent_workers=persistent_workers,
@@ -478,7 +479,7 @@ class MultimodalLoader:
                 self.dataset.report.add(issue)
             if "unknown" in batch:  # a streamed table's batch: categories its rows held that training never saw
                 self.dataset.report.unknown_categories.update(batch.pop("unknown"))
-            if len(batch["row"]) == 0:  # every row of this batch was skipped as bad input
+            if len(batch["row"]) == 0 and not self.yield_empty:  # every row of this batch was skipped as bad input
                 continue
             yield batch
 

@@ -86,7 +86,9 @@ def mixed_model_config(base_spec: dict, user):
     setting changed is an error."""
     from .config import ModelConfig
 
-    cfg = ModelConfig(**base_spec["model"])
+    from ._build import model_config_from_spec
+
+    cfg = model_config_from_spec(base_spec)
     default = ModelConfig()
     changed = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "modality_dropout"
                and getattr(user, f.name) != getattr(default, f.name) and getattr(user, f.name) != getattr(cfg, f.name)]

@@ -4,7 +4,8 @@
 their row counts), never the rows. Training on it (``MultimodalPredictor(stream=True)``, ``mmfuse fit
 --stream``) takes these steps, none of which holds the table:
 
-1. the column roles are inferred from a sample of ``sample_rows`` rows drawn from random row groups;
+1. the column roles are inferred from a sample of ``sample_rows`` rows drawn from random row groups (fewer
+   when rows are large: at most about 128 MiB of them);
 2. the splits come from a split column or from a hash of an id column (``split_hash``), read in one
    pass over those columns only: a row's split never depends on the other rows, so it is stable as
    files are added, and the pass also counts each split's rows and finds blank targets;
@@ -81,12 +82,11 @@ class ParquetStream:
         file_of, group_of, rows_of, names = [], [], [], None
         for i, f in enumerate(files):
             try:
-                meta = pq.ParquetFile(f).metadata
-                cols = [meta.schema.column(j).path.split(".")[0] for j in range(meta.num_columns)]
+                with pq.ParquetFile(f) as pf:
+                    meta, cols = pf.metadata, list(pf.schema_arrow.names)
             except Exception as e:  # pyarrow's errors differ by version: each becomes one line naming the file
                 raise SchemaError(f"table {f} is not a readable Parquet file ({' '.join(str(e).split())[:200]}); "
                                   "copy or export it again, or remove it from the folder") from None
-            cols = list(dict.fromkeys(cols))  # a nested column's leaves share their top-level name
             if names is None:
                 names = cols
             elif set(cols) != set(names):
@@ -114,14 +114,24 @@ class ParquetStream:
     def __len__(self) -> int:
         return self.n_rows
 
+    _OPEN_FILES = 8  # handles kept open per process (a folder may hold thousands of part files)
+
     def _file(self, i: int):
         import pyarrow.parquet as pq
 
-        key = (os.getpid(), i)  # a handle is not shared with forked workers
-        if key not in self._handles:
-            self._handles = {k: v for k, v in self._handles.items() if k[0] == os.getpid()}
-            self._handles[key] = pq.ParquetFile(self.files[i])
-        return self._handles[key]
+        if self._handles.get("pid") != os.getpid():  # a forked worker opens its own
+            self._handles = {"pid": os.getpid(), "open": OrderedDict()}
+        open_ = self._handles["open"]
+        if i in open_:
+            open_.move_to_end(i)
+        else:
+            open_[i] = pq.ParquetFile(self.files[i])
+            while len(open_) > self._OPEN_FILES:
+                open_.popitem(last=False)[1].close()
+        return open_[i]
+
+    def __getstate__(self):  # open files do not travel to another process (spawned workers): each opens its own
+        return {**self.__dict__, "_handles": {}}
 
     def read_unit(self, u: int, columns):
         """Row group ``u`` as a pyarrow Table of ``columns`` (those the files have)."""
@@ -145,9 +155,23 @@ class ParquetStream:
         df.index = self.start_of[u] + local
         return df
 
+    _SAMPLE_BYTES = 128 * 2 ** 20  # a sample of large rows (images as bytes) holds at most this much
+
+    def sample_size(self, n: int) -> int:
+        """``n``, or fewer rows when the rows are large: at most about 128 MiB of data (from the files' metadata:
+        uncompressed bytes per row), and at least 500 rows."""
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(self.files[0]) as pf:
+            g = pf.metadata.row_group(0)
+            per_row = max(1.0, g.total_byte_size / max(1, g.num_rows))
+        return int(min(n, max(500, self._SAMPLE_BYTES // per_row)))
+
     def sample(self, n: int, seed: int = 0, units=None) -> pd.DataFrame:
-        """About ``n`` rows (all, when there are fewer), drawn from row groups taken in a seeded random order
-        (``units``: only from these), every column; indexed by row id, in row order."""
+        """About ``n`` rows (all, when there are fewer; fewer when rows are large: :meth:`sample_size`), drawn from
+        row groups taken in a seeded random order (``units``: only from these), every column; indexed by row id,
+        in row order."""
+        n = self.sample_size(n)
         rng = np.random.default_rng([seed, 7])
         units = np.arange(self.n_units) if units is None else np.asarray(units)
         parts, got = [], 0
@@ -172,10 +196,13 @@ class ParquetStream:
 
 def hash_split(values, val_fraction: float, test_fraction: float, seed: int = 0) -> np.ndarray:
     """Split codes (0 train, 1 val, 2 test) from a hash of each id: a row's split depends on its id, the
-    fractions and the seed only (BLAKE2b of the id's text; the same on every machine and version)."""
-    key = str(seed).encode()
-    u = np.fromiter((int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8, key=key).digest(), "big")
-                     for v in values), dtype=np.float64, count=len(values)) / 2.0 ** 64
+    fractions and the seed only (BLAKE2b of the id's text, with 17, 17.0 and "17" the same id; the same on
+    every machine and version). Rows sharing an id share a split."""
+    from .preprocessing.tabular import category_key
+
+    key = str(seed).encode()  # category_key: 17, 17.0 and "17" are one id (an int column with a null reads as floats)
+    u = np.fromiter((int.from_bytes(hashlib.blake2b(str(category_key(v)).encode(), digest_size=8, key=key).digest(),
+                                    "big") for v in values), dtype=np.float64, count=len(values)) / 2.0 ** 64
     return np.where(u < test_fraction, 2, np.where(u < test_fraction + val_fraction, 1, 0)).astype(np.int8)
 
 
@@ -186,7 +213,8 @@ class StreamSplits:
     Attributes:
         codes: Per row group, ``int8`` per row: 0 train, 1 val, 2 test, -1 left out (a blank target).
         targets: ``{split: object array}``, the target cells of each split's rows, in row order.
-        source: Where the splits come from, in words. blank_target: ``{"train": [row ids]}`` (the first 1,000).
+        source: Where the splits come from, in words. blank_target: ``{split: [row ids]}`` (the first 1,000 of
+        each) of the rows left out for a blank target; ``n_blank_rows`` counts them all.
     """
 
     stream: ParquetStream
@@ -226,7 +254,9 @@ class StreamSplits:
                 yield self.stream.unit_frame(u, columns, rows)
 
     def sample(self, split: str, n: int, seed: int = 0) -> pd.DataFrame:
-        """About ``n`` rows of ``split`` from random row groups, every column."""
+        """About ``n`` rows of ``split`` from random row groups, every column (fewer when rows are large:
+        :meth:`ParquetStream.sample_size`)."""
+        n = self.stream.sample_size(n)
         c = _SPLIT_CODE[split]
         units = [u for u, k in enumerate(self.codes) if (k == c).any()]
         if not units:
@@ -282,10 +312,17 @@ def stream_splits(stream: ParquetStream, schema, target: str, task: str | None =
                           f"(--split-hash ID_COLUMN, split_hash=...); {stream.source} has neither a split column "
                           f"nor a given id column (columns: {', '.join(stream.columns[:12])})")
     by = split_hash if split_hash is not None else split_cols[0]
-    codes, targets, blank, n_blank = [], {s: [] for s in _SPLIT_CODE}, [], 0
+    codes, targets, blank, n_blank = [], {s: [] for s in _SPLIT_CODE}, {}, 0
     for u in range(stream.n_units):
         df = stream.unit_frame(u, list(dict.fromkeys([by, target])))
         if split_hash is not None:
+            from .preprocessing._base import is_missing
+
+            null = df[by].map(is_missing).to_numpy(dtype=bool)
+            if null.any():
+                i = int(np.flatnonzero(null)[0])
+                raise InputError(df.index[i], by, "has no id to hash into a split",
+                                 hint="give every row an id, or drop the rows without one")
             code = hash_split(df[by].to_numpy(), val_fraction, test_fraction, seed)
         else:
             names = split_names(df[by]).map(SPLIT_NAMES)
@@ -298,7 +335,10 @@ def stream_splits(stream: ParquetStream, schema, target: str, task: str | None =
         miss = blank_targets(df[target])
         if miss.any():
             n_blank += int(miss.sum())
-            blank += df.index[miss].tolist()[:max(0, 1000 - len(blank))]
+            for name, c in _SPLIT_CODE.items():
+                rows = df.index[miss & (code == c)].tolist()
+                if rows and len(blank.setdefault(name, [])) < 1000:
+                    blank[name] += rows[:1000 - len(blank[name])]
             code = np.where(miss, _LEFT_OUT, code).astype(np.int8)
         codes.append(code)
         y = df[target].to_numpy(dtype=object)
@@ -320,10 +360,11 @@ def stream_splits(stream: ParquetStream, schema, target: str, task: str | None =
     if n_blank:
         import warnings
 
+        first = sorted(r for v in blank.values() for r in v)[:10]
         warnings.warn(f"{n_blank} rows with a blank target {target!r} were left out (rows "
-                      f"{', '.join(map(str, blank[:10]))}{', ...' if n_blank > 10 else ''})", stacklevel=2)
+                      f"{', '.join(map(str, first))}{', ...' if n_blank > 10 else ''})", stacklevel=2)
     return StreamSplits(stream, codes, targets, f"validation: {labels['val']}; test: {labels['test']}", labels,
-                        {"train": blank} if blank else {}, n_blank, kind)
+                        blank, n_blank, kind)
 
 
 def fit_preprocessors_stream(schema, inputs, splits: StreamSplits, mcfg=None, tcfg=None, options=None,
@@ -335,9 +376,14 @@ def fit_preprocessors_stream(schema, inputs, splits: StreamSplits, mcfg=None, tc
     from .pipeline import fit_preprocessors
     from .preprocessing import ReadContext
 
+    import dataclasses
+
     tcfg = tcfg or TrainConfig()
     sample = splits.sample("train", tcfg.sample_rows, tcfg.seed)
-    preps = fit_preprocessors(schema, inputs, sample, splits.root, mcfg, tcfg, options, allow_outside_root)
+    # no embedding cache for a streamed table: a frozen backbone runs in the model (on the GPU where there is one)
+    # rather than in the loader's workers every epoch
+    preps = fit_preprocessors(schema, inputs, sample, splits.root, mcfg, dataclasses.replace(tcfg, cache=None),
+                              options, allow_outside_root)
     streamed = {n: p for n, p in preps.items() if hasattr(p, "fit_stream_start")}
     if streamed:
         ctx = ReadContext(splits.root, allow_outside_root)
@@ -438,19 +484,14 @@ class _StreamBatch(list):
 
 
 def shuffle_buffer(stream: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``stream`` through a shuffle buffer of ``size``: the first ``size`` items fill it; then each new item
-    takes the place of a random one, which is drawn; at the end the buffer is drawn in random order."""
-    n = len(stream)
-    if n <= size:
-        return stream[rng.permutation(n)]
-    out = np.empty(n, dtype=stream.dtype)
-    buf = stream[:size].copy()
-    slots = (rng.random(n - size) * size).astype(np.int64)
-    for t in range(n - size):  # sequential by nature; ~1 s per million rows
-        j = slots[t]
-        out[t] = buf[j]
-        buf[j] = stream[size + t]
-    out[n - size:] = buf[rng.permutation(size)]
+    """``stream`` through a shuffle buffer of ``size`` items that is filled whole, emptied in random order, then
+    filled again: an item moves less than ``size`` places, and no more than ``size`` items wait at once. (The
+    buffer that swaps each new item for a random waiting one mixes no better within the same reach, and keeps
+    a few items waiting for many times ``size`` draws, and with them, here, the rows read beside them.)"""
+    out = stream.copy()
+    for a in range(0, len(stream), size):
+        part = stream[a:a + size]
+        out[a:a + len(part)] = part[rng.permutation(len(part))]
     return out
 
 
@@ -501,25 +542,33 @@ class StreamingDataset(Dataset):
     def sampler(self, batch_size: int, shuffle: bool, seed: int, buffer: int, workers: int) -> StreamSampler:
         return StreamSampler(self.groups, batch_size, shuffle, seed, buffer, workers)
 
-    def _rows(self, positions: np.ndarray, load: dict) -> list:
-        for u, pos in load.items():  # this worker's rows of these row groups for the rest of the pass
+    def _rows(self, positions: np.ndarray, load) -> list:
+        """The rows at ``positions``. With ``load`` (a training batch from :class:`StreamSampler`): read the rows it
+        names and keep them until their batch; every row of the batch must then be kept already. Without: read
+        the row groups the rows are in (the last two stay open: reading in order meets each once)."""
+        for u, pos in (load or {}).items():  # this worker's rows of these row groups for the rest of the pass
             pos = np.asarray(pos)
             local = self.row_ids[pos] - self.stream.start_of[u]
             rows = self.stream.read_unit(u, self._cols).take(local).to_pylist()
             self._pending.update(zip(pos.tolist(), rows))
-        out = []
-        for p in positions.tolist():
-            row = self._pending.pop(p, None)
-            out.append(row if row is not None else self._read_in_order(p))
+        if load is not None:
+            missing = [p for p in positions.tolist() if p not in self._pending]
+            if missing:  # the sampler's plan and the loader's hand-out of batches to workers disagree
+                raise MmfuseError(f"streaming: rows {missing[:5]} of this batch were not read ahead; the DataLoader "
+                                  "did not give batches to its workers in turn (report this as a bug)")
+            return [self._pending.pop(p) for p in positions.tolist()]
+        out: list = [None] * len(positions)
+        units = self._unit[positions]
+        for u in dict.fromkeys(units.tolist()):
+            if u not in self._recent:
+                self._recent[u] = self.stream.read_unit(u, self._cols)
+                while len(self._recent) > 2:
+                    self._recent.popitem(last=False)
+            at = np.flatnonzero(units == u)
+            local = self.row_ids[positions[at]] - self.stream.start_of[u]
+            for j, row in zip(at.tolist(), self._recent[u].take(local).to_pylist()):
+                out[j] = row
         return out
-
-    def _read_in_order(self, p: int) -> dict:
-        u = int(self._unit[p])
-        if u not in self._recent:
-            self._recent[u] = self.stream.read_unit(u, self._cols)
-            while len(self._recent) > 2:
-                self._recent.popitem(last=False)
-        return self._recent[u].slice(int(self.row_ids[p] - self.stream.start_of[u]), 1).to_pylist()[0]
 
     def __getitems__(self, indices) -> dict:
         from .data import MultimodalDataset, SeededBatch
@@ -527,17 +576,17 @@ class StreamingDataset(Dataset):
         if getattr(indices, "fresh", False):
             self._pending.clear()  # rows an interrupted pass left behind
         positions = np.asarray(indices, dtype=np.int64)
-        rows = self._rows(positions, getattr(indices, "load", {}))
-        df = pd.DataFrame.from_records(rows, columns=self._cols, index=self.row_ids[positions]) if self._cols else \
-            pd.DataFrame(index=self.row_ids[positions])
-        local = SeededBatch(range(len(df)))
-        local.seed = getattr(indices, "seed", None)
-        try:
+        try:  # a bad cell (policy 'raise') or a file that cannot be read: one line, re-raised by the loader
+            rows = self._rows(positions, getattr(indices, "load", None))
+            df = pd.DataFrame.from_records(rows, columns=self._cols, index=self.row_ids[positions]) if self._cols \
+                else pd.DataFrame(index=self.row_ids[positions])
             ds = MultimodalDataset(Table(df, self.stream.root, self.stream.source), self.preprocessors, None,
                                    on_bad_input=self.policy, allow_outside_root=self.allow_outside_root,
                                    train=self.train)
+            local = SeededBatch(range(len(ds)))  # the rows the up-front reads kept (under 'skip')
+            local.seed = getattr(indices, "seed", None)
             batch = ds.__getitems__(local) if local.seed is not None else ds.__getitems__(list(local))
-        except InputError as e:  # policy 'raise': the loader re-raises it in the main process
+        except MmfuseError as e:
             if get_worker_info() is None:
                 raise
             return {"error": e}
@@ -564,19 +613,25 @@ def make_stream_datasets(splits: StreamSplits, preps: dict, task, tcfg, on_bad_i
 
     def dataset(split, train=False):
         y = task.transform(pd.DataFrame({task.column: splits.targets[split]})) if len(splits.targets[split]) else None
+        splits.targets[split] = np.zeros(len(splits.targets[split]), np.int8)  # the cells are no longer needed
         return StreamingDataset(splits, split, preps, task, y, on_bad_input=on_bad_input,
                                 allow_outside_root=allow_outside_root, train=train)
+
+    import gc
 
     from .training.trainer import check_launch, world_size
 
     check_launch(tcfg)
+    gc.collect()  # the samples' rows are gone before the workers fork (their pages would be copied into each),
+    gc.freeze()  # and the collector leaves the objects there are now alone: its passes would copy their pages too
     tr, va = dataset("train", train=True), dataset("val")
     te = dataset("test") if len(splits.targets["test"]) else None
     sampler = tr.sampler(tcfg.batch_size, True, tcfg.seed, tcfg.shuffle_buffer, tcfg.num_workers)
     train_loader = MultimodalLoader(tr, sampler, tcfg.num_workers)
-    # validation in row order: each worker reads the row groups of its batches as it meets them
+    # validation in row order: each worker reads the row groups of its batches as it meets them; its workers end
+    # with each validation (kept, they would hold their memory through training beside the training workers)
     val_loader = MultimodalLoader(va, EpochBatchSampler(len(va), max(tcfg.batch_size, 256), False),
-                                  tcfg.num_workers, persistent_workers=tcfg.num_workers > 0)
+                                  tcfg.num_workers, persistent_workers=False)
     world = world_size(tcfg)
     shard = tr.sampler(tcfg.batch_size, True, tcfg.seed, tcfg.shuffle_buffer, tcfg.num_workers)
     shard.set_shard(0, world)

@@ -70,6 +70,24 @@ def _quick(name, tmp_path, *extra):
     return result, md
 
 
+@pytest.mark.slow
+def test_quick_streaming_trains_streamed_and_in_memory_and_measures_memory(tmp_path):
+    """The protocol needs no data set (it generates its table)."""
+    main(["bench", "streaming", "--quick", "--out", str(tmp_path / "work"), "--results", str(tmp_path / "results"),
+          "--set", "image_size=32"])
+    r = json.loads((tmp_path / "results" / "streaming_quick.json").read_text())
+    md = (tmp_path / "results" / "streaming_quick.md").read_text()
+    runs = r["runs"]
+    assert set(runs) == {"stream_full", "subset_memory", "subset_stream"}
+    assert runs["subset_memory"]["rows"] == runs["subset_stream"]["rows"] or \
+        sum(runs["subset_memory"]["rows"].values()) == sum(runs["subset_stream"]["rows"].values())
+    for v in runs.values():
+        assert v["peak_pss_sum_mib"] > 100 and v["peak_rss_sum_mib"] >= v["peak_pss_sum_mib"] * 0.9
+        assert all(x > 0 for x in v["rows_per_second"])
+    assert sum(runs["stream_full"]["rows"].values()) == r["table"]["rows"]
+    assert "| stream_full |" in md and "--stream" in runs["stream_full"]["command"]
+
+
 @pytest.mark.realdata
 def test_quick_scaling_trains_on_one_and_two_processes(tmp_path):
     r, md = _quick("scaling", tmp_path, "--set", "configs=1x1,2x1")

@@ -16,7 +16,8 @@ def test_checkpoint_saves_and_restores_the_cuda_generators(tmp_path, monkeypatch
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: restored.append(list(new)))
-    lit = SimpleNamespace(history=[{"epoch": 0}], extra_checkpoint_state={})  # the hooks touch only these
+    lit = SimpleNamespace(history=[{"epoch": 0}], extra_checkpoint_state={}, current_epoch=0, _batches_done=0,
+                          train_loader=[], _loss_sums=lambda: {"train_sum": 0.0, "train_n": 0})  # what the hooks touch
     ckpt = {}
     LitMultimodal.on_save_checkpoint(lit, ckpt)
     save_checkpoint_file(ckpt, tmp_path / "last.ckpt")
@@ -34,7 +35,8 @@ def test_checkpoint_saves_and_restores_the_cuda_generators(tmp_path, monkeypatch
 def test_no_cuda_generators_are_saved_or_restored_without_cuda(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: (_ for _ in ()).throw(AssertionError("called")))
-    lit = SimpleNamespace(history=[], extra_checkpoint_state={})
+    lit = SimpleNamespace(history=[], extra_checkpoint_state={}, current_epoch=0, _batches_done=0, train_loader=[],
+                          _loss_sums=lambda: {"train_sum": 0.0, "train_n": 0})
     ckpt = {}
     LitMultimodal.on_save_checkpoint(lit, ckpt)
     assert ckpt["mmfuse"]["cuda_rng"] == []

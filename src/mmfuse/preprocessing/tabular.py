@@ -55,18 +55,19 @@ class NumericPreprocessor(Preprocessor):
         self.robust = robust
 
     def fit(self, df: pd.DataFrame, ctx: ReadContext):
-        state = self.fit_stream_start()
+        state = self.fit_stream_start(sample=None)  # every value: exact medians and quartiles
         self.fit_stream_update(state, df)
         return self.fit_stream_finish(state, ctx)
 
     # a streamed fit (tables larger than memory, :mod:`mmfuse.streaming`): exact means and standard
-    # deviations (Chan's parallel update), medians and quartiles of a uniform sample of each column's values
+    # deviations (Chan's parallel update), medians and quartiles of a uniform sample of 100,000 of each
+    # column's values (``fit`` on a table in memory keeps every value: exact)
     _QUANTILE_SAMPLE = 100_000
 
-    def fit_stream_start(self) -> dict:
+    def fit_stream_start(self, sample: int | None = _QUANTILE_SAMPLE) -> dict:
         return {"n": np.zeros(len(self.columns)), "mean": np.zeros(len(self.columns)),
                 "m2": np.zeros(len(self.columns)), "keep": [np.zeros(0) for _ in self.columns],
-                "keys": [np.zeros(0) for _ in self.columns], "rng": np.random.default_rng(0)}
+                "keys": [np.zeros(0) for _ in self.columns], "rng": np.random.default_rng(0), "sample": sample}
 
     def fit_stream_update(self, state: dict, df: pd.DataFrame) -> None:
         for j, c in enumerate(self.columns):
@@ -80,10 +81,14 @@ class NumericPreprocessor(Preprocessor):
             state["mean"][j] = m + delta * nb / (n + nb)
             state["m2"][j] += float(((x - mb) ** 2).sum()) + delta ** 2 * n * nb / (n + nb)
             state["n"][j] = n + nb
-            keys = np.concatenate([state["keys"][j], state["rng"].random(nb)])  # the values of the smallest keys
-            vals = np.concatenate([state["keep"][j], x])  # are a uniform sample of all values seen
-            if len(keys) > self._QUANTILE_SAMPLE:
-                top = np.argpartition(keys, self._QUANTILE_SAMPLE)[:self._QUANTILE_SAMPLE]
+            k, new = state["sample"], state["rng"].random(nb)  # the values of the k smallest keys are a uniform
+            if k is not None and len(state["keys"][j]) >= k:  # sample of all values seen; a new value whose key
+                under = new < state["keys"][j].max()  # is above the k-th cannot enter
+                new, x = new[under], x[under]
+            keys = np.concatenate([state["keys"][j], new])
+            vals = np.concatenate([state["keep"][j], x])
+            if k is not None and len(keys) > k:
+                top = np.argpartition(keys, k)[:k]
                 keys, vals = keys[top], vals[top]
             state["keys"][j], state["keep"][j] = keys, vals
 

@@ -39,6 +39,8 @@ class LitMultimodal(L.LightningModule):
         super().__init__()
         self.model, self.task, self.tcfg, self.mcfg = model, task, tcfg, mcfg
         self.train_loader, self.val_loader = train_loader, val_loader
+        if hasattr(train_loader, "yield_empty"):  # a batch whose rows were all skipped still counts as a batch done
+            train_loader.yield_empty = True
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.history: list[dict] = []
         self.extra_checkpoint_state: dict = {}  # added to every checkpoint as is (the run's fingerprint)
@@ -93,28 +95,41 @@ class LitMultimodal(L.LightningModule):
         return parts
 
     def on_train_start(self):
-        # a checkpoint saved mid-epoch (``checkpoint_every``): Lightning continues that epoch without calling
-        # ``on_train_epoch_start``; the loader starts after the batches done, and the epoch's loss goes on from its sum
+        # a checkpoint saved mid-epoch (``checkpoint_every``): Lightning (2.6) continues that epoch without calling
+        # ``on_train_epoch_start``; the loader starts after the batches done (its iterator, made before this hook,
+        # is a generator that reads the sampler only when the first batch is asked for), and the epoch's loss
+        # goes on from its sum (the sum of every process's rows, kept by the first)
         pos, self._resume_position = self._resume_position, None
-        if pos and pos["epoch"] == self.current_epoch and 0 < pos["batches"] < len(self.train_loader):
+        if pos and pos["epoch"] == self.current_epoch and 0 < pos["batches"] <= len(self.train_loader):
             self.train_loader.set_epoch(self.current_epoch)
-            self.train_loader.skip(pos["batches"])
+            if pos["batches"] < len(self.train_loader):  # (all done: killed during validation; nothing to skip)
+                self.train_loader.skip(pos["batches"])
             self._batches_done = pos["batches"]
-            self._train_sum, self._train_n = torch.tensor(pos["train_sum"], dtype=torch.float32), pos["train_n"]
-            self._epoch_t0 = None  # the epoch's wall time is not known
+            first = self.trainer is None or self.trainer.global_rank == 0
+            self._train_sum = torch.tensor(pos["train_sum"] if first else 0.0, dtype=torch.float32)
+            self._train_n = pos["train_n"] if first else 0
+            self._epoch_t0, self._continued = None, True  # the epoch's wall time is not known
 
     def on_train_epoch_start(self):
+        if getattr(self, "_continued", False):  # a Lightning that calls this hook on a mid-epoch restart too
+            self._continued = False
+            return
         self._train_sum, self._train_n, self._batches_done = 0.0, 0, 0
         self._epoch_t0 = time.perf_counter()
         self.train_loader.set_epoch(self.current_epoch)
 
+    def on_train_epoch_end(self):
+        self._continued = False
+
     def training_step(self, batch, batch_idx):
+        self._batches_done += 1  # counted first, before the callbacks' batch-end hooks save a checkpoint
+        if len(batch["row"]) == 0:  # every row of this batch was skipped as bad input: no step, but it counts
+            return None  # as done, so that a resume starts after it
         out = self.model(batch["inputs"], batch["mask"])
         loss = self.loss(out, batch.get("target"))
         n = len(batch["row"])
         self._train_sum = self._train_sum + loss.detach() * n  # stays on the device: no sync per step
         self._train_n += n
-        self._batches_done += 1  # counted here, before the callbacks' batch-end hooks save a checkpoint
         if self.tcfg.progress or self.tcfg.log:  # Lightning's per-step logging costs even with nothing to show it
             self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         return loss
@@ -204,8 +219,18 @@ class LitMultimodal(L.LightningModule):
             "python_rng": _python_state(),
             # where training is in its epoch: a checkpoint saved mid-epoch resumes after the batches done
             "position": {"epoch": int(self.current_epoch), "batches": int(self._batches_done),
-                         "train_sum": float(self._train_sum), "train_n": int(self._train_n)},
+                         **self._loss_sums()},
         }
+
+    def _loss_sums(self) -> dict:
+        """The epoch's training loss sum and row count so far, over every process (each process saves a checkpoint
+        together; the first one's file is kept)."""
+        total, n = float(self._train_sum), int(self._train_n)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            both = self.trainer.strategy.reduce(torch.tensor([total, float(n)], dtype=torch.float64,
+                                                             device=self.device), reduce_op="sum")
+            total, n = float(both[0]), int(both[1])
+        return {"train_sum": total, "train_n": n}
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("mmfuse", {})
