@@ -622,8 +622,7 @@ def make_stream_datasets(splits: StreamSplits, preps: dict, task, tcfg, on_bad_i
     from .training.trainer import check_launch, world_size
 
     check_launch(tcfg)
-    gc.collect()  # the samples' rows are gone before the workers fork (their pages would be copied into each),
-    gc.freeze()  # and the collector leaves the objects there are now alone: its passes would copy their pages too
+    gc.collect()  # the samples' rows are gone before the workers fork (their pages would be copied into each)
     tr, va = dataset("train", train=True), dataset("val")
     te = dataset("test") if len(splits.targets["test"]) else None
     sampler = tr.sampler(tcfg.batch_size, True, tcfg.seed, tcfg.shuffle_buffer, tcfg.num_workers)
