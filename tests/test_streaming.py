@@ -419,3 +419,24 @@ def test_two_processes_stream_disjoint_rows_in_step(table, tmp_path):
     assert "16 training rows an epoch left out" in p.stdout
     assert (tmp_path / "run" / "metrics.json").exists()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["world_size"] == 2
+
+
+def test_the_split_hash_column_is_not_an_input_and_unseen_categories_are_counted_once(tmp_path):
+    """Ids shared by rows (a product id): the column decides the splits and is not read as a category, whose
+    every validation value would be unseen. An unseen category is counted once per row, however many passes
+    read the validation rows (each epoch and the scoring)."""
+    d = tmp_path / "t"
+    write_synthetic_parquet(d, 300, image_size=16, row_group_size=50)
+    f = next(d.glob("*.parquet"))
+    df = pd.read_parquet(f)
+    df["product"] = np.arange(300) // 3
+    codes = hash_split(df["product"].to_numpy(), 0.1, 0.1, seed=0)
+    val = np.flatnonzero(codes == 1)
+    df.loc[val[:4], "shop"] = "brand-new shop"
+    df.to_parquet(f, row_group_size=50)
+    m = MultimodalPredictor("label", **fit_kw(split_hash="product", epochs=2)).fit(d)
+    assert "product" not in {c for p in m.predictor_.preprocessors.values() for c in p.columns}
+    assert m.metrics_["rows"]["val"] == len(val)
+    assert "val: unseen categories mapped to 'unknown' ('shop': 4)" in m.metrics_["bad_input"]
+    with pytest.raises(MmfuseError, match="--split-hash shop"):
+        MultimodalPredictor("label", columns={"shop": "group"}, **fit_kw(split_hash="product")).fit(d)

@@ -108,7 +108,8 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
         if old == new:
             continue
         if key == "data" or key.startswith("data."):  # {"data": hash} or {"data": {split: hash}}
-            out.append(f"on other data ({key[5:] + ' ' if key != 'data' else ''}fingerprint {old} != {new})")
+            data = lambda v: "none" if v is _UNSET or v == {} else v  # noqa: E731 (a streamed table has no frames)
+            out.append(f"on other data ({key[5:] + ' ' if key != 'data' else ''}fingerprint {data(old)} != {data(new)})")
         else:
             out.append(f"with {key} {show(old)}, now {show(new)}")
     return out

@@ -300,7 +300,8 @@ class MultimodalPredictor:
         policy = BadInputPolicy.parse(self.on_bad_input).value
         fingerprint = P.fit_fingerprint(splits, preps, task, mcfg, tcfg, on_bad_input=policy,
                                         **({"init_from": str(Path(self.init_from).resolve())}
-                                           if base or aligned else {}))
+                                           if base or aligned else {}),
+                                        **({"split_hash": self.split_hash} if self.stream else {}))
         t_train = time.perf_counter()
         try:
             result = P.train(model, task, data, mcfg, tcfg, run_dir, self.resume, fingerprint, callbacks)
@@ -366,8 +367,22 @@ class MultimodalPredictor:
         if tcfg.group_by_length:
             raise MmfuseError("group_by_length sorts every text up front; a streamed table cannot: leave it unset")
         stream = read_table(train, root=self.root, stream=True)
-        schema, inputs = P.select_inputs(stream.sample_table(tcfg.sample_rows, tcfg.seed), self.target, self.columns,
+        columns = dict(self.columns or {})
+        if self.split_hash is not None and self.split_hash not in stream.columns:
+            from ._registry import unknown_name_message
+
+            raise MmfuseError(unknown_name_message("split_hash column", self.split_hash, stream.columns))
+        if self.split_hash is not None:  # the id column decides the splits; it is not an input (a shared id would
+            columns.setdefault(self.split_hash, "group")  # be a category unseen in every validation row)
+        schema, inputs = P.select_inputs(stream.sample_table(tcfg.sample_rows, tcfg.seed), self.target, columns,
                                          self.groups, self.schema_file, self.inputs)
+        from .schema import Role
+
+        other = [c for c in schema.columns_with(Role.GROUP) if c != self.split_hash]
+        if other:
+            raise MmfuseError(f"a streamed table is split by a split column or split_hash, not by a group column "
+                              f"({other[0]!r}); for rows that share a value of {other[0]!r} to share a split, pass "
+                              f"--split-hash {other[0]} (split_hash={other[0]!r}) instead of --group-column")
         splits = stream_splits(stream, schema, self.target, self.task, self.split_hash, tcfg.val_fraction,
                                tcfg.test_fraction, tcfg.seed)
         task = P.fit_target(pd.DataFrame({self.target: splits.targets["train"]}), self.target, splits.task, tcfg)

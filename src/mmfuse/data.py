@@ -471,6 +471,8 @@ class MultimodalLoader:
         self.batch_sampler.skip(batches)
 
     def __iter__(self):
+        if getattr(self.dataset, "counts_per_pass", False):  # a streamed split, read again on each pass
+            self.dataset.report.unknown_categories.clear()
         use_workers = self._workers is not None and not self.dataset.fully_cached()
         for batch in (self._workers if use_workers else self._main):
             if "error" in batch:

@@ -65,9 +65,19 @@ class ParquetStream:
         path = Path(path)
         if not path.exists():
             raise SchemaError(f"table {path} does not exist; check the path")
+        self.skipped_files: list = []
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".parquet", ".pq")
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(p for p in path.rglob("*") if p.is_file()
+                           and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
+            files = [p for p in found if p.suffix.lower() in (".parquet", ".pq")]
+            self.skipped_files = [str(p.relative_to(path)) for p in found if p not in files and p.suffix.lower()
+                                  not in (".crc", ".json", ".md", ".txt")]
+            if self.skipped_files and files:
+                import warnings
+
+                warnings.warn(f"folder {path}: {len(self.skipped_files)} file(s) that are not Parquet are not read: "
+                              f"{', '.join(self.skipped_files[:5])}{' ...' if len(self.skipped_files) > 5 else ''}",
+                              stacklevel=2)
             if not files:
                 raise SchemaError(f"folder {path} holds no .parquet files; streaming reads a Parquet file or a "
                                   "folder of them (convert a CSV with pandas: pd.read_csv(f).to_parquet(...))")
@@ -191,7 +201,8 @@ class ParquetStream:
 
     def describe(self) -> str:
         return (f"{self.source}: {self.n_rows:,} rows in {self.n_units} row groups of {len(self.files)} "
-                f"file{'s' if len(self.files) != 1 else ''}")
+                f"file{'s' if len(self.files) != 1 else ''}"
+                + (f" ({len(self.skipped_files)} other files not read)" if self.skipped_files else ""))
 
 
 def hash_split(values, val_fraction: float, test_fraction: float, seed: int = 0) -> np.ndarray:
@@ -306,6 +317,12 @@ def stream_splits(stream: ParquetStream, schema, target: str, task: str | None =
         from ._registry import unknown_name_message
 
         raise SchemaError(unknown_name_message("split_hash column", split_hash, stream.columns))
+    if split_hash is None and not split_cols and "split" in stream.columns:
+        values = sorted({str(v) for u in range(min(stream.n_units, 50))
+                         for v in stream.unit_frame(u, ["split"])["split"].unique()})
+        raise MmfuseError(f"the column 'split' of {stream.source} holds values other than train / val / test "
+                          f"({', '.join(repr(v) for v in values[:8])}); write train, val or test in every row, or "
+                          "split by an id column's hash (--split-hash ID_COLUMN)")
     if split_hash is None and not split_cols:
         raise MmfuseError(f"a streamed table is split without reading it whole: give it a split column (values "
                           f"train / val / test), or name an id column whose hash decides each row's split "
@@ -346,6 +363,9 @@ def stream_splits(stream: ParquetStream, schema, target: str, task: str | None =
             targets[s].append(y[code == c])
     targets = {s: np.concatenate(v) if v else np.zeros(0, object) for s, v in targets.items()}
     counts = {s: len(v) for s, v in targets.items()}
+    if n_blank == stream.n_rows:
+        raise MmfuseError(f"every cell of the target column {target!r} of {stream.source} is blank: there is "
+                          "nothing to learn from; check the column name (--target)")
     if counts["train"] == 0 or counts["val"] == 0:
         raise MmfuseError(f"the streamed table {stream.source} has {counts['train']} training and {counts['val']} "
                           f"validation rows by {'the hash of ' + repr(by) if split_hash else 'its split column ' + repr(by)}; "
@@ -530,6 +550,8 @@ class StreamingDataset(Dataset):
     def y(self):
         return self._y
 
+    counts_per_pass = True  # rows are read again on each pass: unseen categories are counted over the last one
+
     def absent_inputs(self) -> list[str]:
         return [n for n, p in self.preprocessors.items() if not any(c in self.stream.columns for c in p.columns)]
 
@@ -634,6 +656,7 @@ def make_stream_datasets(splits: StreamSplits, preps: dict, task, tcfg, on_bad_i
     world = world_size(tcfg)
     shard = tr.sampler(tcfg.batch_size, True, tcfg.seed, tcfg.shuffle_buffer, tcfg.num_workers)
     shard.set_shard(0, world)
-    info = {"source": splits.stream.describe(), "shuffle_buffer": tcfg.shuffle_buffer, "sample_rows": tcfg.sample_rows,
+    sampled = min(splits.stream.sample_size(tcfg.sample_rows), len(tr))
+    info = {"source": splits.stream.describe(), "shuffle_buffer": tcfg.shuffle_buffer, "sample_rows": sampled,
             "left_out_per_epoch": len(tr) - len(shard) * tcfg.batch_size * world if world > 1 else 0}
     return FitData(tr, va, te, train_loader, val_loader, {}, info)
