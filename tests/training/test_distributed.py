@@ -201,7 +201,12 @@ def test_two_processes_build_one_embedding_cache_that_one_process_then_reads(tmp
     assert p.returncode == 0, p.stderr[-3000:]
     reads = [json.loads((two / f"read_rank{r}.json").read_text())["read"] for r in (0, 1)]
     assert not set(reads[0]) & set(reads[1])  # no row embedded twice
-    assert sorted(reads[0] + reads[1]) == list(range(120))  # every row once, by one of the two
+    # every row once, by one of the two; a row whose text another split's row also holds may instead be copied
+    # from that split's cache entry, if it was built first (timing): such rows are read at most once
+    words = pd.read_csv(tmp_path / "words.csv")
+    shared_text = set(words.index[words["note"].duplicated(keep=False)])
+    assert set(range(120)) - set(reads[0] + reads[1]) <= shared_text
+    assert set(reads[0] + reads[1]) <= set(range(120))
     assert abs(len(reads[0]) - len(reads[1])) <= 3  # an even share (one split's odd row each, at most)
     for d, cache in ((later, shared), (ref, alone)):  # one process: on the shared cache, and on its own
         p = subprocess.run([sys.executable, str(script), str(d), str(cache), str(model), "1"], env=env,

@@ -189,7 +189,7 @@ def markdown(result: dict) -> str:
                      f"{r['val_accuracy']:.3f} |")
     lines += ["", "Peak memory of the `mmfuse fit` process and its workers, sampled every second: RSS summed (a page "
                   "shared by k processes, such as torch's libraries, counts k times), PSS summed (it counts 1/k in each) "
-                  "and the largest single process. The task is easy (a CNN finds the class square): the table is for "
+                  "and the largest single process. The classes are easy to tell apart (a CNN finds the square): the table is for "
                   "memory and speed, not accuracy. The in-memory path caches decoded images after its first "
                   "epoch; a streamed run decodes every epoch.", "", "Commands:", ""]
     lines += [f"- {name}: `{r['command']}`" for name, r in result["runs"].items()]
