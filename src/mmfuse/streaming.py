@@ -177,18 +177,19 @@ class ParquetStream:
             per_row = max(1.0, g.total_byte_size / max(1, g.num_rows))
         return int(min(n, max(500, self._SAMPLE_BYTES // per_row)))
 
-    def sample(self, n: int, seed: int = 0, units=None) -> pd.DataFrame:
+    def sample(self, n: int, seed: int = 0, units=None, rows_of=None, salt: int = 7) -> pd.DataFrame:
         """About ``n`` rows (all, when there are fewer; fewer when rows are large: :meth:`sample_size`), drawn from
-        row groups taken in a seeded random order (``units``: only from these), every column; indexed by row id,
-        in row order."""
+        row groups taken in a seeded random order (``units``: only from these; ``rows_of(u)``: only these rows of
+        row group ``u``), every column; indexed by row id, in row order. ``salt`` keeps samples of different
+        purposes apart."""
         n = self.sample_size(n)
-        rng = np.random.default_rng([seed, 7])
+        rng = np.random.default_rng([seed, salt])
         units = np.arange(self.n_units) if units is None else np.asarray(units)
         parts, got = [], 0
         for u in rng.permutation(units):
             if got >= n:
                 break
-            parts.append(self.unit_frame(int(u), self.columns))
+            parts.append(self.unit_frame(int(u), self.columns, None if rows_of is None else rows_of(int(u))))
             got += len(parts[-1])
         df = pd.concat(parts)
         if len(df) > n:
@@ -265,25 +266,12 @@ class StreamSplits:
                 yield self.stream.unit_frame(u, columns, rows)
 
     def sample(self, split: str, n: int, seed: int = 0) -> pd.DataFrame:
-        """About ``n`` rows of ``split`` from random row groups, every column (fewer when rows are large:
-        :meth:`ParquetStream.sample_size`)."""
-        n = self.stream.sample_size(n)
+        """About ``n`` rows of ``split`` from random row groups, every column (:meth:`ParquetStream.sample`)."""
         c = _SPLIT_CODE[split]
         units = [u for u, k in enumerate(self.codes) if (k == c).any()]
         if not units:
             raise MmfuseError(f"the streamed table {self.stream.source} has no {split} rows to sample")
-        rng = np.random.default_rng([seed, 11])
-        parts, got = [], 0
-        for u in rng.permutation(units):
-            if got >= n:
-                break
-            rows = np.flatnonzero(self.codes[u] == c)
-            parts.append(self.stream.unit_frame(int(u), self.stream.columns, rows))
-            got += len(rows)
-        df = pd.concat(parts)
-        if len(df) > n:
-            df = df.iloc[np.sort(rng.choice(len(df), n, replace=False))]
-        return df.sort_index()
+        return self.stream.sample(n, seed, units, lambda u: np.flatnonzero(self.codes[u] == c), salt=11)
 
     def fingerprint(self) -> dict:
         """What a resume must find unchanged: the files (path, size, modification time) and each row's split."""
