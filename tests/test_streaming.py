@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -118,6 +119,27 @@ def test_splits_from_the_split_column_and_blank_targets_left_out(tmp_path):
         stream_splits(read_table(d, stream=True), schema, "y")
 
 
+def test_a_hash_of_few_ids_that_misses_the_fractions_is_warned_of(tmp_path):
+    from mmfuse.schema import infer_schema
+
+    d = tmp_path / "t"
+    d.mkdir()
+    ids = np.arange(400) % 40  # 40 ids: near the fractions asked; 4 ids: far from them
+    pd.DataFrame({"id": ids, "few": ids % 4, "x": np.arange(400.0), "y": ["a", "b"] * 200}).to_parquet(d / "p.parquet")
+    s = read_table(d, stream=True)
+    schema = infer_schema(s.sample_table(1000), target="y")
+    codes = {n: hash_split(np.unique(ids % k), 0.2, 0.2, seed=0) for n, k in (("id", 40), ("few", 4))}
+    far = {n: [abs((c == v).mean() - 0.2) > 0.1 for v in (1, 2)] for n, c in codes.items()}
+    assert far == {"id": [False, False], "few": [True, True]}  # (the data of this test)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stream_splits(s, schema, "y", split_hash="id", val_fraction=0.2, test_fraction=0.2)
+        assert not [w for w in caught if "the hash of" in str(w.message)]
+        stream_splits(s, schema, "y", split_hash="few", val_fraction=0.2, test_fraction=0.2)
+    said = [str(w.message) for w in caught if "the hash of" in str(w.message)]
+    assert len(said) == 2 and "the hash of 'few' put" in said[0] and "the ids are few" in said[0]
+
+
 def test_a_stream_without_split_column_or_split_hash_is_refused(tmp_path):
     pd.DataFrame({"x": [1.0, 2.5, 3.0, 4.5] * 10, "y": ["a", "b"] * 20}).to_parquet(tmp_path / "p.parquet")
     with pytest.raises(MmfuseError, match="--split-hash ID_COLUMN"):
@@ -189,10 +211,34 @@ def test_sampler_shards_give_each_process_disjoint_rows_and_the_same_number_of_b
         s = StreamSampler(g, 16, shuffle=True, seed=0, buffer=40)
         s.set_shard(r, 2)
         shards.append([list(x) for x in s])
-    # process 0 has 32+32+32+3+32 = 131 rows, process 1 has 129: both take 129 // 16 = 8 batches
-    assert [s.rows_of_rank(r) for r in range(2)] == [131, 129] and len(shards[0]) == len(shards[1]) == 8
+    # 260 rows: 260 // (2 * 16) = 8 full batches a process, the 4 rows over left out of this epoch
+    assert len(shards[0]) == len(shards[1]) == 8 and all(len(b) == 16 for b in shards[0] + shards[1])
     a, b = set(sum(shards[0], [])), set(sum(shards[1], []))
     assert not a & b and len(a | b) == 16 * 8 * 2
+
+
+@pytest.mark.parametrize("world,workers", [(1, 1), (1, 3), (2, 2), (3, 1)])
+def test_each_row_group_is_read_by_one_worker_of_one_process_but_at_the_cuts(world, workers):
+    """Over an epoch, the row groups each (process, worker) loads: every row group once, and no more than
+    one extra reader at each cut between pieces (world * workers - 1 cuts). Reading every other row of every
+    row group in each process and worker (as a sampler that deals rows in turn would) reads each group
+    world * workers times."""
+    g = groups([37] * 30 + [5, 90, 12])
+    loads, rows = 0, []
+    for r in range(world):
+        s = StreamSampler(g, 16, shuffle=True, seed=4, buffer=60, workers=workers)
+        s.set_shard(r, world)
+        readers = {}
+        for k, b in enumerate(s):
+            for u in b.load:
+                readers.setdefault((k % workers, u), 0)
+                readers[(k % workers, u)] += 1
+            rows += list(b)
+        assert max(readers.values()) == 1  # a worker reads a row group once a pass
+        loads += len(readers)
+    n = sum(g[1])
+    assert len(rows) == len(set(rows)) and len(rows) == (n if world == 1 else n // (16 * world) * 16 * world)
+    assert 33 <= loads <= 33 + world * workers - 1
 
 
 def test_sampler_tells_each_worker_every_row_it_will_need_once():
@@ -217,7 +263,8 @@ def test_sampler_tells_each_worker_every_row_it_will_need_once():
 
 def test_a_worker_holds_about_the_buffer_and_a_row_group_whatever_the_table():
     """The rows read ahead and not yet batched, at the worst moment of a pass over 200 row groups of 500 rows
-    with a buffer of 2,000 rows, 2 workers: no more than the buffer's share and a batch."""
+    with a buffer of 2,000 rows, 2 workers: no more than the worker's share of the buffer, the rest of the row
+    group read last (the rows of a row group are read together) and a batch."""
     g = groups([500] * 200)
     s = StreamSampler(g, 64, shuffle=True, seed=0, buffer=2000, workers=2)
     held, worst = [0, 0], 0
@@ -226,7 +273,7 @@ def test_a_worker_holds_about_the_buffer_and_a_row_group_whatever_the_table():
         held[w] += sum(len(p) for p in b.load.values())
         worst = max(worst, held[w])
         held[w] -= len(b)
-    assert worst <= 2000 // 2 + 64  # (a buffer that swaps each new row for a waiting one: 1,299 here)
+    assert worst <= 2000 // 2 + 500 + 64
 
 
 # --- training -------------------------------------------------------------------------------
@@ -315,7 +362,12 @@ m = MultimodalPredictor("label", stream=os.environ["STREAM"] == "1", epochs=2, b
                         contribution=False, preprocessing={"image": {"size": 16}}, sample_rows=200,
                         shuffle_buffer=100, checkpoint_every=7, num_workers=int(os.environ.get("WORKERS", "0")),
                         out=out, resume=resume, seed=5)
-m.fit(data, callbacks=[Record()])
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    m.fit(data, callbacks=[Record()])
+print(json.dumps([str(w.message) for w in caught if "resum" in str(w.message)]))
+print(json.dumps(m.metrics_["resumed_after_steps"]))
 print(json.dumps(m.metrics_["history"]))
 """
 
@@ -356,6 +408,8 @@ def test_a_run_killed_mid_epoch_resumes_after_the_rows_it_had_trained_on(table, 
     assert len(seen) == len(set(seen)) == n_train  # no row twice, none skipped
     assert [s["rows"] for s in b] == [s["rows"] for s in ref_steps[7:]]  # the batches of a run that never stopped
     assert json.loads(resumed.stdout.strip().splitlines()[-1]) == json.loads(ref.stdout.strip().splitlines()[-1])
+    warned, after = (json.loads(x) for x in resumed.stdout.strip().splitlines()[-3:-1])
+    assert after == 7 and warned == []  # resumed after step 7 of its epoch, without Lightning's false alarm
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -369,6 +423,8 @@ def test_the_command_line_streams_and_refuses_careless_options_in_one_line(table
     assert "streaming reads Parquet" in cli_error(capsys, "fit", csv, "--target", "b", "--stream", "-o", tmp_path / "r")
     assert "add stream=True (--stream)" in cli_error(capsys, "fit", table, "--target", "label", "--split-hash", "id",
                                                      "-o", tmp_path / "r")
+    assert "or stream the folder's Parquet files without loading them (stream=True, --stream)" in \
+        cli_error(capsys, "fit", table, "--target", "label", "-o", tmp_path / "r")
     assert "must be an integer >= 1" in cli_error(capsys, "fit", table, "--target", "label", "--stream",
                                                   "--shuffle-buffer", "0", "-o", tmp_path / "r")
     main(["fit", str(table), "--target", "label", "--stream", "--split-hash", "id", "--epochs", "1",
@@ -400,8 +456,8 @@ m.fit(data, callbacks=[Record()], echo=print if os.environ["RANK"] == "0" else N
 
 @pytest.mark.slow
 def test_two_processes_stream_disjoint_rows_in_step(table, tmp_path):
-    """torchrun, 2 CPU processes (gloo), one worker each: each process reads every other row of each row
-    group, both take the same number of steps, and only the first writes the run folder."""
+    """torchrun, 2 CPU processes (gloo), one worker each: each process reads its half of the row groups
+    (each epoch's), both take the same number of steps, and only the first writes the run folder."""
     from mmfuse.bench import free_port
 
     script = tmp_path / "ddp.py"

@@ -327,7 +327,8 @@ class MultimodalPredictor:
                    "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
                    "monitor": result["monitor"], "train_seconds": train_seconds, "history": result["history"],
                    "epoch_seconds": result.get("epoch_seconds"),
-                   "resumed_from_epoch": result["resumed_from_epoch"], "rows": splits.counts(),
+                   "resumed_from_epoch": result["resumed_from_epoch"],
+                   "resumed_after_steps": result.get("resumed_after_steps"), "rows": splits.counts(),
                    "world_size": result.get("world_size", 1), "embedded_rows": data.embedded,
                    "split_source": splits.source, "plan": plan, **scores}
         if splits.blank_target:

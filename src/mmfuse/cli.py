@@ -238,8 +238,9 @@ def fit(
     if m.rank_ != 0:  # the first process reports
         return
     if resume:
-        at = m.metrics_.get("resumed_from_epoch")
-        typer.echo(f"resumed after epoch {at + 1}" if at is not None else
+        at, steps = m.metrics_.get("resumed_from_epoch"), m.metrics_.get("resumed_after_steps")
+        typer.echo(f"resumed in epoch {at + 1}, after its first {steps} steps" if at is not None and steps else
+                   f"resumed after epoch {at + 1}" if at is not None else
                    f"note: --resume found no checkpoint in {out}; trained from the start")
     _print_metrics(m.metrics_)
     blank = m.splits_["blank_target"]

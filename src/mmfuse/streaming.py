@@ -359,6 +359,15 @@ def stream_splits(stream: ParquetStream, schema, target: str, task: str | None =
                           f"validation rows by {'the hash of ' + repr(by) if split_hash else 'its split column ' + repr(by)}; "
                           "both are needed" + ("" if not split_hash else " (raise val_fraction, or check the id column)"))
     if split_hash is not None:
+        import warnings
+
+        kept = sum(counts.values())
+        for name, want in (("val", val_fraction), ("test", test_fraction)):
+            got = counts[name] / max(1, kept)
+            if want > 0 and abs(got - want) > want / 2:
+                warnings.warn(f"the hash of {by!r} put {got:.1%} of the rows in the {name} split, for a fraction "
+                              f"of {want:.0%}: the ids are few, or a few ids hold many rows; a split column gives "
+                              "exact shares", stacklevel=2)
         labels = {"val": f"{val_fraction:.0%} of the ids of {by!r} by hash", "test":
                   f"{test_fraction:.0%} of the ids of {by!r} by hash" if counts["test"] else "none"}
     else:
@@ -409,16 +418,21 @@ class StreamSampler:
     """Batches of positions (rows of one split, in row order) whose order depends only on the seed and the epoch.
 
     The rows of each row group are contiguous positions; ``groups`` gives, per row group, its first
-    position and its row count. With ``shuffle``, the row groups are permuted and their rows pass through
-    a shuffle buffer of ``buffer`` rows; without, rows come in order. ``set_shard(rank, world)``: each
-    process takes every ``world``-th row of each row group, and every process gets the same number of
-    batches (the fewest any has; the rows over are left out of that epoch, a different few each epoch).
+    position and its row count. Each epoch the row groups are permuted (with ``shuffle``; in order
+    without) and their rows laid end to end; ``set_shard(rank, world)`` cuts that run into ``world``
+    contiguous equal shares, one a process, and each share into one contiguous piece per loader worker.
+    A row group is thus read by one worker of one process, but for those cut at a boundary (at most
+    ``world * workers - 1`` an epoch), each of whose two readers reads it for its part. With ``shuffle``,
+    each worker's rows pass through its own shuffle buffer of ``buffer // workers`` rows (a process holds
+    about ``buffer`` rows waiting). Every process gets the same number of batches: with ``world > 1``,
+    ``len(rows) // (world * batch_size)`` full batches, the rows over (at the end of the run, so a
+    different few each epoch) left out of that epoch.
 
+    Workers take batches in turn (batch k of the pass goes to worker k mod ``workers``), as torch's
+    DataLoader hands them out, so batch k is the (k // workers)-th batch of worker k mod ``workers``'s piece.
     Each batch carries ``seed`` (augmentation), ``load`` (``{row group: positions}``: the rows of each
     row group that the worker building this batch needs from now to the end of the pass, given to the
     first batch of that worker that needs the group) and ``fresh`` (the worker's first batch of the pass).
-    Workers take batches in turn (batch k of the pass goes to worker k mod ``workers``), as torch's
-    DataLoader hands them out.
     """
 
     def __init__(self, groups: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0, buffer: int = 10_000,
@@ -440,34 +454,50 @@ class StreamSampler:
     def skip(self, batches: int) -> None:
         self._skip = int(batches)
 
-    def rows_of_rank(self, rank: int) -> int:
-        return int(np.maximum(0, (self.count - rank + self.world - 1) // self.world).sum())
+    @property
+    def n_rows(self) -> int:
+        """The rows each process takes an epoch."""
+        n = int(self.count.sum())
+        return n if self.world == 1 else n // (self.world * self.batch_size) * self.batch_size
 
     def __len__(self) -> int:
-        if self.world == 1:
-            return -(-int(self.count.sum()) // self.batch_size)
-        return min(self.rows_of_rank(r) for r in range(self.world)) // self.batch_size
+        return -(-self.n_rows // self.batch_size)
 
-    def order(self, epoch: int) -> np.ndarray:
-        """This process's positions for ``epoch``, in the order they are drawn."""
-        rng = np.random.default_rng([self.seed, epoch, 3])
+    def pieces(self, epoch: int) -> list[np.ndarray]:
+        """Each worker's positions for ``epoch`` in this process, in the order that worker draws them."""
         units = np.flatnonzero(self.count > 0)
         if self.shuffle:
-            units = rng.permutation(units)
-        stream = np.concatenate([np.arange(self.first[u], self.first[u] + self.count[u])[self.rank::self.world]
-                                 for u in units] or [np.zeros(0, np.int64)])
-        if not self.shuffle:
-            return stream
-        return shuffle_buffer(stream, self.buffer, np.random.default_rng([self.seed, epoch, self.rank, 5]))
+            units = np.random.default_rng([self.seed, epoch, 3]).permutation(units)
+        run = np.concatenate([np.arange(self.first[u], self.first[u] + self.count[u]) for u in units]
+                             or [np.zeros(0, np.int64)])
+        rows, bs, w = self.n_rows, self.batch_size, self.workers
+        share = run[self.rank * rows:(self.rank + 1) * rows]
+        batches = len(self)
+        sizes = [len(range(k, batches, w)) * bs for k in range(w)]  # full batches; the last one may be short
+        if batches:
+            sizes[(batches - 1) % w] -= batches * bs - rows
+        cuts = np.cumsum([0, *sizes])
+        out = [share[cuts[k]:cuts[k + 1]] for k in range(w)]
+        if self.shuffle:
+            size = max(1, self.buffer // w)
+            out = [shuffle_buffer(p, size, np.random.default_rng([self.seed, epoch, self.rank, k, 5]))
+                   for k, p in enumerate(out)]
+        return out
+
+    def order(self, epoch: int) -> np.ndarray:
+        """This process's positions for ``epoch``, batch after batch (batch k from worker k mod ``workers``)."""
+        pieces, bs, w = self.pieces(epoch), self.batch_size, self.workers
+        batches = [pieces[k % w][k // w * bs:(k // w + 1) * bs] for k in range(len(self))]
+        return np.concatenate(batches or [np.zeros(0, np.int64)])
 
     def __iter__(self):
         epoch, bs = self.epoch, self.batch_size
         n = len(self)
-        order = self.order(epoch)[:n * bs]
+        order = self.order(epoch)
         start, self._skip = min(self._skip, n), 0
         pos = order[start * bs:]
         k = start + np.arange(len(pos)) // bs  # the batch of each position
-        worker = (k - start) % self.workers
+        worker = (k - start) % self.workers  # the loader hands the first batch it asks for to worker 0
         key = worker * len(self.count) + self.unit_of[pos]
         srt = np.argsort(key, kind="stable")  # by (worker, row group), in draw order within each
         keys, first = np.unique(key[srt], return_index=True)
@@ -618,7 +648,7 @@ def make_stream_datasets(splits: StreamSplits, preps: dict, task, tcfg, on_bad_i
                          allow_outside_root: bool = False):
     """The :class:`~mmfuse.pipeline.FitData` of a streamed table: a :class:`StreamingDataset` per split, the
     training loader shuffled through the buffer, the validation loader in row order."""
-    from .data import EpochBatchSampler, MultimodalLoader
+    from .data import MultimodalLoader
     from .pipeline import FitData
 
     def dataset(split, train=False):
@@ -637,10 +667,10 @@ def make_stream_datasets(splits: StreamSplits, preps: dict, task, tcfg, on_bad_i
     te = dataset("test") if len(splits.targets["test"]) else None
     sampler = tr.sampler(tcfg.batch_size, True, tcfg.seed, tcfg.shuffle_buffer, tcfg.num_workers)
     train_loader = MultimodalLoader(tr, sampler, tcfg.num_workers)
-    # validation in row order: each worker reads the row groups of its batches as it meets them; its workers end
-    # with each validation (kept, they would hold their memory through training beside the training workers)
-    val_loader = MultimodalLoader(va, EpochBatchSampler(len(va), max(tcfg.batch_size, 256), False),
-                                  tcfg.num_workers, persistent_workers=False)
+    # validation: every row, in row order but for each worker reading its own piece of the row groups; its
+    # workers end with each validation (kept, they would hold their memory through training beside the others)
+    val_loader = MultimodalLoader(va, va.sampler(max(tcfg.batch_size, 256), False, tcfg.seed, tcfg.shuffle_buffer,
+                                                 tcfg.num_workers), tcfg.num_workers, persistent_workers=False)
     world = world_size(tcfg)
     shard = tr.sampler(tcfg.batch_size, True, tcfg.seed, tcfg.shuffle_buffer, tcfg.num_workers)
     shard.set_shard(0, world)

@@ -61,7 +61,9 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     fingerprint = normalize(fingerprint) if fingerprint is not None else None
-    resumed_from = _check_resume(last, fingerprint, run_dir) if resume and last.exists() else None
+    resumed_from, resumed_at = _check_resume(last, fingerprint, run_dir) if resume and last.exists() else (None, None)
+    if resumed_at is not None and not 0 < resumed_at < len(train_loader):
+        resumed_at = None  # saved at the end of its epoch
     # early stopping and best-checkpoint selection (contrastive pretraining, without a task: its loss)
     monitor, mode = task.monitor_for(tcfg.monitor) if task is not None else ("val_loss", "min")
     lit = LitMultimodal(model, task, train_loader, val_loader, tcfg, mcfg, class_weights)
@@ -114,6 +116,8 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
         warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen backbones stay in eval
         warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)`.*")
         warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # resuming
+        # a mid-epoch checkpoint: the module keeps the position and its loaders skip the batches done (tested)
+        warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")
         # every process validates on every row, so epoch-level values are the same everywhere without a sync
         warnings.filterwarnings("ignore", ".*sync_dist=True.*")
         trainer.fit(lit, ckpt_path=ckpt_path)
@@ -135,7 +139,7 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
             "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
             "monitor": monitor, "epochs_run": trainer.current_epoch,
             "stopped_early": bool(early.stopped_epoch), "interrupted": trainer.interrupted,
-            "resumed_from_epoch": resumed_from,
+            "resumed_from_epoch": resumed_from, "resumed_after_steps": resumed_at,
             "epoch_seconds": [lit.epoch_seconds.get(h["epoch"]) for h in lit.history],
             "global_rank": trainer.global_rank, "world_size": trainer.world_size}
 
@@ -222,8 +226,9 @@ def resolve_strategy(tcfg: TrainConfig, accelerator: str):
 _FINGERPRINT_KEY = "mmfuse_fingerprint"
 
 
-def _check_resume(last: Path, fingerprint: dict | None, run_dir: Path) -> int:
-    """The epoch ``last`` was saved at, after checking it belongs to this run.
+def _check_resume(last: Path, fingerprint: dict | None, run_dir: Path) -> tuple[int, int | None]:
+    """The epoch ``last`` was saved in, and the training steps of that epoch done when it was (None for a
+    checkpoint without the position), after checking it belongs to this run.
 
     Raises:
         MmfuseError: when the checkpoint's fingerprint and ``fingerprint`` differ (a checkpoint
@@ -236,7 +241,7 @@ def _check_resume(last: Path, fingerprint: dict | None, run_dir: Path) -> int:
             more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
             raise MmfuseError(f"--resume: the checkpoint in {run_dir} was trained {'; '.join(diffs[:3])}{more}; "
                               "start a new --out folder or drop --resume")
-    return saved["epoch"]
+    return saved["epoch"], (saved.get("mmfuse", {}).get("position") or {}).get("batches")
 
 
 class _EpochFromOne(TQDMProgressBar):
