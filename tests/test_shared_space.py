@@ -288,3 +288,27 @@ def test_the_filler_never_reads_the_input_it_estimates():
     est2 = m(x2, masks)["filled"]
     assert torch.allclose(est["b"], est2["b"], atol=1e-6)
     assert not torch.allclose(est["a"], est2["a"], atol=1e-3)  # b does inform the others' estimates
+
+
+@pytest.mark.parametrize("space", ["features", "shared"])
+def test_an_absent_input_informs_no_estimate_and_no_output(space):
+    """Rows where a and b are both absent: c's estimate, b's estimate and the logits are the same whatever a
+    holds (an absent input is zeros for the filler, however its cells were filled), and a does inform them
+    where it is present."""
+    m = model(fill=True, space=space).eval()
+    x, masks = batch()
+    masks = {**masks, "a": torch.arange(16) >= 8, "b": torch.arange(16) < 12}  # rows 0-7: a absent; 12-15: b
+    masks["b"][:4] = False  # rows 0-3: a and b absent, only c present
+    x2 = {**x, "a": {"num": x["a"]["num"] * 3.0 + 1.0}}
+    o1, o2 = m(x, masks), m(x2, masks)
+    for key in ("b", "c"):
+        assert torch.allclose(o1["filled"][key][:8], o2["filled"][key][:8], atol=1e-6)
+    assert torch.allclose(o1["logits"][:8], o2["logits"][:8], atol=1e-6)
+    assert not torch.allclose(o1["logits"][8:], o2["logits"][8:], atol=1e-3)
+    assert not torch.allclose(o1["filled"]["b"][12:], o2["filled"]["b"][12:], atol=1e-3)
+    with torch.no_grad():  # nor whatever its encoder and projection make of nothing (marked absent, not zero)
+        for p in m.projections["a"].parameters():
+            p.add_(0.5)
+    o3 = m(x, masks)
+    assert torch.allclose(o1["filled"]["b"][:8], o3["filled"]["b"][:8], atol=1e-6)
+    assert torch.allclose(o1["logits"][:8], o3["logits"][:8], atol=1e-6)

@@ -234,7 +234,6 @@ def test_each_row_group_is_read_by_one_worker_of_one_process_but_at_the_cuts(wor
                 readers.setdefault((k % workers, u), 0)
                 readers[(k % workers, u)] += 1
             rows += list(b)
-        assert max(readers.values()) == 1  # a worker reads a row group once a pass
         loads += len(readers)
     n = sum(g[1])
     assert len(rows) == len(set(rows)) and len(rows) == (n if world == 1 else n // (16 * world) * 16 * world)
@@ -259,6 +258,25 @@ def test_sampler_tells_each_worker_every_row_it_will_need_once():
     assert all(not h for h in held.values())  # and nothing loaded is left over
     full = list(StreamSampler(g, 16, shuffle=True, seed=0, buffer=30, workers=3))
     assert [list(b) for b in batches] == [list(b) for b in full[2:]]  # skipping resumes the same order
+
+
+def test_each_piece_shuffles_by_its_own_seed_and_a_resume_keeps_the_order_whatever_the_workers():
+    one = groups([200])  # one row group: no permutation of row groups to hide the pieces' shuffles
+    s = StreamSampler(one, 10, shuffle=True, seed=0, buffer=100, workers=2)
+    p0, p1 = s.pieces(0)
+    assert sorted(p0) == list(range(100)) and not (p1 - 100 == p0).all()  # each piece, its own draw
+    assert not (s.pieces(1)[0] == p0).all()  # and each epoch
+    g = groups([100] * 7)
+    killed = StreamSampler(g, 16, shuffle=True, seed=5, buffer=100, workers=2)
+    done = [r for b in list(killed)[:7] for r in b]
+    for workers in (0, 2, 3):  # resumed with fewer, as many, more workers
+        resumed = StreamSampler(g, 16, shuffle=True, seed=5, buffer=100, workers=workers)
+        resumed.skip(7, killed.layout())
+        seen = done + [r for b in resumed for r in b]
+        assert sorted(seen) == list(range(700))
+    after = StreamSampler(g, 16, True, 5, 100, 3)
+    after.set_epoch(1)
+    assert [list(b) for b in resumed] == [list(b) for b in after]  # the next epoch: in its own workers' order
 
 
 def test_a_worker_holds_about_the_buffer_and_a_row_group_whatever_the_table():
@@ -440,41 +458,77 @@ import json, os, sys
 import lightning as L
 from mmfuse import MultimodalPredictor
 
-data, out = sys.argv[1], sys.argv[2]
+data, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]  # mode: full, kill (both die after step 9), resume
 
 class Record(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        with open(os.path.join(out, f"rows_{trainer.global_rank}.jsonl"), "a") as f:
-            f.write(json.dumps({"epoch": trainer.current_epoch, "rows": batch["row"].tolist()}) + "\\n")
+        with open(os.path.join(out, f"rows_{mode}_{trainer.global_rank}.jsonl"), "a") as f:
+            f.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch,
+                                "rows": batch["row"].tolist()}) + "\\n")
+        if mode == "kill" and trainer.global_step == 9:
+            os._exit(3)
 
 m = MultimodalPredictor("label", stream=True, epochs=2, batch_size=16, progress=False, log=None, min_steps=0,
                         contribution=False, preprocessing={"image": {"size": 16}}, sample_rows=200, shuffle_buffer=100,
-                        devices=2, accelerator="cpu", out=os.path.join(out, "run"), num_workers=1)
+                        devices=2, accelerator="cpu", out=os.path.join(out, "run"), num_workers=1,
+                        checkpoint_every=6, resume=mode == "resume")
 m.fit(data, callbacks=[Record()], echo=print if os.environ["RANK"] == "0" else None)
+if m.rank_ == 0:
+    print("RESULT", json.dumps({"history": m.history_, "after": m.metrics_["resumed_after_steps"]}))
 """
 
 
 @pytest.mark.slow
-def test_two_processes_stream_disjoint_rows_in_step(table, tmp_path):
+def test_two_processes_stream_disjoint_rows_in_step_and_resume_mid_epoch(table, tmp_path):
     """torchrun, 2 CPU processes (gloo), one worker each: each process reads its half of the row groups
-    (each epoch's), both take the same number of steps, and only the first writes the run folder."""
+    (each epoch's), both take the same number of steps, and only the first writes the run folder. Killed
+    after step 9 with checkpoints every 6 steps, the run resumes at step 7 of epoch 1 on each process: in
+    that epoch each process trains on the rows of the run that never stopped, each once, and the history
+    is that run's."""
     from mmfuse.bench import free_port
 
     script = tmp_path / "ddp.py"
     script.write_text(DDP)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1", "--master_addr",
-           "127.0.0.1", "--master_port", str(free_port()), str(script), str(table), str(tmp_path)]
-    p = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                       timeout=600, cwd=tmp_path)
+
+    def torchrun(mode):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), str(table),
+               str(tmp_path), mode]
+        return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=600, cwd=tmp_path)
+
+    def steps(mode, r):
+        return [json.loads(x) for x in (tmp_path / f"rows_{mode}_{r}.jsonl").read_text().splitlines()]
+
+    def result(p):
+        return json.loads([x for x in p.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
+
+    p = torchrun("full")
     assert p.returncode == 0, p.stderr[-3000:]
-    ranks = [[json.loads(x) for x in (tmp_path / f"rows_{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    ranks = [steps("full", r) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 2 * (360 // 16)  # 720 training rows, 360 a process, 22 steps
     for epoch in (0, 1):
-        a, b = ({r for s in steps if s["epoch"] == epoch for r in s["rows"]} for steps in ranks)
+        a, b = ({r for s in st if s["epoch"] == epoch for r in s["rows"]} for st in ranks)
         assert not a & b and len(a) == len(b) == 22 * 16  # disjoint shares; 16 rows of 720 left out this epoch
     assert "16 training rows an epoch left out" in p.stdout
-    assert (tmp_path / "run" / "metrics.json").exists()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["world_size"] == 2
+    full_history = result(p)["history"]
+    import shutil
+
+    shutil.rmtree(tmp_path / "run")
+    assert torchrun("kill").returncode != 0 and not (tmp_path / "run" / "metrics.json").exists()
+    p = torchrun("resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert result(p)["after"] == 6
+    for r in (0, 1):
+        killed, resumed, full = steps("kill", r), steps("resume", r), ranks[r]
+        assert [s["step"] for s in killed] == list(range(1, 10)) and resumed[0]["step"] == 7
+        seen = [x for s in killed if s["step"] <= 6 for x in s["rows"]] + \
+            [x for s in resumed if s["epoch"] == 0 for x in s["rows"]]
+        assert sorted(seen) == sorted(x for s in full if s["epoch"] == 0 for x in s["rows"])
+        assert len(seen) == len(set(seen)) == 22 * 16
+        assert [s["rows"] for s in resumed] == [s["rows"] for s in full[6:]]
+    assert result(p)["history"] == full_history
 
 
 def test_the_split_hash_column_is_not_an_input_and_unseen_categories_are_counted_once(tmp_path):

@@ -142,7 +142,7 @@ def search_alpha(estimator, data, *, alphas: Sequence[float] | None = None, simp
     estimator = with_group_role(estimator, leave_one_out or group_column)
     if getattr(estimator, "fill_missing", False):
         raise MmfuseError("search_alpha refits the fusion on the encoders' outputs; a model that fills in absent "
-                          "inputs fuses shared-space embeddings instead: search alpha without fill_missing")
+                          "inputs puts its filler between them and the fusion: search alpha without fill_missing")
     params = estimator.get_params()
     table = read_table(data, root=estimator.root)
     _, inputs = P.select_inputs(table, estimator.target, estimator.columns, estimator.groups, estimator.schema_file,

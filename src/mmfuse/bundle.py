@@ -313,9 +313,9 @@ class Predictor(TablePredictions):
     def fill_estimates(self) -> bool | None:
         """Whether absent inputs reach the fusion as the filler's estimates (a ``fill_missing`` model; None for
         other models). Set it to False to zero them instead, the filler's own contribution measured on the same
-        weights (the fusion was trained on estimates, so this is an ablation, not a model trained to zero; the
-        absent input reaches the fusion as a zero vector still marked as filled, not masked out). Not saved with
-        the bundle."""
+        weights (the fusion was trained on estimates, so this is an ablation, not a model trained to zero; with
+        ``fill_space: features`` the absent input is masked out as without filling in, with ``shared`` it reaches
+        the fusion as a zero vector still marked as filled). Not saved with the bundle."""
         return None if self.model.filler is None else self.model.use_estimates
 
     @fill_estimates.setter

@@ -122,8 +122,8 @@ class TrainConfig:
                                     "the batches it had not trained on yet (0: at the end of each epoch only).")
     shuffle_buffer: int = _doc(10_000, "Streamed tables (`stream`): rows held in the shuffle buffer of each process "
                                        "(split among its loader workers, each shuffling its own row groups); the "
-                                       "order of an epoch depends only on the seed and the epoch. Larger mixes "
-                                       "better and holds more rows in memory.")
+                                       "order of an epoch depends on the seed, the epoch and the number of "
+                                       "workers. Larger mixes better and holds more rows in memory.")
     sample_rows: int = _doc(10_000, "Streamed tables: rows of the sample the column roles are inferred from, and "
                                     "that preprocessors without a streamed fit (images, audio, time series) are "
                                     "fitted on (numbers, categories and texts are fitted on every training row).")

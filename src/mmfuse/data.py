@@ -388,10 +388,14 @@ class EpochBatchSampler:
         self.rank, self.world = 0, 1
         self._skip = 0
 
-    def skip(self, batches: int) -> None:
+    def skip(self, batches: int, layout: dict | None = None) -> None:
         """Leave out the first ``batches`` batches of the next pass (a run resumed mid-epoch): the batches
-        after them are those the pass would have drawn, with the same augmentation seeds."""
+        after them are those the pass would have drawn, with the same augmentation seeds. (``layout``: the
+        order depends on nothing else here.)"""
         self._skip = int(batches)
+
+    def layout(self) -> dict:
+        return {}
 
     def set_shard(self, rank: int, world: int) -> None:
         if not 0 <= rank < world:
@@ -466,9 +470,13 @@ class MultimodalLoader:
         """This process's share of every epoch (:meth:`EpochBatchSampler.set_shard`)."""
         self.batch_sampler.set_shard(rank, world)
 
-    def skip(self, batches: int) -> None:
-        """Start the next pass after its first ``batches`` batches (:meth:`EpochBatchSampler.skip`)."""
-        self.batch_sampler.skip(batches)
+    def skip(self, batches: int, layout: dict | None = None) -> None:
+        """Start the next pass after its first ``batches`` batches (:meth:`EpochBatchSampler.skip`), in the order
+        that ``layout`` (the sampler's :meth:`layout` when the position was saved) gave it."""
+        self.batch_sampler.skip(batches, layout)
+
+    def layout(self) -> dict:
+        return self.batch_sampler.layout()
 
     def __iter__(self):
         if getattr(self.dataset, "counts_per_pass", False):  # a streamed split, read again on each pass

@@ -29,8 +29,9 @@ class Filler(nn.Module):
     For input ``n`` of M, a two-layer MLP reads ``[u_m * p_m for m != n] + [p_m for m != n]`` (the other
     inputs' shared embeddings, unit-normalised and zeroed where absent, and their presence) and returns
     ``ẑ_n`` ``[B, S]`` (its direction is the estimate) and a confidence ``c_n = σ(·)`` ``[B]``, how much of the
-    estimate the fusion receives (``c_n · ẑ_n / |ẑ_n|``; learned by the task's loss alone: at 0 the input is
-    zeroed as without filling in, so the model can learn to trust an estimate only as far as it helps). It
+    estimate the fusion receives (``c_n · ẑ_n / |ẑ_n|``; learned by the task's loss alone, so the model can learn
+    to trust an estimate only as far as it helps: at 0 the fusion receives zeros for the input, still marked
+    present, which is not the mask a model without filling in sees; ``use_estimates = False`` gives that). It
     never reads ``n`` itself, so training it on rows where ``n`` is present teaches it with ``n`` hidden."""
 
     def __init__(self, names: Sequence[str], dim: int, hidden: int | None = None):

@@ -12,10 +12,12 @@ their row counts), never the rows. Training on it (``MultimodalPredictor(stream=
 3. the target is fitted on every training row's target (one column); numbers, categories and texts
    are fitted on a streamed pass over their columns (:func:`fit_preprocessors_stream`), the other
    inputs (images, audio, time series, which learn little: a size, a mean) on the sample;
-4. :class:`StreamSampler` draws each epoch's order from the seed and the epoch alone: the row groups
-   are shuffled, then their rows pass through a shuffle buffer of ``shuffle_buffer`` rows. Process
-   ``rank`` of ``world`` takes every ``world``-th row of each row group. The order is computed on row
-   numbers first, so a run resumed mid-epoch starts exactly after the batches it had trained on,
+4. :class:`StreamSampler` draws each epoch's order from the seed, the epoch and the number of loader
+   workers: the row groups are shuffled and laid end to end, process ``rank`` of ``world`` takes a
+   contiguous ``world``-th of them and each of its workers a contiguous piece of that, whose rows
+   pass through the worker's shuffle buffer. The order is computed on row numbers first, so a run
+   resumed mid-epoch starts exactly after the batches it had trained on (in the killed run's order,
+   whatever its workers now),
    and each batch tells the worker that builds it which rows to read and keep:
    :class:`StreamingDataset` reads a row group when a batch first needs it, keeps only the rows
    its own batches will use, and lets each go once it is in a batch. Memory holds about the
@@ -440,7 +442,7 @@ class StreamSampler:
         self.first, self.count = np.asarray(groups[0], np.int64), np.asarray(groups[1], np.int64)
         self.batch_size, self.shuffle, self.seed, self.buffer = batch_size, shuffle, seed, max(1, buffer)
         self.workers = max(1, workers)
-        self.epoch, self.rank, self.world, self._skip = 0, 0, 1, 0
+        self.epoch, self.rank, self.world, self._skip, self._pieces = 0, 0, 1, 0, None
         self.unit_of = np.repeat(np.arange(len(self.count)), self.count)
 
     def set_epoch(self, epoch: int) -> None:
@@ -451,8 +453,14 @@ class StreamSampler:
             raise ValueError(f"rank {rank} outside a world of {world}")
         self.rank, self.world = rank, world
 
-    def skip(self, batches: int) -> None:
-        self._skip = int(batches)
+    def layout(self) -> dict:
+        """What besides the seed and the epoch decides a pass's order (kept with a mid-epoch position)."""
+        return {"pieces": self.workers}
+
+    def skip(self, batches: int, layout: dict | None = None) -> None:
+        """Start the next pass after its first ``batches`` batches, in the order it had with ``layout`` (a run
+        resumed mid-epoch with another number of workers goes on in the order of the run that was killed)."""
+        self._skip, self._pieces = int(batches), (layout or {}).get("pieces")
 
     @property
     def n_rows(self) -> int:
@@ -463,14 +471,15 @@ class StreamSampler:
     def __len__(self) -> int:
         return -(-self.n_rows // self.batch_size)
 
-    def pieces(self, epoch: int) -> list[np.ndarray]:
-        """Each worker's positions for ``epoch`` in this process, in the order that worker draws them."""
+    def pieces(self, epoch: int, n: int | None = None) -> list[np.ndarray]:
+        """Each worker's positions for ``epoch`` in this process, in the order that worker draws them (``n``
+        pieces instead of one a worker: the order of a pass with ``n`` workers)."""
         units = np.flatnonzero(self.count > 0)
         if self.shuffle:
             units = np.random.default_rng([self.seed, epoch, 3]).permutation(units)
         run = np.concatenate([np.arange(self.first[u], self.first[u] + self.count[u]) for u in units]
                              or [np.zeros(0, np.int64)])
-        rows, bs, w = self.n_rows, self.batch_size, self.workers
+        rows, bs, w = self.n_rows, self.batch_size, n or self.workers
         share = run[self.rank * rows:(self.rank + 1) * rows]
         batches = len(self)
         sizes = [len(range(k, batches, w)) * bs for k in range(w)]  # full batches; the last one may be short
@@ -484,17 +493,19 @@ class StreamSampler:
                    for k, p in enumerate(out)]
         return out
 
-    def order(self, epoch: int) -> np.ndarray:
-        """This process's positions for ``epoch``, batch after batch (batch k from worker k mod ``workers``)."""
-        pieces, bs, w = self.pieces(epoch), self.batch_size, self.workers
+    def order(self, epoch: int, n: int | None = None) -> np.ndarray:
+        """This process's positions for ``epoch``, batch after batch (batch k from worker k mod ``workers``; of
+        piece k mod ``n`` with ``n`` pieces)."""
+        pieces, bs = self.pieces(epoch, n), self.batch_size
+        w = len(pieces)
         batches = [pieces[k % w][k // w * bs:(k // w + 1) * bs] for k in range(len(self))]
         return np.concatenate(batches or [np.zeros(0, np.int64)])
 
     def __iter__(self):
         epoch, bs = self.epoch, self.batch_size
         n = len(self)
-        order = self.order(epoch)
-        start, self._skip = min(self._skip, n), 0
+        order = self.order(epoch, self._pieces)
+        start, self._skip, self._pieces = min(self._skip, n), 0, None
         pos = order[start * bs:]
         k = start + np.arange(len(pos)) // bs  # the batch of each position
         worker = (k - start) % self.workers  # the loader hands the first batch it asks for to worker 0
@@ -674,6 +685,9 @@ def make_stream_datasets(splits: StreamSplits, preps: dict, task, tcfg, on_bad_i
     world = world_size(tcfg)
     shard = tr.sampler(tcfg.batch_size, True, tcfg.seed, tcfg.shuffle_buffer, tcfg.num_workers)
     shard.set_shard(0, world)
+    if len(shard) == 0:
+        raise MmfuseError(f"{len(tr)} training rows do not give each of {world} processes one batch of "
+                          f"{tcfg.batch_size} rows; lower batch_size (--batch-size) or run on fewer devices")
     sampled = min(splits.stream.sample_size(tcfg.sample_rows), len(tr))
     info = {"source": splits.stream.describe(), "shuffle_buffer": tcfg.shuffle_buffer, "sample_rows": sampled,
             "left_out_per_epoch": len(tr) - len(shard) * tcfg.batch_size * world if world > 1 else 0}

@@ -49,6 +49,7 @@ class LitMultimodal(L.LightningModule):
         self._val: list = []
         self._batches_done = 0  # training batches of the current epoch done (saved in mid-epoch checkpoints)
         self._resume_position: dict | None = None
+        self.resumed_after_steps: int | None = None  # a run resumed mid-epoch: the steps of that epoch done before
 
     def setup(self, stage: str) -> None:
         # several processes: each trains on its share of the rows; every one validates on all of them, so
@@ -103,7 +104,8 @@ class LitMultimodal(L.LightningModule):
         if pos and pos["epoch"] == self.current_epoch and 0 < pos["batches"] <= len(self.train_loader):
             self.train_loader.set_epoch(self.current_epoch)
             if pos["batches"] < len(self.train_loader):  # (all done: killed during validation; nothing to skip)
-                self.train_loader.skip(pos["batches"])
+                self.train_loader.skip(pos["batches"], pos.get("layout"))
+                self.resumed_after_steps = pos["batches"]
             self._batches_done = pos["batches"]
             first = self.trainer is None or self.trainer.global_rank == 0
             self._train_sum = torch.tensor(pos["train_sum"] if first else 0.0, dtype=torch.float32)
@@ -219,6 +221,7 @@ class LitMultimodal(L.LightningModule):
             "python_rng": _python_state(),
             # where training is in its epoch: a checkpoint saved mid-epoch resumes after the batches done
             "position": {"epoch": int(self.current_epoch), "batches": int(self._batches_done),
+                         "layout": self.train_loader.layout() if hasattr(self.train_loader, "layout") else {},
                          **self._loss_sums()},
         }
 

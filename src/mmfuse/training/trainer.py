@@ -61,9 +61,7 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     fingerprint = normalize(fingerprint) if fingerprint is not None else None
-    resumed_from, resumed_at = _check_resume(last, fingerprint, run_dir) if resume and last.exists() else (None, None)
-    if resumed_at is not None and not 0 < resumed_at < len(train_loader):
-        resumed_at = None  # saved at the end of its epoch
+    resumed_from = _check_resume(last, fingerprint, run_dir) if resume and last.exists() else None
     # early stopping and best-checkpoint selection (contrastive pretraining, without a task: its loss)
     monitor, mode = task.monitor_for(tcfg.monitor) if task is not None else ("val_loss", "min")
     lit = LitMultimodal(model, task, train_loader, val_loader, tcfg, mcfg, class_weights)
@@ -139,7 +137,7 @@ def train_model(model, task: Task, train_loader, val_loader, tcfg: TrainConfig, 
             "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
             "monitor": monitor, "epochs_run": trainer.current_epoch,
             "stopped_early": bool(early.stopped_epoch), "interrupted": trainer.interrupted,
-            "resumed_from_epoch": resumed_from, "resumed_after_steps": resumed_at,
+            "resumed_from_epoch": resumed_from, "resumed_after_steps": lit.resumed_after_steps,
             "epoch_seconds": [lit.epoch_seconds.get(h["epoch"]) for h in lit.history],
             "global_rank": trainer.global_rank, "world_size": trainer.world_size}
 
@@ -226,9 +224,8 @@ def resolve_strategy(tcfg: TrainConfig, accelerator: str):
 _FINGERPRINT_KEY = "mmfuse_fingerprint"
 
 
-def _check_resume(last: Path, fingerprint: dict | None, run_dir: Path) -> tuple[int, int | None]:
-    """The epoch ``last`` was saved in, and the training steps of that epoch done when it was (None for a
-    checkpoint without the position), after checking it belongs to this run.
+def _check_resume(last: Path, fingerprint: dict | None, run_dir: Path) -> int:
+    """The epoch ``last`` was saved in, after checking it belongs to this run.
 
     Raises:
         MmfuseError: when the checkpoint's fingerprint and ``fingerprint`` differ (a checkpoint
@@ -241,7 +238,7 @@ def _check_resume(last: Path, fingerprint: dict | None, run_dir: Path) -> tuple[
             more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
             raise MmfuseError(f"--resume: the checkpoint in {run_dir} was trained {'; '.join(diffs[:3])}{more}; "
                               "start a new --out folder or drop --resume")
-    return saved["epoch"], (saved.get("mmfuse", {}).get("position") or {}).get("batches")
+    return saved["epoch"]
 
 
 class _EpochFromOne(TQDMProgressBar):
