@@ -195,7 +195,9 @@ def test_a_fill_model_saves_loads_and_predicts_with_an_input_absent(tmp_path):
     no_b = df.head(20).drop(columns=GROUPS["B"])
     np.testing.assert_allclose(p.predict_proba(no_b), m.predict_proba(no_b), atol=1e-6)
     assert p.model.filler is not None and p.model.fusion.input_dims == {"A": 128, "B": 128}
-    # the ablation: estimates replaced by zeros change the rows without B, and only those
+    # the ablation: estimates replaced by zeros change the rows without B, and only those (with the filled-in
+    # output alone where B is absent, whatever weight fit chose)
+    p.fill_mix = {"B": 1.0}
     half = df.head(20).copy()
     half.loc[:9, GROUPS["B"]] = np.nan
     filled = p.predict_proba(half)
@@ -312,3 +314,67 @@ def test_an_absent_input_informs_no_estimate_and_no_output(space):
     o3 = m(x, masks)
     assert torch.allclose(o1["filled"]["b"][:8], o3["filled"]["b"][:8], atol=1e-6)
     assert torch.allclose(o1["logits"][:8], o3["logits"][:8], atol=1e-6)
+
+
+def test_the_output_mixes_the_filled_in_and_the_input_masked_fusions_where_an_input_is_absent():
+    """fill_space features: a row with every input is the same whatever the mix; a row with b absent is the
+    input-masked output at weight 0 (as with the estimates off), the filled-in one at 1, the mean at 0.5; and
+    training takes half of the task's loss from each."""
+    from mmfuse.tasks import create_task
+    from mmfuse.training.module import LitMultimodal
+    from mmfuse.config import ModelConfig, TrainConfig
+
+    m = model(fill=True).eval()
+    x, masks = batch()
+    masks = {**masks, "b": torch.arange(16) >= 6}  # rows 0-5: b absent
+    outs = {}
+    for lam in (0.0, 0.5, 1.0):
+        m.fill_mix = {"b": lam}
+        outs[lam] = m(x, masks)
+    m.use_estimates = False
+    off = m(x, masks)["logits"]
+    m.use_estimates = True
+    f, z = outs[1.0]["logits_filled"], outs[1.0]["logits_masked"]
+    assert not torch.allclose(f[:6], z[:6], atol=1e-3) and torch.equal(f[6:], z[6:])
+    for lam, o in outs.items():
+        assert torch.equal(o["logits"][6:], f[6:])
+    assert torch.allclose(outs[0.0]["logits"][:6], off[:6], atol=1e-6)
+    assert torch.equal(outs[1.0]["logits"][:6], f[:6])
+    assert torch.allclose(outs[0.5]["logits"][:6], (f[:6] + z[:6]) / 2, atol=1e-6)
+    task = create_task("multiclass", "t").fit(pd.DataFrame({"t": ["x", "y", "z"] * 6}))
+    y = torch.tensor([0, 1, 2, 1] * 4)
+    lit = LitMultimodal(m, task, None, None, TrainConfig(), ModelConfig(fill_missing=True), None)
+    parts = lit.loss_parts(outs[0.5], y)
+    assert torch.allclose(parts["task"], (task.loss(f, y, None) + task.loss(z, y, None)) / 2)
+
+
+def test_fit_chooses_the_mix_on_validation_and_a_bundle_keeps_it(tmp_path):
+    """After a fit the weights are chosen and saved; with a filler made useless (its decoders scrambled) the
+    chooser turns to the input-masked output (weight 0) for that input."""
+    from mmfuse.pipeline import choose_fill_mix
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 3))
+    b = a @ rng.normal(size=(3, 2)) + 0.3 * rng.normal(size=(300, 2))
+    df = pd.DataFrame({"a0": a[:, 0], "a1": a[:, 1], "a2": a[:, 2], "b0": b[:, 0], "b1": b[:, 1],
+                       "y": np.where(a[:, 0] + b[:, 0] > 0, "p", "n")})
+    m = MultimodalPredictor("y", groups={"A": ["a0", "a1", "a2"], "B": ["b0", "b1"]}, fill_missing=True,
+                            modality_dropout=0.3, epochs=3, progress=False, log=None, contribution=False,
+                            out=tmp_path / "run", val_fraction=0.3)
+    m.fit(df)
+    chosen = m.metrics_["fill_mix"]["chosen"]
+    assert set(chosen) == {"A", "B"} and all(v in (0.0, 0.25, 0.5, 0.75, 1.0) for v in chosen.values())
+    p = Predictor.load(tmp_path / "run" / "bundle")
+    assert p.fill_mix == chosen
+    with torch.no_grad():
+        for w in p.model.decoders["B"].parameters():
+            w.copy_(torch.randn_like(w) * 50)
+    val = df.iloc[m.splits_["ids"]["val"]]
+    from mmfuse.data import MultimodalDataset
+    from mmfuse.io import Table
+
+    ds = MultimodalDataset(Table(val.reset_index(drop=True), None, "val"), p.preprocessors, p.target)
+    out = choose_fill_mix(p, ds)
+    assert out["chosen"]["B"] == 0.0 and p.fill_mix["B"] == 0.0
+    with pytest.raises(Exception, match="fill_mix: C=0.5"):
+        p.fill_mix = {"C": 0.5}

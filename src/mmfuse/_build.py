@@ -140,8 +140,10 @@ def model_from_spec(spec: dict, resolve=lambda c: c) -> MultimodalModel:
     ``resolve`` may rewrite each encoder's config (a bundle points backbones at its own folder)."""
     encoders = {n: ENCODERS.get(e["name"]).from_config(resolve(e["config"])) for n, e in spec["encoders"].items()}
     cfg = model_config_from_spec(spec)
-    return assemble(spec["encoders"], encoders, spec["n_outputs"], cfg, spec.get("aux_heads", "linear"),
-                    aligned=spec.get("aligned", False))[0]
+    model = assemble(spec["encoders"], encoders, spec["n_outputs"], cfg, spec.get("aux_heads", "linear"),
+                     aligned=spec.get("aligned", False))[0]
+    model.fill_mix = dict(spec.get("fill_mix", {}))
+    return model
 
 
 def spec_settings(spec: dict) -> dict:

@@ -318,6 +318,10 @@ class MultimodalPredictor:
                              "embedded_rows": data.embedded}
             self.run_dir_, self._train_cfg = None, dataclasses.asdict(tcfg)
             return self
+        fill_mix = None
+        if getattr(model, "decoders", None) is not None:  # filling in: how far to trust it, input by input
+            fill_mix = P.choose_fill_mix(self.predictor_, data.val)
+            self.predictor_.config["model"]["fill_mix"] = fill_mix["chosen"]
         scores = P.choose_threshold_and_score(self.predictor_, data, tcfg, self.contribution)
         self.schema_, self.classes_, self.task_ = schema, task.classes_, task
         self.history_ = result["history"]
@@ -333,6 +337,8 @@ class MultimodalPredictor:
                    "split_source": splits.source, "plan": plan, **scores}
         if splits.blank_target:
             metrics["blank_target_rows"] = splits.blank_target
+        if fill_mix is not None:
+            metrics["fill_mix"] = fill_mix
         if aligned is not None:
             metrics["init_from"] = {"bundle": str(self.init_from),
                                     "aligned": sorted(n for n in preps if n in aligned.preprocessors),

@@ -324,6 +324,28 @@ class Predictor(TablePredictions):
             raise MmfuseError("fill_estimates: this model does not fill in absent inputs (trained without fill_missing)")
         self.model.use_estimates = bool(on)
 
+    @property
+    def fill_mix(self) -> dict | None:
+        """Per input, the weight of the filled-in output against the input-masked one on rows where that input
+        is absent (a ``fill_missing`` model with ``fill_space: features``; None for others): chosen on the
+        validation rows by ``fit`` (:func:`mmfuse.pipeline.choose_fill_mix`), saved with the bundle. Set it
+        (``{input: weight in [0, 1]}``) to override; an input left out weighs 1."""
+        return None if self.model.decoders is None else {n: float(self.model.fill_mix.get(n, 1.0))
+                                                         for n in self.model.names}
+
+    @fill_mix.setter
+    def fill_mix(self, mix: dict) -> None:
+        if self.model.decoders is None:
+            raise MmfuseError("fill_mix: this model has no input-masked output to mix with (it needs fill_missing "
+                              "with fill_space 'features')")
+        bad = [f"{k}={v!r}" for k, v in dict(mix).items() if k not in self.model.names or isinstance(v, bool)
+               or not isinstance(v, (int, float)) or not 0 <= v <= 1]
+        if bad:
+            raise MmfuseError(f"fill_mix: {', '.join(bad)}: give a weight in [0, 1] for inputs among "
+                              f"{', '.join(self.model.names)}")
+        self.model.fill_mix = {k: float(v) for k, v in mix.items()}
+        self.config.setdefault("model", {})["fill_mix"] = dict(self.model.fill_mix)
+
     def _refuse_aligned(self, what: str) -> None:
         if self.aligned_only:
             where = f" {str(self.path)!r}" if self.path else ""

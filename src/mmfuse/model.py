@@ -142,6 +142,9 @@ class MultimodalModel(nn.Module):
         self.decoders = (InputModuleDict({n: nn.Linear(shared_dim, encoders[n].output_dim) for n in self.names})
                          if fill_missing and fill_space == "features" else None)
         self.use_estimates = True  # False: absent inputs reach the fusion as zeros (the filler's ablation)
+        # fill_space "features": per input, the weight of the filled-in output against the input-masked one on rows
+        # where that input is absent (1 where unset; :func:`mmfuse.pipeline.choose_fill_mix` sets it after training)
+        self.fill_mix: dict[str, float] = {}
 
     def drop_modalities(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Randomly mark present inputs absent, keeping at least one per row that had one."""
@@ -221,11 +224,27 @@ class MultimodalModel(nn.Module):
             fused = self.fusion(fin_feats, fin_masks, fin_tokens if self.fusion.uses_tokens else None)
             out["fused"] = fused
             out["logits"] = fused if self.head is None else self.head(fused)
+            if self.decoders is not None and self.use_estimates:
+                out.update(self._mix_with_masked(feats, fin_tokens, masks, out["logits"]))
         if self.aux_heads is not None:
             out["aux"] = {n: self.aux_heads[n](feats[n]) for n in self.names}
         elif self.aux_from_fusion:
             out["aux"] = self.fusion.unimodal_logits(fin_feats)
         return out
+
+    def _mix_with_masked(self, feats, tokens, masks, filled: torch.Tensor) -> dict:
+        """The same fusion and head on the rows with their absent inputs masked out (as a model without filling
+        in sees them; trained beside the filled-in output, each half of the task's loss), and the output mixed
+        from both: on a row, ``w · filled + (1 - w) · masked`` with ``w`` the mean of :attr:`fill_mix` over its
+        absent inputs. A row with every input present gives the same from both (``w = 1``: exactly ``filled``)."""
+        plain = self.fusion(feats, masks, tokens if self.fusion.uses_tokens else None)
+        masked = plain if self.head is None else self.head(plain)
+        absent = torch.stack([~masks[n] for n in self.names], 1).to(filled.dtype)  # [B, M]
+        lam = torch.tensor([float(self.fill_mix.get(n, 1.0)) for n in self.names], dtype=filled.dtype,
+                           device=filled.device)
+        k = absent.sum(1, keepdim=True)
+        w = torch.where(k > 0, (absent * lam).sum(1, keepdim=True) / k.clamp(min=1), torch.ones_like(k))
+        return {"logits": w * filled + (1 - w) * masked, "logits_filled": filled, "logits_masked": masked}
 
     # --- the losses of the shared space ---------------------------------------------------------------
     def alignment_loss(self, out: dict) -> torch.Tensor:

@@ -391,6 +391,36 @@ def train(model, task, data: FitData, mcfg: ModelConfig, tcfg: TrainConfig, run_
 
 
 # --- 7. threshold and metrics ---------------------------------------------------------------
+FILL_MIX_GRID = (1.0, 0.75, 0.5, 0.25, 0.0)
+
+
+def choose_fill_mix(predictor, dataset, grid=FILL_MIX_GRID) -> dict:
+    """For a model that fills in absent inputs (``fill_space: features``), choose on ``dataset`` (the validation
+    rows) each input's :attr:`~mmfuse.model.MultimodalModel.fill_mix`: the weight of the filled-in output against
+    the input-masked one, trained beside it, when that input is absent. For input n, every row is scored with n
+    masked, at each weight of ``grid``; the weight with the lowest loss of the task is kept (the first of equals,
+    so 1, the filled-in output alone, wins a tie). Sets it on the model.
+
+    Returns:
+        ``{"chosen": {input: weight}, "val_loss": {input: {weight: loss}}}``
+    """
+    import torch
+
+    model, task = predictor.model, predictor.target
+    chosen, losses = {}, {}
+    for n in model.names:
+        z = {}
+        for end in (1.0, 0.0):  # the output is linear in the weight: its two ends give every point between
+            model.fill_mix = {m: end for m in model.names}
+            logit, rows = predictor.logits(None, dataset=dataset, absent=[n])
+            z[end] = logit
+        y = torch.from_numpy(np.asarray(dataset._y[rows]))
+        losses[n] = {lam: float(task.loss(lam * z[1.0] + (1 - lam) * z[0.0], y, None)) for lam in grid}
+        chosen[n] = min(grid, key=lambda lam: losses[n][lam])  # min keeps the first of equals
+    model.fill_mix = chosen
+    return {"chosen": chosen, "val_loss": {n: {str(k): v for k, v in d.items()} for n, d in losses.items()}}
+
+
 def choose_threshold_and_score(predictor, data: FitData, tcfg: TrainConfig, contribution: bool = True) -> dict:
     """Set the decision threshold(s) from ``tcfg.decision_threshold`` (a metric is maximized on the
     validation rows, never the test rows), then measure the validation and test rows and, with

@@ -22,9 +22,11 @@ Parts (``--set parts=retrieval,semi,fill,clothing``; all by default):
   modality dropout 0.3 and the alignment loss (``align_weight``, ``--set fill_align_weight``, default 1:
   the filler estimates an input in a space where the inputs are aligned), once with ``fill_missing`` and
   once without (absent inputs are zeros), scored
-  with each input blank in every test row; the filled-in model is scored once more with its estimates
-  replaced by zeros (``Predictor.fill_estimates = False``, same weights), which separates what the estimate
-  adds from what reading the inputs in the shared space does, on the audio-visual digits and on the phone + watch windows
+  with each input blank in every test row. The filled-in model (``fill_space: features``) trains its
+  filled-in output and its input-masked output side by side and mixes them where an input is absent,
+  with a weight per input chosen on the validation rows (``Predictor.fill_mix``, reported per seed); it
+  is scored once more with its estimates off (``Predictor.fill_estimates = False``: its input-masked
+  output alone, same weights), on the audio-visual digits and on the phone + watch windows
   (:func:`mmfuse.datasets.sp_sw_har`, ``devices="both"``; the subjects split, seeded, into 15 training,
   3 validation and 5 test subjects; no subject information as input). Mean ± std over seeds.
 - **clothing** — Women's Clothing reviews (the published split), review text (Title + Review Text)
@@ -192,6 +194,8 @@ def _fill(ctx, name, df, root, fusions, epochs, target, align_weight, encoders=N
                 inputs = sorted(est.predictor_.preprocessors)
                 r = {"seed": seed, "clean": est.metrics_["test"]["accuracy"], "seconds": round(time.perf_counter() - t0, 1),
                      "epochs_run": est.metrics_["epochs_run"]}
+                if fill and est.predictor_.fill_mix is not None:
+                    r["fill_mix"] = est.predictor_.fill_mix
                 for n in inputs:
                     blank = blank_inputs(read_table(test, root=root), inputs_of(est.predictor_), [n])
                     r[f"without {n}"] = float(evaluate_predictor(est.predictor_, blank, root=root)["accuracy"])
@@ -204,13 +208,17 @@ def _fill(ctx, name, df, root, fusions, epochs, target, align_weight, encoders=N
                             est.predictor_.fill_estimates = True
                 rs.append(r)
                 ctx.echo(f"fill {name} {key} seed {seed}: clean {r['clean']:.4f}, "
-                         + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith("without")))
+                         + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith("without"))
+                         + (f"; weight of the filled-in output (chosen on validation): {r['fill_mix']}"
+                            if "fill_mix" in r else ""))
             keys = ["clean", *[f"without {n}" for n in inputs], *([f"without {n}, estimates zeroed" for n in inputs] if fill else [])]
             rows[key] = {"runs": rs, **{k: mean_std([r[k] for r in rs]) for k in keys}}
     verdict, own = {}, {}
     for fusion in fusions:
         f, z = rows[f"{fusion}, filled in"], rows[f"{fusion}, zeroed"]
-        verdict[fusion] = {f"without {n}": round(100 * (f[f"without {n}"][0] - z[f"without {n}"][0]), 2) for n in inputs}
+        # seed by seed (the two models of a seed share their split and initial draw), then mean ± std
+        verdict[fusion] = {f"without {n}": mean_std([100 * (a[f"without {n}"] - b[f"without {n}"])
+                                                     for a, b in zip(f["runs"], z["runs"])]) for n in inputs}
         own[fusion] = {f"without {n}": mean_std([100 * (r[f"without {n}"] - r[f"without {n}, estimates zeroed"])
                                                  for r in f["runs"]]) for n in inputs}
     return {"models": rows, "filled_minus_zeroed_points": verdict, "estimates_minus_zeros_same_model_points": own,
@@ -373,12 +381,19 @@ def markdown(result: dict) -> str:
                       "|---|" + "---|" * len(cols)]
             for name, m in d["models"].items():
                 lines.append(f"| {name} | " + " | ".join(_ms(m[c], 4) for c in cols) + " |")
-            lines += ["", "Filled in minus zeroed (two models), points: " + "; ".join(
-                f"{fu}: " + ", ".join(f"{k} {v:+.2f}" for k, v in g.items())
+            lines += ["", "Filled in minus zeroed (two models, seed by seed), points, mean ± std over seeds: " + "; ".join(
+                f"{fu}: " + ", ".join(f"{k} {v[0]:+.2f} ± {v[1]:.2f}" if isinstance(v, (list, tuple)) else
+                                      f"{k} {v:+.2f}" for k, v in g.items())
                 for fu, g in d["filled_minus_zeroed_points"].items()), ""]
+            mixes = {name: [r["fill_mix"] for r in m["runs"] if "fill_mix" in r] for name, m in d["models"].items()}
+            if any(mixes.values()):
+                lines += ["Weight of the filled-in output where an input is absent (against the input-masked output; "
+                          "chosen on the validation rows), seed by seed: " + "; ".join(
+                              f"{name}: " + " / ".join(", ".join(f"{k} {v:g}" for k, v in mx.items()) for mx in ms)
+                              for name, ms in mixes.items() if ms), ""]
             if d.get("estimates_minus_zeros_same_model_points"):
-                lines += ["The filler's own share: the filled-in model scored with its estimates against the same "
-                          "weights with zeros in their place (`Predictor.fill_estimates = False`), points, mean ± std "
+                lines += ["The filler's own share: the filled-in model against its own input-masked output "
+                          "(`Predictor.fill_estimates = False`, same weights), points, mean ± std "
                           "over seeds: " + "; ".join(
                               f"{fu}: " + ", ".join(f"{k} {v[0]:+.2f} ± {v[1]:.2f}" for k, v in g.items())
                               for fu, g in d["estimates_minus_zeros_same_model_points"].items()), ""]

@@ -84,7 +84,11 @@ class LitMultimodal(L.LightningModule):
             parts["fill"] = self.model.fill_loss(out)
         if self.task is None or y is None:  # no task (pretraining), or the shared space's terms only
             return parts
-        parts["task"] = self.task.loss(out["logits"], y, self.class_weights)
+        if "logits_masked" in out:  # filling in (fill_space "features"): the filled-in and the input-masked outputs
+            parts["task"] = (self.task.loss(out["logits_filled"], y, self.class_weights)
+                             + self.task.loss(out["logits_masked"], y, self.class_weights)) / 2
+        else:
+            parts["task"] = self.task.loss(out["logits"], y, self.class_weights)
         if "aux" in out and self.mcfg.aux_weight > 0:
             aux = []
             for n, lg in out["aux"].items():
