@@ -378,3 +378,15 @@ def test_fit_chooses_the_mix_on_validation_and_a_bundle_keeps_it(tmp_path):
     assert out["chosen"]["B"] == 0.0 and p.fill_mix["B"] == 0.0
     with pytest.raises(Exception, match="fill_mix: C=0.5"):
         p.fill_mix = {"C": 0.5}
+
+
+def test_the_command_line_fills_in_and_states_the_weights_it_chose(tmp_path, capsys):
+    from mmfuse.cli import main
+
+    paired_table(200).to_csv(tmp_path / "t.csv", index=False)
+    main(["fit", str(tmp_path / "t.csv"), "--target", "y", "--group", "A=a0,a1,a2,a3", "--group", "B=b0,b1,b2,b3",
+          "--fill-missing", "--modality-dropout", "0.3", "--epochs", "2", "--no-progress", "-o", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("filling in, where an input is absent"))
+    chosen = Predictor.load(tmp_path / "r" / "bundle").fill_mix
+    assert line.endswith(", ".join(f"{n} {v:g}" for n, v in chosen.items()))

@@ -726,6 +726,10 @@ def _print_metrics(metrics: dict) -> None:
         typer.echo("test: none (no test rows; pass --test TEST.csv to score the model on your own test file)")
     if metrics.get("bad_input"):
         typer.echo(f"bad input: {metrics['bad_input']}")
+    if metrics.get("fill_mix"):
+        typer.echo("filling in, where an input is absent: weight of the filled-in output against the input-masked "
+                   "one, chosen on the validation rows: " + ", ".join(f"{n} {v:g}" for n, v in
+                                                                      metrics["fill_mix"]["chosen"].items()))
 
 
 @app.command()
