@@ -57,8 +57,10 @@ class ModelConfig:
                                    "shared embedding) when `fill_missing` is on.")
     fill_space: str = _doc("features", "With `fill_missing`, what the fusion reads. `features`: the encoders' outputs "
                                        "as without filling in, an absent input's mapped from its estimate (a row "
-                                       "with every input is computed as without filling in); `shared`: every "
-                                       "input's shared embedding as a unit vector.")
+                                       "with every input is computed as without filling in), mixed with the "
+                                       "input-masked output by a weight per input chosen on the validation rows "
+                                       "(`Predictor.fill_mix`); `shared`: every input's shared embedding as a "
+                                       "unit vector.")
 
     def __post_init__(self):  # every way of making a config (Python, CLI, config file, replace) is checked
         validate(self)
