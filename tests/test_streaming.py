@@ -484,7 +484,7 @@ def test_two_processes_stream_disjoint_rows_in_step_and_resume_mid_epoch(table, 
     (each epoch's), both take the same number of steps, and only the first writes the run folder. Killed
     after step 9 with checkpoints every 6 steps, the run resumes at step 7 of epoch 1 on each process: in
     that epoch each process trains on the rows of the run that never stopped, each once, and the history
-    is that run's."""
+    is that run's (the training loss within float32 rounding)."""
     from mmfuse.bench import free_port
 
     script = tmp_path / "ddp.py"
@@ -528,7 +528,13 @@ def test_two_processes_stream_disjoint_rows_in_step_and_resume_mid_epoch(table, 
         assert sorted(seen) == sorted(x for s in full if s["epoch"] == 0 for x in s["rows"])
         assert len(seen) == len(set(seen)) == 22 * 16
         assert [s["rows"] for s in resumed] == [s["rows"] for s in full[6:]]
-    assert result(p)["history"] == full_history
+    resumed_history = result(p)["history"]
+    # the same epochs, the training loss within float32 rounding (the first process holds both processes'
+    # partial sums of the interrupted epoch after the resume: the sum is added in another order)
+    assert [{k: v for k, v in h.items() if k != "train_loss"} for h in resumed_history] == \
+        [{k: v for k, v in h.items() if k != "train_loss"} for h in full_history]
+    assert [h["train_loss"] for h in resumed_history] == pytest.approx([h["train_loss"] for h in full_history],
+                                                                       rel=1e-6)
 
 
 def test_the_split_hash_column_is_not_an_input_and_unseen_categories_are_counted_once(tmp_path):
