@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mmfuse demo --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_loading.py
