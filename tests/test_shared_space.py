@@ -387,6 +387,6 @@ def test_the_command_line_fills_in_and_states_the_weights_it_chose(tmp_path, cap
     main(["fit", str(tmp_path / "t.csv"), "--target", "y", "--group", "A=a0,a1,a2,a3", "--group", "B=b0,b1,b2,b3",
           "--fill-missing", "--modality-dropout", "0.3", "--epochs", "2", "--no-progress", "-o", str(tmp_path / "r")])
     out = capsys.readouterr().out
-    line = next(x for x in out.splitlines() if x.startswith("filling in, where an input is absent"))
+    line = next(x for x in out.splitlines() if x.startswith("filling in absent inputs: share of the estimate"))
     chosen = Predictor.load(tmp_path / "r" / "bundle").fill_mix
     assert line.endswith(", ".join(f"{n} {v:g}" for n, v in chosen.items()))

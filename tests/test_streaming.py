@@ -441,7 +441,7 @@ def test_the_command_line_streams_and_refuses_careless_options_in_one_line(table
     assert "streaming reads Parquet" in cli_error(capsys, "fit", csv, "--target", "b", "--stream", "-o", tmp_path / "r")
     assert "add stream=True (--stream)" in cli_error(capsys, "fit", table, "--target", "label", "--split-hash", "id",
                                                      "-o", tmp_path / "r")
-    assert "or stream the folder's Parquet files without loading them (stream=True, --stream)" in \
+    assert "or train on the folder's Parquet files without loading them (mmfuse fit --stream, stream=True)" in \
         cli_error(capsys, "fit", table, "--target", "label", "-o", tmp_path / "r")
     assert "must be an integer >= 1" in cli_error(capsys, "fit", table, "--target", "label", "--stream",
                                                   "--shuffle-buffer", "0", "-o", tmp_path / "r")
@@ -556,3 +556,20 @@ def test_the_split_hash_column_is_not_an_input_and_unseen_categories_are_counted
     assert "val: unseen categories mapped to 'unknown' ('shop': 4)" in m.metrics_["bad_input"]
     with pytest.raises(MmfuseError, match="--split-hash shop"):
         MultimodalPredictor("label", columns={"shop": "group"}, **fit_kw(split_hash="product")).fit(d)
+
+
+def test_a_split_column_with_odd_values_names_only_those_and_an_unseen_label_names_its_row(tmp_path):
+    d = tmp_path / "t"
+    d.mkdir()
+    split = ["Train"] * 30 + ["validation"] * 6 + ["holdout"] * 4
+    x = np.random.default_rng(0).normal(size=40)
+    pd.DataFrame({"x": x, "y": ["a", "b"] * 20, "split": split}).to_parquet(d / "p.parquet")
+    with pytest.raises(MmfuseError) as e:
+        MultimodalPredictor("y", **fit_kw()).fit(d)
+    assert "('holdout')" in str(e.value)
+    y = ["a", "b"] * 20
+    y[38] = "c"  # a test row's label that no training row has: named by its row in the table
+    pd.DataFrame({"x": x, "y": y, "split": ["train"] * 30 + ["val"] * 6 + ["test"] * 4}
+                 ).to_parquet(d / "p.parquet")
+    with pytest.raises(InputError, match="row 38, column 'y': has the label 'c'"):
+        MultimodalPredictor("y", **fit_kw()).fit(d)

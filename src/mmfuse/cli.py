@@ -727,9 +727,9 @@ def _print_metrics(metrics: dict) -> None:
     if metrics.get("bad_input"):
         typer.echo(f"bad input: {metrics['bad_input']}")
     if metrics.get("fill_mix"):
-        typer.echo("filling in, where an input is absent: weight of the filled-in output against the input-masked "
-                   "one, chosen on the validation rows: " + ", ".join(f"{n} {v:g}" for n, v in
-                                                                      metrics["fill_mix"]["chosen"].items()))
+        typer.echo("filling in absent inputs: share of the estimate in a prediction where the input is absent (1: "
+                   "the estimate alone, 0: the input left out), chosen on the validation rows: "
+                   + ", ".join(f"{n} {v:g}" for n, v in metrics["fill_mix"]["chosen"].items()))
 
 
 @app.command()

@@ -206,7 +206,8 @@ def _check_file(path: Path, hint_files: bool = False) -> str:
             hint = (f"Pass a table file in it, e.g. {str(path / found[0])!r}" if found
                     else f"Pass a {', '.join(sorted(_SUFFIXES))} file")
             if any(p.suffix.lower() == ".parquet" for p in path.iterdir()):
-                hint += ", or stream the folder's Parquet files without loading them (stream=True, --stream)"
+                hint += (", or train on the folder's Parquet files without loading them (mmfuse fit --stream, "
+                         "stream=True)")
             raise _table_error(path, "is a folder, not a table file", hint)
         fmt = _SUFFIXES.get(path.suffix.lower())
         if fmt is None:

@@ -309,7 +309,8 @@ def stream_splits(stream: ParquetStream, schema, target: str, task: str | None =
         raise SchemaError(unknown_name_message("split_hash column", split_hash, stream.columns))
     if split_hash is None and not split_cols and "split" in stream.columns:
         values = sorted({str(v) for u in range(min(stream.n_units, 50))
-                         for v in stream.unit_frame(u, ["split"])["split"].unique()})
+                         for v in stream.unit_frame(u, ["split"])["split"].unique()
+                         if split_names(pd.Series([v])).map(SPLIT_NAMES).isna().all()})
         raise MmfuseError(f"the column 'split' of {stream.source} holds values other than train / val / test "
                           f"({', '.join(repr(v) for v in values[:8])}); write train, val or test in every row, or "
                           "split by an id column's hash (--split-hash ID_COLUMN)")
@@ -663,7 +664,8 @@ def make_stream_datasets(splits: StreamSplits, preps: dict, task, tcfg, on_bad_i
     from .pipeline import FitData
 
     def dataset(split, train=False):
-        y = task.transform(pd.DataFrame({task.column: splits.targets[split]})) if len(splits.targets[split]) else None
+        y = task.transform(pd.DataFrame({task.column: splits.targets[split]}, index=splits.ids(split))) \
+            if len(splits.targets[split]) else None  # (indexed by row id: an unseen label names its row)
         splits.targets[split] = np.zeros(len(splits.targets[split]), np.int8)  # the cells are no longer needed
         return StreamingDataset(splits, split, preps, task, y, on_bad_input=on_bad_input,
                                 allow_outside_root=allow_outside_root, train=train)
