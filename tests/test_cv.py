@@ -216,7 +216,9 @@ def test_ctrl_c_stops_cv_with_one_line_and_an_unfinished_report(tmp_path):
     out = tmp_path / "cv"
     p = subprocess.Popen([sys.executable, "-m", "mmfuse.cli", "cv", str(tmp_path / "t.csv"), "-t", "y", "--folds", "3",
                           "--epochs", "60", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (a run started in the
+    # background, as by nohup or some CI runners, would hand it SIGINT ignored, and Python would then keep it so)
     deadline = time.monotonic() + 300
     while not ((out / "fold_1" / "fold.json").exists() and (out / "cv.json").exists()):  # fold 1 done and counted
         assert p.poll() is None and time.monotonic() < deadline, p.stdout.read()

@@ -310,7 +310,10 @@ def _worker(tmp_path, out, storage, n_trials, study="shared", extra=()):
            "--n-trials", str(n_trials), "--objective", "val", "--storage", storage, "--study-name", study,
            "--out", str(out), "--config", str(cfg), "--no-refit", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # SIGINT at its default in the worker: a test run started in the background (nohup, some CI runners) hands
+    # it ignored, and Python would keep it so, and Ctrl-C would not reach the search
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _finished(storage, study="shared"):

@@ -398,7 +398,7 @@ def choose_fill_mix(predictor, dataset, grid=FILL_MIX_GRID) -> dict:
     """For a model that fills in absent inputs (``fill_space: features``), choose on ``dataset`` (the validation
     rows) each input's :attr:`~mmfuse.model.MultimodalModel.fill_mix`: the weight of the filled-in output against
     the input-masked one, trained beside it, when that input is absent. For input n, every row is scored with n
-    masked, at each weight of ``grid``; the weight with the lowest loss of the task is kept (the first of equals,
+    masked, at each weight of ``grid``; the weight with the lowest loss (the task's) is kept (the first of equals,
     so 1, the filled-in output alone, wins a tie). Sets it on the model.
 
     Returns:
