@@ -158,7 +158,7 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
                           "leave --seeds out")
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise MmfuseError(f"--jobs {jobs}: a whole number >= 1 (processes that fit folds at once)")
-    options = _check_options(name, getattr(module, "OPTIONS", {}), options)
+    options = _check_options(name, getattr(module, "OPTIONS", {}), options, getattr(module, "ZERO_OK", ()))
     data_arg, results_arg = data, results
     data = Path(data) if data is not None else default_data_dir()
     results = Path(results) if results is not None else Path("benchmarks") / "results"
@@ -201,8 +201,9 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
     return result
 
 
-def _check_options(name: str, known: dict, given: dict) -> dict:
-    """Protocol settings: known keys only, each converted to its type (a typo is an error, not ignored)."""
+def _check_options(name: str, known: dict, given: dict, zero_ok=()) -> dict:
+    """Protocol settings: known keys only, each converted to its type (a typo is an error, not ignored); whole
+    numbers are >= 1 but for those in ``zero_ok`` (>= 0)."""
     out = {}
     for k, v in given.items():
         if k not in known:
@@ -210,12 +211,13 @@ def _check_options(name: str, known: dict, given: dict) -> dict:
 
             raise MmfuseError("--set: " + unknown_name_message("setting", k, list(known)) + f" (benchmark {name!r})")
         kind = known[k]
-        what = {int: "a whole number >= 1", float: "a number >= 0"}.get(kind, "text")
+        low = 0 if k in zero_ok else 1
+        what = {int: f"a whole number >= {low}", float: "a number >= 0"}.get(kind, "text")
         try:
             value = kind(v) if isinstance(v, str) or kind is not str else v
         except ValueError:
             value = None
-        if value is None or (kind is int and value < 1) or (kind is float and not value >= 0):
+        if value is None or (kind is int and value < low) or (kind is float and not value >= 0):
             raise MmfuseError(f"--set {k}={v}: {k} must be {what} (benchmark {name!r})")
         out[k] = value
     return out

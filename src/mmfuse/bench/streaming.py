@@ -31,6 +31,7 @@ from . import BenchContext
 
 OPTIONS = {"gb": float, "image_size": int, "row_group": int, "epochs": int, "workers": int, "subset_rows": int,
            "batch_size": int, "shuffle_buffer": int, "table": str}
+ZERO_OK = ("workers",)  # 0: the loading in the training process (one process to measure)
 SEEDS = False
 PUBLISHED = {"target": "issue 14: train on a 10 GB Parquet table with peak RSS under 3 GB; rows/s against the "
                        "in-memory path on a subset that fits"}
