@@ -252,3 +252,15 @@ def test_ctrl_c_exits_130_with_a_line_not_0(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         main(["predict", str(tmp_path), str(tmp_path / "t.csv"), "-o", str(tmp_path / "p.csv")])
     assert e.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_ctrl_c_exits_even_when_a_library_left_a_thread_running():
+    """optuna's trial heartbeat is a non-daemon thread that a Ctrl-C between its start and the ``with`` that joins
+    it leaves running: the interpreter would wait for it at exit forever. The interrupted CLI leaves without it."""
+    import subprocess
+    import sys
+
+    code = ("import threading\nfrom mmfuse.cli import _exit_interrupted\n"
+            "threading.Thread(target=threading.Event().wait).start()\n_exit_interrupted(None, grace_s=0.2)\n")
+    p = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert p.returncode == 130

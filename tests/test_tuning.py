@@ -309,7 +309,7 @@ def _worker(tmp_path, out, storage, n_trials, study="shared", extra=()):
     cmd = [sys.executable, "-m", "mmfuse.cli", "search", str(tmp_path / "t.csv"), "--target", "y", "--space", str(space),
            "--n-trials", str(n_trials), "--objective", "val", "--storage", storage, "--study-name", study,
            "--out", str(out), "--config", str(cfg), "--no-refit", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     # SIGINT at its default in the worker: a test run started in the background (nohup, some CI runners) hands
     # it ignored, and Python would keep it so, and Ctrl-C would not reach the search
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -369,7 +369,11 @@ def test_ctrl_c_stops_a_search_with_one_line_and_marks_its_trial_failed(tmp_path
     while not (_finished(db) and running()) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
-    log = proc.communicate(timeout=60)[0]
+    try:
+        log = proc.communicate(timeout=60)[0]
+    except subprocess.TimeoutExpired:  # stuck: SIGABRT makes faulthandler print where each thread is
+        proc.send_signal(signal.SIGABRT)
+        pytest.fail("the search did not stop within 60 s of Ctrl-C:\n" + proc.communicate(timeout=30)[0])
     assert proc.returncode == 130, log
     done = len(_finished(db))
     assert log.strip().splitlines()[-1] == (f"search interrupted: {done} finished trials are kept in {db}; the same "

@@ -1141,6 +1141,26 @@ def _error_line(e: Exception, args=()) -> str:
     return " ".join(line.strip() for line in msg.splitlines() if line.strip())
 
 
+def _exit_interrupted(argv, grace_s: float = 3.0) -> None:
+    """Exit 130 after Ctrl-C. A thread that a library started and that the interrupt kept from being stopped (the
+    Ctrl-C came between its start and the ``with`` that joins it: optuna's trial heartbeat) would keep the process
+    alive forever at exit, with Ctrl-C itself ignored by then (Lightning ignores it after the first): such threads
+    get ``grace_s`` to end, then the process leaves without them. In-process calls (``argv`` given) just raise."""
+    import threading
+    import time
+
+    if argv is None:
+        end = time.monotonic() + grace_s
+        for t in threading.enumerate():
+            if t is not threading.main_thread() and not t.daemon:
+                t.join(max(0.0, end - time.monotonic()))
+        if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+    sys.exit(130)
+
+
 def main(argv=None) -> None:
     """Entry point: mmfuse errors, and OS errors on the files named, become one line on stderr and exit
     code 2 (``--debug`` for tracebacks)."""
@@ -1166,7 +1186,7 @@ def main(argv=None) -> None:
         code = app(args=args, standalone_mode=False)  # an exit code when the command was stopped (typer.Exit)
         if code == 130:  # Ctrl-C: typer turns the KeyboardInterrupt into an exit code, which must not read as success
             typer.echo("interrupted", err=True)
-            sys.exit(130)
+            _exit_interrupted(argv)
         if isinstance(code, int) and not isinstance(code, bool) and code != 0:
             sys.exit(code)
         if argv is None and _state["fast_exit"]:
@@ -1180,7 +1200,7 @@ def main(argv=None) -> None:
             raise
         if isinstance(e, Interrupted):
             typer.echo(str(e), err=True)
-            sys.exit(130)
+            _exit_interrupted(argv)
         typer.echo(f"error: {_error_line(e, args)}", err=True)
         sys.exit(2)
     except SystemExit:
@@ -1191,7 +1211,7 @@ def main(argv=None) -> None:
             sys.exit(e.exit_code)
         if type(e).__name__ == "Abort":  # Ctrl-C: click turns the KeyboardInterrupt into Abort
             typer.echo("interrupted", err=True)
-            sys.exit(130)
+            _exit_interrupted(argv)
         raise
     finally:
         warnings.showwarning = show
