@@ -55,12 +55,12 @@ class ModelConfig:
                                      "False: absent inputs are zeros.")
     fill_weight: float = _doc(1.0, "Weight of the filling regressor's loss (cosine distance to the hidden input's "
                                    "shared embedding) when `fill_missing` is on.")
-    fill_space: str = _doc("features", "With `fill_missing`, what the fusion reads. `features`: the encoders' outputs "
-                                       "as without filling in, an absent input's mapped from its estimate (a row "
-                                       "with every input is computed as without filling in), mixed with the "
-                                       "input-masked output by a weight per input chosen on the validation rows "
-                                       "(`Predictor.fill_mix`); `shared`: every input's shared embedding as a "
-                                       "unit vector.")
+    fill_space: str = _doc("features", "With `fill_missing`, what the fusion reads. `features`: the network learns "
+                                       "as without filling in (the input-masked output trains it); a second output "
+                                       "reads an absent input's features mapped from its estimate, trains only the "
+                                       "filler, and is mixed in where an input is absent by a weight per input "
+                                       "chosen on the validation rows (`Predictor.fill_mix`); `shared`: every "
+                                       "input's shared embedding as a unit vector.")
 
     def __post_init__(self):  # every way of making a config (Python, CLI, config file, replace) is checked
         validate(self)

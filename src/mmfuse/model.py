@@ -29,8 +29,8 @@ class Filler(nn.Module):
     For input ``n`` of M, a two-layer MLP reads ``[u_m * p_m for m != n] + [p_m for m != n]`` (the other
     inputs' shared embeddings, unit-normalised and zeroed where absent, and their presence) and returns
     ``ẑ_n`` ``[B, S]`` (its direction is the estimate) and a confidence ``c_n = σ(·)`` ``[B]``, how much of the
-    estimate the fusion receives (``c_n · ẑ_n / |ẑ_n|``; learned by the task's loss alone, so the model can learn
-    to trust an estimate only as far as it helps: at 0 the fusion receives zeros for the input, still marked
+    estimate the fusion receives (``c_n · ẑ_n / |ẑ_n|``; learned by the task's loss (of the filled-in output) alone,
+    so the model can learn to trust an estimate only as far as it helps: at 0 the fusion receives zeros for the input, still marked
     present, which is not the mask a model without filling in sees; ``use_estimates = False`` gives that). It
     never reads ``n`` itself, so training it on rows where ``n`` is present teaches it with ``n`` hidden."""
 
@@ -55,6 +55,16 @@ class Filler(nn.Module):
             y = self.nets[n](x)
             out[n], conf[n] = y[:, :self.dim], torch.sigmoid(y[:, self.dim])
         return out, conf
+
+
+def _held(module: nn.Module, *args):
+    """``module(*args)`` with its weights detached and its buffers copied: the gradient reaches the arguments only,
+    and batch-norm statistics are left as they were."""
+    from torch.func import functional_call
+
+    state = {k: v.detach() for k, v in module.named_parameters()}
+    state.update({k: v.clone() for k, v in module.named_buffers()})
+    return functional_call(module, state, args)
 
 
 def parse_pairs(pairs: Sequence[str] | None, names: Sequence[str]) -> list[tuple[str, str]]:
@@ -100,10 +110,10 @@ class MultimodalModel(nn.Module):
             (:meth:`alignment_loss`, one :class:`~mmfuse.align.ClipLoss` per pair, with its own temperature).
         align_temperature, align_queue: Of those losses (initial temperature; past embeddings kept as negatives).
         fill_missing: Absent inputs get the :class:`Filler`'s estimate of their shared embedding.
-        fill_space: Where the fusion receives an estimate. ``"features"``: the fusion reads the encoders'
-            outputs as without filling in, and an absent input's is a linear map (learned) of its estimate,
-            times the filler's confidence: a row with every input present is computed exactly as without
-            filling in. ``"shared"`` (bundles saved before the choice): the fusion reads every input's shared
+        fill_space: Where the fusion receives an estimate. ``"features"``: the network learns as without
+            filling in, and a second output reads an absent input's features as a linear map (learned) of its
+            estimate, times the filler's confidence (:meth:`_fuse_filling_features`): a row with every input
+            present is computed exactly as without filling in. ``"shared"`` (bundles saved before the choice): the fusion reads every input's shared
             embedding, unit-normalised and scaled by √S (present: projected; absent: estimated, times the
             confidence).
     """
@@ -135,16 +145,17 @@ class MultimodalModel(nn.Module):
         self.align_pairs = [tuple(p) for p in align_pairs]
         self.align_losses = nn.ModuleList([ClipLoss(align_temperature, queue_size=align_queue, dim=shared_dim)
                                            for _ in self.align_pairs])
-        self.filler = Filler(self.names, shared_dim) if fill_missing else None
         if fill_space not in ("features", "shared"):
             raise ValueError(f"fill_space {fill_space!r}: 'features' or 'shared'")
         self.fill_space = fill_space
+        self.filler = Filler(self.names, shared_dim) if fill_missing else None
         self.decoders = (InputModuleDict({n: nn.Linear(shared_dim, encoders[n].output_dim) for n in self.names})
                          if fill_missing and fill_space == "features" else None)
         self.use_estimates = True  # False: absent inputs reach the fusion as zeros (the filler's ablation)
         # fill_space "features": per input, the weight of the filled-in output against the input-masked one on rows
-        # where that input is absent (1 where unset; :func:`mmfuse.pipeline.choose_fill_mix` sets it after training)
-        self.fill_mix: dict[str, float] = {}
+        # where that input is absent. 0 while training (the network learns as without filling in, and validation
+        # during training scores that); :func:`mmfuse.pipeline.choose_fill_mix` sets it after training
+        self.fill_mix: dict[str, float] = {n: 0.0 for n in self.names} if self.decoders is not None else {}
 
     def drop_modalities(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Randomly mark present inputs absent, keeping at least one per row that had one."""
@@ -197,54 +208,82 @@ class MultimodalModel(nn.Module):
         """From the encoders' outputs to ``{"logits", "masks", "fused" (the head's input), "shared",
         "filled", "aux"}`` (the last three where the model has them)."""
         out = {"masks": masks}
+        if self.decoders is not None:  # fill_space "features"
+            return self._fuse_filling_features(feats, tokens, masks, out)
         fin_feats, fin_masks, fin_tokens = feats, masks, tokens
         if self.projections is not None:
             shared = out["shared"] = self.project(feats)
-            if self.filler is not None:
+            if self.filler is not None:  # fill_space "shared" (bundles saved before the choice)
                 est, conf = self.filler(shared, masks)
                 if not self.use_estimates:
                     conf = {n: torch.zeros_like(c) for n, c in conf.items()}
                 out["filled"], out["fill_confidence"] = est, conf
                 any_present = torch.stack([masks[n] for n in self.names], 1).any(1)
-                if self.decoders is not None:  # the encoders' outputs; an absent input's from its estimate
-                    dec = out["decoded"] = {n: self.decoders[n](F.normalize(est[n], dim=-1)) for n in self.names}
-                    out["features"] = feats
-                    fin_feats = {n: torch.where(masks[n].unsqueeze(1), feats[n], dec[n] * conf[n].unsqueeze(1))
-                                 for n in self.names}
-                    fin_masks = ({n: masks[n] | any_present for n in self.names} if self.use_estimates
-                                 else masks)  # the ablation: absent inputs exactly as without filling in
-                else:
-                    scale = math.sqrt(self.shared_dim)
-                    fin_feats = {n: torch.where(masks[n].unsqueeze(1), F.normalize(shared[n], dim=-1),
-                                                F.normalize(est[n], dim=-1) * conf[n].unsqueeze(1)) * scale
-                                 for n in self.names}
-                    fin_masks = {n: any_present for n in self.names}  # present, or filled from the inputs present
+                scale = math.sqrt(self.shared_dim)
+                fin_feats = {n: torch.where(masks[n].unsqueeze(1), F.normalize(shared[n], dim=-1),
+                                            F.normalize(est[n], dim=-1) * conf[n].unsqueeze(1)) * scale
+                             for n in self.names}
+                fin_masks = {n: any_present for n in self.names}  # present, or filled from the inputs present
                 fin_tokens = None
         if self.fusion is not None:
             fused = self.fusion(fin_feats, fin_masks, fin_tokens if self.fusion.uses_tokens else None)
             out["fused"] = fused
             out["logits"] = fused if self.head is None else self.head(fused)
-            if self.decoders is not None and self.use_estimates:
-                out.update(self._mix_with_masked(feats, fin_tokens, masks, out["logits"]))
         if self.aux_heads is not None:
             out["aux"] = {n: self.aux_heads[n](feats[n]) for n in self.names}
         elif self.aux_from_fusion:
             out["aux"] = self.fusion.unimodal_logits(fin_feats)
         return out
 
-    def _mix_with_masked(self, feats, tokens, masks, filled: torch.Tensor) -> dict:
-        """The same fusion and head on the rows with their absent inputs masked out (as a model without filling
-        in sees them; trained beside the filled-in output, each half of the task's loss), and the output mixed
-        from both: on a row, ``w · filled + (1 - w) · masked`` with ``w`` the mean of :attr:`fill_mix` over its
-        absent inputs. A row with every input present gives the same from both (``w = 1``: exactly ``filled``)."""
+    def _fuse_filling_features(self, feats, tokens, masks, out: dict) -> dict:
+        """Filling in, in the encoders' output space: filling in is an addition that never changes what the rest of
+        the network learns.
+
+        - The input-masked output (``logits_masked``) is the fusion and head on the rows as a model without filling
+          in sees them (absent inputs masked out); it alone trains the encoders, projections, fusion and head, which
+          therefore learn exactly what they would learn without filling in, from the same seed.
+        - The filled-in output (``logits_filled``) gives each absent input the decoded estimate of its shared
+          embedding, times the filler's confidence, and marks it present. While training, it runs the fusion and head
+          with their weights held (and the present inputs' features detached, the random generator forked): its loss
+          (``fill_task``) trains only the filler, its confidence and the decoders.
+        - ``logits``: on a row with an absent input, ``w · filled + (1 - w) · masked``, with ``w`` the mean of
+          :attr:`fill_mix` over the absent inputs (chosen on the validation rows after training; 0 while training);
+          on a row with every input present, the input-masked output (the same value as the filled-in one)."""
+        shared = out["shared"] = self.project(feats)
+        est, conf = self.filler({n: s.detach() for n, s in shared.items()}, masks)
+        out["filled"], out["fill_confidence"] = est, conf
+        out["features"] = feats
         plain = self.fusion(feats, masks, tokens if self.fusion.uses_tokens else None)
         masked = plain if self.head is None else self.head(plain)
-        absent = torch.stack([~masks[n] for n in self.names], 1).to(filled.dtype)  # [B, M]
-        lam = torch.tensor([float(self.fill_mix.get(n, 1.0)) for n in self.names], dtype=filled.dtype,
-                           device=filled.device)
-        k = absent.sum(1, keepdim=True)
-        w = torch.where(k > 0, (absent * lam).sum(1, keepdim=True) / k.clamp(min=1), torch.ones_like(k))
-        return {"logits": w * filled + (1 - w) * masked, "logits_filled": filled, "logits_masked": masked}
+        out["fused"], out["logits"], out["logits_masked"] = plain, masked, masked
+        absent = torch.stack([~masks[n] for n in self.names], 1)  # [B, M]
+        any_present = (~absent).any(1)
+        if self.use_estimates:
+            dec = out["decoded"] = {n: self.decoders[n](F.normalize(est[n], dim=-1)) for n in self.names}
+            fin_feats = {n: torch.where(masks[n].unsqueeze(1), feats[n].detach() if self.training else feats[n],
+                                        dec[n] * conf[n].unsqueeze(1)) for n in self.names}
+            fin_masks = {n: masks[n] | any_present for n in self.names}
+            if self.training:  # the fusion's and head's weights held, the random generator forked
+                ref = next(iter(feats.values()))
+                with torch.random.fork_rng(devices=[ref.device.index or 0] if ref.is_cuda else []):
+                    fused = _held(self.fusion, fin_feats, fin_masks, None)
+                    filled = fused if self.head is None else _held(self.head, fused)
+            else:
+                fused = self.fusion(fin_feats, fin_masks, None)
+                filled = fused if self.head is None else self.head(fused)
+            out["logits_filled"] = filled
+            lam = torch.tensor([float(self.fill_mix.get(n, 1.0)) for n in self.names], dtype=filled.dtype,
+                               device=filled.device)
+            a = absent.to(filled.dtype)
+            k = a.sum(1, keepdim=True)
+            w = (a * lam).sum(1, keepdim=True) / k.clamp(min=1)
+            out["logits"] = torch.where(k > 0, w * filled + (1 - w) * masked, masked)
+            out["fused"] = torch.where((k > 0) & (w > 0), fused, plain)  # the head's input of the output kept most
+        if self.aux_heads is not None:
+            out["aux"] = {n: self.aux_heads[n](feats[n]) for n in self.names}
+        elif self.aux_from_fusion:
+            out["aux"] = self.fusion.unimodal_logits(feats)
+        return out
 
     # --- the losses of the shared space ---------------------------------------------------------------
     def alignment_loss(self, out: dict) -> torch.Tensor:

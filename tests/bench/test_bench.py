@@ -335,4 +335,6 @@ def test_quick_alignment_protocol(tmp_path):
     assert 0 < ret["aligned"]["audio->image"]["chance_precision"][0] < 0.2
     assert set(r["semi"]["summary"]) == {"pretrained", "scratch", "gain_points"}
     assert set(r["fill"]["digits"]["models"]) == {"concat, filled in", "concat, zeroed"}
+    # filling in leaves the rest of the network as without it, on the real encoders too
+    assert [x["same_weights_as_filled_in"] for x in r["fill"]["digits"]["models"]["concat, zeroed"]["runs"]] == [True]
     assert "without audio" in md and "precision@10" in md

@@ -172,13 +172,15 @@ def _har(ctx):
 
 
 def _fill(ctx, name, df, root, fusions, epochs, target, align_weight, encoders=None, preprocessing=None, columns=None):
+    import torch
+
     from mmfuse import MultimodalPredictor, evaluate_predictor
     from mmfuse.io import read_table
     from mmfuse.robust import blank_inputs, inputs_of
 
     test = df[df["split"] == "test"]
     inputs = None
-    rows = {}
+    rows, nets = {}, {}
     for fusion in fusions:
         for fill in (True, False):
             key = f"{fusion}, {'filled in' if fill else 'zeroed'}"
@@ -196,6 +198,12 @@ def _fill(ctx, name, df, root, fusions, epochs, target, align_weight, encoders=N
                      "epochs_run": est.metrics_["epochs_run"]}
                 if fill and est.predictor_.fill_mix is not None:
                     r["fill_mix"] = est.predictor_.fill_mix
+                weights = est.predictor_.model.state_dict()
+                if fill:
+                    nets[fusion, seed] = {k: v.clone() for k, v in weights.items()}
+                elif (fusion, seed) in nets:  # filling in is meant to leave the rest of the network as it is
+                    kept = nets.pop((fusion, seed))
+                    r["same_weights_as_filled_in"] = all(k in kept and torch.equal(kept[k], v) for k, v in weights.items())
                 for n in inputs:
                     blank = blank_inputs(read_table(test, root=root), inputs_of(est.predictor_), [n])
                     r[f"without {n}"] = float(evaluate_predictor(est.predictor_, blank, root=root)["accuracy"])
@@ -213,15 +221,18 @@ def _fill(ctx, name, df, root, fusions, epochs, target, align_weight, encoders=N
                             if "fill_mix" in r else ""))
             keys = ["clean", *[f"without {n}" for n in inputs], *([f"without {n}, estimates zeroed" for n in inputs] if fill else [])]
             rows[key] = {"runs": rs, **{k: mean_std([r[k] for r in rs]) for k in keys}}
-    verdict, own = {}, {}
+    verdict, own, per_seed = {}, {}, {}
     for fusion in fusions:
         f, z = rows[f"{fusion}, filled in"], rows[f"{fusion}, zeroed"]
+        per_seed[fusion] = {f"without {n}": [round(100 * (a[f"without {n}"] - b[f"without {n}"]), 2)
+                                             for a, b in zip(f["runs"], z["runs"])] for n in inputs}
         # seed by seed (the two models of a seed share their split and initial draw), then mean ± std
         verdict[fusion] = {f"without {n}": mean_std([100 * (a[f"without {n}"] - b[f"without {n}"])
                                                      for a, b in zip(f["runs"], z["runs"])]) for n in inputs}
         own[fusion] = {f"without {n}": mean_std([100 * (r[f"without {n}"] - r[f"without {n}, estimates zeroed"])
                                                  for r in f["runs"]]) for n in inputs}
-    return {"models": rows, "filled_minus_zeroed_points": verdict, "estimates_minus_zeros_same_model_points": own,
+    return {"models": rows, "filled_minus_zeroed_points": verdict, "filled_minus_zeroed_per_seed": per_seed,
+            "estimates_minus_zeros_same_model_points": own,
             "inputs": inputs, "test_rows": int(len(test)),
             "align_weight": align_weight}
 
@@ -385,6 +396,15 @@ def markdown(result: dict) -> str:
                 f"{fu}: " + ", ".join(f"{k} {v[0]:+.2f} ± {v[1]:.2f}" if isinstance(v, (list, tuple)) else
                                       f"{k} {v:+.2f}" for k, v in g.items())
                 for fu, g in d["filled_minus_zeroed_points"].items()), ""]
+            if d.get("filled_minus_zeroed_per_seed"):
+                lines += ["Seed by seed (points): " + "; ".join(
+                    f"{fu}: " + ", ".join(f"{k} " + " / ".join(f"{x:+.2f}" for x in xs) for k, xs in g.items())
+                    for fu, g in d["filled_minus_zeroed_per_seed"].items()), ""]
+            same = [r["same_weights_as_filled_in"] for m in d["models"].values() for r in m["runs"]
+                    if "same_weights_as_filled_in" in r]
+            if same:
+                lines += [f"The zeroing model's weights equal the filling-in model's network (all but the filler) "
+                          f"in {sum(same)} of {len(same)} runs.", ""]
             mixes = {name: [r["fill_mix"] for r in m["runs"] if "fill_mix" in r] for name, m in d["models"].items()}
             if any(mixes.values()):
                 lines += ["Weight of the filled-in output where an input is absent (against the input-masked output; "

@@ -72,11 +72,12 @@ class LitMultimodal(L.LightningModule):
 
     @property
     def weights(self) -> dict:
-        return {"task": 1.0, "aux": self.mcfg.aux_weight, "fill": self.mcfg.fill_weight,
+        return {"task": 1.0, "aux": self.mcfg.aux_weight, "fill": self.mcfg.fill_weight, "fill_task": 1.0,
                 "align": self.mcfg.align_weight if self.task is not None else 1.0}
 
     def loss_parts(self, out: dict, y: torch.Tensor | None) -> dict:
-        """Each term of the objective, unweighted: ``task``, ``aux``, ``align``, ``fill``."""
+        """Each term of the objective, unweighted: ``task``, ``aux``, ``align``, ``fill`` and, filling in the
+        encoders' output space, ``fill_task`` (the task's loss of the filled-in output, which trains the filler)."""
         parts = {}
         if self.model.align_pairs:
             parts["align"] = self.model.alignment_loss(out)
@@ -84,9 +85,12 @@ class LitMultimodal(L.LightningModule):
             parts["fill"] = self.model.fill_loss(out)
         if self.task is None or y is None:  # no task (pretraining), or the shared space's terms only
             return parts
-        if "logits_masked" in out:  # filling in (fill_space "features"): the filled-in and the input-masked outputs
-            parts["task"] = (self.task.loss(out["logits_filled"], y, self.class_weights)
-                             + self.task.loss(out["logits_masked"], y, self.class_weights)) / 2
+        if "logits_masked" in out:  # filling in (fill_space "features"): the input-masked output trains the network,
+            parts["task"] = self.task.loss(out["logits_masked"], y, self.class_weights)  # as without filling in
+            if "logits_filled" in out:  # the filled-in one, on the rows with an input to fill in, only the filler
+                absent = torch.stack([~out["masks"][n] for n in self.model.names], 1).any(1)
+                parts["fill_task"] = (self.task.loss(out["logits_filled"][absent], y[absent], self.class_weights)
+                                      if bool(absent.any()) else out["logits_filled"].sum() * 0.0)
         else:
             parts["task"] = self.task.loss(out["logits"], y, self.class_weights)
         if "aux" in out and self.mcfg.aux_weight > 0:
@@ -211,6 +215,17 @@ class LitMultimodal(L.LightningModule):
         total = max(1, self.tcfg.epochs * len(self.train_loader))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total, int(self.tcfg.warmup * total)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning's clipping, but, filling in the encoders' output space, the gradient norm of the filler and its
+        decoders is clipped apart from the rest's: filling in does not change how far the network's step goes."""
+        fill = [m for m in (self.model.filler, self.model.decoders) if m is not None]
+        if not gradient_clip_val or gradient_clip_algorithm == "value" or self.model.decoders is None:
+            return self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        held = {id(p) for m in fill for p in m.parameters()}
+        params = [p for g in optimizer.param_groups for p in g["params"]]  # the order Lightning's clipping sees
+        for part in ([p for p in params if id(p) not in held], [p for p in params if id(p) in held]):
+            torch.nn.utils.clip_grad_norm_(part, gradient_clip_val)
 
     # --- exact resume -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
