@@ -217,14 +217,17 @@ def test_a_fill_model_saves_loads_and_predicts_with_an_input_absent(tmp_path):
         plain.fill_estimates = False
 
 
-@pytest.mark.parametrize("fusion", ["concat", "gated"])
-def test_filling_in_changes_nothing_the_rest_of_the_network_learns(fusion):
+@pytest.mark.parametrize("fusion, align", [("concat", 0.5), ("gated", 0.0)])
+def test_filling_in_changes_nothing_the_rest_of_the_network_learns(fusion, align):
     """fill_space features: the encoders, projections, fusion and head of a model that fills in learn exactly what
     they learn without filling in, from the same seed (the filled-in output trains the filler alone, its gradient
-    norm is clipped apart, its pass does not draw from the run's random generator): the same weights and validation
-    losses, and at weight 0 the same predictions with an input absent."""
+    norm is clipped apart, its pass does not draw from the run's random generator; without alignment, the inputs
+    dropout hid are encoded aside, in eval mode, as the filler's targets): the same weights and validation losses,
+    and at weight 0 the same predictions with an input absent (validation scores the input-masked output: rows
+    of every split lack B)."""
     df = paired_table(300)
-    kw = dict(groups=GROUPS, modality_dropout=0.3, align_weight=0.5, fusion=fusion, dropout=0.3, epochs=3,
+    df.loc[df.sample(frac=0.2, random_state=0).index, GROUPS["B"]] = np.nan
+    kw = dict(groups=GROUPS, modality_dropout=0.3, align_weight=align, fusion=fusion, dropout=0.3, epochs=3,
               min_steps=0, grad_clip=0.05, contribution=False, seed=3, **QUIET)  # a clip that acts at every step
     filled = MultimodalPredictor("y", fill_missing=True, **kw).fit(df)
     zeroed = MultimodalPredictor("y", **kw).fit(df)
@@ -233,6 +236,7 @@ def test_filling_in_changes_nothing_the_rest_of_the_network_learns(fusion):
     assert [h["val_loss"] for h in filled.history_] == [h["val_loss"] for h in zeroed.history_]
     half = df.head(40).copy()
     half.loc[:19, GROUPS["B"]] = np.nan
+    half.loc[20:, GROUPS["B"]] = paired_table(300).loc[20:39, GROUPS["B"]]
     filled.predictor_.fill_mix = {"A": 0.0, "B": 0.0}
     np.testing.assert_array_equal(filled.predict_proba(half), zeroed.predict_proba(half))
     filled.predictor_.fill_mix = {"A": 1.0, "B": 1.0}  # the estimates do reach the rows without B
@@ -373,6 +377,34 @@ def test_the_output_mixes_the_filled_in_and_the_input_masked_fusions_where_an_in
     parts = lit.loss_parts(outs[0.5], y)
     assert torch.allclose(parts["task"], task.loss(z, y, None))
     assert torch.allclose(parts["fill_task"], task.loss(f[:6], y[:6], None))
+
+
+@pytest.mark.parametrize("fusion", list_fusions())
+def test_the_filled_in_output_and_the_filling_loss_train_the_filler_alone(fusion):
+    """In training, the gradient of ``fill_task`` (the filled-in output's loss) and of ``fill`` reaches the filler
+    and its decoders, each of them, and nothing else; ``fill_task`` is a term of the objective, at weight 1."""
+    from mmfuse.config import ModelConfig, TrainConfig
+    from mmfuse.tasks import create_task
+    from mmfuse.training.module import LitMultimodal
+
+    m = model(fusion, fill=True).train()
+    x, masks = batch()
+    masks = {**masks, "b": torch.arange(16) >= 6, "c": torch.arange(16) % 3 > 0}
+    task = create_task("multiclass", "t").fit(pd.DataFrame({"t": ["x", "y", "z"] * 6}))
+    y = torch.tensor([0, 1, 2, 1] * 4)
+    lit = LitMultimodal(m, task, None, None, TrainConfig(), ModelConfig(fill_missing=True, align_weight=0.5), None)
+    out = m(x, masks)
+    parts = lit.loss_parts(out, y)
+    assert float(lit.loss(out, y)) == pytest.approx(float(parts["task"] + 0.5 * parts["align"] + parts["fill"]
+                                                         + parts["fill_task"]), rel=1e-6)
+    named = [(k, p) for k, p in m.named_parameters() if p.requires_grad]
+    for part in ("fill_task", "fill"):
+        grads = torch.autograd.grad(parts[part], [p for _, p in named], retain_graph=True, allow_unused=True)
+        moved = {k for (k, _), g in zip(named, grads) if g is not None and float(g.abs().sum()) > 0}
+        assert moved and all(k.startswith(("filler.", "decoders.")) for k in moved), (part, moved)
+        if part == "fill_task":  # the estimates of b and c, their confidence, their decoders
+            assert {k.split(".")[2] for k in moved if k.startswith("filler.")} == {"b", "c"}
+            assert {k.split(".")[1] for k in moved if k.startswith("decoders.")} == {"b", "c"}
 
 
 def test_fit_chooses_the_mix_on_validation_and_a_bundle_keeps_it(tmp_path):

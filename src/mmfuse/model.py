@@ -153,9 +153,9 @@ class MultimodalModel(nn.Module):
                          if fill_missing and fill_space == "features" else None)
         self.use_estimates = True  # False: absent inputs reach the fusion as zeros (the filler's ablation)
         # fill_space "features": per input, the weight of the filled-in output against the input-masked one on rows
-        # where that input is absent. 0 while training (the network learns as without filling in, and validation
-        # during training scores that); :func:`mmfuse.pipeline.choose_fill_mix` sets it after training
-        self.fill_mix: dict[str, float] = {n: 0.0 for n in self.names} if self.decoders is not None else {}
+        # where that input is absent (1 where unset; training and its validation read the input-masked output
+        # alone; :func:`mmfuse.pipeline.choose_fill_mix` sets it after training)
+        self.fill_mix: dict[str, float] = {}
 
     def drop_modalities(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Randomly mark present inputs absent, keeping at least one per row that had one."""
@@ -180,12 +180,30 @@ class MultimodalModel(nn.Module):
                             for n in self.names}
         if self.training and self.modality_dropout > 0:
             masks = self.drop_modalities(masks)
-        # with a shared space, inputs dropped for the fusion are still encoded: the alignment and filling
-        # losses learn from them (a dropped input is exactly one to fill in, and its true embedding is known)
-        feats, tokens = self.encode(inputs, observed if self.projections is not None else masks)
+        # inputs dropped for the fusion are still encoded where a loss learns from them: the alignment loss, and the
+        # filling loss in the shared space (a dropped input is exactly one to fill in, and its true embedding is known)
+        learns_hidden = self.projections is not None and (bool(self.align_pairs) or
+                                                          (self.filler is not None and self.decoders is None))
+        feats, tokens = self.encode(inputs, observed if learns_hidden else masks)
         out = self.fuse(feats, tokens, masks)
         out["observed"] = observed
+        if self.decoders is not None and not learns_hidden:
+            hidden = {n: observed[n] & ~masks[n] for n in self.names}
+            if any(bool(h.any()) for h in hidden.values()):  # the filler's targets on the inputs dropout hid:
+                out["hidden_features"] = self._encode_held(inputs, hidden)  # encoded aside, as fixed targets
         return out
+
+    def _encode_held(self, inputs: Mapping, masks: Mapping[str, torch.Tensor]) -> dict:
+        """Each input's pooled output on the rows of ``masks``, in eval mode and without gradient: no batch-norm
+        statistic moves and no random number is drawn, so the network trains as if this pass had not run."""
+        modes = [(m, m.training) for m in self.encoders.modules()]
+        self.encoders.eval()
+        try:
+            with torch.no_grad():
+                return self.encode(inputs, masks)[0]
+        finally:
+            for m, mode in modes:
+                m.training = mode
 
     def encode(self, inputs: Mapping, masks: Mapping[str, torch.Tensor], names: Sequence[str] | None = None):
         """Each input's pooled output ``[B, D_m]`` and tokens (``(None, None)`` without); an input not in
@@ -253,7 +271,7 @@ class MultimodalModel(nn.Module):
         est, conf = self.filler({n: s.detach() for n, s in shared.items()}, masks)
         out["filled"], out["fill_confidence"] = est, conf
         out["features"] = feats
-        plain = self.fusion(feats, masks, tokens if self.fusion.uses_tokens else None)
+        plain = self.fusion(feats, masks, None)  # (a model that fills in is built to read one vector per input)
         masked = plain if self.head is None else self.head(plain)
         out["fused"], out["logits"], out["logits_masked"] = plain, masked, masked
         absent = torch.stack([~masks[n] for n in self.names], 1)  # [B, M]
@@ -277,8 +295,9 @@ class MultimodalModel(nn.Module):
             a = absent.to(filled.dtype)
             k = a.sum(1, keepdim=True)
             w = (a * lam).sum(1, keepdim=True) / k.clamp(min=1)
-            out["logits"] = torch.where(k > 0, w * filled + (1 - w) * masked, masked)
-            out["fused"] = torch.where((k > 0) & (w > 0), fused, plain)  # the head's input of the output kept most
+            # (selected, not multiplied by 0 where the weight is 0: a non-finite estimate cannot reach the output)
+            out["logits"] = torch.where((k > 0) & (w > 0), w * filled + (1 - w) * masked, masked)
+            out["fused"] = torch.where((k > 0) & (w >= 0.5), fused, plain)  # the head's input of the larger share
         if self.aux_heads is not None:
             out["aux"] = {n: self.aux_heads[n](feats[n]) for n in self.names}
         elif self.aux_from_fusion:
@@ -297,11 +316,16 @@ class MultimodalModel(nn.Module):
     def fill_loss(self, out: dict) -> torch.Tensor:
         """The cosine distance ``1 - cos(ẑ_n, z_n)`` of the filler's estimate of each input to its (detached)
         shared embedding (with ``fill_space="features"``, plus the relative squared error of the decoded
-        estimate to the input's detached encoder output), on rows where the input is in the data (dropped by modality dropout or not) and
-        another input reaches the fusion to fill from; the mean over those rows, then over inputs. (The fusion
+        estimate to the input's detached encoder output), on rows where the input is in the data (dropped by
+        modality dropout or not) and another input reaches the fusion to fill from; the mean over those rows, then over inputs. (The fusion
         reads directions, so the loss does too, and it stays in [0, 2] whatever the embeddings' scale.)"""
         shared, est, masks = out["shared"], out["filled"], out["masks"]
         observed = out.get("observed", masks)
+        feats = out.get("features")
+        if "hidden_features" in out:  # the inputs modality dropout hid were encoded aside (:meth:`_encode_held`)
+            feats = {n: torch.where(masks[n].unsqueeze(1), feats[n], out["hidden_features"][n]) for n in self.names}
+            with torch.no_grad():
+                shared = self.project(feats)
         stacked = torch.stack([masks[n] for n in self.names], 1)
         terms = []
         for i, n in enumerate(self.names):
@@ -310,7 +334,7 @@ class MultimodalModel(nn.Module):
             if bool(rows.any()):
                 terms.append((1 - F.cosine_similarity(est[n][rows], shared[n][rows].detach(), dim=-1)).mean())
                 if "decoded" in out:  # the map from an estimate to the encoder's output it stands for (relative
-                    f = out["features"][n][rows].detach()  # squared error; the estimate itself is not moved)
+                    f = feats[n][rows].detach()  # squared error; the estimate itself is not moved)
                     d = self.decoders[n](F.normalize(est[n][rows].detach(), dim=-1))
                     terms.append(((d - f) ** 2).mean() / ((f ** 2).mean() + 1e-6))
         if not terms:

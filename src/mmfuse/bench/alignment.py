@@ -22,11 +22,12 @@ Parts (``--set parts=retrieval,semi,fill,clothing``; all by default):
   modality dropout 0.3 and the alignment loss (``align_weight``, ``--set fill_align_weight``, default 1:
   the filler estimates an input in a space where the inputs are aligned), once with ``fill_missing`` and
   once without (absent inputs are zeros), scored
-  with each input blank in every test row. The filled-in model (``fill_space: features``) trains its
-  filled-in output and its input-masked output side by side and mixes them where an input is absent,
-  with a weight per input chosen on the validation rows (``Predictor.fill_mix``, reported per seed); it
-  is scored once more with its estimates off (``Predictor.fill_estimates = False``: its input-masked
-  output alone, same weights), on the audio-visual digits and on the phone + watch windows
+  with each input blank in every test row. The filled-in model (``fill_space: features``) learns its network
+  as the zeroing model does (same weights from the same seed: checked and reported) and its filler beside it;
+  where an input is absent it mixes its filled-in and input-masked outputs with a weight per input chosen on
+  the validation rows (``Predictor.fill_mix``, reported per seed; weight 0 is the zeroing model). It is scored
+  once more with the filled-in output alone (weight 1 for every input), on the audio-visual digits and on the
+  phone + watch windows
   (:func:`mmfuse.datasets.sp_sw_har`, ``devices="both"``; the subjects split, seeded, into 15 training,
   3 validation and 5 test subjects; no subject information as input). Mean ± std over seeds.
 - **clothing** — Women's Clothing reviews (the published split), review text (Title + Review Text)
@@ -207,19 +208,21 @@ def _fill(ctx, name, df, root, fusions, epochs, target, align_weight, encoders=N
                 for n in inputs:
                     blank = blank_inputs(read_table(test, root=root), inputs_of(est.predictor_), [n])
                     r[f"without {n}"] = float(evaluate_predictor(est.predictor_, blank, root=root)["accuracy"])
-                    if fill:  # the same weights, the estimates replaced by zeros: what the filler itself adds
-                        est.predictor_.fill_estimates = False
+                    if fill:  # the filled-in output alone, whatever weight validation chose
+                        chosen = est.predictor_.fill_mix
+                        est.predictor_.fill_mix = {m: 1.0 for m in chosen}
                         try:
-                            r[f"without {n}, estimates zeroed"] = float(
+                            r[f"without {n}, filled-in output alone"] = float(
                                 evaluate_predictor(est.predictor_, blank, root=root)["accuracy"])
                         finally:
-                            est.predictor_.fill_estimates = True
+                            est.predictor_.fill_mix = chosen
                 rs.append(r)
                 ctx.echo(f"fill {name} {key} seed {seed}: clean {r['clean']:.4f}, "
                          + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith("without"))
                          + (f"; weight of the filled-in output (chosen on validation): {r['fill_mix']}"
                             if "fill_mix" in r else ""))
-            keys = ["clean", *[f"without {n}" for n in inputs], *([f"without {n}, estimates zeroed" for n in inputs] if fill else [])]
+            keys = ["clean", *[f"without {n}" for n in inputs],
+                    *([f"without {n}, filled-in output alone" for n in inputs] if fill else [])]
             rows[key] = {"runs": rs, **{k: mean_std([r[k] for r in rs]) for k in keys}}
     verdict, own, per_seed = {}, {}, {}
     for fusion in fusions:
@@ -229,10 +232,10 @@ def _fill(ctx, name, df, root, fusions, epochs, target, align_weight, encoders=N
         # seed by seed (the two models of a seed share their split and initial draw), then mean ± std
         verdict[fusion] = {f"without {n}": mean_std([100 * (a[f"without {n}"] - b[f"without {n}"])
                                                      for a, b in zip(f["runs"], z["runs"])]) for n in inputs}
-        own[fusion] = {f"without {n}": mean_std([100 * (r[f"without {n}"] - r[f"without {n}, estimates zeroed"])
-                                                 for r in f["runs"]]) for n in inputs}
+        own[fusion] = {f"without {n}": mean_std([100 * (a[f"without {n}, filled-in output alone"] - b[f"without {n}"])
+                                                 for a, b in zip(f["runs"], z["runs"])]) for n in inputs}
     return {"models": rows, "filled_minus_zeroed_points": verdict, "filled_minus_zeroed_per_seed": per_seed,
-            "estimates_minus_zeros_same_model_points": own,
+            "filled_alone_minus_zeroed_points": own,
             "inputs": inputs, "test_rows": int(len(test)),
             "align_weight": align_weight}
 
@@ -392,7 +395,11 @@ def markdown(result: dict) -> str:
                       "|---|" + "---|" * len(cols)]
             for name, m in d["models"].items():
                 lines.append(f"| {name} | " + " | ".join(_ms(m[c], 4) for c in cols) + " |")
-            lines += ["", "Filled in minus zeroed (two models, seed by seed), points, mean ± std over seeds: " + "; ".join(
+                alone = [f"{c}, filled-in output alone" for c in cols[1:]]
+                if all(c in m for c in alone):
+                    lines.append(f"| {name}, filled-in output alone (weight 1) | — | "
+                                 + " | ".join(_ms(m[c], 4) for c in alone) + " |")
+            lines += ["", "Filled in (the mix chosen on validation) minus zeroed (two models, seed by seed), points, mean ± std over seeds: " + "; ".join(
                 f"{fu}: " + ", ".join(f"{k} {v[0]:+.2f} ± {v[1]:.2f}" if isinstance(v, (list, tuple)) else
                                       f"{k} {v:+.2f}" for k, v in g.items())
                 for fu, g in d["filled_minus_zeroed_points"].items()), ""]
@@ -411,12 +418,11 @@ def markdown(result: dict) -> str:
                           "chosen on the validation rows), seed by seed: " + "; ".join(
                               f"{name}: " + " / ".join(", ".join(f"{k} {v:g}" for k, v in mx.items()) for mx in ms)
                               for name, ms in mixes.items() if ms), ""]
-            if d.get("estimates_minus_zeros_same_model_points"):
-                lines += ["The filler's own share: the filled-in model against its own input-masked output "
-                          "(`Predictor.fill_estimates = False`, same weights), points, mean ± std "
-                          "over seeds: " + "; ".join(
+            if d.get("filled_alone_minus_zeroed_points"):
+                lines += ["The filled-in output alone (weight 1 for every input, whatever validation chose) minus "
+                          "zeroed, points, mean ± std over seeds: " + "; ".join(
                               f"{fu}: " + ", ".join(f"{k} {v[0]:+.2f} ± {v[1]:.2f}" for k, v in g.items())
-                              for fu, g in d["estimates_minus_zeros_same_model_points"].items()), ""]
+                              for fu, g in d["filled_alone_minus_zeroed_points"].items()), ""]
     c = result.get("clothing")
     if c:
         lines += [f"## Review text → (Department, Class) of the item, Women's Clothing ({c['test_reviews']} test "
