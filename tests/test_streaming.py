@@ -445,6 +445,9 @@ def test_the_command_line_streams_and_refuses_careless_options_in_one_line(table
         cli_error(capsys, "fit", table, "--target", "label", "-o", tmp_path / "r")
     assert "must be an integer >= 1" in cli_error(capsys, "fit", table, "--target", "label", "--stream",
                                                   "--shuffle-buffer", "0", "-o", tmp_path / "r")
+    assert "--shuffle-buffer and --sample-rows set how a streamed table is read: add --stream, or leave them out" in \
+        cli_error(capsys, "fit", csv, "--target", "b", "--shuffle-buffer", "64", "--sample-rows", "10", "-o",
+                  tmp_path / "r")
     main(["fit", str(table), "--target", "label", "--stream", "--split-hash", "id", "--epochs", "1",
           "--image-size", "16", "--sample-rows", "100", "-o", str(tmp_path / "run"), "--no-progress"])
     out = capsys.readouterr().out

@@ -209,6 +209,13 @@ def fit(
 
         raise MmfuseError("--replay needs --replay-fraction F (the share of old rows among the training rows, "
                           "e.g. 0.3)")
+    given = [flag for flag, v in (("--shuffle-buffer", shuffle_buffer), ("--sample-rows", sample_rows)) if v is not None]
+    if given and not stream:
+        from .errors import MmfuseError
+
+        raise MmfuseError(f"{' and '.join(given)} set how a streamed table is read: add --stream, or leave "
+                          f"{'them' if len(given) > 1 else 'it'} out (without --stream the table is read whole and "
+                          "every row is shuffled and used)")
     if progress is None:
         progress = sys.stdout.isatty()
     feedback = {k: v for k, v in (("init_from", init_from), ("new_head", new_head or None), ("replay", replay),
