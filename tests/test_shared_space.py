@@ -407,6 +407,21 @@ def test_the_filled_in_output_and_the_filling_loss_train_the_filler_alone(fusion
             assert {k.split(".")[1] for k in moved if k.startswith("decoders.")} == {"b", "c"}
 
 
+def test_a_fill_weight_is_kept_only_where_it_helps_by_more_than_one_standard_error():
+    from mmfuse.pipeline import pick_fill_weight
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 2.0, 400)
+    noise = rng.normal(0, 0.5, 400)
+    clear = {0.0: base, 0.5: base - 0.2 + 0.1 * noise, 1.0: base - 0.1 + 0.1 * noise}
+    assert pick_fill_weight(clear)[0] == 0.5  # the best weight, its gain far beyond its standard error
+    slight = {0.0: base, 0.5: base - 0.01 + noise, 1.0: base + noise}  # a lower mean, within noise
+    w, (gain, se) = pick_fill_weight(slight)
+    assert w == 0.0 and 0 < gain < se
+    assert pick_fill_weight({0.0: base, 1.0: base})[0] == 0.0  # a tie: no filling in
+    assert pick_fill_weight({0.0: base[:1], 1.0: base[:1] - 1})[0] == 0.0  # one row: no evidence
+
+
 def test_fit_chooses_the_mix_on_validation_and_a_bundle_keeps_it(tmp_path):
     """After a fit the weights are chosen and saved; with a filler made useless (its decoders' output reversed, its
     confidence full) the chooser turns to the input-masked output (weight 0) for that input."""

@@ -735,7 +735,8 @@ def _print_metrics(metrics: dict) -> None:
         typer.echo(f"bad input: {metrics['bad_input']}")
     if metrics.get("fill_mix"):
         typer.echo("filling in absent inputs: share of the estimate in a prediction where the input is absent (1: "
-                   "the estimate alone, 0: the input left out), chosen on the validation rows: "
+                   "the estimate alone, 0: the input left out), chosen on the validation rows (0 unless it lowers their loss "
+                   "by more than one standard error): "
                    + ", ".join(f"{n} {v:g}" for n, v in metrics["fill_mix"]["chosen"].items()))
 
 

@@ -397,17 +397,17 @@ FILL_MIX_GRID = (1.0, 0.75, 0.5, 0.25, 0.0)
 def choose_fill_mix(predictor, dataset, grid=FILL_MIX_GRID) -> dict:
     """For a model that fills in absent inputs (``fill_space: features``), choose on ``dataset`` (the validation
     rows) each input's :attr:`~mmfuse.model.MultimodalModel.fill_mix`: the weight of the filled-in output against
-    the input-masked one, trained beside it, when that input is absent. For input n, every row is scored with n
-    masked, at each weight of ``grid``; the weight with the lowest loss (the task's) is kept (the first of equals,
-    so 1, the filled-in output alone, wins a tie). Sets it on the model.
+    the input-masked one (which is the model without filling in) when that input is absent. For input n, every
+    row is scored with n masked, at each weight of ``grid``, by the task's loss; :func:`pick_fill_weight` keeps
+    the best weight only where its gain over weight 0 is larger than one standard error. Sets it on the model.
 
     Returns:
-        ``{"chosen": {input: weight}, "val_loss": {input: {weight: loss}}}``
+        ``{"chosen": {input: weight}, "val_loss": {input: {weight: loss}}, "gain_se": {input: [gain, se]}}``
     """
     import torch
 
     model, task = predictor.model, predictor.target
-    chosen, losses = {}, {}
+    chosen, losses, gain_se = {}, {}, {}
     for n in model.names:
         z = {}
         for end in (1.0, 0.0):  # the output is linear in the weight: its two ends give every point between
@@ -415,10 +415,37 @@ def choose_fill_mix(predictor, dataset, grid=FILL_MIX_GRID) -> dict:
             logit, rows = predictor.logits(None, dataset=dataset, absent=[n])
             z[end] = logit
         y = torch.from_numpy(np.asarray(dataset._y[rows]))
-        losses[n] = {lam: float(task.loss(lam * z[1.0] + (1 - lam) * z[0.0], y, None)) for lam in grid}
-        chosen[n] = min(grid, key=lambda lam: losses[n][lam])  # min keeps the first of equals
+        per_row = {lam: _row_losses(task, lam * z[1.0] + (1 - lam) * z[0.0], y) for lam in grid}
+        keep = np.logical_and.reduce([np.isfinite(v) for v in per_row.values()])  # (a blank target: no loss)
+        per_row = {lam: v[keep] for lam, v in per_row.items()}
+        losses[n] = {str(lam): float(v.mean()) for lam, v in per_row.items()}
+        chosen[n], gain_se[n] = pick_fill_weight(per_row)
     model.fill_mix = chosen
-    return {"chosen": chosen, "val_loss": {n: {str(k): v for k, v in d.items()} for n, d in losses.items()}}
+    return {"chosen": chosen, "val_loss": losses, "gain_se": gain_se}
+
+
+def _row_losses(task, logits, y) -> np.ndarray:
+    """The task's loss of each row alone."""
+    return np.array([float(task.loss(logits[i:i + 1], y[i:i + 1], None)) for i in range(len(y))])
+
+
+def pick_fill_weight(per_row: dict) -> tuple[float, list]:
+    """From ``{weight: the loss of each validation row}`` (the same rows for every weight, 0 among the weights):
+    the weight with the lowest mean loss, if it lowers the loss against weight 0 (no filling in) by more than
+    one standard error of the rows' paired differences, else 0 (the one-standard-error rule: filling in is
+    used only where validation shows it helps, not where it merely ties within noise).
+
+    Returns:
+        ``(weight, [gain, standard error])`` (the gain of the best weight other than 0; ``[0, 0]`` with no rows)
+    """
+    base = per_row[0.0]
+    best = min((w for w in per_row if w != 0.0), key=lambda w: (float(per_row[w].mean()) if len(per_row[w]) else 0.0,
+                                                                -w))
+    d = base - per_row[best]
+    if len(d) < 2:
+        return 0.0, [0.0, 0.0]
+    gain, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    return (best if gain > se else 0.0), [round(gain, 6), round(se, 6)]
 
 
 def choose_threshold_and_score(predictor, data: FitData, tcfg: TrainConfig, contribution: bool = True) -> dict:
