@@ -1,5 +1,7 @@
 """The shared space of a model: projection heads, the alignment and filling losses, filling in absent
 inputs with every fusion, embeddings through save and load, and fit from aligned encoders."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -274,7 +276,7 @@ def test_settings_that_need_a_shared_space_are_checked():
     from mmfuse.errors import MmfuseError
 
     df = paired_table(60)
-    with pytest.raises(MmfuseError, match="two inputs"):
+    with pytest.raises(MmfuseError, match=r"needs at least two inputs, and this model has one \('A'\).*--group NAME=COL,COL"):
         MultimodalPredictor("y", inputs=["A"], groups=GROUPS, fill_missing=True, epochs=1, **QUIET).fit(df)
     with pytest.raises(MmfuseError, match="pair"):
         MultimodalPredictor("y", groups=GROUPS, align_weight=1.0, align_pairs=["A:Q"], epochs=1, **QUIET).fit(df)
@@ -464,4 +466,5 @@ def test_the_command_line_fills_in_and_states_the_weights_it_chose(tmp_path, cap
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("filling in absent inputs: share of the estimate"))
     chosen = Predictor.load(tmp_path / "r" / "bundle").fill_mix
-    assert line.endswith(", ".join(f"{n} {v:g}" for n, v in chosen.items()))
+    gains = json.loads((tmp_path / "r" / "metrics.json").read_text())["fill_mix"]["gain_se"]
+    assert line.endswith(", ".join(f"{n} {v:g} ({gains[n][0]:+.4f} ± {gains[n][1]:.4f})" for n, v in chosen.items()))

@@ -82,7 +82,9 @@ def shared_space(cfg: ModelConfig, names, aligned: bool = False) -> ModelConfig:
 
     needs = aligned or cfg.align_weight > 0 or cfg.fill_missing
     if cfg.fill_missing and len(names) < 2:
-        raise MmfuseError("fill_missing needs at least two inputs: an absent input is estimated from the others")
+        raise MmfuseError(f"fill_missing (--fill-missing) needs at least two inputs, and this model has one "
+                          f"({', '.join(map(repr, names))}): an absent input is estimated from the others. Split the "
+                          "columns into inputs (--group NAME=COL,COL; groups= in Python), or leave fill_missing out")
     if needs and not cfg.shared_dim:
         cfg = dataclasses.replace(cfg, shared_dim=cfg.dim)
     if cfg.align_pairs and not (aligned or cfg.align_weight > 0):

@@ -50,7 +50,7 @@ class ModelConfig:
                                "(a MoCo-style queue, without a momentum encoder); 0: the batch's rows only.")
     fill_missing: bool = _doc(False, "Fill an absent input with an estimate of its shared embedding, predicted from "
                                      "the inputs present by a small regressor trained on rows where it is present "
-                                     "(hidden from the regressor); see `fill_space` for what the fusion reads "
+                                     "(hidden from the regressor); see the setting `fill_space` (`model:` in --config) for what the fusion reads "
                                      "(attention fusions attend over one vector per input, not over tokens). "
                                      "False: absent inputs are zeros.")
     fill_weight: float = _doc(1.0, "Weight of the filling regressor's loss (cosine distance to the hidden input's "

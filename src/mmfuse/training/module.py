@@ -156,9 +156,8 @@ class LitMultimodal(L.LightningModule):
         out = self.model(batch["inputs"], batch["mask"])
         n = len(batch["row"])
         # the shared space's terms, per batch (a contrastive loss depends on the batch: validation batches are fixed)
-        extra = {k: float(v) * n for k, v in self.loss_parts(out, None if self.task is None else batch["target"]).items()
-                 if k not in ("task", "aux")} if self.task is None or self.model.align_pairs or \
-            self.model.filler is not None else {}
+        extra = {k: float(v) * n for k, v in self.loss_parts(out, None).items()} if self.task is None or \
+            self.model.align_pairs or self.model.filler is not None else {}
         if self.task is None:
             self._val.append((None, None, extra, n))
         else:  # filling in: the input-masked output, which training learns alone (the mix is chosen after training)
