@@ -11,8 +11,9 @@ Inputs: the review (Title + Review Text, one text input, MiniLM frozen, mean poo
 embeddings cached on disk, so only the first trial runs the backbone) and the tabular columns
 (Division/Department/Class Name, Age, Positive Feedback Count). Recommended IND and Clothing ID are
 left out. The search space is mmfuse's default (fusion, widths, dropout, modality dropout, lr, epochs)
-plus what early stopping follows (validation loss or macro-F1). The quick run: the first 150 rows of
-each split, 2 folds, a 1-minute budget, an ensemble of 2.
+plus what early stopping follows (validation loss or macro-F1). ``trials`` caps the number of trials
+(default: none, the budget decides). The quick run: the first 150 rows of each split, 2 folds, 2 trials
+within a 1-minute budget, an ensemble of 2.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import time
 
 from . import BenchContext
 
-OPTIONS = {"minutes": float, "folds": int, "ensemble": int, "rows": int}
+OPTIONS = {"minutes": float, "folds": int, "ensemble": int, "rows": int, "trials": int}
 SEEDS = False
 PUBLISHED = {"fine-tuned text model (README)": 0.494, "TF-IDF + logistic regression (README)": 0.460}
 REFIT_MARGIN_S = 240  # left for the ensemble, the refit and the test scoring inside the budget
@@ -46,6 +47,7 @@ def run(ctx: BenchContext) -> dict:
     folds = int(o.get("folds", 2 if ctx.quick else 3))
     ensemble = int(o.get("ensemble", 2 if ctx.quick else 20))
     rows = o.get("rows", 150 if ctx.quick else None)
+    n_trials = int(o.get("trials", 2 if ctx.quick else 10_000))
     seed = ctx.seeds[0]
     t = womens_clothing_table(ctx.data / "womens-clothing")
     df = t.df
@@ -66,7 +68,7 @@ def run(ctx: BenchContext) -> dict:
     space = yaml.safe_load((importlib.resources.files("mmfuse") / "search_space.yaml").read_text())
     space["monitor"] = {"type": "categorical", "choices": ["loss", "macro_f1"]}
     out = ctx.out / "search"
-    res = mmfuse.search(est, dev, space=space, objective="cv", folds=folds, metric="macro_f1", n_trials=10_000,
+    res = mmfuse.search(est, dev, space=space, objective="cv", folds=folds, metric="macro_f1", n_trials=n_trials,
                         timeout=timeout, ensemble=ensemble, out=out, seed=seed, echo=ctx.echo)
     search_s = time.monotonic() - t_start
 
