@@ -74,7 +74,7 @@ def _quick(name, tmp_path, *extra):
 def test_quick_streaming_trains_streamed_and_in_memory_and_measures_memory(tmp_path):
     """The protocol needs no data set (it generates its table)."""
     main(["bench", "streaming", "--quick", "--out", str(tmp_path / "work"), "--results", str(tmp_path / "results"),
-          "--set", "image_size=32"])
+          "--set", "image_size=32", "--set", "gb=0.005", "--set", "row_group=100"])  # ~1,500 rows
     r = json.loads((tmp_path / "results" / "streaming_quick.json").read_text())
     md = (tmp_path / "results" / "streaming_quick.md").read_text()
     runs = r["runs"]
