@@ -77,3 +77,24 @@ def test_evaluation_report_shows_the_bundles_training_facts_not_placeholders(tmp
     bare = _report(tmp_path, {"task": "binary", "fusion": "concat", "inputs": ["x", "z"], "test": {"accuracy": 0.5},
                               "training": {}})  # a bundle written without metrics
     assert "None" not in bare and "0.0 s" not in bare and "- not recorded" in bare
+
+
+def test_an_input_the_table_lacks_is_listed_as_absent_not_scored_alone(tmp_path, capsys):
+    """Without it is all inputs, it alone is no data: neither is a contribution. The command line and the
+    report say it is absent from the table."""
+    from mmfuse import MultimodalPredictor, evaluate_predictor
+    from mmfuse.cli import main
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a0": rng.normal(size=120), "a1": rng.normal(size=120), "b0": rng.normal(size=120)})
+    df["y"] = np.where(df["a0"] + df["b0"] > 0, "p", "n")
+    m = MultimodalPredictor("y", groups={"A": ["a0", "a1"], "B": ["b0"]}, epochs=1, min_steps=0, progress=False,
+                            log=None, out=tmp_path / "run").fit(df)
+    c = evaluate_predictor(m.predictor_, df.drop(columns="b0"), contribution=True)["contribution"]
+    assert c["absent"] == ["B"] and list(c["without"]) == list(c["only"]) == ["A"]
+    assert "absent" not in evaluate_predictor(m.predictor_, df, contribution=True)["contribution"]
+    df.drop(columns="b0").to_csv(tmp_path / "noB.csv", index=False)
+    main(["evaluate", str(tmp_path / "run" / "bundle"), str(tmp_path / "noB.csv"), "-o", str(tmp_path / "ev")])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("contribution ("))
+    assert line.endswith(", B: absent from this table") and "A: without " in line
+    assert "| B | absent from this table | |" in (tmp_path / "ev" / "report.md").read_text()

@@ -779,7 +779,8 @@ def evaluate(
     c = m.get("contribution")
     if c:
         typer.echo(f"contribution ({c['metric']}; all inputs {c['all']:.4f}): " + ", ".join(
-            f"{n}: without {c['without'][n]:.4f}, alone {c['only'][n]:.4f}" for n in c["without"]))
+            [f"{n}: without {c['without'][n]:.4f}, alone {c['only'][n]:.4f}" for n in c["without"]]
+            + [f"{n}: absent from this table" for n in c.get("absent", [])]))
     if out:
         from .ensemble import EnsemblePredictor
         from .evaluation import write_report

@@ -21,13 +21,17 @@ def compute_metrics(predictor, dataset, absent=()) -> dict:
 
 def modality_contribution(predictor, dataset) -> dict:
     """The task's headline metric with all inputs, with each input removed (masked in every row), and
-    with each alone."""
+    with each alone. Inputs the table lacks altogether are listed under ``absent`` and not scored (without
+    them is all inputs; them alone is no data)."""
     key = predictor.target.headline
     names = predictor.model.names
+    absent = [n for n in getattr(dataset, "absent_inputs", lambda: [])() if n in names]
     full = compute_metrics(predictor, dataset)[key]
     out = {"metric": key, "higher_is_better": predictor.target.higher_is_better, "all": full, "without": {},
-           "only": {}}
+           "only": {}, **({"absent": absent} if absent else {})}
     for n in names:
+        if n in absent:
+            continue
         out["without"][n] = compute_metrics(predictor, dataset, absent=[n])[key]
         out["only"][n] = compute_metrics(predictor, dataset, absent=[m for m in names if m != n])[key]
     return out
@@ -183,6 +187,7 @@ def write_report(run_dir: Path, metrics: dict, classes: list | None = None) -> N
         lines += ["## modality contribution", "", f"test {c['metric']} with all inputs: {c['all']:.4f}", "",
                   "| input | without it | alone |", "|---|---|---|"]
         lines += [f"| {n} | {c['without'][n]:.4f} | {c['only'][n]:.4f} |" for n in c["without"]]
+        lines += [f"| {n} | absent from this table | |" for n in c.get("absent", [])]
         lines.append("")
     if metrics.get("bad_input"):
         lines += ["## bad input", "", metrics["bad_input"], ""]
