@@ -2,6 +2,7 @@
 a shared embedding space (projection heads, contrastive alignment, filling in absent inputs)."""
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Mapping, Sequence
 
@@ -281,14 +282,13 @@ class MultimodalModel(nn.Module):
             fin_feats = {n: torch.where(masks[n].unsqueeze(1), feats[n].detach() if self.training else feats[n],
                                         dec[n] * conf[n].unsqueeze(1)) for n in self.names}
             fin_masks = {n: masks[n] | any_present for n in self.names}
-            if self.training:  # the fusion's and head's weights held, the random generator forked
-                ref = next(iter(feats.values()))
-                with torch.random.fork_rng(devices=[ref.device.index or 0] if ref.is_cuda else []):
-                    fused = _held(self.fusion, fin_feats, fin_masks, None)
-                    filled = fused if self.head is None else _held(self.head, fused)
-            else:
-                fused = self.fusion(fin_feats, fin_masks, None)
-                filled = fused if self.head is None else self.head(fused)
+            # training: the fusion's and head's weights held, the random generator forked
+            run = _held if self.training else (lambda module, *args: module(*args))
+            ref = next(iter(feats.values()))
+            with (torch.random.fork_rng(devices=[ref.device.index or 0] if ref.is_cuda else [])
+                  if self.training else contextlib.nullcontext()):
+                fused = run(self.fusion, fin_feats, fin_masks, None)
+                filled = fused if self.head is None else run(self.head, fused)
             out["logits_filled"] = filled
             lam = torch.tensor([float(self.fill_mix.get(n, 1.0)) for n in self.names], dtype=filled.dtype,
                                device=filled.device)

@@ -220,10 +220,9 @@ class LitMultimodal(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Lightning's clipping, but, filling in the encoders' output space, the gradient norm of the filler and its
         decoders is clipped apart from the rest's: filling in does not change how far the network's step goes."""
-        fill = [m for m in (self.model.filler, self.model.decoders) if m is not None]
         if not gradient_clip_val or gradient_clip_algorithm == "value" or self.model.decoders is None:
             return self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        held = {id(p) for m in fill for p in m.parameters()}
+        held = {id(p) for m in (self.model.filler, self.model.decoders) for p in m.parameters()}
         params = [p for g in optimizer.param_groups for p in g["params"]]  # the order Lightning's clipping sees
         for part in ([p for p in params if id(p) not in held], [p for p in params if id(p) in held]):
             torch.nn.utils.clip_grad_norm_(part, gradient_clip_val)
