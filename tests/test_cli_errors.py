@@ -239,6 +239,33 @@ def test_evaluate_refuses_to_write_into_a_bundle(run, capsys):
     assert "is a bundle folder; write the evaluation elsewhere" in line
 
 
+def test_evaluate_scores_the_test_rows_of_a_table_with_a_split_column(run, tmp_path, capsys):
+    """The table fit read, split column and all: its training rows would flatter the model. evaluate scores the
+    rows marked test (and says so) unless --all-rows; a split column with no test rows is one line."""
+    import pandas as pd
+
+    from mmfuse import Predictor, evaluate_predictor
+
+    df = pd.read_csv(run / "data.csv")
+    df["split"] = ["test" if i % 4 == 0 else "train" for i in range(len(df))]
+    df.to_csv(tmp_path / "split.csv", index=False)
+    main(["evaluate", str(run / "run" / "bundle"), str(tmp_path / "split.csv"), "--no-contribution",
+          "-o", str(tmp_path / "ev")])
+    out = capsys.readouterr().out
+    assert "scoring the 10 rows with split = test (of 40;" in out and "--all-rows" in out
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["test"]["n"] == 10 and "scoring the 10 rows" in (tmp_path / "ev" / "report.md").read_text()
+    pred = Predictor.load(run / "run" / "bundle")
+    assert saved["test"]["accuracy"] == evaluate_predictor(pred, df[df.split == "test"])["accuracy"]
+    main(["evaluate", str(run / "run" / "bundle"), str(tmp_path / "split.csv"), "--no-contribution", "--all-rows",
+          "-o", str(tmp_path / "all")])
+    assert "scoring the" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["test"]["n"] == 40
+    df.assign(split="train").to_csv(tmp_path / "train.csv", index=False)
+    line = cli_error(capsys, "evaluate", run / "run" / "bundle", tmp_path / "train.csv")
+    assert "split column 'split' has no 'test' rows; evaluate scores a model on test rows" in line
+
+
 def test_ctrl_c_exits_130_with_a_line_not_0(tmp_path, monkeypatch, capsys):
     """typer turns a KeyboardInterrupt into an exit code that main() returned as success (0) before."""
     import mmfuse.batch

@@ -521,9 +521,13 @@ class MultimodalPredictor:
 
 
 def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise", root=None,
-                       allow_outside_root: bool = False) -> dict:
+                       allow_outside_root: bool = False, test_only: bool = False) -> dict:
     """Metrics of a :class:`~mmfuse.bundle.Predictor` on a labelled table; rows with a blank target are
-    left out and listed under ``blank_target_rows``."""
+    left out and listed under ``blank_target_rows``.
+
+    ``test_only``: of a table with a split column (the model's column of role ``split``, or one named
+    ``split``), score only the rows marked ``test`` (``mmfuse evaluate`` does, unless ``--all-rows``); the
+    metrics then say so under ``scored_rows``."""
     from .data import MultimodalDataset
     from .evaluation import compute_metrics, modality_contribution
     from .io import read_table
@@ -531,6 +535,11 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
     if getattr(predictor, "aligned_only", False):
         predictor._refuse_aligned("be evaluated")
     table = read_table(data, root=root)
+    chosen = []
+    if test_only:
+        from .splits import test_rows
+
+        table = test_rows(table, getattr(predictor, "schema", None), "evaluate scores a model", chosen.append)
     column = predictor.target.column
     if column not in table.df.columns:
         raise MmfuseError(f"table {table.source} has no target column {column!r} to score against; "
@@ -541,6 +550,8 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
     ds = MultimodalDataset(table.df[~blank], predictor.preprocessors, predictor.target, on_bad_input=on_bad_input,
                            root=table.root, allow_outside_root=allow_outside_root)
     out = compute_metrics(predictor, ds)
+    if chosen:
+        out["scored_rows"] = chosen[0]
     if blank.any():
         out["blank_target_rows"] = table.df.index[blank].tolist()
     if contribution and len(predictor.preprocessors) > 1:

@@ -753,8 +753,10 @@ def evaluate(
     on_bad_input: str = typer.Option("raise", "--on-bad-input", help="raise, skip or missing."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder for relative paths (default: the table's)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Allow paths outside the root."),
+    all_rows: bool = typer.Option(False, "--all-rows", help="Score every row of a table with a split column (by "
+                                  "default only its test rows: the model trained and stopped early on the others)."),
 ):
-    """Metrics of a bundle on a labelled table."""
+    """Metrics of a bundle on a labelled table (of a table with a split column, its test rows)."""
     from .api import evaluate_predictor
     from .bundle import Predictor
     from .errors import MmfuseError
@@ -766,7 +768,9 @@ def evaluate(
                           f"overwritten; choose another folder (e.g. {out / 'eval'})")
     pred = Predictor.load(bundle)
     m = evaluate_predictor(pred, _table(data, root), contribution=contribution, on_bad_input=on_bad_input,
-                           allow_outside_root=allow_outside_root)
+                           allow_outside_root=allow_outside_root, test_only=not all_rows)
+    if m.get("scored_rows"):
+        typer.echo(f"{m['scored_rows']}; --all-rows scores every row")
     if pred.describe_absent():
         typer.echo(f"note: {pred.describe_absent()}")
     if m.get("bad_input"):
@@ -790,7 +794,8 @@ def evaluate(
         write_report(out, {"test": m, "contribution": c, "task": pred.task.name,
                            "fusion": pred.describe() if isinstance(pred, EnsemblePredictor)
                            else pred.config["model"]["model"]["fusion"], "inputs": pred.model.names,
-                           "evaluated": {"bundle": str(bundle), "table": str(data), "rows": m.get("n")},
+                           "evaluated": {"bundle": str(bundle), "table": str(data), "rows": m.get("n"),
+                                         "scored_rows": m.get("scored_rows")},
                            "blank_target_rows": m.get("blank_target_rows"), "training": trained},
                      pred.target.classes_)
         typer.echo(f"report written to {out}")

@@ -154,7 +154,8 @@ def write_report(run_dir: Path, metrics: dict, classes: list | None = None) -> N
     lines += _summary_lines(metrics) + (_training_lines(metrics) if training is None else [])
     ev = metrics.get("evaluated")
     if ev:
-        lines.append(f"- evaluated: bundle {ev['bundle']} on {ev['table']}, {ev['rows']} rows")
+        lines.append(f"- evaluated: bundle {ev['bundle']} on {ev['table']}, {ev['rows']} rows"
+                     + (f" ({ev['scored_rows']})" if ev.get("scored_rows") else ""))
     if metrics.get("blank_target_rows"):
         rows = metrics["blank_target_rows"]
         rows = [r for v in rows.values() for r in v] if isinstance(rows, dict) else list(rows)

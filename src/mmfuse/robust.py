@@ -319,30 +319,6 @@ def _check_paths(table, inputs: Mapping[str, _Input], allow_outside_root: bool) 
                     resolve_path(str(v), table.root, row=i, column=col, allow_outside_root=allow_outside_root)
 
 
-def _test_rows(table, predictor, say):
-    """The test rows when the table has a split column (the model's, or one named ``split``): robustness is
-    measured on test rows, never on the rows a model trained or stopped early on."""
-    from .io import Table
-    from .schema import Role
-
-    schema = getattr(predictor, "schema", None)
-    cols = [c for c in (schema.columns_with(Role.SPLIT) if schema is not None else []) if c in table.df.columns]
-    cols = cols or [c for c in ("split",) if c in table.df.columns]
-    if not cols:
-        return table
-    col = cols[0]
-    from .splits import split_names
-
-    test = split_names(table.df[col]) == "test"
-    if not test.any():
-        raise MmfuseError(f"the table's split column {col!r} has no 'test' rows; robustness is measured on test rows: "
-                          "give a table of test rows (without that column), or mark them test")
-    if not test.all():
-        say(f"scoring the {int(test.sum())} rows with {col} = test (of {len(table.df)}; the others trained or "
-            "validated the model)")
-    return Table(table.df[test.to_numpy()], table.root, table.source)
-
-
 def _load(model):
     from .api import MultimodalPredictor
     from .bundle import Predictor
@@ -423,7 +399,9 @@ def robustness(models, data, *, levels=LEVELS, corruptions: Mapping[str, list] |
     metric = metric or first.target.headline
     check_metric_name(metric)
     table = read_table(data, root=root)
-    table = _test_rows(table, first, say)
+    from .splits import test_rows
+
+    table = test_rows(table, getattr(first, "schema", None), "robustness is measured", say)
     inputs = {}
     for p in preds.values():
         for n, inp in inputs_of(p).items():

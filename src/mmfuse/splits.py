@@ -95,3 +95,28 @@ def split_rows(df: pd.DataFrame, schema: Schema, val_fraction: float, test_fract
         tr, va = rest, np.zeros(0, int)
     out.update(train=np.sort(tr), val=np.sort(va), test=np.sort(out["test"]))
     return out
+
+
+def test_rows(table, schema, what: str = "a model is scored", say=None):
+    """The table's test rows when it has a split column (``schema``'s column of role ``split``, else one named
+    ``split``): a model is scored on its test rows, never on the rows it trained or stopped early on. A table
+    without such a column is returned whole.
+
+    Raises:
+        SchemaError: the split column marks no row ``test``.
+    """
+    from .io import Table
+
+    cols = [c for c in (schema.columns_with(Role.SPLIT) if schema is not None else []) if c in table.df.columns]
+    cols = cols or [c for c in ("split",) if c in table.df.columns]
+    if not cols:
+        return table
+    col = cols[0]
+    test = split_names(table.df[col]) == "test"
+    if not test.any():
+        raise SchemaError(f"the table's split column {col!r} has no 'test' rows; {what} on test rows: give a table "
+                          "of test rows (without that column), or mark them test")
+    if not test.all() and say is not None:
+        say(f"scoring the {int(test.sum())} rows with {col} = test (of {len(table.df)}; the others trained or "
+            "validated the model)")
+    return Table(table.df[test.to_numpy()], table.root, table.source)
