@@ -266,6 +266,36 @@ def test_evaluate_scores_the_test_rows_of_a_table_with_a_split_column(run, tmp_p
     assert "split column 'split' has no 'test' rows; evaluate scores a model on test rows" in line
 
 
+def test_rows_with_every_input_blank_are_named_by_predict_and_evaluate(run, tmp_path, capsys):
+    """A row with no input gets the model's answer to nothing, the same for each such row: predict and evaluate
+    name those rows (a row with one input left is not one of them)."""
+    import numpy as np
+    import pandas as pd
+
+    from mmfuse import Predictor
+
+    df = pd.read_csv(run / "data.csv")
+    for col in ("x1", "x2", "cat", "note"):
+        df[col] = df[col].astype(object)
+        df.loc[[3, 7], col] = np.nan
+    df.loc[5, "note"] = np.nan
+    df.to_csv(tmp_path / "blank.csv", index=False)
+    main(["predict", str(run / "run" / "bundle"), str(tmp_path / "blank.csv"), "-o", str(tmp_path / "p.csv")])
+    out = capsys.readouterr().out
+    assert "2 rows with every input blank: their prediction is made without any evidence, the same for each " \
+           "(row ids 3, 7)" in out
+    p = pd.read_csv(tmp_path / "p.csv")
+    assert p.loc[3].drop("row").equals(p.loc[7].drop("row"))  # what the line says is what happened
+    main(["evaluate", str(run / "run" / "bundle"), str(tmp_path / "blank.csv"), "--no-contribution",
+          "-o", str(tmp_path / "ev")])
+    assert "note: 2 rows with every input blank" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]["rows_without_input"] == [3, 7]
+    assert "2 rows with every input blank" in (tmp_path / "ev" / "report.md").read_text()
+    pred = Predictor.load(run / "run" / "bundle")
+    pred.predict(df.drop(index=[3, 7]))
+    assert pred.last_no_input == [] and pred.describe_no_input() == ""
+
+
 def test_ctrl_c_exits_130_with_a_line_not_0(tmp_path, monkeypatch, capsys):
     """typer turns a KeyboardInterrupt into an exit code that main() returned as success (0) before."""
     import mmfuse.batch

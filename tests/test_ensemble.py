@@ -195,6 +195,11 @@ def test_loaded_ensemble_predicts_the_weighted_average_of_the_members_fold_bundl
     assert list(ens.predict(df)) == list(np.where(expected[:, 1] >= 0.5, "pos", "neg"))
     frame = ens.predict_frame(df)
     assert list(frame.columns) == ["row", "prediction", "proba_neg", "proba_pos"]
+    # a row no member read any input of is named; one that a member still read is not
+    gap = df.copy()
+    gap.loc[2, "a"], gap.loc[4, "a"], gap.loc[4, "b"] = np.nan, np.nan, np.nan
+    ens.predict_frame(gap)
+    assert ens.last_no_input == [4]
     # evaluate_predictor: the task's metrics of the averaged probabilities
     m = evaluate_predictor(ens, df)
     assert m["n"] == len(df)

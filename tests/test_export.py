@@ -196,6 +196,15 @@ def test_bad_input_policies_and_absent_columns_match_the_bundle(exported, tmp_pa
     assert "photo (columns photo)" in o.describe_absent()
     with pytest.raises(MmfuseError, match="none of the model's inputs"):
         o.predict_frame(pd.DataFrame({"other": [1, 2]}))
+    # a row with every input blank is named, as by the bundle
+    blank = df.iloc[[0, 1, 3]].copy()
+    for c in {c for p in o.preprocessors.values() for c in p.columns}:
+        blank[c] = blank[c].astype(object)
+        blank.loc[1, c] = None
+    b = Predictor.load(bundle)
+    for p in (o, b):
+        p.predict_frame(blank, root=d)
+        assert p.last_no_input == [1] and "1 row with every input blank" in p.describe_no_input()
 
 
 def test_parity_above_the_tolerance_fails_and_writes_nothing(exported, tmp_path):

@@ -550,6 +550,8 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
     ds = MultimodalDataset(table.df[~blank], predictor.preprocessors, predictor.target, on_bad_input=on_bad_input,
                            root=table.root, allow_outside_root=allow_outside_root)
     out = compute_metrics(predictor, ds)
+    if getattr(predictor, "last_no_input", None):
+        out["rows_without_input"] = list(predictor.last_no_input)
     if chosen:
         out["scored_rows"] = chosen[0]
     if blank.any():

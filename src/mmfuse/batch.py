@@ -35,6 +35,12 @@ class BatchReport:
     skipped: dict = field(default_factory=dict)  # row id -> reason
     bad_input_counts: dict = field(default_factory=dict)  # column -> cells (skip / missing policies)
     absent: str = ""  # inputs absent from the table (predict's note)
+    no_input: list = field(default_factory=list)  # row ids whose every input was blank
+
+    def describe_no_input(self) -> str:
+        from .reading import describe_no_input
+
+        return describe_no_input(self.no_input)
 
     def summary(self) -> str:
         line = f"{self.predicted} predictions written to {self.out}"
@@ -46,6 +52,8 @@ class BatchReport:
         elif self.bad_input_counts:
             line += "; bad cells treated as missing (" + ", ".join(f"{c!r}: {n}" for c, n in
                                                                      self.bad_input_counts.items()) + ")"
+        if self.no_input:
+            line += "; " + self.describe_no_input()
         return line
 
 
@@ -114,6 +122,7 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
                 report.bad_input_counts[col] = report.bad_input_counts.get(col, 0) + n
             if not report.absent:
                 report.absent = predictor.describe_absent()
+            report.no_input += list(getattr(predictor, "last_no_input", ()))
             writer = writer or _Writer(tmp, fmt)
             writer.write(frame)
             report.rows += len(frame)

@@ -434,11 +434,13 @@ class Predictor(TablePredictions):
         self._refuse_aligned("predict")
         ds = dataset if dataset is not None else self._dataset(data, on_bad_input, root, allow_outside_root, cache)
         self.check_inputs(ds)
-        outs, rows = [], []
+        outs, rows, none = [], [], []
         for b in make_loader(ds, batch_size=batch_size, num_workers=num_workers):
             outs.append(self.model(b["inputs"], b["mask"], absent=absent)["logits"].float())
             rows.append(b["row"])
+            none.append(b["row"][~torch.stack(list(b["mask"].values())).any(0)])
         self.last_report = ds.report
+        self.last_no_input = ds.table.df.index[torch.cat(none).numpy()].tolist() if none else []
         if not outs:
             raise MmfuseError("no rows to predict on (every row was skipped as bad input: "
                               f"{ds.report.summary()})" if len(ds.table.df) else "the table has no rows to predict on")

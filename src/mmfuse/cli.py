@@ -775,6 +775,10 @@ def evaluate(
         typer.echo(f"note: {pred.describe_absent()}")
     if m.get("bad_input"):
         typer.echo(f"bad input: {pred.last_report.summary()}")
+    if m.get("rows_without_input"):
+        from .reading import describe_no_input
+
+        typer.echo(f"note: {describe_no_input(m['rows_without_input'])}; they are scored")
     _print_metrics({"test": m})
     if m.get("blank_target_rows"):
         rows = m["blank_target_rows"]

@@ -243,7 +243,7 @@ class EnsemblePredictor(Predictor):
         n = len(table.df)
         kept = np.zeros(n, bool)
         kept[dataset.positions if dataset is not None else np.arange(n)] = True
-        total, absent_inputs = 0.0, {}
+        total, absent_inputs, none = 0.0, {}, None
         for w, folds in zip(self.weights, self.members):
             for b in folds:
                 z, rows = b.logits(table, batch_size=batch_size, absent=[a for a in absent if a in b.model.names],
@@ -256,7 +256,10 @@ class EnsemblePredictor(Predictor):
                 for k, c in b.last_report.unknown_categories.items():
                     report.unknown_categories[k] = max(report.unknown_categories[k], c)
                 absent_inputs.update(dict.fromkeys(b.last_absent))
+                got = dict.fromkeys(b.last_no_input)  # a row no member read any input of
+                none = got if none is None else {r: None for r in none if r in got}
         self.last_report, self.last_absent = report, list(absent_inputs)
+        self.last_no_input = list(none or ())
         self._absent_lines = list(dict.fromkeys(b.describe_absent() for m in self.members for b in m))
         rows = np.flatnonzero(kept)
         if not len(rows):

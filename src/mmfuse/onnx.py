@@ -287,13 +287,16 @@ class OnnxPredictor(TablePredictions):
         left out; :attr:`last_report` lists them). Rows are read ``batch_size`` at a time, so memory
         holds one batch of decoded files, not the table's."""
         reader = self._reader(data, on_bad_input, root, allow_outside_root)
-        outs, kept = [], []
+        outs, kept, none = [], [], []
+        masks = [e["mask"] for e in self.layout]
         for start in range(0, reader.n, batch_size):
             feeds, rows = reader(np.arange(start, min(start + batch_size, reader.n)))
             if len(rows):
                 outs.append(self.run(feeds, batch_size))
                 kept.append(rows)
+                none.append(rows[~np.any([feeds[m] for m in masks], axis=0)])
         self.last_report = reader.report
+        self.last_no_input = reader.row_ids[np.concatenate(none)].tolist() if none else []
         if not outs:
             raise MmfuseError("no rows to predict on (every row was skipped as bad input: "
                               f"{reader.report.summary()})" if reader.n else "the table has no rows to predict on")

@@ -196,6 +196,11 @@ class TablePredictions:
     last_absent: list | tuple = ()  # the last table's: set by each call
     last_unread: list | tuple = ()
     last_skipped: list | tuple = ()
+    last_no_input: list | tuple = ()  # row ids of the last table whose every input was blank (or absent)
+
+    def describe_no_input(self, limit: int = 10) -> str:
+        """One line on the rows of the last table that held none of the model's inputs, or ''."""
+        return describe_no_input(self.last_no_input, limit)
 
     def describe_absent(self) -> str:
         """One line naming the inputs the last table lacked, or '' when it had all of them."""
@@ -258,3 +263,14 @@ class TablePredictions:
         one, or one per label)."""
         decoded, rows, n = self.decode(data, threshold, **kw)
         return aligned(decoded.labels, rows, n)
+
+
+def describe_no_input(rows, limit: int = 10) -> str:
+    """One line on rows that held none of a model's inputs: their prediction is made without any evidence, the
+    same for each of them (the model's answer to nothing), or ''."""
+    if not len(rows):
+        return ""
+    ids = ", ".join(map(str, list(rows)[:limit])) + (" ..." if len(rows) > limit else "")
+    one = len(rows) == 1
+    return (f"{len(rows)} row{'' if one else 's'} with every input blank: {'its' if one else 'their'} prediction "
+            f"is made without any evidence{'' if one else ', the same for each'} (row id{'' if one else 's'} {ids})")
