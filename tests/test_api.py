@@ -312,7 +312,10 @@ def test_prediction_needs_at_least_one_input_and_names_the_absent_ones(tmp_path)
     assert m.predictor_.describe_absent() == ("inputs absent from this table, treated as missing in every row: "
                                               "note (columns note)")
     m.predict(df.rename(columns={"note": "notes"}))  # a renamed column is named, not passed over in silence
-    assert m.predictor_.describe_absent().endswith("; the table's columns 'notes' are not the model's (renamed?)")
+    assert m.predictor_.describe_absent().endswith("; the table's columns 'notes' (is it 'note'?) are not the "
+                                                   "model's (renamed?)")
+    m.predict(df.rename(columns={"note": "comment"}))  # nothing close: no guess
+    assert m.predictor_.describe_absent().endswith("; the table's columns 'comment' are not the model's (renamed?)")
     with pytest.raises(MmfuseError, match=r"has no target column 'y' to score against"):
         m.evaluate(df.drop(columns=["y"]))
 
