@@ -145,7 +145,7 @@ def test_fit_prints_its_plan_and_guards_its_folder_and_evaluate_reports_the_trai
     start = out.index("plan:")
     plan = "\n".join(out[start:start + 1 + next(i for i, x in enumerate(out[start + 1:]) if not x.startswith("  "))])
     assert start < out.index(next(x for x in out if "accuracy" in x))  # printed before the metrics
-    assert "plan:\n  inputs: tabular (tabular, encoder tabular_mlp)\n  fusion: none (one input)\n" in plan
+    assert "plan:\n  inputs: tabular (tabular from x; encoder tabular_mlp)\n  fusion: none (one input)\n" in plan
     assert "rows: train 40, validation 10" in plan
     assert "epochs: at most 1 (early stopping after 5 without improvement of validation loss); batch size 8; learning rate 0.001" in plan
     assert "class weighting: balanced: a 0.667, b 2\n" in plan and f"  device: {device}" in plan

@@ -490,7 +490,8 @@ def describe_plan(splits: Splits, spec: dict, preps: dict, task, data: FitData, 
     from .schema import left_out_columns
     from .training.trainer import resolve_accelerator, resolve_precision, world_size
 
-    inputs = {n: {"modality": preps[n].modality, "encoder": spec["encoders"][n]["name"]} for n in sorted(preps)}
+    inputs = {n: {"modality": preps[n].modality, "encoder": spec["encoders"][n]["name"],
+                  "columns": [str(c) for c in preps[n].columns]} for n in sorted(preps)}
     fusion = fusion_label(spec["model"]["fusion"], inputs)
     labels = getattr(splits, "labels", None) or {}
     split = {"rows": splits.counts(), "source": splits.source,
@@ -520,7 +521,11 @@ def format_plan(plan: dict) -> list[str]:
                  + (f" ({s['test_from']})" if rows["test"] else ""))
     else:
         split = f"train {rows['train']}, validation {rows['val']}, test {rows['test']} ({s['source']})"
-    inputs = ", ".join(f"{n} ({v['modality']}, encoder {v['encoder']})" for n, v in plan["inputs"].items())
+    def cols(v):  # (plans written before the columns were listed have none)
+        c = v.get("columns")
+        return "," if not c else f" from {', '.join(c[:6])}{', ...' if len(c) > 6 else ''};"
+
+    inputs = ", ".join(f"{n} ({v['modality']}{cols(v)} encoder {v['encoder']})" for n, v in plan["inputs"].items())
     return [f"inputs: {inputs}",
             f"fusion: {plan['fusion']}",
             f"rows: {split}",
