@@ -284,7 +284,7 @@ def test_resume_refuses_a_run_folder_of_other_data_or_settings(tmp_path):
     other.loc[0, "note"] = "something else entirely"
     with pytest.raises(MmfuseError, match="trained on other data"):
         MultimodalPredictor(resume=True, **kw).fit(other)
-    with pytest.raises(MmfuseError, match="--resume: .*settings.preprocessors"):  # other preprocessing options
+    with pytest.raises(MmfuseError, match="--resume: .*with other preprocessing of the inputs"):  # other preprocessing options
         MultimodalPredictor(resume=True, preprocessing={"text": {"max_length": 4}}, **kw).fit(df)
     m = MultimodalPredictor(resume=True, decision_threshold=None, **{**kw, "epochs": 2}).fit(df)  # a legitimate resume
     assert m.metrics_["resumed_from_epoch"] == 0

@@ -96,10 +96,18 @@ def _leaves(d, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+#: Settings whose value is a hash: a difference is said in words (what differs), not by two hashes.
+HASHED_SETTINGS = {
+    "settings.preprocessors": "with other preprocessing of the inputs (the columns of an input, e.g. another --group; "
+                              "a preprocessing option; or what it learned from other training rows)",
+    "settings.stream": "on another streamed table (its files, their sizes or times, or the rows' splits changed)",
+}
+
+
 def fingerprint_differences(saved: dict, current: dict) -> list[str]:
     """What differs between two run fingerprints, one phrase per setting, e.g.
-    ``"on other data (train fingerprint 1a2b != 3c4d)"`` or ``"with model.fusion 'concat', now 'gated'"``.
-    Values under a ``"data"`` key are data hashes; every other key is a setting."""
+    ``"on other training rows (their content, order or columns differ)"`` or ``"with model.fusion 'concat', now
+    'gated'"``. Values under a ``"data"`` key are data hashes; every other key is a setting."""
     a, b = _leaves(normalize(saved)), _leaves(normalize(current))
     show = lambda v: "unset" if v is _UNSET else repr(v)  # noqa: E731
     out = []
@@ -108,8 +116,13 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
         if old == new:
             continue
         if key == "data" or key.startswith("data."):  # {"data": hash} or {"data": {split: hash}}
-            data = lambda v: "none" if v is _UNSET or v == {} else v  # noqa: E731 (a streamed table has no frames)
-            out.append(f"on other data ({key[5:] + ' ' if key != 'data' else ''}fingerprint {data(old)} != {data(new)})")
+            split = {"train": "training ", "val": "validation "}.get(key[5:], f"{key[5:]} " if key != "data" else "")
+            if old is _UNSET or old == {} or new is _UNSET or new == {}:  # one of the two runs streamed its table
+                out.append("on other data (one run read its table into memory, the other streamed it)")
+            else:
+                out.append(f"on other data: other {split}rows (their content, order or columns differ)")
+        elif key in HASHED_SETTINGS:
+            out.append(HASHED_SETTINGS[key])
         else:
             out.append(f"with {key} {show(old)}, now {show(new)}")
     return out

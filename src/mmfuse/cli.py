@@ -246,7 +246,12 @@ def fit(
         return
     if resume:
         at, steps = m.metrics_.get("resumed_from_epoch"), m.metrics_.get("resumed_after_steps")
+        ran = [h["epoch"] for h in m.metrics_.get("history") or []]
         typer.echo(f"resumed in epoch {at + 1}, after its first {steps} steps" if at is not None and steps else
+                   f"--resume: the run in {out} had already finished after epoch {at + 1}: nothing was trained; "
+                   "the metrics below are its best epoch's" + ("" if m.metrics_.get("stopped_early") else
+                                                              " (a larger --epochs trains on)")
+                   if at is not None and (not ran or max(ran) <= at) else
                    f"resumed after epoch {at + 1}" if at is not None else
                    f"note: --resume found no checkpoint in {out}; trained from the start")
     _print_metrics(m.metrics_)

@@ -48,6 +48,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert a["val"] == b["val"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
     # it continued after a completed epoch (0-based index in the checkpoint), not from scratch
     assert a["resumed_from_epoch"] is None and 0 <= b["resumed_from_epoch"] < 7
+    assert f"resumed after epoch {b['resumed_from_epoch'] + 1}\n" in resumed.stdout
+    # --resume on the finished run trains nothing, and says so (it used to say "resumed after epoch 8")
+    again = subprocess.run(fit_cmd(data, tmp_path / "run", "--config", str(cfg), "--resume"), capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr
+    assert "had already finished after epoch 8: nothing was trained" in again.stdout
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["history"] == a["history"]
 
 
 def tiny_run(tmp_path):
@@ -83,7 +90,8 @@ def test_resume_refuses_a_checkpoint_of_other_data_or_settings(tmp_path):
     train = tiny_run(tmp_path)
     fp = {"data": {"train": "aaaa", "val": "bbbb"}, "model": {"fusion": "concat", "dim": 8}}
     train(fp)
-    with pytest.raises(MmfuseError, match=r"was trained on other data \(train fingerprint aaaa != cccc\); "
+    with pytest.raises(MmfuseError, match=r"was trained on other data: other training rows \(their content, order or columns "
+                                          r"differ\); "
                                           r"start a new --out folder or drop --resume"):
         train({**fp, "data": {"train": "cccc", "val": "bbbb"}}, resume=True)
     with pytest.raises(MmfuseError, match=r"with model.fusion 'concat', now 'gated'"):
