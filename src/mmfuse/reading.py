@@ -213,7 +213,7 @@ class TablePredictions:
 
         wanted = [str(c) for n in absent for c in self.preprocessors[n].columns]
         guess = {c: difflib.get_close_matches(str(c), wanted, n=1, cutoff=0.6) for c in unread[:10]}
-        extra = (f"; the table's columns " + ", ".join(f"{c!r}" + (f" (is it {guess[c][0]!r}?)" if guess[c] else "")
+        extra = ("; the table's columns " + ", ".join(f"{c!r}" + (f" (is it {guess[c][0]!r}?)" if guess[c] else "")
                                                        for c in unread[:10])
                  + f"{' ...' if len(unread) > 10 else ''} are not the model's (renamed?)") if unread else ""
         return f"inputs absent from this table, treated as missing in every row: {cols}{extra}"
