@@ -171,6 +171,15 @@ def test_fit_prints_its_plan_and_guards_its_folder_and_evaluate_reports_the_trai
     assert f"- training time: {trained['train_seconds']:.1f} s" in text and "- best epoch: 1 of 1" in text
     assert "None" not in text and "- class weighting: balanced: a 0.667, b 2" in text
 
+    # inspect BUNDLE: what it predicts from which columns, its plan and scores (a table is inspected as before)
+    r = run("inspect", tmp_path / "run" / "bundle")
+    assert r.returncode == 0, r.stderr
+    assert "task: binary, target 'y', 2 classes: a, b" in r.stdout
+    assert "  inputs: tabular (tabular from x; encoder tabular_mlp)" in r.stdout and "trained: best epoch 1 of 1" in r.stdout
+    assert f"v.csv): accuracy {trained['val']['accuracy']:.4f}" in r.stdout and "--test" not in r.stdout
+    r = run("inspect", tmp_path / "run")
+    assert r.returncode == 2 and "is a run folder, not a bundle; did you mean" in r.stderr
+
 
 def test_bad_config_keys_and_values_are_one_line_with_the_closest_match(tmp_path):
     (tmp_path / "t.csv").write_text("x,y\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(20)))

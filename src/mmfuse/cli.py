@@ -65,7 +65,7 @@ def _folder(value: Optional[Path]) -> Optional[Path]:
 
 @app.command()
 def inspect(
-    data: Path = typer.Argument(..., help="Table: .csv, .tsv, .parquet or .jsonl."),
+    data: Path = typer.Argument(..., help="Table: .csv, .tsv, .parquet or .jsonl; or a bundle folder, to describe."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target column."),
     column: List[str] = typer.Option([], "--column", "-c", help="Override a role: NAME=ROLE (repeatable)."),
     group: List[str] = typer.Option([], "--group", "-g", help="Read columns as one input: NAME=COL1,COL2 or glob "
@@ -75,11 +75,15 @@ def inspect(
     save_schema: Optional[Path] = typer.Option(None, "--save-schema", help="Write the schema to this YAML/JSON file."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CSV/TSV/JSONL files."),
 ):
-    """Print the inferred schema: column, role, input, why, missing count, example value."""
+    """Print the inferred schema: column, role, input, why, missing count, example value. Of a bundle folder:
+    what it predicts, from which columns, how it was trained and its scores."""
     from rich.console import Console
     from rich.table import Table as RichTable
 
     from .io import read_table
+
+    if data.is_dir() and not any(data.glob("*.parquet")) and not any(data.glob("*.pq")):
+        return _describe_bundle(data)
     from .schema import describe_schema, infer_schema, left_out_columns, parse_column_overrides
 
     table = read_table(data, root=root, encoding=encoding)
@@ -99,6 +103,39 @@ def inspect(
     if save_schema:
         sch.save(save_schema)
         typer.echo(f"schema written to {save_schema}")
+
+
+def _describe_bundle(path: Path) -> None:
+    """``inspect BUNDLE``: the task, the inputs and their columns, the training plan and the scores kept in it."""
+    from .bundle import Predictor
+    from .ensemble import EnsemblePredictor
+    from .pipeline import format_plan
+
+    pred = Predictor.load(path)
+    cfg, t = pred.config, pred.target
+    typer.echo(f"bundle {path}: written by mmfuse {cfg.get('mmfuse_version', '?')} (torch "
+               f"{cfg.get('torch_version', '?')}), {cfg.get('created', 'date unknown')}")
+    classes = t.classes_ or []
+    typer.echo(f"task: {t.name}, target {t.column!r}" + (f", {len(classes)} classes: " + ", ".join(
+        map(str, classes[:20])) + (", ..." if len(classes) > 20 else "") if classes else ""))
+    if isinstance(pred, EnsemblePredictor):
+        typer.echo(pred.describe())
+        return
+    metrics = cfg.get("metrics") or {}
+    if metrics.get("plan"):
+        typer.echo("plan:")
+        for line in format_plan(metrics["plan"]):
+            typer.echo(f"  {line}")
+    else:
+        typer.echo("inputs: " + ", ".join(f"{n} ({p.modality} from {', '.join(map(str, p.columns))})"
+                                          for n, p in pred.preprocessors.items()))
+    if getattr(pred, "aligned_only", False):
+        typer.echo(f"aligned encoders (mmfuse align), pairs {pred.aligned_pairs}: `mmfuse fit --init-from "
+                   f"{path}` trains a model from them, `mmfuse retrieve` searches with them")
+    if metrics.get("best_epoch") is not None:
+        typer.echo(f"trained: best epoch {metrics['best_epoch'] + 1} of {metrics.get('epochs_run', '?')}"
+                   + (f", {metrics['train_seconds']:.0f} s" if metrics.get("train_seconds") else ""))
+    _print_metrics(metrics, advice=False)
 
 
 def _load_config(path: Optional[Path]) -> dict:
@@ -722,7 +759,7 @@ def _refuse_another_run(out: Path) -> None:
                           "--resume to continue it, or choose another folder")
 
 
-def _print_metrics(metrics: dict) -> None:
+def _print_metrics(metrics: dict, advice: bool = True) -> None:
     """One line of metrics per split, named by where its rows come from (``split_source``, as
     :attr:`mmfuse.pipeline.Splits.source` writes it: ``validation: <label>; test: <label>``)."""
     head, sep, test_label = (metrics.get("split_source") or "").rpartition("; test: ")
@@ -734,7 +771,7 @@ def _print_metrics(metrics: dict) -> None:
                                 "log_loss", "ece", "mae", "rmse", "r2", "subset_accuracy") if k in mm]
             where = f" ({labels[split]})" if labels.get(split) else ""
             typer.echo(f"{name}{where}: " + ", ".join(f"{k} {mm[k]:.4f}" for k in keys))
-    if labels.get("test") == "none":
+    if labels.get("test") == "none" and advice:
         typer.echo("test: none (no test rows; pass --test TEST.csv to score the model on your own test file)")
     if metrics.get("bad_input"):
         typer.echo(f"bad input: {metrics['bad_input']}")
