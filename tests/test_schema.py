@@ -252,13 +252,25 @@ def test_decimal_commas_percents_and_currencies_are_numbers_in_inspect_and_in_tr
     s = infer_schema(tmp_path / "t.csv", target="label")
     assert {c: r.value for c, r in s.roles.items()} == {"price": "numeric", "share": "numeric", "amount": "numeric",
                                                         "label": "target"}
-    assert "('1,5' reads as 1.5)" in s.reasons["price"] and "('1%' reads as 0.01)" in s.reasons["share"]
+    assert "('1,5' reads as 1.5; the column writes a decimal comma)" in s.reasons["price"] and "('1%' reads as 0.01)" in s.reasons["share"]
     df = pd.read_csv(tmp_path / "t.csv", sep=";")
     prep = NumericPreprocessor(["price", "share", "amount"]).fit(df, ReadContext(tmp_path))
     assert prep.median_.tolist() == [31.0, 0.305, 30500.0]  # medians of 1.5..60.5, 0.01..0.60, 1000..60000
     assert prep.center_.tolist() == pytest.approx([31.0, 0.305, 30500.0])
     out = prep.read(["12,5", "10%", "$1,000"], 0, ReadContext(tmp_path))["num"]
     assert out[:3] == pytest.approx((np.array([12.5, 0.1, 1000.0]) - prep.center_) / prep.scale_)
+
+
+def test_inspect_says_when_a_column_writes_a_decimal_comma():
+    from mmfuse.schema import comma_style
+
+    eu = pd.DataFrame({"price": ["1,234", "2,500", "3,1", "4,75"] * 5, "y": ["a", "b"] * 10})
+    s = infer_schema(eu, target="y")
+    assert "('1,234' reads as 1.234; the column writes a decimal comma)" in s.reasons["price"]
+    us = pd.DataFrame({"price": [f"{i},{i * 37 % 1000:03d}" for i in range(1, 21)], "y": ["a", "b"] * 10})
+    assert "('1,037' reads as 1037)" in infer_schema(us, target="y").reasons["price"]
+    assert [comma_style(v) for v in (["0,125"], ["1.000,5", "7"], ["1,234.5", "3,1"], ["2,500"], [2.5, 3])] == [
+        "decimal", "decimal", None, None, None]
 
 
 def test_group_patterns_pick_data_columns_and_form_a_tabular_input():

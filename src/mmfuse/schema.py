@@ -340,17 +340,21 @@ def _infer_column(s: pd.Series, name: str, root: Path) -> tuple[Role, str]:
         values = set(nonnull.astype(str).str.strip().str.lower().unique())
     if values <= _SPLIT_VALUES and {"train"} <= values and len(values) >= 2:
         return Role.SPLIT, f"values {sorted(values)} name data splits"
-    numeric = pd.Series(to_numbers(strs), index=strs.index)
+    comma = comma_style(nonnull)
+    numeric = pd.Series(to_numbers(strs, comma), index=strs.index)
     ok = float(numeric.notna().mean())
     if ok >= 0.95:
         strays = strs[numeric.isna()].unique()[:3].tolist()
         why = f"{ok:.0%} of sampled values parse as numbers"
         written = strs[numeric.notna() & pd.to_numeric(strs, errors="coerce").isna()]
         if len(written):  # read by the lenient rules of parse_number: show one, so a misreading shows
-            why += f" ({written.iloc[0].strip()!r} reads as {numeric[written.index[0]]:g})"
+            odd = [i for i in written.index if _AMBIGUOUS_COMMA.fullmatch(written[i].strip())]
+            i = odd[0] if odd else written.index[0]  # a 2,500 read by the column's comma, where there is one
+            why += f" ({written[i].strip()!r} reads as {numeric[i]:g}"
+            why += "; the column writes a decimal comma)" if comma else ")"
         if strays:
             why += f"; stray values such as {strays} will be reported as bad input"
-        x = pd.Series(to_numbers(nonnull)).dropna()  # the number rules, on every value: "1".."n" is a row number
+        x = pd.Series(to_numbers(nonnull, comma)).dropna()  # the number rules, on every value: "1".."n" is a row number
         role, why_number = _infer_number_column(x, n, name, False)
         if role is not Role.NUMERIC or why_number.startswith("numeric or categorical?"):
             return role, why_number
@@ -400,7 +404,7 @@ _CURRENCY = "$€£¥₹₩₽¢"
 _GROUP_MARKS = " '\u00a0\u202f"  # space, apostrophe, no-break spaces: only ever thousands separators
 
 
-def parse_number(v) -> float | None:
+def parse_number(v, comma: str | None = None) -> float | None:
     """A cell as a float, or ``None`` when it is not a number: the one answer to "is this a number?"
     in mmfuse (inspection and the numeric preprocessor both ask it).
 
@@ -412,6 +416,9 @@ def parse_number(v) -> float | None:
     ``,`` with exactly three digits after it and one to three digits before, not starting with 0,
     is a thousands separator (``1,000`` is 1000; ``0,125`` is 0.125); any other single ``,`` is a
     decimal comma (``12,5``). Missing cells are not numbers: ask :func:`is_missing` first.
+
+    ``comma="decimal"``: the column's commas are decimal marks (:func:`comma_style` found one that can only
+    be), so an ambiguous ``2,500`` is 2.5, not 2500.
     """
     if isinstance(v, (bool, np.bool_)):
         return float(v)
@@ -449,7 +456,7 @@ def parse_number(v) -> float | None:
         decimal = "."
     elif marks.count(",") == 1:
         head, tail = s.rsplit(",", 1)
-        if len(tail) != 3 or not re.fullmatch(r"[1-9]\d{0,2}", head):
+        if len(tail) != 3 or not re.fullmatch(r"[1-9]\d{0,2}", head) or comma == "decimal":
             decimal = ","
     whole, frac = s.rsplit(decimal, 1) if decimal else (s, "")
     if decimal and not frac.isdigit():
@@ -461,16 +468,44 @@ def parse_number(v) -> float | None:
     return sign * x * scale
 
 
-def to_numbers(values) -> np.ndarray:
+def to_numbers(values, comma: str | None = None) -> np.ndarray:
     """:func:`parse_number` of every cell, as ``float64 [n]``; missing cells and non-numbers are NaN."""
     s = pd.Series(values) if not isinstance(values, pd.Series) else values
     x = pd.to_numeric(s, errors="coerce").astype(float).to_numpy(copy=True)  # the fast path: plain numbers
     for i in np.flatnonzero(np.isnan(x)):
         v = s.iloc[i]
         if isinstance(v, str) and not is_missing(v):
-            p = parse_number(v)
+            p = parse_number(v, comma)
             x[i] = math.nan if p is None else p
     return x
+
+
+_AMBIGUOUS_COMMA = re.compile(r"[-+]?\D?\s*[1-9]\d{0,2},\d{3}\s*\D?%?")  # 2,500: 2500, or 2.5 with a decimal comma
+
+
+def comma_style(values) -> str | None:
+    """``"decimal"`` when a column writes its numbers with a decimal comma: some cell's comma can only be a
+    decimal mark (``3,1``, ``0,125``, ``1.000,5``) and no cell's can only be a thousands separator
+    (``1,234,567``, ``1,234.5``). Then every ``2,500`` of the column reads as 2.5; else (``None``) as 2500."""
+    s = pd.Series(values)
+    if s.dtype.kind != "O":  # numbers already: no commas
+        return None
+    s = s[s.map(lambda v: isinstance(v, str) and "," in v)]
+    decimal = thousands = False
+    for v in s:
+        if parse_number(v) is None:
+            continue
+        s = v.strip()
+        if _AMBIGUOUS_COMMA.fullmatch(s) and "." not in s:
+            continue
+        last_comma, last_dot = s.rfind(","), s.rfind(".")
+        if s.count(",") > 1 or last_dot > last_comma:
+            thousands = True
+        else:
+            decimal = True
+        if thousands and decimal:
+            return None
+    return "decimal" if decimal else None
 
 
 def left_out_columns(schema: Schema, inputs: Iterable[str] | None = None) -> dict[str, str]:

@@ -64,11 +64,28 @@ def test_tabular_combines_and_round_trips(tmp_path):
 
 
 def test_numbers_written_for_people_are_read_as_inspect_reads_them():
-    # "12,5" (decimal comma), "$1,000" and "10%": numbers, with the statistics computed on them
-    p = NumericPreprocessor(["x"]).fit(pd.DataFrame({"x": ["12,5", "$1,000", "10%", "oops"]}), CTX)
+    # "12,5" (decimal comma), "$1 000" and "10%": numbers, with the statistics computed on them
+    p = NumericPreprocessor(["x"]).fit(pd.DataFrame({"x": ["12,5", "$1 000", "10%", "oops"]}), CTX)
     assert p.median_[0] == 12.5  # median of 12.5, 1000, 0.1; the stray string left out
     assert p.center_[0] == pytest.approx((12.5 + 1000 + 0.1) / 3)
     x = p.read(["1.000,5"], 0, CTX)["num"][0]
     assert x == pytest.approx((1000.5 - p.center_[0]) / p.scale_[0])
     with pytest.raises(InputError, match=r"row 3, column 'x': holds '1,5,3', which is not a number"):
         p.read(["1,5,3"], 3, CTX)
+
+
+def test_a_column_with_a_decimal_comma_reads_every_comma_as_one_in_training_and_prediction(tmp_path):
+    """'2,500' is 2500 by itself, but 2.5 in a column that writes '3,1': the column decides, from its
+    training cells, and the bundle keeps the decision, so one row to predict reads as training did."""
+    df = pd.DataFrame({"eu": ["3,1", "2,500", "1,5", "4"], "us": ["3,100", "2,500", "1,500", "4"]})
+    p = NumericPreprocessor(["eu", "us"]).fit(df, CTX)
+    assert p.comma_ == ["decimal", None]
+    assert p.median_.tolist() == pytest.approx([2.8, 2000.0])  # eu: 1.5, 2.5, 3.1, 4; us: 4, 1500, 2500, 3100
+    save_preprocessors({"t": p}, tmp_path)
+    q = load_preprocessors(tmp_path)["t"]
+    for r in (p, q):
+        out = r.read(["2,500", "2,500"], 0, CTX)["num"][:2]
+        assert out == pytest.approx((np.array([2.5, 2500.0]) - r.center_) / r.scale_)
+    # a column that writes thousands separators both ways (1,234,567) is read cell by cell, as before
+    mixed = NumericPreprocessor(["x"]).fit(pd.DataFrame({"x": ["1,234,567", "3,1", "2,500"]}), CTX)
+    assert mixed.comma_ == [None] and sorted(mixed.median_.tolist()) == [2500.0]

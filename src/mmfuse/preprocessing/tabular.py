@@ -7,20 +7,20 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from ..schema import parse_number, to_numbers
+from ..schema import comma_style, parse_number, to_numbers
 from ._base import PREPROCESSORS, Preprocessor, ReadContext, bad, check_number, is_missing
 
 MISSING_ID, UNKNOWN_ID = 0, 1
 
 
-def to_float(v, row=None, column=None) -> float:
+def to_float(v, row=None, column=None, comma: str | None = None) -> float:
     """A cell as a float; NaN for missing. Strings that are not numbers and inf are bad input.
 
     Numbers are read by :func:`mmfuse.schema.parse_number`, as ``inspect`` reads them: ``12,5``,
-    ``$1,000`` and ``10%`` are 12.5, 1000 and 0.1."""
+    ``$1,000`` and ``10%`` are 12.5, 1000 and 0.1 (``comma="decimal"``: ``2,500`` is 2.5)."""
     if is_missing(v):
         return math.nan
-    x = parse_number(v)
+    x = parse_number(v, comma)
     if x is None:
         raise bad(row, column, f"holds {v!r}, which is not a number",
                   hint="fix the cell, leave it empty to mark it missing, or use the 'missing' bad-input policy")
@@ -44,6 +44,9 @@ class NumericPreprocessor(Preprocessor):
     ``robust=True`` center = median and scale = IQR / 1.349 (the std of a normal with that
     IQR). A missing value becomes the training median (0 after standardization when robust)
     and its indicator is 1. Output: ``float32 [2 * n_columns]`` (values, then indicators).
+
+    A column whose training cells write a decimal comma (:func:`mmfuse.schema.comma_style`) reads every
+    comma of its cells, in training and prediction, as one: ``2,500`` is then 2.5, not 2500.
     """
 
     modality = "tabular"
@@ -67,11 +70,14 @@ class NumericPreprocessor(Preprocessor):
     def fit_stream_start(self, sample: int | None = _QUANTILE_SAMPLE) -> dict:
         return {"n": np.zeros(len(self.columns)), "mean": np.zeros(len(self.columns)),
                 "m2": np.zeros(len(self.columns)), "keep": [np.zeros(0) for _ in self.columns],
-                "keys": [np.zeros(0) for _ in self.columns], "rng": np.random.default_rng(0), "sample": sample}
+                "keys": [np.zeros(0) for _ in self.columns], "rng": np.random.default_rng(0), "sample": sample,
+                "comma": [None] * len(self.columns)}
 
     def fit_stream_update(self, state: dict, df: pd.DataFrame) -> None:
         for j, c in enumerate(self.columns):
-            x = to_numbers(df[c])  # strays are NaN here, and reported when read
+            # the first piece that shows a decimal comma decides the column (a table in memory is one piece)
+            state["comma"][j] = state["comma"][j] or comma_style(df[c])
+            x = to_numbers(df[c], state["comma"][j])  # strays are NaN here, and reported when read
             x = x[np.isfinite(x)]
             if not len(x):
                 continue
@@ -110,11 +116,15 @@ class NumericPreprocessor(Preprocessor):
         self.center_ = np.asarray(center, np.float64)
         s = np.asarray(scale, np.float64)
         self.scale_ = np.where(s > 1e-12, s, 1.0)
+        self.comma_ = list(state.get("comma") or [None] * len(self.columns))
         self.fitted_ = True
         return self
 
+    comma_: list = ()  # per column: "decimal" or None (a bundle written before it: None everywhere)
+
     def read(self, cells, row, ctx):
-        x = np.array([to_float(v, row, c) for c, v in zip(self.columns, cells)], np.float64)
+        commas = self.comma_ or [None] * len(self.columns)
+        x = np.array([to_float(v, row, c, k) for c, v, k in zip(self.columns, cells, commas)], np.float64)
         miss = np.isnan(x)
         if miss.all():
             return None
@@ -126,10 +136,12 @@ class NumericPreprocessor(Preprocessor):
         return {"num": ((2 * len(self.columns),), np.dtype(np.float32))}
 
     def extra_state(self):
-        return {}, {"median": self.median_, "center": self.center_, "scale": self.scale_}
+        meta = {"comma": list(self.comma_)} if any(self.comma_) else {}  # (unchanged for columns without one)
+        return meta, {"median": self.median_, "center": self.center_, "scale": self.scale_}
 
     def load_extra_state(self, meta, arrays):
         self.median_, self.center_, self.scale_ = arrays["median"], arrays["center"], arrays["scale"]
+        self.comma_ = list(meta.get("comma") or [None] * len(self.columns))
 
 
 @PREPROCESSORS.register("categorical")
