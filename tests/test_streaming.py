@@ -325,11 +325,14 @@ def test_streamed_fit_with_bad_images_names_the_row_or_counts_what_it_skipped(tm
     f = next(d.glob("*.parquet"))
     df = pd.read_parquet(f)
     df.loc[[120, 171], "image"] = b"\x89PNG broken"
-    df.to_parquet(f, row_group_size=50)
+    f.unlink()  # two files: a row is named by its number across them and where it is in its file
+    df.iloc[:100].to_parquet(d / "a.parquet", row_group_size=50)
+    df.iloc[100:].to_parquet(d / "b.parquet", row_group_size=50)
     train = set(df.index[df["split"] == "train"])
     bad = [r for r in (120, 171) if r in train]
     assert bad, "the broken rows must include a training row"
-    with pytest.raises(InputError, match=f"row ({'|'.join(map(str, bad))}), column 'image': is not a readable image"):
+    where = "|".join(f"{r} \\(row {r - 100} of b.parquet\\)" for r in bad)
+    with pytest.raises(InputError, match=f"row ({where}), column 'image': is not a readable image"):
         MultimodalPredictor("label", **fit_kw()).fit(d)
     m = MultimodalPredictor("label", on_bad_input="skip", **fit_kw()).fit(d)
     print(m.metrics_["bad_input"])
@@ -347,7 +350,7 @@ def test_a_bad_number_is_skipped_under_skip_and_named_under_raise(tmp_path):
     row = int(df.index[df["split"] == "train"][7])
     df.loc[row, "x"] = "abc"
     df.to_parquet(f, row_group_size=50)
-    with pytest.raises(InputError, match=f"row {row}, column 'x'"):
+    with pytest.raises(InputError, match=f"row {row} \\(row {row} of {f.name}\\), column 'x'"):
         MultimodalPredictor("label", columns={"x": "numeric"}, **fit_kw()).fit(d)
     m = MultimodalPredictor("label", columns={"x": "numeric"}, on_bad_input="skip", **fit_kw()).fit(d)
     assert "train: 1 rows with bad input skipped ('x': 1)" in m.metrics_["bad_input"]

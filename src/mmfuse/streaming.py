@@ -123,6 +123,16 @@ class ParquetStream:
     def n_units(self) -> int:
         return len(self.rows_of)
 
+    def locate(self, row_id: int) -> str:
+        """Where row ``row_id`` (numbered across the files) is: ``"row 45 of part-003.parquet"`` (counted from 0,
+        as pandas counts a file's rows; the file named under the folder given)."""
+        u = int(np.searchsorted(self.start_of, row_id, side="right") - 1)
+        i = int(self.file_of[u])
+        first = int(self.start_of[int(np.flatnonzero(self.file_of == i)[0])])
+        f, src = self.files[i], Path(self.source)
+        name = str(f.relative_to(src)) if src.is_dir() else f.name
+        return f"row {int(row_id) - first} of {name}"
+
     def __len__(self) -> int:
         return self.n_rows
 
@@ -639,8 +649,13 @@ class StreamingDataset(Dataset):
             local.seed = getattr(indices, "seed", None)
             batch = ds.__getitems__(local) if local.seed is not None else ds.__getitems__(list(local))
         except MmfuseError as e:
+            from .errors import InputError
+
+            if isinstance(e, InputError) and isinstance(e.row, (int, np.integer)):  # which file holds the row
+                e = InputError(f"{e.row} ({self.stream.locate(e.row)})", e.column, e.reason, e.file, e.resolved,
+                               e.hint)
             if get_worker_info() is None:
-                raise
+                raise e from None
             return {"error": e}
         if "error" in batch:
             return batch
