@@ -264,6 +264,18 @@ def test_evaluate_scores_the_test_rows_of_a_table_with_a_split_column(run, tmp_p
     df.assign(split="train").to_csv(tmp_path / "train.csv", index=False)
     line = cli_error(capsys, "evaluate", run / "run" / "bundle", tmp_path / "train.csv")
     assert "split column 'split' has no 'test' rows; evaluate scores a model on test rows" in line
+    assert "--all-rows" in line
+
+
+def test_a_column_named_split_that_the_model_reads_is_not_a_split_column(tmp_path):
+    from mmfuse import MultimodalPredictor, evaluate_predictor
+
+    df = make_tabular_text_table(60)
+    df["split"] = ["a", "b", "c"] * 20  # a category the model reads, not train/val/test
+    m = MultimodalPredictor(target="y", epochs=1, progress=False, log=None, contribution=False).fit(df)
+    assert "split" in {c for p in m.predictor_.preprocessors.values() for c in p.columns}
+    assert evaluate_predictor(m.predictor_, df, test_only=True)["n"] == 60 and "scored_rows" not in \
+        evaluate_predictor(m.predictor_, df, test_only=True)
 
 
 def test_rows_with_every_input_blank_are_named_by_predict_and_evaluate(run, tmp_path, capsys):

@@ -111,6 +111,9 @@ def test_align_then_retrieve_and_evaluate_from_the_command_line(run):
     res = pd.read_csv(d / "res.csv")
     assert len(res) == 1200 and list(res.columns) == ["query_row", "rank", "index_row", "score"]
     assert (res.groupby("query_row")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
+    r = call("inspect", d / "al/bundle")  # aligned encoders have no target: described, not a traceback
+    assert r.exit_code == 0, r.output
+    assert "aligned encoders (mmfuse align), pairs" in r.output and "task:" not in r.output
 
 
 def test_a_saved_faiss_index_is_reused_and_measured(run):

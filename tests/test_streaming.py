@@ -332,8 +332,9 @@ def test_streamed_fit_with_bad_images_names_the_row_or_counts_what_it_skipped(tm
     bad = [r for r in (120, 171) if r in train]
     assert bad, "the broken rows must include a training row"
     where = "|".join(f"{r} \\(row {r - 100} of b.parquet\\)" for r in bad)
-    with pytest.raises(InputError, match=f"row ({where}), column 'image': is not a readable image"):
-        MultimodalPredictor("label", **fit_kw()).fit(d)
+    for workers in (0, 1):  # raised in the main process, and in a loader worker
+        with pytest.raises(InputError, match=f"row ({where}), column 'image': is not a readable image"):
+            MultimodalPredictor("label", **fit_kw(num_workers=workers)).fit(d)
     m = MultimodalPredictor("label", on_bad_input="skip", **fit_kw()).fit(d)
     print(m.metrics_["bad_input"])
     assert f"train: {len(bad)} rows with bad input skipped ('image': {len(bad)})" in m.metrics_["bad_input"]

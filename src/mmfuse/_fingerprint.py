@@ -125,4 +125,4 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
             out.append(HASHED_SETTINGS[key])
         else:
             out.append(f"with {key} {show(old)}, now {show(new)}")
-    return out
+    return list(dict.fromkeys(out))  # (a table streamed in one run, not the other: one phrase, not one a split)

@@ -539,7 +539,8 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
     if test_only:
         from .splits import test_rows
 
-        table = test_rows(table, getattr(predictor, "schema", None), "evaluate scores a model", chosen.append)
+        table = test_rows(table, getattr(predictor, "schema", None), "evaluate scores a model", chosen.append,
+                          "; --all-rows (test_only=False) scores every row")
     column = predictor.target.column
     if column not in table.df.columns:
         raise MmfuseError(f"table {table.source} has no target column {column!r} to score against; "
@@ -550,8 +551,9 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
     ds = MultimodalDataset(table.df[~blank], predictor.preprocessors, predictor.target, on_bad_input=on_bad_input,
                            root=table.root, allow_outside_root=allow_outside_root)
     out = compute_metrics(predictor, ds)
-    if getattr(predictor, "last_no_input", None):
-        out["rows_without_input"] = list(predictor.last_no_input)
+    if getattr(predictor, "last_no_input", None):  # the count, and the first 1,000 row ids
+        out["rows_without_input_count"] = len(predictor.last_no_input)
+        out["rows_without_input"] = list(predictor.last_no_input)[:1000]
     if chosen:
         out["scored_rows"] = chosen[0]
     if blank.any():

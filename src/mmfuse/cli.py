@@ -82,8 +82,9 @@ def inspect(
 
     from .io import read_table
 
-    if data.is_dir() and not any(data.glob("*.parquet")) and not any(data.glob("*.pq")):
-        return _describe_bundle(data)
+    if data.is_dir() and any((data / f).exists() for f in ("config.json", "ensemble.json", "model.safetensors",
+                                                              "bundle")):
+        return _describe_bundle(data)  # (a run folder: Predictor.load names its bundle/)
     from .schema import describe_schema, infer_schema, left_out_columns, parse_column_overrides
 
     table = read_table(data, root=root, encoding=encoding)
@@ -113,11 +114,13 @@ def _describe_bundle(path: Path) -> None:
 
     pred = Predictor.load(path)
     cfg, t = pred.config, pred.target
-    typer.echo(f"bundle {path}: written by mmfuse {cfg.get('mmfuse_version', '?')} (torch "
-               f"{cfg.get('torch_version', '?')}), {cfg.get('created', 'date unknown')}")
-    classes = t.classes_ or []
-    typer.echo(f"task: {t.name}, target {t.column!r}" + (f", {len(classes)} classes: " + ", ".join(
-        map(str, classes[:20])) + (", ..." if len(classes) > 20 else "") if classes else ""))
+    typer.echo(f"bundle {path}: written by mmfuse {cfg.get('mmfuse_version', '?')}"
+               + (f" (torch {cfg['torch_version']})" if cfg.get("torch_version") else "")
+               + (f", {cfg['created']}" if cfg.get("created") else ""))
+    if t is not None:  # (aligned encoders have no target)
+        classes = t.classes_ or []
+        typer.echo(f"task: {t.name}, target {t.column!r}" + (f", {len(classes)} classes: " + ", ".join(
+            map(str, classes[:20])) + (", ..." if len(classes) > 20 else "") if classes else ""))
     if isinstance(pred, EnsemblePredictor):
         typer.echo(pred.describe())
         return
@@ -820,7 +823,8 @@ def evaluate(
     if m.get("rows_without_input"):
         from .reading import describe_no_input
 
-        typer.echo(f"note: {describe_no_input(m['rows_without_input'])}; they are scored")
+        typer.echo(f"note: {describe_no_input(m['rows_without_input'], count=m.get('rows_without_input_count'))}; "
+                   "they are scored")
     _print_metrics({"test": m})
     if m.get("blank_target_rows"):
         rows = m["blank_target_rows"]

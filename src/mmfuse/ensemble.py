@@ -244,6 +244,7 @@ class EnsemblePredictor(Predictor):
         kept = np.zeros(n, bool)
         kept[dataset.positions if dataset is not None else np.arange(n)] = True
         total, absent_inputs, none = 0.0, {}, None
+        self.last_no_input = []  # (a member that finds no row to predict raises before the end)
         for w, folds in zip(self.weights, self.members):
             for b in folds:
                 z, rows = b.logits(table, batch_size=batch_size, absent=[a for a in absent if a in b.model.names],

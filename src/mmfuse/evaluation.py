@@ -156,11 +156,12 @@ def write_report(run_dir: Path, metrics: dict, classes: list | None = None) -> N
     if ev:
         lines.append(f"- evaluated: bundle {ev['bundle']} on {ev['table']}, {ev['rows']} rows"
                      + (f" ({ev['scored_rows']})" if ev.get("scored_rows") else ""))
-    no_input = (metrics.get("test") or {}).get("rows_without_input") if training is not None else None
-    if no_input:
+    scored = (metrics.get("test") or {}) if training is not None else {}
+    if scored.get("rows_without_input"):
         from .reading import describe_no_input
 
-        lines.append(f"- {describe_no_input(no_input, 20)}; they are scored")
+        lines.append(f"- {describe_no_input(scored['rows_without_input'], 20, scored.get('rows_without_input_count'))}"
+                     "; they are scored")
     if metrics.get("blank_target_rows"):
         rows = metrics["blank_target_rows"]
         rows = [r for v in rows.values() for r in v] if isinstance(rows, dict) else list(rows)

@@ -509,6 +509,9 @@ def describe_plan(splits: Splits, spec: dict, preps: dict, task, data: FitData, 
             "batch_size": tcfg.batch_size, "lr": tcfg.lr, "class_weight": weighting, "device": device,
             "precision": resolve_precision(tcfg.precision, device),
             "left_out": {} if schema is None else left_out_columns(schema),
+            "decimal_comma": [c for p in preps.values() for c, k in zip(getattr(getattr(p, "num", p), "columns", ()),
+                                                                         getattr(getattr(p, "num", p), "comma_", ()))
+                              if k == "decimal"],
             **({"stream": data.stream} if getattr(data, "stream", None) else {})}
 
 
@@ -536,6 +539,8 @@ def format_plan(plan: dict) -> list[str]:
                if plan.get("processes", 1) > 1 else "") + f"; learning rate {plan['lr']:g}",
             f"class weighting: {plan['class_weight']}",
             f"device: {plan['device']} (precision {plan['precision']})"] + _stream_line(plan) + (
+        [f"numbers written with a decimal comma ('2,500' reads as 2.5): {', '.join(map(str, plan['decimal_comma']))}"]
+        if plan.get("decimal_comma") else []) + (
         [f"left out ({len(plan['left_out'])}): " + "; ".join(f"{c} ({why})" for c, why in
                                                            list(plan["left_out"].items())[:12])
          + ("; ..." if len(plan["left_out"]) > 12 else "")] if plan.get("left_out") else [])

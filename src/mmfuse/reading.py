@@ -270,12 +270,14 @@ class TablePredictions:
         return aligned(decoded.labels, rows, n)
 
 
-def describe_no_input(rows, limit: int = 10) -> str:
+def describe_no_input(rows, limit: int = 10, count: int | None = None) -> str:
     """One line on rows that held none of a model's inputs: their prediction is made without any evidence, the
-    same for each of them (the model's answer to nothing), or ''."""
-    if not len(rows):
+    same for each of them (the model's answer to nothing), or ''. ``count``: how many there are, when ``rows``
+    lists only the first of them."""
+    n = len(rows) if count is None else count
+    if not n:
         return ""
-    ids = ", ".join(map(str, list(rows)[:limit])) + (" ..." if len(rows) > limit else "")
-    one = len(rows) == 1
-    return (f"{len(rows)} row{'' if one else 's'} with every input blank: {'its' if one else 'their'} prediction "
+    ids = ", ".join(map(str, list(rows)[:limit])) + (" ..." if n > min(limit, len(rows)) else "")
+    one = n == 1
+    return (f"{n} row{'' if one else 's'} with every input blank: {'its' if one else 'their'} prediction "
             f"is made without any evidence{'' if one else ', the same for each'} (row id{'' if one else 's'} {ids})")

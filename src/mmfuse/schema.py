@@ -480,32 +480,32 @@ def to_numbers(values, comma: str | None = None) -> np.ndarray:
     return x
 
 
-_AMBIGUOUS_COMMA = re.compile(r"[-+]?\D?\s*[1-9]\d{0,2},\d{3}\s*\D?%?")  # 2,500: 2500, or 2.5 with a decimal comma
+_SIGN, _UNIT = r"[-+]?[^\d\s.,]?\s*", r"\s*[^\d\s.,]?\s*%?"  # a sign and currency before, a currency or % after
+_AMBIGUOUS_COMMA = re.compile(_SIGN + r"[1-9]\d{0,2},\d{3}" + _UNIT)  # 2,500: 2500, or 2.5 with a decimal comma
+_DECIMAL_COMMA = re.compile(_SIGN + r"(\d+|[1-9]\d{0,2}(\.\d{3})+),\d+" + _UNIT)  # 3,1  0,125  1.000,5
+_THOUSANDS_COMMA = re.compile(_SIGN + r"[1-9]\d{0,2}(,\d{3})+(\.\d+)?" + _UNIT)  # 1,234,567  1,234.5
 
 
 def comma_style(values) -> str | None:
-    """``"decimal"`` when a column writes its numbers with a decimal comma: some cell's comma can only be a
-    decimal mark (``3,1``, ``0,125``, ``1.000,5``) and no cell's can only be a thousands separator
-    (``1,234,567``, ``1,234.5``). Then every ``2,500`` of the column reads as 2.5; else (``None``) as 2500."""
+    """``"decimal"`` when a column writes its numbers with a decimal comma: no cell's comma can only be a
+    thousands separator (``1,234,567``, ``1,234.5``), and the cells whose comma can only be a decimal mark
+    (``3,1``, ``0,125``, ``1.000,5``) are at least as many as those where it could be either (``2,500``).
+    Then every ``2,500`` of the column reads as 2.5; else (``None``) as 2500, as a lone ``1,50`` among
+    ``12,000`` and ``2,500`` leaves them."""
     s = pd.Series(values)
     if s.dtype.kind != "O":  # numbers already: no commas
         return None
-    s = s[s.map(lambda v: isinstance(v, str) and "," in v)]
-    decimal = thousands = False
-    for v in s:
-        if parse_number(v) is None:
-            continue
-        s = v.strip()
-        if _AMBIGUOUS_COMMA.fullmatch(s) and "." not in s:
-            continue
-        last_comma, last_dot = s.rfind(","), s.rfind(".")
-        if s.count(",") > 1 or last_dot > last_comma:
-            thousands = True
-        else:
-            decimal = True
-        if thousands and decimal:
-            return None
-    return "decimal" if decimal else None
+    try:
+        s = s[s.str.contains(",", regex=False, na=False)].str.strip()  # (cells that are not strings: NaN, left out)
+    except AttributeError:  # no string among them (bytes, lists)
+        return None
+    if not len(s):
+        return None
+    either = s.str.fullmatch(_AMBIGUOUS_COMMA)
+    if (s.str.fullmatch(_THOUSANDS_COMMA) & ~either).any():
+        return None
+    decimal = int((s.str.fullmatch(_DECIMAL_COMMA) & ~either).sum())
+    return "decimal" if decimal and decimal >= int(either.sum()) else None
 
 
 def left_out_columns(schema: Schema, inputs: Iterable[str] | None = None) -> dict[str, str]:

@@ -97,10 +97,11 @@ def split_rows(df: pd.DataFrame, schema: Schema, val_fraction: float, test_fract
     return out
 
 
-def test_rows(table, schema, what: str = "a model is scored", say=None):
+def test_rows(table, schema, what: str = "a model is scored", say=None, fix: str = ""):
     """The table's test rows when it has a split column (``schema``'s column of role ``split``, else one named
     ``split``): a model is scored on its test rows, never on the rows it trained or stopped early on. A table
-    without such a column is returned whole.
+    without such a column is returned whole (a column named ``split`` that the model reads as an input is not
+    one). ``fix``: another way out, added to the error.
 
     Raises:
         SchemaError: the split column marks no row ``test``.
@@ -108,14 +109,15 @@ def test_rows(table, schema, what: str = "a model is scored", say=None):
     from .io import Table
 
     cols = [c for c in (schema.columns_with(Role.SPLIT) if schema is not None else []) if c in table.df.columns]
-    cols = cols or [c for c in ("split",) if c in table.df.columns]
+    other = schema is not None and "split" in schema.roles and schema.roles["split"] is not Role.SPLIT
+    cols = cols or [c for c in ("split",) if c in table.df.columns and not other]
     if not cols:
         return table
     col = cols[0]
     test = split_names(table.df[col]) == "test"
     if not test.any():
         raise SchemaError(f"the table's split column {col!r} has no 'test' rows; {what} on test rows: give a table "
-                          "of test rows (without that column), or mark them test")
+                          f"of test rows (without that column), or mark them test{fix}")
     if not test.all() and say is not None:
         say(f"scoring the {int(test.sum())} rows with {col} = test (of {len(table.df)}; the others trained or "
             "validated the model)")

@@ -649,16 +649,11 @@ class StreamingDataset(Dataset):
             local.seed = getattr(indices, "seed", None)
             batch = ds.__getitems__(local) if local.seed is not None else ds.__getitems__(list(local))
         except MmfuseError as e:
-            from .errors import InputError
-
-            if isinstance(e, InputError) and isinstance(e.row, (int, np.integer)):  # which file holds the row
-                e = InputError(f"{e.row} ({self.stream.locate(e.row)})", e.column, e.reason, e.file, e.resolved,
-                               e.hint)
             if get_worker_info() is None:
-                raise e from None
-            return {"error": e}
-        if "error" in batch:
-            return batch
+                raise self._located(e) from e
+            return {"error": self._located(e)}
+        if "error" in batch:  # (raised in a loader worker)
+            return {**batch, "error": self._located(batch["error"])}
         batch["issues"] = list(ds.report.issues.values()) + batch["issues"]
         batch["unknown"] = dict(ds.report.unknown_categories)
         kept = positions[batch["row"].numpy()]
@@ -669,6 +664,15 @@ class StreamingDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.__getitems__([i])
+
+    def _located(self, e: Exception) -> Exception:
+        """A bad cell's error that also names the file that holds its row, and the row there."""
+        from .errors import InputError
+
+        if isinstance(e, InputError) and isinstance(e.row, (int, np.integer)):
+            return InputError(f"{e.row} ({self.stream.locate(e.row)})", e.column, e.reason, e.file, e.resolved,
+                              e.hint)
+        return e
 
 
 def make_stream_datasets(splits: StreamSplits, preps: dict, task, tcfg, on_bad_input: str = "raise",

@@ -86,6 +86,28 @@ def test_a_column_with_a_decimal_comma_reads_every_comma_as_one_in_training_and_
     for r in (p, q):
         out = r.read(["2,500", "2,500"], 0, CTX)["num"][:2]
         assert out == pytest.approx((np.array([2.5, 2500.0]) - r.center_) / r.scale_)
-    # a column that writes thousands separators both ways (1,234,567) is read cell by cell, as before
+    # a column that writes thousands separators both ways (1,234,567) is read cell by cell, as before; so is
+    # one where a lone decimal-only cell (a typo: 1,50) meets more cells that read either way
     mixed = NumericPreprocessor(["x"]).fit(pd.DataFrame({"x": ["1,234,567", "3,1", "2,500"]}), CTX)
     assert mixed.comma_ == [None] and sorted(mixed.median_.tolist()) == [2500.0]
+    us = NumericPreprocessor(["x"]).fit(pd.DataFrame({"x": ["2,500", "12,000", "999,999", "1,50"]}), CTX)
+    assert us.comma_ == [None] and us.median_[0] == pytest.approx((2500 + 12000) / 2)
+
+
+def test_a_streamed_fit_reads_a_column_one_way_from_its_first_piece_to_its_last():
+    """The pieces of a streamed pass: the comma is decided before the first statistic (by the sample fit, else
+    the first piece) and never flips after, so every value of the column is read one way."""
+    sample = pd.DataFrame({"x": ["3,1", "2,500", "1,5"]})
+    pieces = [pd.DataFrame({"x": ["2,500", "1,500", "2,000"]}), pd.DataFrame({"x": ["3,1", "2,500"]})]
+    p = NumericPreprocessor(["x"]).fit(sample, CTX)  # as a streamed table's preprocessors are first fitted
+    state = p.fit_stream_start(sample=None)
+    for df in pieces:
+        p.fit_stream_update(state, df)
+    p.fit_stream_finish(state, CTX)
+    assert p.comma_ == ["decimal"] and p.median_[0] == 2.5  # 1.5, 2, 2.5, 2.5, 3.1
+    q = NumericPreprocessor(["x"])  # no sample fit: the first piece (no decimal comma) decides, for every piece
+    state = q.fit_stream_start(sample=None)
+    for df in pieces:
+        q.fit_stream_update(state, df)
+    q.fit_stream_finish(state, CTX)
+    assert q.comma_ == [None] and q.median_[0] == 2000.0  # 3.1, 1500, 2000, 2500, 2500

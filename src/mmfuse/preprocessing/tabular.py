@@ -71,12 +71,14 @@ class NumericPreprocessor(Preprocessor):
         return {"n": np.zeros(len(self.columns)), "mean": np.zeros(len(self.columns)),
                 "m2": np.zeros(len(self.columns)), "keep": [np.zeros(0) for _ in self.columns],
                 "keys": [np.zeros(0) for _ in self.columns], "rng": np.random.default_rng(0), "sample": sample,
-                "comma": [None] * len(self.columns)}
+                # how the columns write a comma: kept from a fit on a sample (a streamed table's), else decided
+                # by the first piece, never changed after it (every value is then read one way)
+                "comma": list(self.comma_) if self.fitted_ and len(self.comma_) == len(self.columns) else None}
 
     def fit_stream_update(self, state: dict, df: pd.DataFrame) -> None:
+        if state["comma"] is None:  # a table in memory is one piece: decided by all its cells
+            state["comma"] = [comma_style(df[c]) for c in self.columns]
         for j, c in enumerate(self.columns):
-            # the first piece that shows a decimal comma decides the column (a table in memory is one piece)
-            state["comma"][j] = state["comma"][j] or comma_style(df[c])
             x = to_numbers(df[c], state["comma"][j])  # strays are NaN here, and reported when read
             x = x[np.isfinite(x)]
             if not len(x):
