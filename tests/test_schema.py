@@ -261,6 +261,18 @@ def test_decimal_commas_percents_and_currencies_are_numbers_in_inspect_and_in_tr
     assert out[:3] == pytest.approx((np.array([12.5, 0.1, 1000.0]) - prep.center_) / prep.scale_)
 
 
+def test_a_group_named_like_a_column_that_is_an_input_of_its_own_is_refused():
+    """Two inputs by one name: the column's would replace the group, whose columns were then read by nothing."""
+    df = pd.DataFrame({"review": [f"w{i} x{i % 5} y{i % 3} z" for i in range(30)], "price": np.linspace(0, 1, 30) ** 2,
+                       "qty": np.arange(30) % 4, "y": ["a", "b"] * 15})
+    with pytest.raises(SchemaError, match=r"group 'review' has the name of the column 'review', which is an input of "
+                                          r"its own \(text\); name the group otherwise, e.g. --group "
+                                          r"review_group=price,qty"):
+        infer_schema(df, target="y", groups={"review": ["price", "qty"]})
+    s = infer_schema(df, target="y", groups={"review_group": ["price", "qty"]})
+    assert {i.name: i.columns for i in s.inputs()} == {"review": ("review",), "review_group": ("price", "qty")}
+
+
 def test_inspect_says_when_a_column_writes_a_decimal_comma():
     from mmfuse.schema import comma_style
 

@@ -185,6 +185,13 @@ class Schema:
                 if c in seen:
                     raise SchemaError(f"column {c!r} is in two groups: {seen[c]!r} and {name!r}")
                 seen[c] = name
+        for name, cols in self.groups.items():  # an input of its own by the same name would replace the group
+            r = self.roles.get(name)
+            if name not in cols and name not in seen and r in _ROLE_MODALITY and \
+                    _ROLE_MODALITY[r] is not Modality.TABULAR:
+                raise SchemaError(f"group {name!r} has the name of the column {name!r}, which is an input of its own "
+                                  f"({r.value}); name the group otherwise, e.g. --group {name}_group="
+                                  + ",".join(map(str, cols)))
         return self
 
     # serialization: JSON / YAML only describe the dataclass

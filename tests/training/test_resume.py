@@ -57,7 +57,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["history"] == a["history"]
 
 
-def tiny_run(tmp_path):
+def tiny_run(tmp_path, batch_size=8):
     """A 1-epoch training on 16 rows of one numeric input, through train_model directly."""
     import numpy as np
     import pandas as pd
@@ -72,7 +72,7 @@ def tiny_run(tmp_path):
     table = read_table(df)
     preps = build_preprocessors(infer_schema(table, target="y"), table, {})
     task = fit_task(df, "y")
-    loader = make_loader(MultimodalDataset(table, preps, task), batch_size=8)
+    loader = make_loader(MultimodalDataset(table, preps, task), batch_size=batch_size)
     mcfg, tcfg = ModelConfig(dim=8, head_hidden=8), TrainConfig(epochs=1, progress=False, log=None, seed=0)
 
     def train(fingerprint, resume=False, epochs=1):
@@ -98,3 +98,15 @@ def test_resume_refuses_a_checkpoint_of_other_data_or_settings(tmp_path):
         train({**fp, "model": {"fusion": "gated", "dim": 8}}, resume=True)
     out = train(fp, resume=True, epochs=2)  # the same run, trained longer: accepted
     assert out["resumed_from_epoch"] == 0 and [h["epoch"] for h in out["history"]] == [0, 1]
+
+
+def test_a_finished_run_resumed_with_more_epochs_trains_on_from_its_longer_schedule(tmp_path):
+    """One step an epoch: the checkpoint holds the rate its 1-epoch schedule ended at (0). The resumed run's first
+    step takes the rate of its 2-epoch schedule instead, so epoch 2 moves the weights (it trained nothing before)."""
+    train = tiny_run(tmp_path, batch_size=16)
+    fp = {"data": {"train": "aaaa"}}
+    first = train(fp)
+    longer = train(fp, resume=True, epochs=2)
+    assert longer["resumed_from_epoch"] == 0 and [h["epoch"] for h in longer["history"]] == [0, 1]
+    assert longer["history"][0] == first["history"][0]
+    assert longer["history"][1]["val_loss"] != longer["history"][0]["val_loss"]
