@@ -160,6 +160,8 @@ def test_fit_prints_its_plan_and_guards_its_folder_and_evaluate_reports_the_trai
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"error: --out {tmp_path / 'run'} holds another run (metrics.json, checkpoints, bundle); pass --overwrite "
         "to replace it, --resume to continue it, or choose another folder"]
+    r = run(*args, "--overwrite", "--resume")  # two contradicting wishes: neither is carried out
+    assert r.returncode == 2 and "--resume continues the run in" in r.stderr and "pass one of them" in r.stderr
     assert run(*args, "--overwrite").returncode == 0
 
     # evaluate --out: the evaluation, plus the training facts kept in the bundle
@@ -179,6 +181,9 @@ def test_fit_prints_its_plan_and_guards_its_folder_and_evaluate_reports_the_trai
     assert f"v.csv): accuracy {trained['val']['accuracy']:.4f}" in r.stdout and "--test" not in r.stdout
     r = run("inspect", tmp_path / "run")
     assert r.returncode == 2 and "is a run folder, not a bundle; did you mean" in r.stderr
+    r = run("inspect", tmp_path / "run" / "bundle", "--target", "y", "--save-schema", tmp_path / "s.yaml")
+    assert r.returncode == 2 and "--target, --save-schema: for a table;" in r.stderr
+    assert not (tmp_path / "s.yaml").exists()
 
 
 def test_bad_config_keys_and_values_are_one_line_with_the_closest_match(tmp_path):

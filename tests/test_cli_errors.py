@@ -259,7 +259,9 @@ def test_evaluate_scores_the_test_rows_of_a_table_with_a_split_column(run, tmp_p
     assert saved["test"]["accuracy"] == evaluate_predictor(pred, df[df.split == "test"])["accuracy"]
     main(["evaluate", str(run / "run" / "bundle"), str(tmp_path / "split.csv"), "--no-contribution", "--all-rows",
           "-o", str(tmp_path / "all")])
-    assert "scoring the" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "scoring the" not in out and "30 of them with split other than test" in out
+    assert "test (every row, training rows included): accuracy" in out
     assert json.loads((tmp_path / "all" / "metrics.json").read_text())["test"]["n"] == 40
     df.assign(split="train").to_csv(tmp_path / "train.csv", index=False)
     line = cli_error(capsys, "evaluate", run / "run" / "bundle", tmp_path / "train.csv")

@@ -281,6 +281,10 @@ def test_inspect_says_when_a_column_writes_a_decimal_comma():
     assert "('1,234' reads as 1.234; the column writes a decimal comma)" in s.reasons["price"]
     us = pd.DataFrame({"price": [f"{i},{i * 37 % 1000:03d}" for i in range(1, 21)], "y": ["a", "b"] * 10})
     assert "('1,037' reads as 1037)" in infer_schema(us, target="y").reasons["price"]
+    assert "commas read both ways" not in infer_schema(us, target="y").reasons["price"]
+    mixed = us.assign(price=us["price"].where(us.index != 3, "3,5"))  # one decimal comma among thousands
+    assert "commas read both ways here: 1 as a decimal mark (3,5 is 3.5), 19 as a thousands separator" in \
+        infer_schema(mixed, target="y").reasons["price"]
     assert [comma_style(v) for v in (["0,125"], ["1.000,5", "7"], ["1,234.5", "3,1"], ["2,500"], [2.5, 3])] == [
         "decimal", "decimal", None, None, None]
 

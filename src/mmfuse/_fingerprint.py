@@ -110,19 +110,23 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
     'gated'"``. Values under a ``"data"`` key are data hashes; every other key is a setting."""
     a, b = _leaves(normalize(saved)), _leaves(normalize(current))
     show = lambda v: "unset" if v is _UNSET else repr(v)  # noqa: E731
-    out = []
+    out, splits = [], []
     for key in sorted(set(a) | set(b)):
         old, new = a.get(key, _UNSET), b.get(key, _UNSET)
         if old == new:
             continue
         if key == "data" or key.startswith("data."):  # {"data": hash} or {"data": {split: hash}}
-            split = {"train": "training ", "val": "validation "}.get(key[5:], f"{key[5:]} " if key != "data" else "")
             if old is _UNSET or old == {} or new is _UNSET or new == {}:  # one of the two runs streamed its table
                 out.append("on other data (one run read its table into memory, the other streamed it)")
             else:
-                out.append(f"on other data: other {split}rows (their content, order or columns differ)")
+                if not splits:
+                    out.append("on other data")  # one phrase for every split: said below
+                splits.append({"train": "training", "val": "validation"}.get(key[5:], key[5:] or "the"))
         elif key in HASHED_SETTINGS:
             out.append(HASHED_SETTINGS[key])
         else:
             out.append(f"with {key} {show(old)}, now {show(new)}")
+    if splits:
+        out[out.index("on other data")] = (f"on other data: other {' and '.join(splits)} rows (their content, order "
+                                           "or columns differ)")
     return list(dict.fromkeys(out))  # (a table streamed in one run, not the other: one phrase, not one a split)

@@ -536,11 +536,16 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
         predictor._refuse_aligned("be evaluated")
     table = read_table(data, root=root)
     chosen = []
-    if test_only:
-        from .splits import test_rows
+    from .splits import split_column, split_names, test_rows
 
+    if test_only:
         table = test_rows(table, getattr(predictor, "schema", None), "evaluate scores a model", chosen.append,
-                          "; --all-rows (test_only=False) scores every row")
+                          "; to score every row: --all-rows (Python: test_only=False)")
+    elif (col := split_column(table, getattr(predictor, "schema", None))) is not None:
+        seen = int((split_names(table.df[col]) != "test").sum())
+        if seen:
+            chosen.append(f"scoring every row, {seen} of them with {col} other than test: the model trained or "
+                          "stopped early on those, so these metrics flatter it")
     column = predictor.target.column
     if column not in table.df.columns:
         raise MmfuseError(f"table {table.source} has no target column {column!r} to score against; "

@@ -84,6 +84,13 @@ def inspect(
 
     if data.is_dir() and any((data / f).exists() for f in ("config.json", "ensemble.json", "model.safetensors",
                                                               "bundle")):
+        given = [o for o, v in (("--target", target), ("--column", column), ("--group", group), ("--schema", schema),
+                                ("--save-schema", save_schema)) if v]
+        if given:
+            from .errors import MmfuseError
+
+            raise MmfuseError(f"{', '.join(given)}: for a table; {data} is a bundle (or run) folder, which inspect "
+                              "describes as it was trained; leave them out, or pass a table")
         return _describe_bundle(data)  # (a run folder: Predictor.load names its bundle/)
     from .schema import describe_schema, infer_schema, left_out_columns, parse_column_overrides
 
@@ -104,6 +111,13 @@ def inspect(
     if save_schema:
         sch.save(save_schema)
         typer.echo(f"schema written to {save_schema}")
+
+
+def _one_of_resume_overwrite(resume: bool, overwrite: bool, out) -> None:
+    if resume and overwrite:
+        from .errors import MmfuseError
+
+        raise MmfuseError(f"--resume continues the run in {out}, --overwrite replaces it: pass one of them")
 
 
 def _describe_bundle(path: Path) -> None:
@@ -137,7 +151,7 @@ def _describe_bundle(path: Path) -> None:
                    f"{path}` trains a model from them, `mmfuse retrieve` searches with them")
     if metrics.get("best_epoch") is not None:
         typer.echo(f"trained: best epoch {metrics['best_epoch'] + 1} of {metrics.get('epochs_run', '?')}"
-                   + (f", {metrics['train_seconds']:.0f} s" if metrics.get("train_seconds") else ""))
+                   + (f", {metrics['train_seconds']:.1f} s" if metrics.get("train_seconds") else ""))
     _print_metrics(metrics, advice=False)
 
 
@@ -229,6 +243,7 @@ def fit(
     from .training.trainer import launch_rank, launched_world
 
     first = launch_rank() == 0
+    _one_of_resume_overwrite(resume, overwrite, out)
     if not (overwrite or resume) and (first or launched_world() is not None):  # every process a launcher started
         _refuse_another_run(out)  # (a refusal on the first one alone would leave the others waiting)
     if init_from is not None and target is None and config is None:
@@ -338,6 +353,7 @@ def align(
     from .align import align as run_align
     from .errors import MmfuseError
 
+    _one_of_resume_overwrite(resume, overwrite, out)
     if not (overwrite or resume):
         _refuse_another_run(out)
     cfg = _load_config(config)
@@ -815,7 +831,7 @@ def evaluate(
     m = evaluate_predictor(pred, _table(data, root), contribution=contribution, on_bad_input=on_bad_input,
                            allow_outside_root=allow_outside_root, test_only=not all_rows)
     if m.get("scored_rows"):
-        typer.echo(f"{m['scored_rows']}; --all-rows scores every row")
+        typer.echo(m["scored_rows"] + ("" if all_rows else "; --all-rows scores every row"))
     if pred.describe_absent():
         typer.echo(f"note: {pred.describe_absent()}")
     if m.get("bad_input"):
@@ -825,7 +841,8 @@ def evaluate(
 
         typer.echo(f"note: {describe_no_input(m['rows_without_input'], count=m.get('rows_without_input_count'))}; "
                    "they are scored")
-    _print_metrics({"test": m})
+    _print_metrics({"test": m, **({"split_source": "; test: every row, training rows included"}
+                                  if all_rows and m.get("scored_rows") else {})})
     if m.get("blank_target_rows"):
         rows = m["blank_target_rows"]
         typer.echo(f"left out {len(rows)} rows with a blank target {pred.target.column!r}: "

@@ -359,6 +359,10 @@ def _infer_column(s: pd.Series, name: str, root: Path) -> tuple[Role, str]:
             i = odd[0] if odd else written.index[0]  # a 2,500 read by the column's comma, where there is one
             why += f" ({written[i].strip()!r} reads as {numeric[i]:g}"
             why += "; the column writes a decimal comma)" if comma else ")"
+            thousands, decimal, either = comma_counts(nonnull)
+            if comma is None and decimal and (either or thousands):  # a lone 3,5 among 1,500s: one of them is wrong
+                why += (f"; commas read both ways here: {decimal} as a decimal mark (3,5 is 3.5), "
+                        f"{either + thousands} as a thousands separator (1,500 is 1500): check the column")
         if strays:
             why += f"; stray values such as {strays} will be reported as bad input"
         x = pd.Series(to_numbers(nonnull, comma)).dropna()  # the number rules, on every value: "1".."n" is a row number
@@ -499,20 +503,24 @@ def comma_style(values) -> str | None:
     (``3,1``, ``0,125``, ``1.000,5``) are at least as many as those where it could be either (``2,500``).
     Then every ``2,500`` of the column reads as 2.5; else (``None``) as 2500, as a lone ``1,50`` among
     ``12,000`` and ``2,500`` leaves them."""
+    thousands, decimal, either = comma_counts(values)
+    return "decimal" if not thousands and decimal and decimal >= either else None
+
+
+def comma_counts(values) -> tuple[int, int, int]:
+    """The cells of a column whose comma can only be a thousands separator, only a decimal mark, or either."""
     s = pd.Series(values)
     if s.dtype.kind != "O":  # numbers already: no commas
-        return None
+        return 0, 0, 0
     try:
         s = s[s.str.contains(",", regex=False, na=False)].str.strip()  # (cells that are not strings: NaN, left out)
     except AttributeError:  # no string among them (bytes, lists)
-        return None
+        return 0, 0, 0
     if not len(s):
-        return None
+        return 0, 0, 0
     either = s.str.fullmatch(_AMBIGUOUS_COMMA)
-    if (s.str.fullmatch(_THOUSANDS_COMMA) & ~either).any():
-        return None
-    decimal = int((s.str.fullmatch(_DECIMAL_COMMA) & ~either).sum())
-    return "decimal" if decimal and decimal >= int(either.sum()) else None
+    return (int((s.str.fullmatch(_THOUSANDS_COMMA) & ~either).sum()),
+            int((s.str.fullmatch(_DECIMAL_COMMA) & ~either).sum()), int(either.sum()))
 
 
 def left_out_columns(schema: Schema, inputs: Iterable[str] | None = None) -> dict[str, str]:

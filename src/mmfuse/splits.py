@@ -97,6 +97,15 @@ def split_rows(df: pd.DataFrame, schema: Schema, val_fraction: float, test_fract
     return out
 
 
+def split_column(table, schema) -> str | None:
+    """The table's split column: ``schema``'s column of role ``split``, else one named ``split`` that the schema
+    gives no other role (a column the model reads as an input is not one); None when it has none."""
+    cols = [c for c in (schema.columns_with(Role.SPLIT) if schema is not None else []) if c in table.df.columns]
+    other = schema is not None and "split" in schema.roles and schema.roles["split"] is not Role.SPLIT
+    cols = cols or [c for c in ("split",) if c in table.df.columns and not other]
+    return cols[0] if cols else None
+
+
 def test_rows(table, schema, what: str = "a model is scored", say=None, fix: str = ""):
     """The table's test rows when it has a split column (``schema``'s column of role ``split``, else one named
     ``split``): a model is scored on its test rows, never on the rows it trained or stopped early on. A table
@@ -108,12 +117,9 @@ def test_rows(table, schema, what: str = "a model is scored", say=None, fix: str
     """
     from .io import Table
 
-    cols = [c for c in (schema.columns_with(Role.SPLIT) if schema is not None else []) if c in table.df.columns]
-    other = schema is not None and "split" in schema.roles and schema.roles["split"] is not Role.SPLIT
-    cols = cols or [c for c in ("split",) if c in table.df.columns and not other]
-    if not cols:
+    col = split_column(table, schema)
+    if col is None:
         return table
-    col = cols[0]
     test = split_names(table.df[col]) == "test"
     if not test.any():
         raise SchemaError(f"the table's split column {col!r} has no 'test' rows; {what} on test rows: give a table "
