@@ -116,8 +116,10 @@ def test_input_absent_from_table_or_every_row(mm_table):
     b = next(iter(make_loader(ds, batch_size=6)))
     assert not b["mask"]["photo"].any() and not b["mask"]["clip"].any() and "target" not in b
     assert b["inputs"]["photo"].shape == (6, 1, 16, 16)
-    with pytest.raises(MmfuseError, match="lacks columns"):
+    with pytest.raises(MmfuseError, match="lacks columns 'age' \\(the input reads"):
         MultimodalDataset(read_table(table.df.drop(columns=["age"]), root=table.root), preps)
+    with pytest.raises(MmfuseError, match="lacks columns 'age' \\(is it 'ages'\\?\\)"):  # renamed: a guess
+        MultimodalDataset(read_table(table.df.rename(columns={"age": "ages"}), root=table.root), preps)
 
 
 def test_missing_target_row(mm_table):

@@ -976,7 +976,7 @@ def predict(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="Show rows done on stderr (default: when it is a terminal)."),
 ):
-    """Predict with a bundle; writes one line per input row: its row id, the prediction, class
+    """Predict with a bundle; writes one line per input row: its row id (its number in the table, from 0), the prediction, class
     probabilities, and (with --on-bad-input skip) why a row was skipped. The table is read and the output
     written in chunks (Parquet by record batch, CSV and JSON Lines by lines), so it may be larger than memory."""
     from .batch import check_output, predict_file

@@ -168,9 +168,14 @@ def input_cells(name: str, p, df: pd.DataFrame) -> list[np.ndarray] | None:
     input is then absent in every row); an error when it has only some."""
     have = [c for c in p.columns if c in df.columns]
     if have and len(have) < len(p.columns):
-        raise MmfuseError(f"input {name!r}: the table lacks columns {[c for c in p.columns if c not in df.columns]} "
-                          f"(the input reads {len(p.columns)} columns); give all of them, or none to treat the input "
-                          "as absent")
+        import difflib
+
+        lacks = [c for c in p.columns if c not in df.columns]
+        spare = [str(c) for c in df.columns if c not in p.columns]
+        guess = {c: difflib.get_close_matches(str(c), spare, n=1, cutoff=0.6) for c in lacks}
+        named = ", ".join(f"{c!r}" + (f" (is it {guess[c][0]!r}?)" if guess[c] else "") for c in lacks)
+        raise MmfuseError(f"input {name!r}: the table lacks columns {named} (the input reads {len(p.columns)} "
+                          "columns); give all of them, or none to treat the input as absent")
     return [df[c].to_numpy(dtype=object) for c in p.columns] if have else None
 
 

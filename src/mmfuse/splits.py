@@ -44,7 +44,9 @@ def split_rows(df: pd.DataFrame, schema: Schema, val_fraction: float, test_fract
         bad = sorted(set(vals) - set(SPLIT_NAMES))
         if bad:
             first = vals[~vals.isin(list(SPLIT_NAMES))].index[0]
-            raise SchemaError(f"row {first}, column {col!r}: split value {bad[0]!r} is not one of train, val, test")
+            raise SchemaError(f"row {first}, column {col!r}: split value {bad[0]!r} is not one of train, val, test "
+                              f"(the column holds {', '.join(map(repr, sorted(set(vals))[:8]))}); rename those values, "
+                              "or give the column another role (--column NAME=ignore)")
         mapped = vals.map(SPLIT_NAMES).to_numpy()
         out = {k: np.flatnonzero(mapped == k) for k in ("train", "val", "test")}
         if len(out["train"]) == 0:
