@@ -234,6 +234,11 @@ def test_a_command_that_writes_a_folder_refuses_a_file_name_for_it(run, tmp_path
     assert not (tmp_path / "ev.json").exists()
 
 
+def test_a_bundle_given_as_the_table_to_fit_points_to_init_from(run, tmp_path, capsys):
+    line = cli_error(capsys, "fit", run / "run" / "bundle", "--target", "y", "--out", tmp_path / "r")
+    assert "is a bundle folder (a trained model), not a table file" in line and "--init-from" in line
+
+
 def test_evaluate_refuses_to_write_into_a_bundle(run, capsys):
     line = cli_error(capsys, "evaluate", run / "run" / "bundle", run / "data.csv", "-o", run / "run" / "bundle")
     assert "is a bundle folder; write the evaluation elsewhere" in line

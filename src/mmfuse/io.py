@@ -208,6 +208,10 @@ def _check_file(path: Path, hint_files: bool = False) -> str:
             if any(p.suffix.lower() == ".parquet" for p in path.iterdir()):
                 hint += (", or train on the folder's Parquet files without loading them (mmfuse fit --stream, "
                          "stream=True)")
+            if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+                raise _table_error(path, "is a bundle folder (a trained model), not a table file",
+                                   f"Pass a table; to start training from this model, add --init-from {path} "
+                                   "(init_from=...)")
             raise _table_error(path, "is a folder, not a table file", hint)
         fmt = _SUFFIXES.get(path.suffix.lower())
         if fmt is None:
