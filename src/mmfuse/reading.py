@@ -143,10 +143,12 @@ def read_rows(p, cells: Sequence[np.ndarray] | None, rows: np.ndarray, row_ids: 
 
 
 def skip_reasons(report: InputReport) -> dict:
-    """Row id (as text) -> why the row was skipped (``column: reason`` of its first bad cell)."""
+    """Row id (as text) -> why the row was skipped (``column: reason`` of its first bad cell, with its file's path
+    where the cell names one: ``photo: file 'img/9.png' does not exist``)."""
     reasons = {}
     for issue in report.issues.values():
-        reasons.setdefault(str(issue.get("row")), f"{issue.get('column')}: {issue.get('reason')}")
+        file = f"file {issue['file']!r} " if issue.get("file") else ""
+        reasons.setdefault(str(issue.get("row")), f"{issue.get('column')}: {file}{issue.get('reason')}")
     return reasons
 
 
