@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mmfuse demo --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25 tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_loading.py

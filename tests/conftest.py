@@ -11,6 +11,23 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_configure(config):
+    """Each test process (``make test`` runs two, pytest-xdist) keeps embeddings in its own temporary cache folder,
+    not in the user's ~/.cache/mmfuse: no test reads what another wrote, and nothing is left behind."""
+    import tempfile
+
+    if "MMFUSE_CACHE_DIR" not in os.environ:
+        config._mmfuse_cache = tempfile.TemporaryDirectory(prefix="mmfuse_test_cache_")
+        os.environ["MMFUSE_CACHE_DIR"] = config._mmfuse_cache.name
+
+
+def pytest_unconfigure(config):
+    tmp = getattr(config, "_mmfuse_cache", None)
+    if tmp is not None:
+        os.environ.pop("MMFUSE_CACHE_DIR", None)
+        tmp.cleanup()
+
+
 def require_shared_data(name: str) -> Path:
     """The folder of a real data set; skip when absent, fail when MMFUSE_REQUIRE_REAL_DATA=1."""
     path = Path(os.environ.get("MMFUSE_SHARED_DATA", SHARED_DATA)) / name
