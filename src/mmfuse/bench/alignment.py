@@ -380,7 +380,9 @@ def markdown(result: dict) -> str:
     seeds = ", ".join(map(str, result["seeds"]))
     lines = ["# Cross-modal alignment: retrieval, semi-supervised gain, filling in a missing input"
              + (" — quick run" if result["quick"] else ""), "",
-             f"Seeds {seeds}; at most {result['epochs']} epochs of supervised training and {result['align_epochs']} of "
+             f"Seeds {seeds}" + (f" for the parts run now ({', '.join(result['parts'])}; the parts kept from earlier "
+                                 "runs list theirs at the end)" if result.get("part_seeds") else "")
+             + f"; at most {result['epochs']} epochs of supervised training and {result['align_epochs']} of "
              "alignment (early stopping on held-out rows). Mean ± std over seeds.", ""]
     r = result.get("retrieval")
     if r:
