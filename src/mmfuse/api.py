@@ -538,10 +538,11 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
     chosen = []
     from .splits import split_column, split_names, test_rows
 
+    schema = getattr(predictor, "schema", None)
     if test_only:
-        table = test_rows(table, getattr(predictor, "schema", None), "evaluate scores a model", chosen.append,
+        table = test_rows(table, schema, "evaluate scores a model", chosen.append,
                           "; to score every row: --all-rows (Python: test_only=False)")
-    elif (col := split_column(table, getattr(predictor, "schema", None))) is not None:
+    elif (col := split_column(table.df.columns, getattr(schema, "roles", None))) is not None:
         seen = int((split_names(table.df[col]) != "test").sum())
         if seen:
             chosen.append(f"scoring every row, {seen} of them with {col} other than test: the model trained or "

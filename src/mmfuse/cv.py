@@ -329,11 +329,9 @@ def cross_validate(estimator, data, *, folds: int = 5, group_column: str | None 
 def held_out_split_column(estimator, df) -> str | None:
     """The column that marks the table's own test rows, which cross-validation and search never use: the
     column given the role ``split``, else a column named ``split`` not given another role."""
-    roles = {c: str(getattr(r, "value", r)) for c, r in (estimator.columns or {}).items()}  # a Role or its name
-    given = [c for c, r in roles.items() if r == "split" and c in df.columns]
-    if given:
-        return given[0]
-    return "split" if "split" in df.columns and roles.get("split", "split") == "split" else None
+    from .splits import split_column
+
+    return split_column(df.columns, estimator.columns)
 
 
 def plan_folds(estimator, table, folds: int = 5, group_column: str | None = None, leave_one_out: str | None = None,

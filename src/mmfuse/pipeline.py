@@ -509,9 +509,8 @@ def describe_plan(splits: Splits, spec: dict, preps: dict, task, data: FitData, 
             "batch_size": tcfg.batch_size, "lr": tcfg.lr, "class_weight": weighting, "device": device,
             "precision": resolve_precision(tcfg.precision, device),
             "left_out": {} if schema is None else left_out_columns(schema),
-            "decimal_comma": [c for p in preps.values() for c, k in zip(getattr(getattr(p, "num", p), "columns", ()),
-                                                                         getattr(getattr(p, "num", p), "comma_", ()))
-                              if k == "decimal"],
+            "decimal_comma": [c for num in (getattr(p, "num", p) for p in preps.values())  # (a tabular input's numbers)
+                              for c, k in zip(num.columns, getattr(num, "comma_", ())) if k == "decimal"],
             **({"stream": data.stream} if getattr(data, "stream", None) else {})}
 
 

@@ -142,6 +142,19 @@ def read_rows(p, cells: Sequence[np.ndarray] | None, rows: np.ndarray, row_ids: 
     return Rows(arrays, present, bad, bad & (policy is BadInputPolicy.SKIP))
 
 
+def with_guesses(names, candidates) -> str:
+    """``names`` quoted, each followed by the close match among ``candidates`` where there is one:
+    ``'notes' (is it 'note'?), 'comment'`` (a renamed or misspelled column)."""
+    import difflib
+
+    pool = [str(c) for c in candidates]
+    out = []
+    for c in names:
+        close = difflib.get_close_matches(str(c), pool, n=1, cutoff=0.6)
+        out.append(f"{c!r}" + (f" (is it {close[0]!r}?)" if close else ""))
+    return ", ".join(out)
+
+
 def skip_reasons(report: InputReport) -> dict:
     """Row id (as text) -> why the row was skipped (``column: reason`` of its first bad cell, with its file's path
     where the cell names one: ``photo: file 'img/9.png' does not exist``)."""
@@ -170,12 +183,8 @@ def input_cells(name: str, p, df: pd.DataFrame) -> list[np.ndarray] | None:
     input is then absent in every row); an error when it has only some."""
     have = [c for c in p.columns if c in df.columns]
     if have and len(have) < len(p.columns):
-        import difflib
-
-        lacks = [c for c in p.columns if c not in df.columns]
-        spare = [str(c) for c in df.columns if c not in p.columns]
-        guess = {c: difflib.get_close_matches(str(c), spare, n=1, cutoff=0.6) for c in lacks}
-        named = ", ".join(f"{c!r}" + (f" (is it {guess[c][0]!r}?)" if guess[c] else "") for c in lacks)
+        named = with_guesses([c for c in p.columns if c not in df.columns],
+                             [c for c in df.columns if c not in p.columns])
         raise MmfuseError(f"input {name!r}: the table lacks columns {named} (the input reads {len(p.columns)} "
                           "columns); give all of them, or none to treat the input as absent")
     return [df[c].to_numpy(dtype=object) for c in p.columns] if have else None
@@ -216,13 +225,9 @@ class TablePredictions:
             return ""
         cols = "; ".join(f"{n} (columns {', '.join(map(str, self.preprocessors[n].columns))})" for n in absent)
         unread = self.last_unread
-        import difflib
-
-        wanted = [str(c) for n in absent for c in self.preprocessors[n].columns]
-        guess = {c: difflib.get_close_matches(str(c), wanted, n=1, cutoff=0.6) for c in unread[:10]}
-        extra = ("; the table's columns " + ", ".join(f"{c!r}" + (f" (is it {guess[c][0]!r}?)" if guess[c] else "")
-                                                       for c in unread[:10])
-                 + f"{' ...' if len(unread) > 10 else ''} are not the model's (renamed?)") if unread else ""
+        wanted = [c for n in absent for c in self.preprocessors[n].columns]
+        extra = (f"; the table's columns {with_guesses(unread[:10], wanted)}{' ...' if len(unread) > 10 else ''} "
+                 "are not the model's (renamed?)") if unread else ""
         return f"inputs absent from this table, treated as missing in every row: {cols}{extra}"
 
     def decode(self, data, threshold=None, **kw):

@@ -347,7 +347,8 @@ def _infer_column(s: pd.Series, name: str, root: Path) -> tuple[Role, str]:
         values = set(nonnull.astype(str).str.strip().str.lower().unique())
     if values <= _SPLIT_VALUES and {"train"} <= values and len(values) >= 2:
         return Role.SPLIT, f"values {sorted(values)} name data splits"
-    comma = comma_style(nonnull)
+    thousands, decimal, either = comma_counts(nonnull)
+    comma = _comma_style(thousands, decimal, either)
     numeric = pd.Series(to_numbers(strs, comma), index=strs.index)
     ok = float(numeric.notna().mean())
     if ok >= 0.95:
@@ -359,7 +360,6 @@ def _infer_column(s: pd.Series, name: str, root: Path) -> tuple[Role, str]:
             i = odd[0] if odd else written.index[0]  # a 2,500 read by the column's comma, where there is one
             why += f" ({written[i].strip()!r} reads as {numeric[i]:g}"
             why += "; the column writes a decimal comma)" if comma else ")"
-            thousands, decimal, either = comma_counts(nonnull)
             if comma is None and decimal and (either or thousands):  # a lone 3,5 among 1,500s: one of them is wrong
                 why += (f"; commas read both ways here: {decimal} as a decimal mark (3,5 is 3.5), "
                         f"{either + thousands} as a thousands separator (1,500 is 1500): check the column")
@@ -503,7 +503,10 @@ def comma_style(values) -> str | None:
     (``3,1``, ``0,125``, ``1.000,5``) are at least as many as those where it could be either (``2,500``).
     Then every ``2,500`` of the column reads as 2.5; else (``None``) as 2500, as a lone ``1,50`` among
     ``12,000`` and ``2,500`` leaves them."""
-    thousands, decimal, either = comma_counts(values)
+    return _comma_style(*comma_counts(values))
+
+
+def _comma_style(thousands: int, decimal: int, either: int) -> str | None:
     return "decimal" if not thousands and decimal and decimal >= either else None
 
 

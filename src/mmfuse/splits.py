@@ -99,13 +99,15 @@ def split_rows(df: pd.DataFrame, schema: Schema, val_fraction: float, test_fract
     return out
 
 
-def split_column(table, schema) -> str | None:
-    """The table's split column: ``schema``'s column of role ``split``, else one named ``split`` that the schema
-    gives no other role (a column the model reads as an input is not one); None when it has none."""
-    cols = [c for c in (schema.columns_with(Role.SPLIT) if schema is not None else []) if c in table.df.columns]
-    other = schema is not None and "split" in schema.roles and schema.roles["split"] is not Role.SPLIT
-    cols = cols or [c for c in ("split",) if c in table.df.columns and not other]
-    return cols[0] if cols else None
+def split_column(columns, roles) -> str | None:
+    """The split column among ``columns`` (a table's): the one ``roles`` (column -> role, a :class:`Role` or its
+    name) gives the role ``split``, else one named ``split`` that ``roles`` gives no other role (a column the
+    model reads as an input is not one); None when there is none."""
+    roles = {c: str(getattr(r, "value", r)) for c, r in (roles or {}).items()}
+    given = [c for c, r in roles.items() if r == "split" and c in columns]
+    if given:
+        return given[0]
+    return "split" if "split" in columns and roles.get("split", "split") == "split" else None
 
 
 def test_rows(table, schema, what: str = "a model is scored", say=None, fix: str = ""):
@@ -119,7 +121,7 @@ def test_rows(table, schema, what: str = "a model is scored", say=None, fix: str
     """
     from .io import Table
 
-    col = split_column(table, schema)
+    col = split_column(table.df.columns, schema.roles if schema is not None else None)
     if col is None:
         return table
     test = split_names(table.df[col]) == "test"

@@ -122,11 +122,10 @@ class NumericPreprocessor(Preprocessor):
         self.fitted_ = True
         return self
 
-    comma_: list = ()  # per column: "decimal" or None (a bundle written before it: None everywhere)
+    comma_: list = ()  # per column: "decimal" or None; set by a fit or a load (a bundle written before it: None)
 
     def read(self, cells, row, ctx):
-        commas = self.comma_ or [None] * len(self.columns)
-        x = np.array([to_float(v, row, c, k) for c, v, k in zip(self.columns, cells, commas)], np.float64)
+        x = np.array([to_float(v, row, c, k) for c, v, k in zip(self.columns, cells, self.comma_)], np.float64)
         miss = np.isnan(x)
         if miss.all():
             return None

@@ -104,10 +104,6 @@ class LitMultimodal(L.LightningModule):
         return parts
 
     def on_train_start(self):
-        # a checkpoint saved mid-epoch (``checkpoint_every``): Lightning (2.6) continues that epoch without calling
-        # ``on_train_epoch_start``; the loader starts after the batches done (its iterator, made before this hook,
-        # is a generator that reads the sampler only when the first batch is asked for), and the epoch's loss
-        # goes on from its sum (the sum of every process's rows, kept by the first)
         # the learning rate of the first step, from the schedule of this run: a checkpoint holds the rate its run
         # had reached, which a resume with a larger --epochs (a longer schedule) would otherwise use for one step
         # (for a finished run, its last rate: 0); unchanged epochs give the same rate
@@ -115,6 +111,10 @@ class LitMultimodal(L.LightningModule):
         if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
             for g, base, lam in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
                 g["lr"] = base * lam(sched.last_epoch)
+        # a checkpoint saved mid-epoch (``checkpoint_every``): Lightning (2.6) continues that epoch without calling
+        # ``on_train_epoch_start``; the loader starts after the batches done (its iterator, made before this hook,
+        # is a generator that reads the sampler only when the first batch is asked for), and the epoch's loss
+        # goes on from its sum (the sum of every process's rows, kept by the first)
         pos, self._resume_position = self._resume_position, None
         if pos and pos["epoch"] == self.current_epoch and 0 < pos["batches"] <= len(self.train_loader):
             self.train_loader.set_epoch(self.current_epoch)
