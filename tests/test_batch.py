@@ -170,3 +170,27 @@ def test_a_jsonl_chunk_without_an_inputs_key_is_read_as_missing_values(bundle, t
     out = pd.read_csv(tmp_path / "p.csv")
     expected = pred.predict_frame(pd.read_json(tmp_path / "t.jsonl", lines=True))
     assert report.predicted == 120 and list(out["prediction"]) == list(expected["prediction"])
+
+
+def test_keep_copies_an_id_column_into_every_line_including_skipped_ones(bundle, tmp_path, capsys):
+    pred, df = bundle
+    ids = df.assign(order_id=[f"o-{1000 - i}" for i in range(len(df))])  # ids that are not the row numbers
+    ids["x1"] = ids["x1"].astype(object)
+    for i in range(20, 30):  # a whole chunk skipped, and its ids still written
+        ids.loc[i, "x1"] = "?"
+    src = _write(ids, tmp_path / "in.csv")
+    main(["predict", str(pred.path), str(src), "-o", str(tmp_path / "p.csv"), "--chunk-rows", "10",
+          "--on-bad-input", "skip", "--keep", "order_id, note"])
+    out = pd.read_csv(tmp_path / "p.csv")
+    assert list(out.columns[:3]) == ["row", "order_id", "note"]
+    assert list(out["order_id"]) == list(ids["order_id"]) and list(out["note"]) == list(ids["note"])
+    assert out.loc[20:29, "skipped"].notna().all() and out.loc[20:29, "order_id"].tolist()[0] == "o-980"
+    frame = pred.predict_frame(ids.iloc[:5], keep=["order_id"])  # the API says the same
+    assert frame["order_id"].tolist() == ["o-1000", "o-999", "o-998", "o-997", "o-996"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # a misspelt name fails before any prediction, with a guess
+        main(["predict", str(pred.path), str(src), "-o", str(tmp_path / "q.csv"), "--keep", "orderid"])
+    err = capsys.readouterr().err
+    assert "'orderid' (is it 'order_id'?)" in err and not (tmp_path / "q.csv").exists()
+    with pytest.raises(SchemaError, match="'prediction' in the predictions: they have a column of that name"):
+        pred.predict_frame(ids.assign(prediction=1).iloc[:5], keep=["prediction"])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import MmfuseError
 from .io import iter_table, table_rows
+from .reading import check_keep, with_kept
 
 __all__ = ["predict_file", "check_output", "write_frame", "BatchReport", "OUTPUT_FORMATS"]
 
@@ -74,7 +75,7 @@ def check_output(data, out) -> str:
 
 def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: int = 256, proba: bool = True,
                  threshold=None, on_bad_input: str = "raise", root=None, allow_outside_root: bool = False,
-                 progress: bool = False, encoding: str = "utf-8") -> BatchReport:
+                 progress: bool = False, encoding: str = "utf-8", keep=()) -> BatchReport:
     """Predict every row of the table file ``data`` with ``predictor`` and write ``out`` chunk by chunk.
 
     Args:
@@ -85,6 +86,7 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
         chunk_rows: Rows read and predicted at a time; memory grows with it (and, for Parquet, with the
             size of a row group, which is read whole).
         progress: Show rows done (and the total, for Parquet) on stderr.
+        keep: Columns of the table copied into the output after ``row``, as they are (e.g. an id column).
 
     Returns:
         A :class:`BatchReport`; row ids are the table's row numbers (0 below the header).
@@ -106,6 +108,8 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
             seen += [c for c in chunk.df.columns if c not in seen]
             if len(chunk.df.columns) < len(seen):
                 chunk.df = chunk.df.reindex(columns=seen)
+            if not report.chunks:
+                check_keep(keep, chunk.df.columns)  # before the first prediction: a misspelt name fails at once
             try:
                 frame = predictor.predict_frame(chunk, proba=proba, threshold=threshold, batch_size=batch_size,
                                                 on_bad_input=on_bad_input, allow_outside_root=allow_outside_root)
@@ -115,6 +119,7 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
                 frame = _all_skipped(predictor, chunk, proba)
             if on_bad_input == "skip" and "skipped" not in frame.columns:
                 frame["skipped"] = None  # the same columns in every chunk
+            frame = with_kept(frame, chunk.df, keep)
             if "skipped" in frame.columns:
                 gone = frame["skipped"].notna().to_numpy()
                 report.skipped.update(zip(frame["row"].to_numpy()[gone].tolist(), frame["skipped"][gone]))

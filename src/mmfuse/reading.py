@@ -18,7 +18,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, MmfuseError
+from .errors import InputError, MmfuseError, SchemaError
 from .io import atomic_write_text
 
 __all__ = ["BadInputPolicy", "InputReport", "Rows", "read_rows", "skip_reasons", "aligned", "input_cells",
@@ -155,6 +155,27 @@ def with_guesses(names, candidates) -> str:
     return ", ".join(out)
 
 
+def check_keep(keep: Sequence[str], columns) -> None:
+    """An error naming each of ``keep`` (columns to copy into a predictions file) that the table lacks."""
+    missing = [c for c in keep if c not in columns]
+    if missing:
+        raise SchemaError(f"to keep {with_guesses(missing, columns)} in the predictions: not a column of the table, "
+                          f"whose columns are "
+                          f"{', '.join(map(repr, list(columns)[:20]))}{' ...' if len(columns) > 20 else ''}")
+
+
+def with_kept(frame: pd.DataFrame, df: pd.DataFrame, keep: Sequence[str]) -> pd.DataFrame:
+    """``frame`` (predictions, a row per row of ``df``) with ``df``'s ``keep`` columns after ``row``, as they are."""
+    check_keep(keep, df.columns)
+    clash = [c for c in keep if c in frame.columns]
+    if clash:
+        raise SchemaError(f"to keep {', '.join(map(repr, clash))} in the predictions: they have a column of that name "
+                          f"({', '.join(frame.columns)}); rename the table's column to keep it")
+    for i, c in enumerate(dict.fromkeys(keep)):
+        frame.insert(1 + i, c, df[c].to_numpy())
+    return frame
+
+
 def skip_reasons(report: InputReport) -> dict:
     """Row id (as text) -> why the row was skipped (``column: reason`` of its first bad cell, with its file's path
     where the cell names one: ``photo: file 'img/9.png' does not exist``)."""
@@ -243,13 +264,15 @@ class TablePredictions:
         self.last_skipped = table.df.index[~kept].tolist()
         return self.target.decode(z, threshold), rows, len(table.df)
 
-    def predict_frame(self, data, proba: bool = True, threshold=None, **kw) -> pd.DataFrame:
-        """A DataFrame aligned with the input, one row per input row: ``row`` (the table's row id),
-        ``prediction`` and ``proba_<class>`` columns, and ``skipped`` (the reason, for rows the
-        ``skip`` policy left out; their predictions are empty)."""
+    def predict_frame(self, data, proba: bool = True, threshold=None, keep: Sequence[str] = (), **kw) -> pd.DataFrame:
+        """A DataFrame aligned with the input, one row per input row: ``row`` (the table's row id), the
+        table's ``keep`` columns as they are (e.g. an id column), ``prediction`` and ``proba_<class>``
+        columns, and ``skipped`` (the reason, for rows the ``skip`` policy left out; their predictions are
+        empty)."""
         from .io import read_table
 
         table = read_table(data, root=kw.get("root"))
+        check_keep(keep, table.df.columns)  # before any prediction: a misspelt name fails at once
         decoded, rows, n = self.decode(table, threshold, **kw)
         out = pd.DataFrame({"row": table.df.index.to_numpy()})
         for name, values in self.target.output_columns(decoded, proba).items():
@@ -260,7 +283,7 @@ class TablePredictions:
             kept = np.zeros(n, bool)
             kept[rows] = True
             out["skipped"] = [None if kept[i] else reasons.get(str(ids[i]), "bad input") for i in range(n)]
-        return out
+        return with_kept(out, table.df, keep)
 
     def skipped_rows(self) -> list:
         """Row ids that the last prediction skipped as bad input (``on_bad_input="skip"``)."""
