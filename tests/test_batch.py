@@ -194,3 +194,46 @@ def test_keep_copies_an_id_column_into_every_line_including_skipped_ones(bundle,
     assert "'orderid' (is it 'order_id'?)" in err and not (tmp_path / "q.csv").exists()
     with pytest.raises(SchemaError, match="'prediction' in the predictions: they have a column of that name"):
         pred.predict_frame(ids.assign(prediction=1).iloc[:5], keep=["prediction"])
+
+
+def test_kept_columns_are_copied_as_stored_in_every_format(bundle, tmp_path):
+    """Ids that pandas would turn into floats or blanks (an integer column with a blank, 2**53 + 1, 'NA', '007')
+    come out as written; a kept column empty in the first chunk and text later, or of mixed JSON types, does not
+    break a Parquet output; --keep may repeat; a name with a comma is taken whole."""
+    pred, df = bundle
+    ids = ["1000", "", "NA", "9007199254740993", "007"] + [str(2000 + i) for i in range(len(df) - 5)]
+    t = df.assign(order_id=ids, **{"note, v2": [None] * 60 + ["rush"] * (len(df) - 60)})
+    t.to_csv(tmp_path / "in.csv", index=False)
+    for suffix in (".csv", ".jsonl", ".parquet"):
+        main(["predict", str(pred.path), str(tmp_path / "in.csv"), "-o", str(tmp_path / f"p{suffix}"),
+              "--chunk-rows", "50", "--keep", "order_id", "--keep", "note, v2"])
+    raw = pd.read_csv(tmp_path / "p.csv", dtype=str, keep_default_na=False)
+    assert list(raw.columns[:3]) == ["row", "order_id", "note, v2"] and raw["order_id"].tolist() == ids
+    assert pd.read_parquet(tmp_path / "p.parquet")["order_id"].tolist() == ids
+    assert [json.loads(x)["order_id"] for x in (tmp_path / "p.jsonl").read_text().splitlines()] == ids
+    big = 2 ** 53 + 1  # Parquet: an integer column with a null stays integer
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tab = pa.Table.from_pandas(df.iloc[:3], preserve_index=False).append_column(
+        "order_id", pa.array([big, None, 7], pa.int64()))
+    pq.write_table(tab, tmp_path / "in.parquet")
+    main(["predict", str(pred.path), str(tmp_path / "in.parquet"), "-o", str(tmp_path / "q.parquet"), "--keep",
+          "order_id"])
+    got = pq.read_table(tmp_path / "q.parquet").column("order_id")
+    assert got.type == pa.int64() and got.to_pylist() == [big, None, 7]
+    # JSON Lines: an integer beside a null stays one; mixed types into Parquet as text; a key first seen late
+    lines = [dict(r, order_id=v) if i >= 60 else dict(r) for i, (r, v) in
+             enumerate(zip(df.to_dict("records"), [big, None, "X-9"] * 40))]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    main(["predict", str(pred.path), str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "j.parquet"),
+          "--chunk-rows", "50", "--keep", "order_id"])
+    kept = pq.read_table(tmp_path / "j.parquet").column("order_id").to_pylist()
+    assert kept[:60] == [None] * 60 and kept[60:63] == [str(big), None, "X-9"]
+    with pytest.raises(SchemaError, match="'orderid' .is it 'order_id'.."):  # a key in no line: no output
+        predict_file(pred, tmp_path / "in.jsonl", tmp_path / "none.csv", chunk_rows=50, keep=["orderid"])
+    assert not (tmp_path / "none.csv").exists()
+    frame = pred.predict_frame(tmp_path / "in.csv", keep="order_id")  # the API: a str is one name; the file as stored
+    assert frame["order_id"].tolist() == ids
+    with pytest.raises(MmfuseError, match="names no column"):
+        predict_file(pred, tmp_path / "in.csv", tmp_path / "e.csv", keep=[",,", " "])

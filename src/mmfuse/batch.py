@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import MmfuseError
 from .io import iter_table, table_rows
-from .reading import check_keep, with_kept
+from .reading import check_keep, keep_names, with_kept
 
 __all__ = ["predict_file", "check_output", "write_frame", "BatchReport", "OUTPUT_FORMATS"]
 
@@ -86,7 +86,8 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
         chunk_rows: Rows read and predicted at a time; memory grows with it (and, for Parquet, with the
             size of a row group, which is read whole).
         progress: Show rows done (and the total, for Parquet) on stderr.
-        keep: Columns of the table copied into the output after ``row``, as they are (e.g. an id column).
+        keep: Columns of the table copied into the output after ``row``, as stored (e.g. an id column; see
+            :func:`~mmfuse.reading.keep_names`); CSV and Parquet outputs write a column of mixed values as text.
 
     Returns:
         A :class:`BatchReport`; row ids are the table's row numbers (0 below the header).
@@ -95,21 +96,32 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
     fmt = check_output(data, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    keep = [keep] if isinstance(keep, str) else list(keep or ())
+    if keep and not any(str(v).strip(", ") for v in keep):
+        raise MmfuseError(f"--keep {', '.join(map(repr, keep))} names no column: give column names, comma-separated, "
+                          "e.g. --keep id")
     report = BatchReport(out)
+    present: set = set()
     total = table_rows(data)
     bar = _Progress(total) if progress else None
     writer = None
     t0 = time.perf_counter()
     try:
         seen: list = []
-        for chunk in iter_table(data, chunk_rows=chunk_rows, root=root, encoding=encoding):
+        jsonl = str(data).lower().endswith((".jsonl", ".ndjson"))
+        for chunk in iter_table(data, chunk_rows=chunk_rows, root=root, encoding=encoding, verbatim=keep_names(keep)):
+            if not report.chunks:
+                keep = keep_names(keep, chunk.df.columns)
+                if not jsonl:  # a header: a misspelt name fails before the first prediction
+                    check_keep(keep, chunk.df.columns)
+                else:  # a key may first appear in a later line: it is checked once every line is read
+                    seen += keep
             # JSON Lines: a chunk has only the keys its lines hold; a key missing from a whole chunk is a
             # missing value in its rows, not an input absent from the table
+            present.update(chunk.df.columns)
             seen += [c for c in chunk.df.columns if c not in seen]
             if len(chunk.df.columns) < len(seen):
                 chunk.df = chunk.df.reindex(columns=seen)
-            if not report.chunks:
-                check_keep(keep, chunk.df.columns)  # before the first prediction: a misspelt name fails at once
             try:
                 frame = predictor.predict_frame(chunk, proba=proba, threshold=threshold, batch_size=batch_size,
                                                 on_bad_input=on_bad_input, allow_outside_root=allow_outside_root)
@@ -120,6 +132,9 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
             if on_bad_input == "skip" and "skipped" not in frame.columns:
                 frame["skipped"] = None  # the same columns in every chunk
             frame = with_kept(frame, chunk.df, keep)
+            if fmt != "jsonl":
+                for c in keep:
+                    frame[c] = _as_text(frame[c], jsonl)
             if "skipped" in frame.columns:
                 gone = frame["skipped"].notna().to_numpy()
                 report.skipped.update(zip(frame["row"].to_numpy()[gone].tolist(), frame["skipped"][gone]))
@@ -135,6 +150,7 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
             report.chunks += 1
             if bar:
                 bar.update(report.rows)
+        check_keep([c for c in keep if c not in present], present)  # (JSON Lines: a key in no line)
         writer.close()
         os.replace(tmp, out)
     except BaseException:
@@ -147,6 +163,22 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
             bar.close()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _as_text(col, values: bool):
+    """A kept column for a CSV or Parquet output: typed columns (text, numbers, Arrow types) as they are; one of
+    Python values (``values``: JSON Lines, whose types may differ from line to line and chunk to chunk, and a key
+    may be missing from a whole chunk) as text, a list or object as JSON, a missing value as missing, so that
+    every chunk has the same column type."""
+    import json
+
+    import pandas as pd
+
+    if col.dtype != object and not values:
+        return col
+    return pd.Series([None if v is None or (isinstance(v, float) and v != v) else v if isinstance(v, str)
+                      else json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in col],
+                     index=col.index, dtype=object)
 
 
 def _all_skipped(predictor, chunk, proba: bool):

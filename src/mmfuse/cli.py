@@ -975,9 +975,9 @@ def predict(
                                    help="Rows read, predicted and written at a time (memory grows with it)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="Show rows done on stderr (default: when it is a terminal)."),
-    keep: Optional[str] = typer.Option(None, "--keep",
-                                       help="Columns of the table to copy into the output as they are, comma-separated "
-                                            "(e.g. an id column: --keep id)."),
+    keep: List[str] = typer.Option([], "--keep",
+                                   help="Columns of the table to copy into the output as stored, comma-separated or "
+                                        "repeated (e.g. an id column: --keep id)."),
 ):
     """Predict with a bundle; writes one line per input row: its row id (its number in the table, from 0), the
     --keep columns, the prediction, class
@@ -1000,7 +1000,7 @@ def predict(
     report = predict_file(pred, data, out, chunk_rows=chunk_rows, batch_size=batch_size, proba=proba,
                           on_bad_input=on_bad_input, root=root, allow_outside_root=allow_outside_root,
                           progress=sys.stderr.isatty() if progress is None else progress,
-                          keep=[c.strip() for c in keep.split(",") if c.strip()] if keep else ())
+                          keep=keep)
     if report.absent:
         typer.echo(f"note: {report.absent}")
     typer.echo(report.summary())

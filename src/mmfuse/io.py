@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -107,7 +107,7 @@ def read_table(data: TableLike, root: str | os.PathLike | None = None, encoding:
 
 
 def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os.PathLike | None = None,
-               encoding: str = "utf-8"):
+               encoding: str = "utf-8", verbatim: Sequence[str] = ()):
     """Read a table file in chunks of at most ``chunk_rows`` rows, without holding it whole in memory.
 
     Parquet is read one record batch at a time (row group by row group), CSV/TSV and JSON Lines in
@@ -115,6 +115,10 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
     as :func:`read_table` numbers the rows), so row ids match a whole-table read. The file checks of
     :func:`read_table` apply (a missing, empty or foreign file, duplicate columns, a row with more fields
     than the header, naming its line); every parsing failure is one :class:`SchemaError` naming the file.
+
+    ``verbatim``: columns read exactly as stored, with no guess of their type (ids to copy into an output):
+    CSV and TSV cells as their text (``007``, ``NA`` and an empty cell stay so), JSON Lines values as JSON
+    decodes them (an integer stays one, beside a null), Parquet columns in their Arrow type.
     """
     import warnings
 
@@ -134,15 +138,21 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
             # 1.4 GB after 100 batches); without it, memory stays at one batch
             f = pq.ParquetFile(path, pre_buffer=False)
             _check_columns(f.schema_arrow.names, str(path))
-            chunks = (b.to_pandas() for b in f.iter_batches(batch_size=chunk_rows))
+            chunks = (_arrow_frame(b, verbatim) for b in f.iter_batches(batch_size=chunk_rows))
         elif fmt == "jsonl":
             chunks = pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows, encoding=_text_encoding(encoding))
+            if verbatim:
+                chunks = _with_json_values(chunks, path, _text_encoding(encoding), verbatim)
         else:
             header, sep = _csv_header(lambda: open(path, encoding=_text_encoding(encoding), newline=""),
                                       "\t" if fmt == "tsv" else ",", fmt == "csv")
             _check_columns(header, str(path))
+            text = [c for c in verbatim if c in header]
+            na = {} if not text else dict(
+                dtype={c: str for c in text}, keep_default_na=False,
+                na_values={c: sorted(pd._libs.parsers.STR_NA_VALUES) for c in header if c not in text})
             chunks = pd.read_csv(path, sep=sep, low_memory=False, index_col=False, chunksize=chunk_rows,
-                                 encoding=_text_encoding(encoding))
+                                 encoding=_text_encoding(encoding), **na)
         chunks = iter(chunks)
         while True:
             with warnings.catch_warnings():  # around each read only: the caller's code runs between them
@@ -177,6 +187,30 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
         raise _translate(e, path, fmt) from e
     if start == 0:
         raise SchemaError(f"table {path} is empty (0 rows); it needs a header line and at least one row")
+
+
+def _arrow_frame(batch, verbatim: Sequence[str]) -> pd.DataFrame:
+    """A record batch as a DataFrame; its ``verbatim`` columns in their Arrow type (an integer column with a
+    null stays integer)."""
+    df = batch.to_pandas()
+    for c in verbatim:
+        if c in df.columns:
+            df[c] = batch.column(c).to_pandas(types_mapper=pd.ArrowDtype)
+    return df
+
+
+def _with_json_values(chunks, path: Path, encoding: str, verbatim: Sequence[str]):
+    """JSON Lines chunks whose ``verbatim`` keys hold the values as :mod:`json` decodes them (pandas turns an
+    integer beside a null into a float); a line without the key gives None."""
+    with open(path, encoding=encoding) as f:
+        lines = (line for line in f if line.strip())
+        for df in chunks:
+            rows = [json.loads(next(lines)) for _ in range(len(df))]
+            for c in verbatim:
+                if c in df.columns:
+                    df[c] = pd.Series([r.get(c) if isinstance(r, dict) else None for r in rows], index=df.index,
+                                      dtype=object)
+            yield df
 
 
 def table_rows(data: str | os.PathLike) -> int | None:

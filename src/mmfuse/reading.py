@@ -155,6 +155,18 @@ def with_guesses(names, candidates) -> str:
     return ", ".join(out)
 
 
+def keep_names(values, columns=None) -> list[str]:
+    """The columns that ``values`` (``--keep``: names, or comma-separated lists of them; a str is one value)
+    name: a value that is a column of ``columns`` as written stays whole (a name with a comma or spaces), any
+    other is split at its commas, each piece stripped; blanks dropped, repeats once. Without ``columns``:
+    every name a value may stand for (the whole value and its pieces), for a reader that wants them all."""
+    out = []
+    for v in [values] if isinstance(values, str) else list(values):
+        pieces = [p.strip() for p in str(v).split(",") if p.strip()]
+        out += [v] if columns is not None and v in columns else pieces if columns is not None else [v, *pieces]
+    return list(dict.fromkeys(out))
+
+
 def check_keep(keep: Sequence[str], columns) -> None:
     """An error naming each of ``keep`` (columns to copy into a predictions file) that the table lacks."""
     missing = [c for c in keep if c not in columns]
@@ -172,7 +184,7 @@ def with_kept(frame: pd.DataFrame, df: pd.DataFrame, keep: Sequence[str]) -> pd.
         raise SchemaError(f"to keep {', '.join(map(repr, clash))} in the predictions: they have a column of that name "
                           f"({', '.join(frame.columns)}); rename the table's column to keep it")
     for i, c in enumerate(dict.fromkeys(keep)):
-        frame.insert(1 + i, c, df[c].to_numpy())
+        frame.insert(1 + i, c, pd.Series(df[c].array, index=frame.index))  # its dtype kept (Arrow's integers)
     return frame
 
 
@@ -272,7 +284,13 @@ class TablePredictions:
         from .io import read_table
 
         table = read_table(data, root=kw.get("root"))
+        keep = keep_names(keep, table.df.columns)
         check_keep(keep, table.df.columns)  # before any prediction: a misspelt name fails at once
+        stored = table.df
+        if keep and isinstance(data, (str, os.PathLike)):  # a file: the kept columns as stored, not as parsed
+            from .io import iter_table
+
+            stored = pd.concat([c.df[keep] for c in iter_table(data, root=kw.get("root"), verbatim=keep)])
         decoded, rows, n = self.decode(table, threshold, **kw)
         out = pd.DataFrame({"row": table.df.index.to_numpy()})
         for name, values in self.target.output_columns(decoded, proba).items():
@@ -283,7 +301,7 @@ class TablePredictions:
             kept = np.zeros(n, bool)
             kept[rows] = True
             out["skipped"] = [None if kept[i] else reasons.get(str(ids[i]), "bad input") for i in range(n)]
-        return with_kept(out, table.df, keep)
+        return with_kept(out, stored, keep)
 
     def skipped_rows(self) -> list:
         """Row ids that the last prediction skipped as bad input (``on_bad_input="skip"``)."""
