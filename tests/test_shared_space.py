@@ -468,3 +468,36 @@ def test_the_command_line_fills_in_and_states_the_weights_it_chose(tmp_path, cap
     chosen = Predictor.load(tmp_path / "r" / "bundle").fill_mix
     gains = json.loads((tmp_path / "r" / "metrics.json").read_text())["fill_mix"]["gain_se"]
     assert line.endswith(", ".join(f"{n} {v:g} ({gains[n][0]:+.4f} ± {gains[n][1]:.4f})" for n, v in chosen.items()))
+
+
+def test_on_the_judged_metric_a_lower_loss_with_lower_accuracy_is_no_help():
+    """With row scores (1 or 0: right or wrong), a weight that lowers the validation loss by far but gets fewer rows
+    right is not kept; one that gets clearly more rows right, its loss not higher, is; a few more rows right,
+    within noise, are not."""
+    from mmfuse.pipeline import pick_fill_weight
+    from mmfuse.tasks import fit_task
+
+    rng = np.random.default_rng(0)
+    base_loss = rng.uniform(0.2, 2.0, 500)
+    right = (rng.uniform(size=500) < 0.6).astype(float)
+    flip = np.flatnonzero(right == 1)[:15]
+    worse = right.copy()
+    worse[flip] = 0.0  # 15 rows fewer right
+    loss = {0.0: base_loss, 1.0: base_loss - 0.05}  # the loss falls by far
+    assert pick_fill_weight(loss)[0] == 1.0  # by the loss alone: kept
+    assert pick_fill_weight(loss, {0.0: right, 1.0: worse})[0] == 0.0  # by accuracy: no
+    better = right.copy()
+    better[np.flatnonzero(right == 0)[:40]] = 1.0  # 40 rows more right (8 points)
+    w, (gain, se) = pick_fill_weight(loss, {0.0: right, 1.0: better})
+    assert w == 1.0 and gain == pytest.approx(40 / 500) and gain > se
+    few = right.copy()
+    few[np.flatnonzero(right == 0)[:3]] = 1.0  # 3 rows more right, 2 fewer: a net 1, within one standard error
+    few[np.flatnonzero(right == 1)[:2]] = 0.0
+    assert pick_fill_weight(loss, {0.0: right, 1.0: few})[0] == 0.0
+    higher = {0.0: base_loss, 1.0: base_loss + 0.01}  # more rows right, but the loss rises: no
+    assert pick_fill_weight(higher, {0.0: right, 1.0: better})[0] == 0.0
+    # row scores by task: right/wrong, the share of labels right, minus the squared error
+    df = pd.DataFrame({"y": ["a", "b", "c"] * 4})
+    task = fit_task(df, "y")
+    z = torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 0, 5.0]])
+    assert task.row_scores(z, torch.tensor([0, 1, 2])).tolist() == [1.0, 0.0, 1.0]

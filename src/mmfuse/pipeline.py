@@ -415,11 +415,14 @@ def choose_fill_mix(predictor, dataset, grid=FILL_MIX_GRID) -> dict:
             logit, rows = predictor.logits(None, dataset=dataset, absent=[n])
             z[end] = logit
         y = torch.from_numpy(np.asarray(dataset._y[rows]))
-        per_row = {lam: _row_losses(task, lam * z[1.0] + (1 - lam) * z[0.0], y) for lam in grid}
+        mixed = {lam: lam * z[1.0] + (1 - lam) * z[0.0] for lam in grid}
+        per_row = {lam: _row_losses(task, v, y) for lam, v in mixed.items()}
+        scores = {lam: task.row_scores(v, y) for lam, v in mixed.items()}
         keep = np.logical_and.reduce([np.isfinite(v) for v in per_row.values()])  # (a blank target: no loss)
         per_row = {lam: v[keep] for lam, v in per_row.items()}
+        scores = {lam: v[keep] for lam, v in scores.items()}
         losses[n] = {str(lam): float(v.mean()) for lam, v in per_row.items()}
-        chosen[n], gain_se[n] = pick_fill_weight(per_row)
+        chosen[n], gain_se[n] = pick_fill_weight(per_row, scores)
     model.fill_mix = chosen
     return {"chosen": chosen, "val_loss": losses, "gain_se": gain_se}
 
@@ -429,15 +432,29 @@ def _row_losses(task, logits, y) -> np.ndarray:
     return np.array([float(task.loss(logits[i:i + 1], y[i:i + 1], None)) for i in range(len(y))])
 
 
-def pick_fill_weight(per_row: dict) -> tuple[float, list]:
+def pick_fill_weight(per_row: dict, scores: dict | None = None) -> tuple[float, list]:
     """From ``{weight: the loss of each validation row}`` (the same rows for every weight, 0 among the weights):
     the weight with the lowest mean loss, if it lowers the loss against weight 0 (no filling in) by more than
     one standard error of the rows' paired differences, else 0 (the one-standard-error rule: filling in is
     used only where validation shows it helps, not where it merely ties within noise).
 
+    With ``scores`` (``{weight: each row's share of the headline metric}``, :meth:`~mmfuse.tasks.Task.row_scores`),
+    the rule is applied to the metric the model is judged by: among the weights whose mean loss is not above
+    weight 0's, the one with the largest score gain, kept only if that gain exceeds one standard error of the
+    rows' paired score differences (a loss that falls while accuracy falls too does not count as help).
+
     Returns:
-        ``(weight, [gain, standard error])`` (the gain of the best weight other than 0; ``[0, 0]`` with no rows)
+        ``(weight, [gain, standard error])`` (the gain of the best weight other than 0, in loss, or in the score
+        with ``scores``; ``[0, 0]`` with no rows)
     """
+    if scores is not None:
+        base, ok = scores[0.0], [w for w in scores if w != 0.0 and per_row[w].mean() <= per_row[0.0].mean()]
+        if len(base) < 2 or not ok:
+            return 0.0, [0.0, 0.0]
+        best = max(ok, key=lambda w: (float((scores[w] - base).mean()), -float(per_row[w].mean()), -w))
+        d = scores[best] - base
+        gain, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+        return (best if gain > se else 0.0), [round(gain, 6), round(se, 6)]
     base = per_row[0.0]
     best = min((w for w in per_row if w != 0.0), key=lambda w: (float(per_row[w].mean()) if len(per_row[w]) else 0.0,
                                                                 -w))

@@ -256,6 +256,18 @@ class Task(ABC):
         """Logits (N, n_outputs) -> probabilities, encoded predictions and labels, in one place.
         ``threshold`` overrides the task's own decision threshold(s)."""
 
+    def row_scores(self, logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        """Each row's share of the headline metric, higher is better, so that a paired comparison of two outputs
+        can be made row by row: 1 or 0 for a right or wrong class (accuracy), the share of labels right
+        (multilabel, whose macro-F1 does not split by row), minus the squared error (regression, in standardized
+        units: RMSE's order)."""
+        ids, y = self.decode(logits).ids, np.asarray(y)
+        if ids.ndim == 2:  # multilabel: multi-hot
+            return (ids == y).mean(1).astype(float)
+        if np.issubdtype(ids.dtype, np.floating):  # regression
+            return -((ids - y) ** 2).astype(float)
+        return (ids == y).astype(float)
+
     def output_columns(self, decoded: Decoded, proba: bool = True) -> dict[str, np.ndarray]:
         """Columns of a prediction file: ``prediction`` and, when ``proba``, ``proba_<class>``."""
         cols = {"prediction": decoded.labels}
