@@ -261,12 +261,7 @@ class Task(ABC):
         can be made row by row: 1 or 0 for a right or wrong class (accuracy), the share of labels right
         (multilabel, whose macro-F1 does not split by row), minus the squared error (regression, in standardized
         units: RMSE's order)."""
-        ids, y = self.decode(logits).ids, np.asarray(y)
-        if ids.ndim == 2:  # multilabel: multi-hot
-            return (ids == y).mean(1).astype(float)
-        if np.issubdtype(ids.dtype, np.floating):  # regression
-            return -((ids - y) ** 2).astype(float)
-        return (ids == y).astype(float)
+        return (self.decode(logits).ids == np.asarray(y)).astype(float)
 
     def output_columns(self, decoded: Decoded, proba: bool = True) -> dict[str, np.ndarray]:
         """Columns of a prediction file: ``prediction`` and, when ``proba``, ``proba_<class>``."""
@@ -622,6 +617,9 @@ class MultilabelTask(Task):
         labels[:] = [list(classes[r.astype(bool)]) for r in ids]
         return Decoded(proba, ids, labels)
 
+    def row_scores(self, logits, y):
+        return (self.decode(logits).ids == np.asarray(y)).mean(1).astype(float)  # the share of labels right
+
     def logits_of(self, proba):
         return _logit(np.asarray(proba))
 
@@ -748,6 +746,9 @@ class RegressionTask(Task):
         z = _float32(logits)[:, 0]
         values = self.inverse(z)
         return Decoded(values, z, values)
+
+    def row_scores(self, logits, y):
+        return -((self.decode(logits).ids - np.asarray(y)) ** 2).astype(float)  # the standardized scale
 
     def inverse(self, z: np.ndarray) -> np.ndarray:
         """Standardized values -> the target's units."""
