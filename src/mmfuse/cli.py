@@ -930,6 +930,9 @@ def bench(
     name: str = typer.Argument(..., help="The protocol: " + ", ".join(_protocols()) + "."),
     quick: bool = typer.Option(False, "--quick", help="A reduced run (minutes), written to NAME_quick.json/.md."),
     seeds: int = typer.Option(1, "--seeds", help="Fit each model with seeds 0..N-1 (where the protocol fits)."),
+    first_seed: int = typer.Option(0, "--first-seed", min=0,
+                                   help="Start the seeds here: --seeds 10 --first-seed 10 fits seeds 10..19 (fresh "
+                                        "seeds, to confirm a result on runs not seen before)."),
     data: Optional[Path] = typer.Option(None, "--data", help="The folder of the data sets (fsdd/, mnist/, "
                                         "sp-sw-har/, womens-clothing/); default $MMFUSE_SHARED_DATA or ../shared/data."),
     option: List[str] = typer.Option([], "--set", help="KEY=VALUE protocol setting (repeatable), e.g. --set "
@@ -951,8 +954,10 @@ def bench(
         if not sep or not k.strip():
             raise MmfuseError(f"--set {item!r}: write KEY=VALUE, e.g. --set epochs=10")
         settings[k.strip()] = v.strip()
-    run_bench(name, data=data, quick=quick, seeds=seeds, out=out, results=results, jobs=jobs, echo=typer.echo,
-              tag=tag, **settings)
+    if seeds < 1:
+        raise MmfuseError(f"--seeds {seeds}: fit at least one seed")
+    run_bench(name, data=data, quick=quick, seeds=list(range(first_seed, first_seed + seeds)) if first_seed else seeds,
+              out=out, results=results, jobs=jobs, echo=typer.echo, tag=tag, **settings)
 
 
 def _table(data: Path, root):

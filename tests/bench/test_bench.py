@@ -11,6 +11,16 @@ from mmfuse.cli import main
 from conftest import require_shared_data
 
 
+def test_first_seed_starts_the_seeds_where_it_says(monkeypatch):
+    import mmfuse.bench
+
+    seen = []
+    monkeypatch.setattr(mmfuse.bench, "run_bench", lambda name, **kw: seen.append(kw["seeds"]))
+    main(["bench", "alignment", "--seeds", "3", "--first-seed", "10"])
+    main(["bench", "alignment", "--seeds", "2"])
+    assert seen == [[10, 11, 12], 2]
+
+
 def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):
     with pytest.raises(MmfuseError, match="unknown benchmark 'fsdd_minst'.*Did you mean 'fsdd_mnist'"):
         run_bench("fsdd_minst", results=tmp_path)
