@@ -398,8 +398,10 @@ def choose_fill_mix(predictor, dataset, grid=FILL_MIX_GRID) -> dict:
     """For a model that fills in absent inputs (``fill_space: features``), choose on ``dataset`` (the validation
     rows) each input's :attr:`~mmfuse.model.MultimodalModel.fill_mix`: the weight of the filled-in output against
     the input-masked one (which is the model without filling in) when that input is absent. For input n, every
-    row is scored with n masked, at each weight of ``grid``, by the task's loss; :func:`pick_fill_weight` keeps
-    the best weight only where its gain over weight 0 is larger than one standard error. Sets it on the model.
+    row is scored with n masked, at each weight of ``grid``, by the task's loss and by its share of the
+    headline metric (:meth:`~mmfuse.tasks.Task.row_scores`); :func:`pick_fill_weight` keeps the weight with the
+    best metric gain over weight 0, its loss not higher, only where that gain is larger than one standard error.
+    Sets it on the model.
 
     Returns:
         ``{"chosen": {input: weight}, "val_loss": {input: {weight: loss}}, "gain_se": {input: [gain, se]}}``

@@ -26,7 +26,8 @@ Parts (``--set parts=retrieval,semi,fill,clothing``; all by default):
   as the zeroing model does (same weights from the same seed: checked and reported) and its filler beside it;
   where an input is absent it mixes its filled-in and input-masked outputs with a weight per input chosen on
   the validation rows (``Predictor.fill_mix``, reported per seed; weight 0, the zeroing model, unless another
-  lowers the validation loss by more than one standard error). It is scored
+  raises validation accuracy, row by row, by more than one standard error of the paired differences, its
+  validation loss not higher). It is scored
   once more with the filled-in output alone (weight 1 for every input), on the audio-visual digits and on the
   phone + watch windows
   (:func:`mmfuse.datasets.sp_sw_har`, ``devices="both"``; the subjects split, seeded, into 15 training,
