@@ -410,18 +410,48 @@ def test_the_filled_in_output_and_the_filling_loss_train_the_filler_alone(fusion
 
 
 def test_a_fill_weight_is_kept_only_where_it_helps_by_more_than_one_standard_error():
+    """Scores that are minus the loss (regression's squared error): the rule on the loss alone."""
     from mmfuse.pipeline import pick_fill_weight
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.2, 2.0, 400)
     noise = rng.normal(0, 0.5, 400)
+
+    def pick(loss):
+        return pick_fill_weight(loss, {w: -v for w, v in loss.items()})
+
     clear = {0.0: base, 0.5: base - 0.2 + 0.1 * noise, 1.0: base - 0.1 + 0.1 * noise}
-    assert pick_fill_weight(clear)[0] == 0.5  # the best weight, its gain far beyond its standard error
+    assert pick(clear)[0] == 0.5  # the best weight, its gain far beyond its standard error
     slight = {0.0: base, 0.5: base - 0.01 + noise, 1.0: base + noise}  # a lower mean, within noise
-    w, (gain, se) = pick_fill_weight(slight)
+    w, (gain, se) = pick(slight)
     assert w == 0.0 and 0 < gain < se
-    assert pick_fill_weight({0.0: base, 1.0: base})[0] == 0.0  # a tie: no filling in
-    assert pick_fill_weight({0.0: base[:1], 1.0: base[:1] - 1})[0] == 0.0  # one row: no evidence
+    assert pick({0.0: base, 1.0: base})[0] == 0.0  # a tie: no filling in
+    assert pick({0.0: base[:29], 1.0: base[:29] - 1})[0] == 0.0  # 29 rows: too few to measure a gain
+    assert pick({0.0: base[:30], 1.0: base[:30] - 1 + 0.1 * noise[:30]})[0] == 1.0  # 30: enough
+    nan = clear[0.5].copy()
+    nan[7] = np.nan  # a weight whose output is not finite on one row is out, whatever its mean elsewhere
+    assert pick({**clear, 0.5: nan})[0] == 1.0
+
+
+def test_the_weight_kept_is_the_best_by_the_metric_among_those_whose_loss_is_not_higher():
+    from mmfuse.pipeline import pick_fill_weight
+
+    rng = np.random.default_rng(1)
+    loss0 = rng.uniform(0.2, 2.0, 500)
+    right = (rng.uniform(size=500) < 0.5).astype(float)
+    wrong_rows = np.flatnonzero(right == 0)
+
+    def more_right(k):
+        out = right.copy()
+        out[wrong_rows[:k]] = 1.0
+        return out
+
+    loss = {0.0: loss0, 0.25: loss0 - 0.3, 0.5: loss0 - 0.05, 0.75: loss0 + 0.01, 1.0: loss0 - 0.1}
+    scores = {0.0: right, 0.25: more_right(2), 0.5: more_right(40), 0.75: more_right(60), 1.0: more_right(10)}
+    # 0.25 has the lowest loss (2 rows more right: noise); 0.75 gets the most right but its loss is higher;
+    # 0.5 gets more right than 1.0
+    w, (gain, se) = pick_fill_weight(loss, scores)
+    assert w == 0.5 and gain == pytest.approx(40 / 500) and gain > se
 
 
 def test_fit_chooses_the_mix_on_validation_and_a_bundle_keeps_it(tmp_path):
@@ -484,7 +514,7 @@ def test_on_the_judged_metric_a_lower_loss_with_lower_accuracy_is_no_help():
     worse = right.copy()
     worse[flip] = 0.0  # 15 rows fewer right
     loss = {0.0: base_loss, 1.0: base_loss - 0.05}  # the loss falls by far
-    assert pick_fill_weight(loss)[0] == 1.0  # by the loss alone: kept
+    assert pick_fill_weight(loss, {w: -v for w, v in loss.items()})[0] == 1.0  # by the loss alone: kept
     assert pick_fill_weight(loss, {0.0: right, 1.0: worse})[0] == 0.0  # by accuracy: no
     better = right.copy()
     better[np.flatnonzero(right == 0)[:40]] = 1.0  # 40 rows more right (8 points)
@@ -501,3 +531,54 @@ def test_on_the_judged_metric_a_lower_loss_with_lower_accuracy_is_no_help():
     task = fit_task(df, "y")
     z = torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 0, 5.0]])
     assert task.row_scores(z, torch.tensor([0, 1, 2])).tolist() == [1.0, 0.0, 1.0]
+
+
+class _TwoOutputs:
+    """A stand-in predictor for :func:`choose_fill_mix`: the input-masked output ``z0`` (weight 0) and the
+    filled-in one ``z1`` (weight 1) of one input, A."""
+
+    def __init__(self, task, z0, z1):
+        from types import SimpleNamespace
+
+        self.target, self.z = task, {0.0: z0, 1.0: z1}
+        self.model = SimpleNamespace(names=["A"], fill_mix=None)
+
+    def logits(self, data, dataset=None, absent=()):
+        return self.z[self.model.fill_mix["A"]], np.arange(len(dataset._y))
+
+
+def test_the_chooser_judges_by_the_headline_metric_not_the_loss():
+    """Through choose_fill_mix: a filled-in output with a far lower loss but fewer rows right is not used; for
+    multilabel, one that raises the share of labels right by predicting every label absent (macro-F1 falls to 0)
+    is not used either; one that gets more rows right, its loss not higher, is."""
+    from types import SimpleNamespace
+
+    from mmfuse.pipeline import choose_fill_mix
+    from mmfuse.tasks import fit_task
+
+    rng = np.random.default_rng(0)
+    n = 600
+    y = rng.integers(0, 3, n)
+    task = fit_task(pd.DataFrame({"y": ["a", "b", "c"] * 2}), "y")
+    z0 = torch.tensor(np.eye(3)[y] * 1.0 + rng.normal(0, 1.0, (n, 3)), dtype=torch.float32)  # right ~ 60 %
+    right0 = (z0.argmax(1).numpy() == y)
+    z1 = z0.clone()  # wrong rows: still wrong, but nearly even (their loss falls by far); 60 right rows: the same
+    wrong = np.concatenate([np.flatnonzero(~right0), np.flatnonzero(right0)[:60]])
+    z1[wrong] = torch.tensor(np.roll(np.eye(3)[y[wrong]], 1, axis=1) * 0.1, dtype=torch.float32)
+    ds = SimpleNamespace(_y=y)
+    out = choose_fill_mix(_TwoOutputs(task, z0, z1), ds)
+    assert out["val_loss"]["A"]["1.0"] < out["val_loss"]["A"]["0.0"]  # the loss alone would fill in
+    assert out["chosen"]["A"] == 0.0
+    better = torch.tensor(np.eye(3)[y] * 3.0, dtype=torch.float32)  # every row right and sure
+    assert choose_fill_mix(_TwoOutputs(task, z0, better), ds)["chosen"]["A"] > 0
+    # multilabel: 4 rare labels; the filled-in output predicts none of them. Mixing a little of it in lowers the
+    # loss and keeps the share of labels right, but lowers macro-F1, the headline: judged by macro-F1 (on
+    # resamples), the best weight's gain is macro-F1's, and it is not used
+    ml = fit_task(pd.DataFrame({"y": [["p"], ["q"], ["r"], ["s"]]}), "y")
+    Y = (rng.uniform(size=(n, 4)) < 0.06).astype(np.float32)
+    m0 = torch.tensor(np.where(Y > 0, 0.5, -2.0) + rng.normal(0, 1.0, (n, 4)), dtype=torch.float32)
+    m1 = torch.full((n, 4), -3.0)
+    f1 = {w: ml.quick_metrics(w * m1 + (1 - w) * m0, torch.from_numpy(Y))["macro_f1"] for w in (0.0, 0.25)}
+    out = choose_fill_mix(_TwoOutputs(ml, m0, m1), SimpleNamespace(_y=Y))
+    assert out["val_loss"]["A"]["0.25"] < out["val_loss"]["A"]["0.0"] and f1[0.25] < f1[0.0] - 0.05
+    assert out["chosen"]["A"] == 0.0 and out["gain_se"]["A"][0] == pytest.approx(f1[0.25] - f1[0.0], abs=0.03)

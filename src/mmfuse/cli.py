@@ -799,8 +799,9 @@ def _print_metrics(metrics: dict, advice: bool = True) -> None:
         gains = fm.get("gain_se", {})
         typer.echo("filling in absent inputs: share of the estimate in a prediction where the input is absent (1: "
                    "the estimate alone, 0: the input left out), chosen on the validation rows (0 unless it raises "
-                   "the metric the model is judged by, row by row, by more than one standard error, its loss not "
-                   "higher; in brackets, the best weight's gain in that metric ± its standard error): "
+                   "the headline metric there by more than one standard error, its loss not higher: a guard against "
+                   "noise, not a proof of help; in brackets, the best weight's gain in that metric ± its standard "
+                   "error): "
                    + ", ".join(f"{n} {v:g}" + (f" ({gains[n][0]:+.4f} ± {gains[n][1]:.4f})" if n in gains else "")
                                for n, v in fm["chosen"].items()))
 

@@ -398,9 +398,10 @@ def choose_fill_mix(predictor, dataset, grid=FILL_MIX_GRID) -> dict:
     """For a model that fills in absent inputs (``fill_space: features``), choose on ``dataset`` (the validation
     rows) each input's :attr:`~mmfuse.model.MultimodalModel.fill_mix`: the weight of the filled-in output against
     the input-masked one (which is the model without filling in) when that input is absent. For input n, every
-    row is scored with n masked, at each weight of ``grid``, by the task's loss and by its share of the
-    headline metric (:meth:`~mmfuse.tasks.Task.row_scores`); :func:`pick_fill_weight` keeps the weight with the
-    best metric gain over weight 0, its loss not higher, only where that gain is larger than one standard error.
+    row is scored with n masked, at each weight of ``grid``, by the task's loss and by the headline metric: each
+    row's share of it (:meth:`~mmfuse.tasks.Task.row_scores`), or, for a metric that does not split by row
+    (macro-F1), its value on resamples of the rows; :func:`pick_fill_weight` keeps the weight with the best
+    metric gain over weight 0, its loss not higher, only where that gain is larger than one standard error.
     Sets it on the model.
 
     Returns:
@@ -417,14 +418,16 @@ def choose_fill_mix(predictor, dataset, grid=FILL_MIX_GRID) -> dict:
             logit, rows = predictor.logits(None, dataset=dataset, absent=[n])
             z[end] = logit
         y = torch.from_numpy(np.asarray(dataset._y[rows]))
-        mixed = {lam: lam * z[1.0] + (1 - lam) * z[0.0] for lam in grid}
+        # weight 0 is the input-masked output itself (not 0 times the filled-in one, which may not be finite)
+        mixed = {lam: z[0.0] if lam == 0 else lam * z[1.0] + (1 - lam) * z[0.0] for lam in grid}
+        keep = np.isfinite(_row_losses(task, z[0.0], y))  # a blank target has no loss
+        mixed, y = {lam: v[torch.from_numpy(keep)] for lam, v in mixed.items()}, y[torch.from_numpy(keep)]
         per_row = {lam: _row_losses(task, v, y) for lam, v in mixed.items()}
-        scores = {lam: task.row_scores(v, y) for lam, v in mixed.items()}
-        keep = np.logical_and.reduce([np.isfinite(v) for v in per_row.values()])  # (a blank target: no loss)
-        per_row = {lam: v[keep] for lam, v in per_row.items()}
-        scores = {lam: v[keep] for lam, v in scores.items()}
-        losses[n] = {str(lam): float(v.mean()) for lam, v in per_row.items()}
-        chosen[n], gain_se[n] = pick_fill_weight(per_row, scores)
+        scores, resampled = {lam: task.row_scores(v, y) for lam, v in mixed.items()}, False
+        if scores[0.0] is None:  # the headline does not split by row: its value on resamples of the rows
+            scores, resampled = _resampled_headline(task, mixed, y), True
+        losses[n] = {str(lam): float(v.mean()) if len(v) else None for lam, v in per_row.items()}
+        chosen[n], gain_se[n] = pick_fill_weight(per_row, scores, resampled=resampled)
     model.fill_mix = chosen
     return {"chosen": chosen, "val_loss": losses, "gain_se": gain_se}
 
@@ -434,36 +437,46 @@ def _row_losses(task, logits, y) -> np.ndarray:
     return np.array([float(task.loss(logits[i:i + 1], y[i:i + 1], None)) for i in range(len(y))])
 
 
-def pick_fill_weight(per_row: dict, scores: dict | None = None) -> tuple[float, list]:
-    """From ``{weight: the loss of each validation row}`` (the same rows for every weight, 0 among the weights):
-    the weight with the lowest mean loss, if it lowers the loss against weight 0 (no filling in) by more than
-    one standard error of the rows' paired differences, else 0 (the one-standard-error rule: filling in is
-    used only where validation shows it helps, not where it merely ties within noise).
+def _resampled_headline(task, outputs: dict, y, n: int = 200, seed: int = 0) -> dict:
+    """``{weight: the headline metric (higher is better) on each of n resamples of the rows}``, the same
+    resamples for every weight, so that their differences are paired."""
+    import torch
 
-    With ``scores`` (``{weight: each row's share of the headline metric}``, :meth:`~mmfuse.tasks.Task.row_scores`),
-    the rule is applied to the metric the model is judged by: among the weights whose mean loss is not above
-    weight 0's, the one with the largest score gain, kept only if that gain exceeds one standard error of the
-    rows' paired score differences (a loss that falls while accuracy falls too does not count as help).
+    idx = torch.from_numpy(np.random.default_rng(seed).integers(0, len(y), (n, len(y))))
+    sign = 1.0 if task.higher_is_better else -1.0
+    return {w: np.array([sign * float(task.quick_metrics(v[i], y[i])[task.headline]) for i in idx])
+            for w, v in outputs.items()}
+
+
+MIN_FILL_ROWS = 30  # fewer validation rows than this: too few to measure a gain, no filling in
+
+
+def pick_fill_weight(per_row: dict, scores: dict, resampled: bool = False) -> tuple[float, list]:
+    """The one-standard-error rule for the weight of the filled-in output.
+
+    ``per_row``: ``{weight: the loss of each validation row}`` (the same rows for every weight, 0 among them);
+    ``scores``: ``{weight: each row's share of the headline metric}`` (:meth:`~mmfuse.tasks.Task.row_scores`,
+    higher is better), or with ``resampled``, the metric on each of the same resamples of the rows.
+
+    Among the weights whose mean loss is finite and not above weight 0's, the one with
+    the largest metric gain over weight 0 is kept only if that gain exceeds one standard error (of the mean of
+    the rows' paired differences, or with ``resampled``, of the resampled differences); else 0, no filling in (a
+    loss that falls while accuracy falls too is no help; a gain within noise is none). With fewer than
+    ``MIN_FILL_ROWS`` rows, 0. The rule is a guard, not a guarantee: the best of several weights clears one
+    standard error by chance more often than a single weight would.
 
     Returns:
-        ``(weight, [gain, standard error])`` (the gain of the best weight other than 0, in loss, or in the score
-        with ``scores``; ``[0, 0]`` with no rows)
+        ``(weight, [gain, standard error])`` (of the best weight other than 0; ``[0, 0]`` where none is eligible)
     """
-    if scores is not None:
-        base, ok = scores[0.0], [w for w in scores if w != 0.0 and per_row[w].mean() <= per_row[0.0].mean()]
-        if len(base) < 2 or not ok:
-            return 0.0, [0.0, 0.0]
-        best = max(ok, key=lambda w: (float((scores[w] - base).mean()), -float(per_row[w].mean()), -w))
-        d = scores[best] - base
-        gain, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
-        return (best if gain > se else 0.0), [round(gain, 6), round(se, 6)]
     base = per_row[0.0]
-    best = min((w for w in per_row if w != 0.0), key=lambda w: (float(per_row[w].mean()) if len(per_row[w]) else 0.0,
-                                                                -w))
-    d = base - per_row[best]
-    if len(d) < 2:
+    if len(base) < MIN_FILL_ROWS:
         return 0.0, [0.0, 0.0]
-    gain, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    ok = [w for w in scores if w != 0.0 and per_row[w].mean() <= base.mean()]  # (a NaN row: a NaN mean, out)
+    if not ok:
+        return 0.0, [0.0, 0.0]
+    best = max(ok, key=lambda w: (float((scores[w] - scores[0.0]).mean()), -float(per_row[w].mean()), -w))
+    d = scores[best] - scores[0.0]
+    gain, se = float(d.mean()), float(d.std(ddof=1) / (1.0 if resampled else np.sqrt(len(d))))
     return (best if gain > se else 0.0), [round(gain, 6), round(se, 6)]
 
 

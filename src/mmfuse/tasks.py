@@ -256,11 +256,11 @@ class Task(ABC):
         """Logits (N, n_outputs) -> probabilities, encoded predictions and labels, in one place.
         ``threshold`` overrides the task's own decision threshold(s)."""
 
-    def row_scores(self, logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    def row_scores(self, logits: torch.Tensor, y: torch.Tensor) -> np.ndarray | None:
         """Each row's share of the headline metric, higher is better, so that a paired comparison of two outputs
-        can be made row by row: 1 or 0 for a right or wrong class (accuracy), the share of labels right
-        (multilabel, whose macro-F1 does not split by row), minus the squared error (regression, in standardized
-        units: RMSE's order)."""
+        can be made row by row: 1 or 0 for a right or wrong class (accuracy), minus the squared error (regression,
+        in standardized units: RMSE's order); None where the headline does not split by row (multilabel:
+        macro-F1)."""
         return (self.decode(logits).ids == np.asarray(y)).astype(float)
 
     def output_columns(self, decoded: Decoded, proba: bool = True) -> dict[str, np.ndarray]:
@@ -618,7 +618,7 @@ class MultilabelTask(Task):
         return Decoded(proba, ids, labels)
 
     def row_scores(self, logits, y):
-        return (self.decode(logits).ids == np.asarray(y)).mean(1).astype(float)  # the share of labels right
+        return None  # macro-F1 does not split by row (the share of labels right would reward predicting none)
 
     def logits_of(self, proba):
         return _logit(np.asarray(proba))
