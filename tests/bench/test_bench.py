@@ -19,6 +19,10 @@ def test_first_seed_starts_the_seeds_where_it_says(monkeypatch):
     main(["bench", "alignment", "--seeds", "3", "--first-seed", "10"])
     main(["bench", "alignment", "--seeds", "2"])
     assert seen == [[10, 11, 12], 2]
+    from mmfuse.bench import _seed_flags  # and the command a result records says so
+
+    assert _seed_flags([10, 11, 12]) == ["--seeds", "3", "--first-seed", "10"] and _seed_flags([0, 1]) == ["--seeds", "2"]
+    assert _seed_flags([0]) == [] and _seed_flags([4]) == ["--first-seed", "4"] and _seed_flags([1, 5]) == []
 
 
 def test_unknown_protocol_and_bad_settings_are_one_line(tmp_path, capsys):

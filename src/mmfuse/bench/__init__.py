@@ -186,7 +186,7 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
         given = [(flag, v) for flag, v in (("--data", data_arg), ("--out", out), ("--results", results_arg)) if v is not None]
         parts = ["mmfuse", "bench", name, *(["--quick"] if quick else []), *(["--tag", tag] if tag else []),
                  *(x for f, v in given for x in (f, str(v))),
-                 *(["--seeds", str(seeds)] if isinstance(seeds, int) and seeds != 1 else []),
+                 *_seed_flags(seed_list),
                  *(f"--set={k}={v}" for k, v in options.items()), *(["--jobs", str(jobs)] if jobs != 1 else [])]
         command = " ".join(shlex.quote(p) for p in parts)
     result = {"name": name, "tag": tag, "quick": quick, "protocol": (module.__doc__ or "").strip(), "seeds": seed_list,
@@ -199,6 +199,14 @@ def run_bench(name: str, *, data=None, quick: bool = False, seeds: int | list = 
     atomic_write_text(path.with_suffix(".md"), md)
     echo(f"written: {path}, {path.with_suffix('.md')} ({result['wall_seconds']:.0f} s)")
     return result
+
+
+def _seed_flags(seeds: list) -> list:
+    """The command-line flags for ``seeds``: ``--seeds N`` for 0..N-1, with ``--first-seed K`` for K..K+N-1;
+    a list that is not a run of consecutive seeds has no flags (the results list it)."""
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        return []
+    return (["--seeds", str(len(seeds))] if len(seeds) > 1 else []) + (["--first-seed", str(seeds[0])] if seeds[0] else [])
 
 
 def _check_options(name: str, known: dict, given: dict, zero_ok=()) -> dict:
