@@ -448,10 +448,17 @@ def markdown(result: dict) -> str:
                           "zeroed, points, mean ± std over seeds: " + "; ".join(
                               f"{fu}: " + ", ".join(f"{k} {v[0]:+.2f} ± {v[1]:.2f}" for k, v in g.items())
                               for fu, g in d["filled_alone_minus_zeroed_points"].items()), ""]
+    e = result.get("fill_earlier_rule")
+    if e:  # a results file that kept the runs of the rule before the current one, for comparison
+        lines += [f"### The earlier rule: {e['note']}", "",
+                  f"Command: `{e['command']}`", ""]
+        for data, per_seed in e["per_seed"].items():
+            lines += [f"{data}:", "", *_difference_table(per_seed)]
     c = result.get("clothing")
     if c:
         lines += [f"## Review text → (Department, Class) of the item, Women's Clothing ({c['test_reviews']} test "
-                  f"reviews, {c['items']} items; frozen all-MiniLM-L6-v2; seed {result['seeds'][0]})", "",
+                  f"reviews, {c['items']} items; frozen all-MiniLM-L6-v2; seed "
+                  f"{result.get('part_seeds', {}).get('clothing', result['seeds'])[0]})", "",
                   "| model | recall@1 | recall@5 | recall@10 | median rank |", "|---|---|---|---|---|"]
         for name, m in c["models"].items():
             lines.append(f"| {name} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | "
