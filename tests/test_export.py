@@ -215,7 +215,7 @@ def test_parity_above_the_tolerance_fails_and_writes_nothing(exported, tmp_path)
     assert not list(tmp_path.glob(".strict*"))
 
 
-def test_cli_export_and_predict_from_the_export(exported, tmp_path):
+def test_cli_export_and_predict_from_the_export(exported, tmp_path, capsys):
     from mmfuse.cli import main
 
     d, bundle, _, table = exported
@@ -226,6 +226,10 @@ def test_cli_export_and_predict_from_the_export(exported, tmp_path):
     got = pd.read_csv(tmp_path / "p.csv")
     want = Predictor.load(bundle).predict_frame(table)
     assert got["prediction"].astype(str).tolist() == want["prediction"].astype(str).tolist()
+    capsys.readouterr()
+    main(["inspect", str(tmp_path / "e")])  # inspect describes an export, as it does a bundle
+    out = capsys.readouterr().out
+    assert f"from the bundle {bundle}" in out and "checked against PyTorch on 10 rows" in out
 
 
 @pytest.mark.parametrize("args,message", [

@@ -83,7 +83,7 @@ def inspect(
     from .io import read_table
 
     if data.is_dir() and any((data / f).exists() for f in ("config.json", "ensemble.json", "model.safetensors",
-                                                              "bundle")):
+                                                              "bundle", "export.json")):
         given = [o for o, v in (("--target", target), ("--column", column), ("--group", group), ("--schema", schema),
                                 ("--save-schema", save_schema)) if v]
         if given:
@@ -121,11 +121,27 @@ def _one_of_resume_overwrite(resume: bool, overwrite: bool, out) -> None:
 
 
 def _describe_bundle(path: Path) -> None:
-    """``inspect BUNDLE``: the task, the inputs and their columns, the training plan and the scores kept in it."""
+    """``inspect BUNDLE``: the task, the inputs and their columns, the training plan and the scores kept in it;
+    of an ONNX export, what it was exported from and how closely it matched PyTorch."""
     from .bundle import Predictor
     from .ensemble import EnsemblePredictor
     from .pipeline import format_plan
 
+    if (path / "export.json").is_file():
+        from .onnx import OnnxPredictor
+
+        onnx = OnnxPredictor.load(path)
+        m, t = onnx.meta, onnx.target
+        typer.echo(f"ONNX export {path}: written by mmfuse {m.get('mmfuse_version', '?')}"
+                   + (f", {m['created']}" if m.get("created") else "") + f", from the bundle {m.get('bundle', '?')}")
+        typer.echo(f"task: {t.name}, target {t.column!r}" + (f", {len(t.classes_)} classes" if t.classes_ else ""))
+        typer.echo("inputs: " + ", ".join(f"{n} ({p.modality} from {', '.join(map(str, p.columns))})"
+                                          for n, p in onnx.preprocessors.items()))
+        parity = m.get("parity") or {}
+        if parity:
+            typer.echo(f"checked against PyTorch on {parity.get('rows')} rows: largest difference of an output "
+                       f"{parity.get('max_abs_diff'):.2g} (tolerance {parity.get('tolerance')})")
+        return
     pred = Predictor.load(path)
     cfg, t = pred.config, pred.target
     typer.echo(f"bundle {path}: written by mmfuse {cfg.get('mmfuse_version', '?')}"
