@@ -448,6 +448,8 @@ def markdown(result: dict) -> str:
                           "zeroed, points, mean ± std over seeds: " + "; ".join(
                               f"{fu}: " + ", ".join(f"{k} {v[0]:+.2f} ± {v[1]:.2f}" for k, v in g.items())
                               for fu, g in d["filled_alone_minus_zeroed_points"].items()), ""]
+    if result.get("ran_as"):
+        lines += [f"Run as: {result['ran_as']}.", ""]
     e = result.get("fill_earlier_rule")
     if e:  # a results file that kept the runs of the rule before the current one, for comparison
         lines += [f"### The earlier rule: {e['note']}", "",
