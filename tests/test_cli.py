@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -284,3 +285,30 @@ def test_mmfuse_warnings_are_one_note_line_each_not_a_python_warning(tmp_path):
     assert r.returncode == 0, r.stderr
     notes = [line for line in r.stderr.splitlines() if line.startswith("note: the validation split is small")]
     assert len(notes) == 1 and "UserWarning" not in r.stderr and "split_table(" not in r.stderr
+
+
+def test_evaluate_warns_when_it_scores_rows_the_model_trained_on(tmp_path, capsys):
+    """A bundle keeps a fingerprint of each training and validation row: evaluate on the training table (no split
+    column to tell) counts them and warns; on new rows it says nothing. The fingerprints survive a re-save."""
+    from mmfuse.bundle import Predictor
+    from mmfuse.cli import main
+
+    from conftest import make_tabular_text_table
+
+    df = make_tabular_text_table(200)
+    df.iloc[:150].to_csv(tmp_path / "train.csv", index=False)
+    df.iloc[150:].to_csv(tmp_path / "new.csv", index=False)
+    main(["fit", str(tmp_path / "train.csv"), "--target", "y", "--epochs", "1", "--no-progress", "-o",
+          str(tmp_path / "r")])
+    p = Predictor.load(tmp_path / "r" / "bundle")
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    n_seen = sum(m["rows"][k] for k in ("train", "val")) if isinstance(m.get("rows"), dict) else None
+    assert p.seen_rows is not None and (n_seen is None or len(p.seen_rows) == n_seen)
+    capsys.readouterr()
+    main(["evaluate", str(tmp_path / "r" / "bundle"), str(tmp_path / "train.csv")])
+    out = capsys.readouterr().out
+    assert f"warning: {len(p.seen_rows)} of these rows are rows the model trained or stopped early on" in out
+    main(["evaluate", str(tmp_path / "r" / "bundle"), str(tmp_path / "new.csv")])
+    assert "trained or stopped early on" not in capsys.readouterr().out
+    p.save(tmp_path / "again")
+    assert (Predictor.load(tmp_path / "again").seen_rows == p.seen_rows).all()

@@ -310,6 +310,10 @@ class MultimodalPredictor:
                 shutil.rmtree(run_dir, ignore_errors=True)
         train_seconds = time.perf_counter() - t_train
         self.predictor_ = Predictor(model, preps, task, schema, {"model": spec})
+        if not self.stream:  # so that evaluate can tell when it is given rows the model has seen
+            import pandas as pd
+
+            self.predictor_.seen_rows = self.predictor_.row_fingerprints(pd.concat([splits.train, splits.val]))
         self.rank_ = result.get("global_rank", 0)
         if self.rank_ != 0:  # distributed training: the first process scores and writes, the others stop here
             self.schema_, self.classes_, self.task_, self.history_ = schema, task.classes_, task, result["history"]
@@ -557,6 +561,9 @@ def evaluate_predictor(predictor, data, contribution=False, on_bad_input="raise"
     ds = MultimodalDataset(table.df[~blank], predictor.preprocessors, predictor.target, on_bad_input=on_bad_input,
                            root=table.root, allow_outside_root=allow_outside_root)
     out = compute_metrics(predictor, ds)
+    seen = predictor.count_seen(table.df[~blank]) if hasattr(predictor, "count_seen") else None
+    if seen:
+        out["rows_seen_in_training"] = seen
     if getattr(predictor, "last_no_input", None):  # the count, and the first 1,000 row ids
         out["rows_without_input_count"] = len(predictor.last_no_input)
         out["rows_without_input"] = list(predictor.last_no_input)[:1000]

@@ -27,7 +27,7 @@ BUNDLE_REF = "@bundle/"
 
 
 def save_bundle(path: str | os.PathLike, model, preps: dict, target, schema, spec: dict, extra: dict | None = None,
-                embed_backbones: bool = False) -> Path:
+                embed_backbones: bool = False, seen_rows=None) -> Path:
     """Write a bundle atomically: everything goes to a temporary folder that is then renamed.
 
     ``model.safetensors`` holds the model's weights (``model/...``) and the preprocessors'
@@ -64,6 +64,8 @@ def save_bundle(path: str | os.PathLike, model, preps: dict, target, schema, spe
         prep_meta[name] = meta
         for k, a in arrays.items():
             tensors[f"prep/{safe_key(name)}/{k}"] = torch.from_numpy(np.ascontiguousarray(a))
+    if seen_rows is not None:  # fingerprints of the rows it trained and validated on (row_fingerprints)
+        tensors["rows/seen"] = torch.from_numpy(np.ascontiguousarray(seen_rows, dtype=np.uint64).view(np.int64))
     save_file(tensors, str(tmp / "model.safetensors"))
     config = {"format": BUNDLE_FORMAT, "mmfuse_version": __version__, "torch_version": torch.__version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "schema": schema.to_dict(),
@@ -289,6 +291,7 @@ class Predictor(TablePredictions):
     def __init__(self, model, preps: dict, target, schema, config: dict, path: Path | None = None):
         self.model, self.preprocessors, self.target, self.schema = model.eval(), preps, target, schema
         self.config, self.path = config, path
+        self.seen_rows = None  # fingerprints of the training and validation rows (None: not kept)
 
     @property
     def threshold(self):
@@ -401,12 +404,32 @@ class Predictor(TablePredictions):
         if bad:
             raise _damaged(path, f"model.safetensors does not match the model in config.json (e.g. {bad[:3]})")
         task = task_from_dict(config["target"], config.get("decision_threshold")) if config["target"] else None
-        return cls(model, preps, task, Schema.from_dict(config["schema"]), config, path)
+        out = cls(model, preps, task, Schema.from_dict(config["schema"]), config, path)
+        if "rows/seen" in tensors:
+            out.seen_rows = tensors["rows/seen"].numpy().view(np.uint64)
+        return out
 
     def save(self, path, embed_backbones: bool = False) -> Path:
         extra = {k: v for k, v in self.config.items() if k in ("metrics", "training")}
         return save_bundle(path, self.model, self.preprocessors, self.target, self.schema, self.config["model"], extra,
-                           embed_backbones=embed_backbones)
+                           embed_backbones=embed_backbones, seen_rows=self.seen_rows)
+
+    def row_fingerprints(self, df) -> np.ndarray:
+        """One 64-bit hash per row of ``df``, of the cells this model reads and its target, as text (the rows'
+        ids and other columns aside): a row of a later table that matches one the model trained or validated
+        on (:attr:`seen_rows`) is the same row. A column the table lacks hashes as blank."""
+        import pandas as pd
+
+        cols = sorted({str(c) for p in self.preprocessors.values() for c in p.columns}
+                      | ({self.target.column} if self.target is not None else set()))
+        cells = pd.DataFrame({c: df[c].astype(str) if c in df.columns else "" for c in cols}, index=df.index)
+        return pd.util.hash_pandas_object(cells, index=False).to_numpy(np.uint64)
+
+    def count_seen(self, df) -> int | None:
+        """How many rows of ``df`` the model trained or validated on (None: the bundle keeps no fingerprints)."""
+        if self.seen_rows is None or not len(df):
+            return None if self.seen_rows is None else 0
+        return int(np.isin(self.row_fingerprints(df), self.seen_rows).sum())
 
     @property
     def classes_(self) -> list | None:

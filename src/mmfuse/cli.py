@@ -849,6 +849,10 @@ def evaluate(
                            allow_outside_root=allow_outside_root, test_only=not all_rows)
     if m.get("scored_rows"):
         typer.echo(m["scored_rows"] + ("" if all_rows else "; --all-rows scores every row"))
+    if m.get("rows_seen_in_training"):
+        typer.echo(f"warning: {m['rows_seen_in_training']} of these rows are rows the model trained "
+                   "or stopped early on (the same inputs and target), so these metrics flatter it; score rows it "
+                   "never saw: its run's test split, or another table")
     if pred.describe_absent():
         typer.echo(f"note: {pred.describe_absent()}")
     if m.get("bad_input"):
