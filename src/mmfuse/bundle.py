@@ -288,10 +288,11 @@ class Predictor(TablePredictions):
     was built to handle that. Use :meth:`load`; the constructor takes loaded parts.
     """
 
+    seen_rows = None  # fingerprints of the training and validation rows (row_fingerprints; None: not kept)
+
     def __init__(self, model, preps: dict, target, schema, config: dict, path: Path | None = None):
         self.model, self.preprocessors, self.target, self.schema = model.eval(), preps, target, schema
         self.config, self.path = config, path
-        self.seen_rows = None  # fingerprints of the training and validation rows (None: not kept)
 
     @property
     def threshold(self):
