@@ -423,7 +423,7 @@ class Predictor(TablePredictions):
 
         cols = sorted({str(c) for p in self.preprocessors.values() for c in p.columns}
                       | ({self.target.column} if self.target is not None else set()))
-        cells = pd.DataFrame({c: df[c].astype(str) if c in df.columns else "" for c in cols}, index=df.index)
+        cells = pd.DataFrame({c: df[c].map(str) if c in df.columns else "" for c in cols}, index=df.index)  # (bytes too)
         return pd.util.hash_pandas_object(cells, index=False).to_numpy(np.uint64)
 
     def count_seen(self, df) -> int | None:
