@@ -47,6 +47,9 @@ def test_iter_table_errors_name_the_file_and_line(tmp_path):
     (tmp_path / "long.csv").write_text("a,b\n" + "1,2\n" * 30 + "3,4,5\n")
     with pytest.raises(SchemaError, match=r"long.csv', line 32: has 3 fields but the header has 2"):
         list(iter_table(tmp_path / "long.csv", chunk_rows=10))
+    (tmp_path / "short.csv").write_text("a,b\n" + "1,2\n\n" * 15 + '"3\n",4\n' + "5\n")
+    with pytest.raises(SchemaError, match=r"short.csv', line 34: has 1 field but the header has 2"):
+        list(iter_table(tmp_path / "short.csv", chunk_rows=10))  # (blank lines; lines 32-33 are one row)
     (tmp_path / "t.parquet").write_text("a,b\n1,2\n")
     with pytest.raises(SchemaError, match="is not a Parquet file: its content looks like CSV"):
         list(iter_table(tmp_path / "t.parquet"))
@@ -109,10 +112,13 @@ def test_a_failure_half_way_leaves_no_output_file(bundle, tmp_path):
 
 def test_cli_predict_streams_and_reports(bundle, tmp_path, capsys):
     pred, df = bundle
+    df = df.copy()
+    df.loc[[3, 70, 110], "cat"] = ["z", "z", "new"]  # categories training never saw, in two of three chunks
     src = _write(df, tmp_path / "in.jsonl")
     main(["predict", str(pred.path), str(src), "-o", str(tmp_path / "p.csv"), "--chunk-rows", "50", "--progress"])
     cap = capsys.readouterr()
-    assert cap.out.strip().endswith(f"120 predictions written to {tmp_path / 'p.csv'}")
+    assert cap.out.strip().endswith(f"120 predictions written to {tmp_path / 'p.csv'}; categories unseen in "
+                                    "training, read as 'unknown' ('cat': 3 cells)")
     assert "predict: 120 rows" in cap.err
     assert len(pd.read_csv(tmp_path / "p.csv")) == 120
 

@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 
 
@@ -312,3 +314,6 @@ def test_evaluate_warns_when_it_scores_rows_the_model_trained_on(tmp_path, capsy
     assert "trained or stopped early on" not in capsys.readouterr().out
     p.save(tmp_path / "again")
     assert (Predictor.load(tmp_path / "again").seen_rows == p.seen_rows).all()
+    many = pd.concat([df] * 60, ignore_index=True)  # 12,000 rows: the text is built 10,000 rows at a time
+    assert (p.row_fingerprints(many) == np.tile(p.row_fingerprints(df), 60)).all()
+    assert p.count_seen(many) == 60 * len(p.seen_rows) and p.count_seen(df.iloc[:0]) == 0

@@ -88,6 +88,11 @@ BROKEN_TABLES = [
     # the row that is too long has a quoted field spanning lines 3 and 4: it starts on line 3
     ("multiline.csv", b'a,y\n1,p\n2,"q\nr",5\n', r", line 3: has 3 fields"),
     ("unclosed.csv", b'a,y\n1,"p\n2,q\n', r"a quoted field is never closed .*opening quote"),
+    # a text with a line break not in quotes cuts its row in two: pandas would fill the rest with blanks
+    ("short.csv", b"text,n,y\nhello,1,p\nbroken\nline,2,q\n",
+     r", line 3: has 1 field but the header has 3\. Put a text with a line break in quotes"),
+    # blank lines are not rows, and a quoted line break is one field: the short row is on line 7
+    ("cut.csv", b'a,b,y\n1,2,p\n\n   \n"x\ny",3,q\n4,5\n', r", line 7: has 2 fields but the header has 3"),
     ("image.csv", PNG, r"is not a CSV file: its content looks like a PNG image\. Pass the table itself"),
     ("array.csv", b'[\n {"a": 1, "y": "p"}\n]\n', r"is not a CSV file: its content looks like JSON\. .*\.jsonl"),
     ("lines.csv", b'{"a": 1, "y": "p"}\n{"a": 2, "y": "q"}\n', r"looks like JSON Lines\. Rename it to \.jsonl"),
@@ -112,6 +117,12 @@ def test_broken_table_files_are_one_line_errors_naming_file_line_and_fix(tmp_pat
     with pytest.raises(SchemaError, match=message) as e:
         read_table(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_empty_dataframe_is_refused_in_its_own_terms():
+    with pytest.raises(SchemaError, match=r"table <DataFrame> is empty \(0 rows, 1 columns\); it needs at least "
+                                          r"one column and one row"):
+        read_table(pd.DataFrame({"a": []}))
 
 
 def test_folder_instead_of_table_names_a_table_inside(tmp_path):

@@ -311,9 +311,8 @@ class MultimodalPredictor:
         train_seconds = time.perf_counter() - t_train
         self.predictor_ = Predictor(model, preps, task, schema, {"model": spec})
         if not self.stream:  # so that evaluate can tell when it is given rows the model has seen
-            import pandas as pd
-
-            self.predictor_.seen_rows = self.predictor_.row_fingerprints(pd.concat([splits.train, splits.val]))
+            self.predictor_.seen_rows = np.concatenate([self.predictor_.row_fingerprints(splits.train),
+                                                        self.predictor_.row_fingerprints(splits.val)])
         self.rank_ = result.get("global_rank", 0)
         if self.rank_ != 0:  # distributed training: the first process scores and writes, the others stop here
             self.schema_, self.classes_, self.task_, self.history_ = schema, task.classes_, task, result["history"]

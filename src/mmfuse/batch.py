@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MmfuseError
-from .io import iter_table, table_rows
+from .io import iter_table, table_format, table_rows
 from .reading import check_keep, keep_names, with_kept
 
 __all__ = ["predict_file", "check_output", "write_frame", "BatchReport", "OUTPUT_FORMATS"]
@@ -37,6 +37,7 @@ class BatchReport:
     bad_input_counts: dict = field(default_factory=dict)  # column -> cells (skip / missing policies)
     absent: str = ""  # inputs absent from the table (predict's note)
     no_input: list = field(default_factory=list)  # row ids whose every input was blank
+    unseen_categories: dict = field(default_factory=dict)  # column -> cells whose category training never saw
 
     def describe_no_input(self) -> str:
         from .reading import describe_no_input
@@ -55,6 +56,9 @@ class BatchReport:
                                                                      self.bad_input_counts.items()) + ")"
         if self.no_input:
             line += "; " + self.describe_no_input()
+        if self.unseen_categories:
+            line += "; categories unseen in training, read as 'unknown' (" + ", ".join(
+                f"{c!r}: {n} cell{'s' * (n != 1)}" for c, n in sorted(self.unseen_categories.items())) + ")"
         return line
 
 
@@ -108,7 +112,7 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
     t0 = time.perf_counter()
     try:
         seen: list = []
-        jsonl = str(data).lower().endswith((".jsonl", ".ndjson"))
+        jsonl = table_format(data) == "jsonl"
         for chunk in iter_table(data, chunk_rows=chunk_rows, root=root, encoding=encoding, verbatim=keep_names(keep)):
             if not report.chunks:
                 keep = keep_names(keep, chunk.df.columns)
@@ -138,8 +142,10 @@ def predict_file(predictor, data, out, *, chunk_rows: int = 50_000, batch_size: 
             if "skipped" in frame.columns:
                 gone = frame["skipped"].notna().to_numpy()
                 report.skipped.update(zip(frame["row"].to_numpy()[gone].tolist(), frame["skipped"][gone]))
-            for col, n in predictor.last_report.counts().items():
-                report.bad_input_counts[col] = report.bad_input_counts.get(col, 0) + n
+            for counts, into in ((predictor.last_report.counts(), report.bad_input_counts),
+                                 (predictor.last_report.unknown_categories, report.unseen_categories)):
+                for col, n in counts.items():
+                    into[col] = into.get(col, 0) + n
             if not report.absent:
                 report.absent = predictor.describe_absent()
             report.no_input += list(getattr(predictor, "last_no_input", ()))

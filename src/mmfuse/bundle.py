@@ -418,18 +418,23 @@ class Predictor(TablePredictions):
     def row_fingerprints(self, df) -> np.ndarray:
         """One 64-bit hash per row of ``df``, of the cells this model reads and its target, as text (the rows'
         ids and other columns aside): a row of a later table that matches one the model trained or validated
-        on (:attr:`seen_rows`) is the same row. A column the table lacks hashes as blank."""
+        on (:attr:`seen_rows`) is the same row. A column the table lacks hashes as blank. The text of 10,000
+        rows at a time is built (a cell of image bytes becomes text several times its size)."""
         import pandas as pd
 
         cols = sorted({str(c) for p in self.preprocessors.values() for c in p.columns}
                       | ({self.target.column} if self.target is not None else set()))
-        cells = pd.DataFrame({c: df[c].map(str) if c in df.columns else "" for c in cols}, index=df.index)  # (bytes too)
-        return pd.util.hash_pandas_object(cells, index=False).to_numpy(np.uint64)
+        out = np.empty(len(df), np.uint64)
+        for i in range(0, len(df), 10_000):
+            part = df.iloc[i:i + 10_000]
+            cells = pd.DataFrame({c: part[c].map(str) if c in part.columns else "" for c in cols}, index=part.index)
+            out[i:i + len(part)] = pd.util.hash_pandas_object(cells, index=False).to_numpy(np.uint64)
+        return out
 
     def count_seen(self, df) -> int | None:
         """How many rows of ``df`` the model trained or validated on (None: the bundle keeps no fingerprints)."""
-        if self.seen_rows is None or not len(df):
-            return None if self.seen_rows is None else 0
+        if self.seen_rows is None:
+            return None
         return int(np.isin(self.row_fingerprints(df), self.seen_rows).sum())
 
     @property

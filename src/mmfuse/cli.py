@@ -1245,7 +1245,9 @@ def _error_line(e: Exception, args=()) -> str:
 
     msg = re.sub(r"^(setting )?'?([a-z][a-z0-9_]*)'?(?= must be )", as_flag, msg, count=1)  # only a whole subject
     row = e.row if isinstance(e, InputError) else None
-    text_table = any(Path(a).suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson") for a in args)
+    from .io import table_format
+
+    text_table = any(table_format(a) in ("csv", "tsv", "jsonl") for a in args)
     if text_table and isinstance(row, numbers.Integral) and not isinstance(row, bool):
         msg = msg.replace(f"row {row}", f"row {row} (counted from 0: the first data row is row 0)", 1)
     if isinstance(e, OSError) and not isinstance(e, MmfuseError) and e.filename is not None:

@@ -5,8 +5,10 @@ resolved against (the table's own folder, or a ``root`` the user gives).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 from collections import Counter
@@ -19,7 +21,7 @@ import pandas as pd
 
 from .errors import InputError, MmfuseError, SchemaError
 
-__all__ = ["Table", "read_table", "iter_table", "table_rows", "resolve_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["Table", "read_table", "iter_table", "table_format", "table_rows", "resolve_path", "atomic_write_bytes", "atomic_write_text"]
 
 TableLike = Union["Table", pd.DataFrame, str, os.PathLike]
 
@@ -101,8 +103,10 @@ def read_table(data: TableLike, root: str | os.PathLike | None = None, encoding:
         df = _read_path(path, encoding)
         table = Table(df, Path(root).resolve() if root else path.resolve().parent, str(path))
     if len(table.df.columns) == 0 or len(table.df) == 0:
+        need = "a header line and at least one row" if table.source != "<DataFrame>" else \
+            "at least one column and one row (a DataFrame of the columns the model reads)"
         raise SchemaError(f"table {table.source} is empty ({len(table.df)} rows, {len(table.df.columns)} columns); "
-                          "it needs a header line and at least one row")
+                          f"it needs {need}")
     return table
 
 
@@ -129,7 +133,8 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
     path = Path(data)
     root = Path(root).resolve() if root else path.resolve().parent
     fmt = _check_file(path)
-    start, sep, header = 0, ",", []
+    start, sep, header, records = 0, ",", [], None
+    stack = contextlib.ExitStack()
     try:
         if fmt == "parquet":
             import pyarrow.parquet as pq
@@ -153,6 +158,9 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
                 na_values={c: sorted(pd._libs.parsers.STR_NA_VALUES) for c in header if c not in text})
             chunks = pd.read_csv(path, sep=sep, low_memory=False, index_col=False, chunksize=chunk_rows,
                                  encoding=_text_encoding(encoding), **na)
+            # the rows' fields, read beside the chunks: a row with fewer fields than the header is refused
+            check = stack.enter_context(open(path, encoding=_text_encoding(encoding), newline=""))
+            records = _records(csv.reader(check, delimiter=sep))
         chunks = iter(chunks)
         while True:
             with warnings.catch_warnings():  # around each read only: the caller's code runs between them
@@ -162,6 +170,8 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
                 break
             if not len(df):  # a header and no rows (pandas yields one empty chunk): the file is empty
                 continue
+            if records is not None:
+                _check_short_rows(path, records, len(header), len(df))
             if fmt == "jsonl" and not all(isinstance(c, str) for c in df.columns):
                 raise _table_error(path, "holds a line that is not a JSON object", 'JSON Lines needs one JSON '
                                    'object per line, like {"text": "a", "label": 1}')
@@ -185,6 +195,8 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
                          hint="Re-save the file as UTF-8 (or save it as Parquet)") from None
     except Exception as e:  # any other failure of pandas, pyarrow, csv, json or the OS: one line
         raise _translate(e, path, fmt) from e
+    finally:
+        stack.close()
     if start == 0:
         raise SchemaError(f"table {path} is empty (0 rows); it needs a header line and at least one row")
 
@@ -213,10 +225,16 @@ def _with_json_values(chunks, path: Path, encoding: str, verbatim: Sequence[str]
             yield df
 
 
+def table_format(data: str | os.PathLike) -> str | None:
+    """The format a table file is read as, by its suffix: ``csv``, ``tsv``, ``parquet`` or ``jsonl``; None for
+    a suffix of no table format (reading it says why)."""
+    return _SUFFIXES.get(Path(data).suffix.lower())
+
+
 def table_rows(data: str | os.PathLike) -> int | None:
     """The number of rows of a Parquet file from its metadata (no data read); None for text formats."""
     path = Path(data)
-    if _SUFFIXES.get(path.suffix.lower()) != "parquet":
+    if table_format(path) != "parquet":
         return None
     try:
         import pyarrow.parquet as pq
@@ -325,7 +343,7 @@ def _read_csv(text: str, path: Path, sep: str, sniff_separator: bool) -> pd.Data
         # written and typed later by the schema (so a stray string in a numeric column is reported).
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(io.StringIO(text), sep=sep, low_memory=False, index_col=False)
+            df = pd.read_csv(io.StringIO(text), sep=sep, low_memory=False, index_col=False)
     except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
         long_row = _first_long_row(text, sep, len(header))
         if long_row is None:
@@ -335,6 +353,8 @@ def _read_csv(text: str, path: Path, sep: str, sniff_separator: bool) -> pd.Data
         raise _table_error(path, f"has {n} fields but the header has {len(header)}",
                            f"Put quotes around fields that contain {shown} (\"a{sep.strip()} b\"), "
                            "or fix that row", line=line) from e
+    _check_short_rows(path, _records(csv.reader(io.StringIO(text), delimiter=sep)), len(header), len(df))
+    return df
 
 
 def _csv_header(open_text, sep: str, sniff_separator: bool) -> tuple[list, str]:
@@ -349,6 +369,33 @@ def _csv_header(open_text, sep: str, sniff_separator: bool) -> tuple[list, str]:
         sep = next((s for s in (";", "\t") if s in header[0]), sep)
         header = first(sep)
     return header, sep
+
+
+def _records(reader):
+    """(line where it starts, its fields) of each row of a ``csv.reader`` past the header, blank lines left out
+    as pandas leaves them out."""
+    try:
+        next(reader, None)
+        start = reader.line_num + 1
+        for fields in reader:
+            if len(fields) > 1 or (fields and fields[0].strip()):
+                yield start, fields
+            start = reader.line_num + 1
+    except csv.Error:  # a field over csv.field_size_limit(), which pandas reads: the rows past it go unchecked
+        return
+
+
+def _check_short_rows(path: Path, records, n_header: int, n_rows: int) -> None:
+    """Refuse the first of the next ``n_rows`` rows of ``records`` (:func:`_records`) with fewer fields than
+    the header. pandas fills the missing fields with blanks; the usual cause is a text with a line break that
+    is not in quotes, which cuts its row in two, or a row cut short."""
+    if n_header < 2:
+        return
+    for line, fields in itertools.islice(records, n_rows):
+        if len(fields) < n_header:
+            raise _table_error(path, f"has {len(fields)} field{'s' * (len(fields) != 1)} but the header has "
+                               f"{n_header}", "Put a text with a line break in quotes (\"first line\\nsecond\"), "
+                               "or give the row every field (an empty one stays blank: a,,c)", line=line)
 
 
 def _first_long_row(text, sep: str, n_header: int) -> tuple[int, int] | None:

@@ -163,7 +163,10 @@ def keep_names(values, columns=None) -> list[str]:
     out = []
     for v in [values] if isinstance(values, str) else list(values):
         pieces = [p.strip() for p in str(v).split(",") if p.strip()]
-        out += [v] if columns is not None and v in columns else pieces if columns is not None else [v, *pieces]
+        if columns is None:
+            out += [v, *pieces]
+        else:
+            out += [v] if v in columns else pieces
     return list(dict.fromkeys(out))
 
 

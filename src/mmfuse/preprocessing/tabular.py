@@ -23,7 +23,8 @@ def to_float(v, row=None, column=None, comma: str | None = None) -> float:
     x = parse_number(v, comma)
     if x is None:
         raise bad(row, column, f"holds {v!r}, which is not a number",
-                  hint="fix the cell, leave it empty to mark it missing, or use the 'missing' bad-input policy")
+                  hint="fix the cell, leave it empty to mark it missing, or read such cells as missing "
+                       "(--on-bad-input missing, on_bad_input='missing')")
     if math.isinf(x):
         raise bad(row, column, f"holds {x}, an infinite value", hint="replace it with a finite number or leave it empty")
     return x
