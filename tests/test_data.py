@@ -47,6 +47,67 @@ def test_workers_give_the_same_batches(mm_table):
                 assert torch.equal(xa, ya)
 
 
+def test_workers_of_a_process_in_a_process_group_come_from_a_fork_server(mm_table):
+    """In a process group (distributed training) a forked worker can hang at its start (gloo's threads, see
+    ``worker_context``): the workers start from a fork server and give the same batches."""
+    import torch.distributed as dist
+
+    from mmfuse.bench import free_port
+
+    table, preps, target = setup(mm_table)
+    ds = MultimodalDataset(table, preps, target)
+    a = list(make_loader(ds, batch_size=5, num_workers=0))
+    loader = make_loader(ds, batch_size=5, num_workers=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        b = list(loader)
+    finally:
+        dist.destroy_process_group()
+    assert loader._workers.multiprocessing_context.get_start_method() == "forkserver"
+    assert [x["row"].tolist() for x in a] == [y["row"].tolist() for y in b]
+    assert all(torch.equal(x["inputs"]["photo"], y["inputs"]["photo"]) for x, y in zip(a, b))
+    assert make_loader(ds, batch_size=5, num_workers=1)._workers.multiprocessing_context is None  # (fork)
+
+
+def _serve(pid):  # a loader worker's life, in a process the fork server started
+    from mmfuse.data import exit_with
+
+    exit_with(pid)
+    import time
+
+    time.sleep(120)
+
+
+def test_a_worker_from_the_fork_server_ends_with_the_process_it_serves():
+    """Its parent is the fork server, not the process whose loader it serves: killed outright, that process would
+    leave it (and the fork server) running."""
+    import multiprocessing
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    worker = multiprocessing.get_context("forkserver").Process(target=_serve, args=(owner.pid,))
+    worker.start()
+    try:
+        owner.wait()
+        worker.join(timeout=60)
+        assert worker.exitcode == 1  # ended by exit_with (alive: None)
+    finally:
+        worker.kill()
+
+
+def test_fit_called_by_a_worker_importing_the_training_script_is_a_clear_error(monkeypatch):
+    """A fork-server (or spawn) worker imports the script that started training; a script without the
+    ``__main__`` guard would start training again in every worker."""
+    import multiprocessing
+
+    from mmfuse import MultimodalPredictor
+
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(MmfuseError, match="put the script's code under 'if __name__ == \"__main__\":'"):
+        MultimodalPredictor("y").fit(pd.DataFrame({"x": [1.0, 2.0], "y": [0, 1]}))
+
+
 def break_files(tmp_path):
     (tmp_path / "img" / "2.png").write_bytes(b"not an image")
     (tmp_path / "wav" / "4.wav").unlink()

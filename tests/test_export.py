@@ -230,6 +230,7 @@ def test_cli_export_and_predict_from_the_export(exported, tmp_path, capsys):
     main(["inspect", str(tmp_path / "e")])  # inspect describes an export, as it does a bundle
     out = capsys.readouterr().out
     assert f"from the bundle {bundle}" in out and "checked against PyTorch on 10 rows" in out
+    assert "\ninputs: " in out and " from " in out.split("\ninputs: ")[1].splitlines()[0]
 
 
 @pytest.mark.parametrize("args,message", [

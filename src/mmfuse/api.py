@@ -205,10 +205,11 @@ class MultimodalPredictor:
 
         from . import pipeline as P
         from .bundle import Predictor
-        from .data import BadInputPolicy
+        from .data import BadInputPolicy, check_not_importing_main
         from .evaluation import write_report
         from .io import read_table
 
+        check_not_importing_main()
         for name, v in (("val", val), ("test", test)):
             if v is not None and (isinstance(v, (np.ndarray, list)) or type(v).__name__ == "Series"):
                 raise MmfuseError(f"fit({name}=...) takes a table with the target column, not labels: mmfuse reads the "

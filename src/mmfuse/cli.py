@@ -120,6 +120,12 @@ def _one_of_resume_overwrite(resume: bool, overwrite: bool, out) -> None:
         raise MmfuseError(f"--resume continues the run in {out}, --overwrite replaces it: pass one of them")
 
 
+def _inputs_line(preprocessors) -> str:
+    """``inputs: name (modality from columns), ...``"""
+    return "inputs: " + ", ".join(f"{n} ({p.modality} from {', '.join(map(str, p.columns))})"
+                                  for n, p in preprocessors.items())
+
+
 def _describe_bundle(path: Path) -> None:
     """``inspect BUNDLE``: the task, the inputs and their columns, the training plan and the scores kept in it;
     of an ONNX export, what it was exported from and how closely it matched PyTorch."""
@@ -135,8 +141,7 @@ def _describe_bundle(path: Path) -> None:
         typer.echo(f"ONNX export {path}: written by mmfuse {m.get('mmfuse_version', '?')}"
                    + (f", {m['created']}" if m.get("created") else "") + f", from the bundle {m.get('bundle', '?')}")
         typer.echo(f"task: {t.name}, target {t.column!r}" + (f", {len(t.classes_)} classes" if t.classes_ else ""))
-        typer.echo("inputs: " + ", ".join(f"{n} ({p.modality} from {', '.join(map(str, p.columns))})"
-                                          for n, p in onnx.preprocessors.items()))
+        typer.echo(_inputs_line(onnx.preprocessors))
         parity = m.get("parity") or {}
         if parity:
             typer.echo(f"checked against PyTorch on {parity.get('rows')} rows: largest difference of an output "
@@ -160,8 +165,7 @@ def _describe_bundle(path: Path) -> None:
         for line in format_plan(metrics["plan"]):
             typer.echo(f"  {line}")
     else:
-        typer.echo("inputs: " + ", ".join(f"{n} ({p.modality} from {', '.join(map(str, p.columns))})"
-                                          for n, p in pred.preprocessors.items()))
+        typer.echo(_inputs_line(pred.preprocessors))
     if getattr(pred, "aligned_only", False):
         typer.echo(f"aligned encoders (mmfuse align), pairs {pred.aligned_pairs}: `mmfuse fit --init-from "
                    f"{path}` trains a model from them, `mmfuse retrieve` searches with them")

@@ -482,6 +482,11 @@ class MultimodalLoader:
         if getattr(self.dataset, "counts_per_pass", False):  # a streamed split, read again on each pass
             self.dataset.report.unknown_categories.clear()
         use_workers = self._workers is not None and not self.dataset.fully_cached()
+        if use_workers and self._workers.multiprocessing_context is None and in_process_group():
+            import functools
+
+            self._workers.multiprocessing_context = worker_context()
+            self._workers.worker_init_fn = functools.partial(exit_with, os.getpid())
         for batch in (self._workers if use_workers else self._main):
             if "error" in batch:
                 raise batch["error"]
@@ -492,6 +497,60 @@ class MultimodalLoader:
             if len(batch["row"]) == 0 and not self.yield_empty:  # every row of this batch was skipped as bad input
                 continue
             yield batch
+
+
+def in_process_group() -> bool:
+    """Whether this process has joined a ``torch.distributed`` process group (distributed training)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def worker_context():
+    """The start method of the loader workers of a process in a process group: ``forkserver``.
+
+    A fork copies the process at one instant. In a process of a process group, the communication threads (gloo,
+    NCCL) take and release Python's thread-state lock each time they finish a collective; a worker forked while
+    one holds it never starts (CPython 3.11: the child waits for that lock in ``PyOS_AfterFork_Child``), and its
+    process waits for the worker's first batch while the others wait in the next collective. It happened once in
+    about 30 runs here, at the first batch of a validation. A fork server is a process without those threads
+    that forks the workers instead; it imports torch and mmfuse once, so a worker starts without importing them.
+    As with ``spawn`` (macOS, Windows), a worker imports the script that started training: its code belongs under
+    ``if __name__ == "__main__":`` (:func:`check_not_importing_main`).
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "mmfuse.data", "mmfuse.streaming"])  # (before its server starts)
+    return ctx
+
+
+def exit_with(pid: int, worker_id: int = 0) -> None:
+    """In a loader worker started by a fork server: end the worker when process ``pid``, whose loader it serves,
+    has ended. Its parent is the fork server, which torch's own check watches, and the fork server lives as long
+    as a worker does: a process killed outright (a pre-empted job, SIGKILL) would leave both running, holding its
+    output open."""
+    import threading
+    import time
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mmfuse-exit-with-parent").start()
+
+
+def check_not_importing_main(what: str = "fit") -> None:
+    """An error when a loader worker, starting, imports the script that started training and that script calls
+    ``what`` outside ``if __name__ == "__main__":`` (it would start another training run in every worker)."""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # multiprocessing's own test of this
+        raise MmfuseError(f"{what}() was called while a loader worker imported the script that started training; "
+                          "put the script's code under 'if __name__ == \"__main__\":' (a worker imports the "
+                          "script, as on macOS and Windows), or set num_workers=0 (--num-workers 0)")
 
 
 def make_loader(dataset: MultimodalDataset, batch_size: int = 64, shuffle: bool = False, num_workers: int = 0,
