@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,8 +50,8 @@ def test_workers_give_the_same_batches(mm_table):
 
 
 def test_workers_of_a_process_in_a_process_group_come_from_a_fork_server(mm_table):
-    """In a process group (distributed training) a forked worker can hang at its start (gloo's threads, see
-    ``worker_context``): the workers start from a fork server and give the same batches."""
+    """In a process group (distributed training) a forked worker can hang at its start (see ``worker_context``):
+    the workers start from a fork server, watch the process they serve, and give the same batches."""
     import torch.distributed as dist
 
     from mmfuse.bench import free_port
@@ -57,6 +59,8 @@ def test_workers_of_a_process_in_a_process_group_come_from_a_fork_server(mm_tabl
     table, preps, target = setup(mm_table)
     ds = MultimodalDataset(table, preps, target)
     a = list(make_loader(ds, batch_size=5, num_workers=0))
+    forked = make_loader(ds, batch_size=5, num_workers=1)
+    assert len(list(forked)) == len(a) and forked._workers.multiprocessing_context is None  # one process: fork
     loader = make_loader(ds, batch_size=5, num_workers=1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
@@ -64,36 +68,46 @@ def test_workers_of_a_process_in_a_process_group_come_from_a_fork_server(mm_tabl
     finally:
         dist.destroy_process_group()
     assert loader._workers.multiprocessing_context.get_start_method() == "forkserver"
+    assert loader._workers.worker_init_fn.args[0] == os.getpid()  # exit_with, watching this process
     assert [x["row"].tolist() for x in a] == [y["row"].tolist() for y in b]
     assert all(torch.equal(x["inputs"]["photo"], y["inputs"]["photo"]) for x, y in zip(a, b))
-    assert make_loader(ds, batch_size=5, num_workers=1)._workers.multiprocessing_context is None  # (fork)
 
 
-def _serve(pid):  # a loader worker's life, in a process the fork server started
+def _serve(pid, started):  # a loader worker's life, in a process the fork server started
     from mmfuse.data import exit_with
 
-    exit_with(pid)
+    exit_with(pid, started)
     import time
 
     time.sleep(120)
 
 
-def test_a_worker_from_the_fork_server_ends_with_the_process_it_serves():
+@pytest.mark.parametrize("end", ["ended", "killed, not collected", "id given to a later process"])
+def test_a_worker_from_the_fork_server_ends_with_the_process_it_serves(end):
     """Its parent is the fork server, not the process whose loader it serves: killed outright, that process would
-    leave it (and the fork server) running."""
+    leave it (and the fork server) running. A killed process whose parent has not collected it yet (a zombie, as
+    while ``subprocess.run`` reads its output, which the worker holds) has ended too."""
     import multiprocessing
     import subprocess
     import sys
 
-    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
-    worker = multiprocessing.get_context("forkserver").Process(target=_serve, args=(owner.pid,))
+    from mmfuse.data import _started
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    started = _started(owner.pid) + (1 if end.startswith("id") else 0)
+    worker = multiprocessing.get_context("forkserver").Process(target=_serve, args=(owner.pid, started))
     worker.start()
     try:
-        owner.wait()
+        if end != "id given to a later process":
+            owner.kill()
+        if end == "ended":
+            owner.wait()
         worker.join(timeout=60)
         assert worker.exitcode == 1  # ended by exit_with (alive: None)
     finally:
         worker.kill()
+        owner.kill()
+        owner.wait()
 
 
 def test_fit_called_by_a_worker_importing_the_training_script_is_a_clear_error(monkeypatch):

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from mmfuse.errors import InputError, SchemaError
-from mmfuse.io import read_mapping_file, read_table, resolve_path
+from mmfuse.io import iter_table, read_mapping_file, read_table, resolve_path
 
 
 @pytest.fixture
@@ -93,6 +93,11 @@ BROKEN_TABLES = [
      r", line 3: has 1 field but the header has 3\. Put a text with a line break in quotes"),
     # blank lines are not rows, and a quoted line break is one field: the short row is on line 7
     ("cut.csv", b'a,b,y\n1,2,p\n\n   \n"x\ny",3,q\n4,5\n', r", line 7: has 2 fields but the header has 3"),
+    ("lead.csv", b"\na,b,y\n1,2\n", r", line 3: has 2 fields but the header has 3"),  # a blank line first
+    ("semi.csv", b"a;b;y\n1;2;p\n3;4\n", r", line 3: has 2 fields but the header has 3"),
+    ("short.tsv", b"a\tb\ty\n1\t2\n", r", line 2: has 2 fields but the header has 3"),
+    # past a field longer than the csv module's default limit (131,072 characters), as pandas reads it
+    ("big.csv", b"a,b,y\n" + b"x" * 200_000 + b",2,p\n3,4\n", r", line 3: has 2 fields but the header has 3"),
     ("image.csv", PNG, r"is not a CSV file: its content looks like a PNG image\. Pass the table itself"),
     ("array.csv", b'[\n {"a": 1, "y": "p"}\n]\n', r"is not a CSV file: its content looks like JSON\. .*\.jsonl"),
     ("lines.csv", b'{"a": 1, "y": "p"}\n{"a": 2, "y": "q"}\n', r"looks like JSON Lines\. Rename it to \.jsonl"),
@@ -117,6 +122,16 @@ def test_broken_table_files_are_one_line_errors_naming_file_line_and_fix(tmp_pat
     with pytest.raises(SchemaError, match=message) as e:
         read_table(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content, shape", [
+    (b"a,b,y,\n1,2,p\n3,4,q,\n", (2, 4)),  # a header ending in a separator: its unnamed column may be left out
+    (b"a,b,y\n1,2,p\n   \n\t\n\n3,4,q\n", (2, 3)),  # lines of spaces and tabs are blank, as for pandas
+])
+def test_rows_pandas_reads_whole_are_not_refused(tmp_path, content, shape):
+    (tmp_path / "t.csv").write_bytes(content)
+    assert read_table(tmp_path / "t.csv").df.shape == shape
+    assert sum(len(c) for c in iter_table(tmp_path / "t.csv", chunk_rows=1)) == shape[0]
 
 
 def test_an_empty_dataframe_is_refused_in_its_own_terms():

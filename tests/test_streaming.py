@@ -295,9 +295,14 @@ def test_a_worker_holds_about_the_buffer_and_a_row_group_whatever_the_table():
 
 
 # --- training -------------------------------------------------------------------------------
-def test_streamed_fit_trains_scores_and_saves_a_bundle_that_predicts_the_parquet_table(table, tmp_path):
+def test_streamed_fit_trains_scores_and_saves_a_bundle_that_predicts_the_parquet_table(table, tmp_path, monkeypatch):
+    import mmfuse.data
+
+    started, context = [], mmfuse.data.worker_context
+    monkeypatch.setattr(mmfuse.data, "worker_context", lambda: started.append(1) or context())
     m = MultimodalPredictor("label", out=tmp_path / "run", **fit_kw(epochs=2, num_workers=2))
     m.fit(table)
+    assert started  # its workers came from the fork server (not forked from a process with pyarrow's threads)
     assert m.metrics_["rows"] == {"train": 720, "val": 90, "test": 90}  # the split column, as written
     assert m.metrics_["split_source"].startswith("validation: rows with split column 'split' = val")
     assert len(m.history_) == 2 and m.metrics_["test"]["n"] == 90
@@ -380,17 +385,18 @@ class Record(L.Callback):  # each trained batch's rows, in order; the victim die
         if trainer.global_step == kill_at:
             os.kill(os.getpid(), 9)
 
-m = MultimodalPredictor("label", stream=os.environ["STREAM"] == "1", epochs=2, batch_size=16, progress=False, log=None, min_steps=0,
-                        contribution=False, preprocessing={"image": {"size": 16}}, sample_rows=200,
-                        shuffle_buffer=100, checkpoint_every=7, num_workers=int(os.environ.get("WORKERS", "0")),
-                        out=out, resume=resume, seed=5)
-import warnings
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    m.fit(data, callbacks=[Record()])
-print(json.dumps([str(w.message) for w in caught if "resum" in str(w.message)]))
-print(json.dumps(m.metrics_["resumed_after_steps"]))
-print(json.dumps(m.metrics_["history"]))
+if __name__ == "__main__":  # (a streamed table's loader workers import this script, as spawn does)
+    m = MultimodalPredictor("label", stream=os.environ["STREAM"] == "1", epochs=2, batch_size=16, progress=False,
+                            log=None, min_steps=0, contribution=False, preprocessing={"image": {"size": 16}},
+                            sample_rows=200, shuffle_buffer=100, checkpoint_every=7,
+                            num_workers=int(os.environ.get("WORKERS", "0")), out=out, resume=resume, seed=5)
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m.fit(data, callbacks=[Record()])
+    print(json.dumps([str(w.message) for w in caught if "resum" in str(w.message)]))
+    print(json.dumps(m.metrics_["resumed_after_steps"]))
+    print(json.dumps(m.metrics_["history"]))
 """
 
 

@@ -482,11 +482,12 @@ class MultimodalLoader:
         if getattr(self.dataset, "counts_per_pass", False):  # a streamed split, read again on each pass
             self.dataset.report.unknown_categories.clear()
         use_workers = self._workers is not None and not self.dataset.fully_cached()
-        if use_workers and self._workers.multiprocessing_context is None and in_process_group():
+        if use_workers and self._workers.multiprocessing_context is None and (
+                in_process_group() or not getattr(self.dataset, "fork_workers", True)):
             import functools
 
             self._workers.multiprocessing_context = worker_context()
-            self._workers.worker_init_fn = functools.partial(exit_with, os.getpid())
+            self._workers.worker_init_fn = functools.partial(exit_with, os.getpid(), _started(os.getpid()))
         for batch in (self._workers if use_workers else self._main):
             if "error" in batch:
                 raise batch["error"]
@@ -505,38 +506,72 @@ def in_process_group() -> bool:
 
 
 def worker_context():
-    """The start method of the loader workers of a process in a process group: ``forkserver``.
+    """The start method of loader workers in a process of a process group, and of a streamed table's: ``forkserver``.
 
-    A fork copies the process at one instant. In a process of a process group, the communication threads (gloo,
-    NCCL) take and release Python's thread-state lock each time they finish a collective; a worker forked while
-    one holds it never starts (CPython 3.11: the child waits for that lock in ``PyOS_AfterFork_Child``), and its
-    process waits for the worker's first batch while the others wait in the next collective. It happened once in
-    about 30 runs here, at the first batch of a validation. A fork server is a process without those threads
-    that forks the workers instead; it imports torch and mmfuse once, so a worker starts without importing them.
+    A fork copies the process at one instant, locks included. A thread of the training process that is entering
+    or leaving Python (a C++ thread that calls into Python: pyarrow's thread pool, a communication library's
+    threads) holds Python's thread-state lock for a moment; a worker forked then never starts (CPython 3.11: the
+    child waits for that lock in ``PyOS_AfterFork_Child``), and its process waits for the worker's first batch.
+    It happened once in about 30 two-process streamed runs here, at the first batch of a validation, the other
+    process waiting in the next collective; the thread that held a thread state at the fork was gone by then,
+    and by its thread id it was one of pyarrow's. A streamed table's workers start anew for each epoch and each
+    validation, so they come from the fork server in one process too. A fork server is a process without those
+    threads that forks the workers instead; it imports torch, mmfuse and the other modules loaded here that
+    reading needs once, so a worker starts without importing them. A table in memory keeps forked workers in one process: they share
+    its memory (in a process group each worker holds a copy of the table).
     As with ``spawn`` (macOS, Windows), a worker imports the script that started training: its code belongs under
     ``if __name__ == "__main__":`` (:func:`check_not_importing_main`).
     """
     import multiprocessing
 
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows: spawn, the only one there
+        return None
+    import sys
+
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "mmfuse.data", "mmfuse.streaming"])  # (before its server starts)
+    # imported once by the fork server, not by each worker (set before the server starts; later calls do nothing):
+    # the modules that reading and a training script need, those of them that this process has loaded (a worker
+    # still runs the script's imports, which then find them loaded)
+    needed = ["torch", "mmfuse.data", "mmfuse.streaming", "lightning", "transformers", "PIL.Image", "soundfile"]
+    ctx.set_forkserver_preload([m for m in needed if m in sys.modules])
     return ctx
 
 
-def exit_with(pid: int, worker_id: int = 0) -> None:
-    """In a loader worker started by a fork server: end the worker when process ``pid``, whose loader it serves,
-    has ended. Its parent is the fork server, which torch's own check watches, and the fork server lives as long
-    as a worker does: a process killed outright (a pre-empted job, SIGKILL) would leave both running, holding its
-    output open."""
+def _started(pid: int):
+    """When process ``pid`` started (Linux: clock ticks since boot, from /proc), to tell it from a later process
+    given the same id; -1 for a process that has ended but whose parent has not collected it yet (a zombie);
+    None where that is not known."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return -1 if fields[0] in ("Z", "X") else int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def exit_with(pid: int, started=None, worker_id: int = 0) -> None:
+    """In a loader worker started by a fork server: end the worker when process ``pid`` (which started at
+    ``started``, :func:`_started`), whose loader it serves, has ended. Its parent is the fork server, which
+    torch's own check watches, and the fork server lives as long as a worker does: a process killed outright
+    (a pre-empted job, SIGKILL) would leave both running, holding its output open, and a parent that reads that
+    output to its end before it collects the killed process (``subprocess.run``) would wait for ever."""
     import threading
     import time
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # another user's process, given the id since
+            return True
+        # ended, its parent waiting for its output to close (which this worker holds), or a later process given the id
+        return started is not None and _started(pid) != started
 
     def watch():
         while True:
             time.sleep(1.0)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if gone():
                 os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="mmfuse-exit-with-parent").start()
@@ -550,7 +585,7 @@ def check_not_importing_main(what: str = "fit") -> None:
     if getattr(multiprocessing.current_process(), "_inheriting", False):  # multiprocessing's own test of this
         raise MmfuseError(f"{what}() was called while a loader worker imported the script that started training; "
                           "put the script's code under 'if __name__ == \"__main__\":' (a worker imports the "
-                          "script, as on macOS and Windows), or set num_workers=0 (--num-workers 0)")
+                          "script, as on macOS and Windows), or set num_workers=0 (--workers 0)")
 
 
 def make_loader(dataset: MultimodalDataset, batch_size: int = 64, shuffle: bool = False, num_workers: int = 0,

@@ -171,7 +171,7 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
             if not len(df):  # a header and no rows (pandas yields one empty chunk): the file is empty
                 continue
             if records is not None:
-                _check_short_rows(path, records, len(header), len(df))
+                _check_short_rows(path, records, header, len(df))
             if fmt == "jsonl" and not all(isinstance(c, str) for c in df.columns):
                 raise _table_error(path, "holds a line that is not a JSON object", 'JSON Lines needs one JSON '
                                    'object per line, like {"text": "a", "label": 1}')
@@ -353,16 +353,16 @@ def _read_csv(text: str, path: Path, sep: str, sniff_separator: bool) -> pd.Data
         raise _table_error(path, f"has {n} fields but the header has {len(header)}",
                            f"Put quotes around fields that contain {shown} (\"a{sep.strip()} b\"), "
                            "or fix that row", line=line) from e
-    _check_short_rows(path, _records(csv.reader(io.StringIO(text), delimiter=sep)), len(header), len(df))
+    _check_short_rows(path, _records(csv.reader(io.StringIO(text), delimiter=sep)), header, len(df))
     return df
 
 
 def _csv_header(open_text, sep: str, sniff_separator: bool) -> tuple[list, str]:
     """The header row and the separator of CSV/TSV text (``open_text()`` opens it anew): a ``.csv`` whose
     header holds no comma but semicolons or tabs (Excel in many locales) is read with that separator."""
-    def first(sep):
+    def first(sep):  # (blank lines before it are left out, as pandas leaves them out)
         with open_text() as f:
-            return next(csv.reader(f, delimiter=sep), [])
+            return next((r for r in csv.reader(f, delimiter=sep) if not _blank(r)), [])
 
     header = first(sep)
     if sniff_separator and len(header) == 1:
@@ -371,31 +371,49 @@ def _csv_header(open_text, sep: str, sniff_separator: bool) -> tuple[list, str]:
     return header, sep
 
 
+def _blank(fields: list) -> bool:
+    """A line pandas leaves out (``skip_blank_lines``): empty, or spaces and tabs only (not ``""``)."""
+    return not fields or (len(fields) == 1 and fields[0] != "" and not fields[0].strip(" \t"))
+
+
 def _records(reader):
     """(line where it starts, its fields) of each row of a ``csv.reader`` past the header, blank lines left out
     as pandas leaves them out."""
     try:
-        next(reader, None)
-        start = reader.line_num + 1
+        start = 1
+        for fields in reader:  # the header: the first line that is not blank
+            start = reader.line_num + 1
+            if not _blank(fields):
+                break
         for fields in reader:
-            if len(fields) > 1 or (fields and fields[0].strip()):
+            if not _blank(fields):
                 yield start, fields
             start = reader.line_num + 1
-    except csv.Error:  # a field over csv.field_size_limit(), which pandas reads: the rows past it go unchecked
+    except csv.Error:  # a line pandas reads and csv does not: the rows past it go unchecked
         return
 
 
-def _check_short_rows(path: Path, records, n_header: int, n_rows: int) -> None:
+def _check_short_rows(path: Path, records, header: list, n_rows: int) -> None:
     """Refuse the first of the next ``n_rows`` rows of ``records`` (:func:`_records`) with fewer fields than
-    the header. pandas fills the missing fields with blanks; the usual cause is a text with a line break that
-    is not in quotes, which cuts its row in two, or a row cut short."""
-    if n_header < 2:
+    the header (but for unnamed columns at its end: a header that ends with a separator). pandas fills the
+    missing fields with blanks; the usual cause is a text with a line break that is not in quotes, which cuts
+    its row in two, or a row cut short."""
+    n = len(header)
+    while n and not str(header[n - 1]).strip():
+        n -= 1
+    if n < 2:
         return
-    for line, fields in itertools.islice(records, n_rows):
-        if len(fields) < n_header:
-            raise _table_error(path, f"has {len(fields)} field{'s' * (len(fields) != 1)} but the header has "
-                               f"{n_header}", "Put a text with a line break in quotes (\"first line\\nsecond\"), "
-                               "or give the row every field (an empty one stays blank: a,,c)", line=line)
+    limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # as long a field as pandas reads (the default is 131,072 characters)
+    try:
+        for line, fields in itertools.islice(records, n_rows):
+            if len(fields) < n:
+                raise _table_error(path, f"has {len(fields)} field{'s' * (len(fields) != 1)} but the header has "
+                                   f"{len(header)}", "Put a text with a line break in quotes (\"first line\\n"
+                                   "second\"), or give the row every field (an empty one stays blank: a,,c)",
+                                   line=line)
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _first_long_row(text, sep: str, n_header: int) -> tuple[int, int] | None:

@@ -591,6 +591,9 @@ class StreamingDataset(Dataset):
         return self._y
 
     counts_per_pass = True  # rows are read again on each pass: unseen categories are counted over the last one
+    # its workers start anew for each epoch and each validation, from a process with pyarrow's thread pool: they
+    # come from a fork server (mmfuse.data.worker_context), not from a fork of the training process
+    fork_workers = False
 
     def absent_inputs(self) -> list[str]:
         return [n for n, p in self.preprocessors.items() if not any(c in self.stream.columns for c in p.columns)]
