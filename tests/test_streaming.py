@@ -440,6 +440,21 @@ def test_a_run_killed_mid_epoch_resumes_after_the_rows_it_had_trained_on(table, 
     assert after == 7 and warned == []  # resumed after step 7 of its epoch, without Lightning's false alarm
 
 
+def test_a_script_without_the_main_guard_is_told_to_add_it(table, tmp_path):
+    """A streamed table's workers start from the fork server and import the script that started training: fit()
+    at the script's top level runs again in the worker, which refuses it; the script ends with that advice."""
+    script = tmp_path / "s.py"
+    script.write_text("from mmfuse import MultimodalPredictor\n"
+                      "MultimodalPredictor('label', stream=True, epochs=1, num_workers=1, progress=False, log=None, "
+                      f"preprocessing={{'image': {{'size': 16}}}}, sample_rows=100, out={str(tmp_path / 'run')!r})"
+                      f".fit({str(table)!r})\n")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode != 0 and "fit() was called while a loader worker imported the script" in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("mmfuse.errors.MmfuseError: DataLoader worker") and \
+        "a script keeps its code under 'if __name__ == \"__main__\":'" in last
+
+
 # --- the command line -----------------------------------------------------------------------
 def test_the_command_line_streams_and_refuses_careless_options_in_one_line(table, tmp_path, capsys):
     from test_cli_errors import cli_error

@@ -101,7 +101,9 @@ class TrainConfig:
                                  "tolerates parameters without a gradient in a step), `ddp` (DDP; every trainable "
                                  "parameter must get a gradient in every step) or `ddp_find_unused_parameters_true`.")
     seed: int = _doc(0, "Seed for weights, data order, augmentation and splits.")
-    num_workers: int = _doc(0, "DataLoader workers decoding files.")
+    num_workers: int = _doc(0, "DataLoader workers decoding files. Forked, but for a streamed table or distributed "
+                                "training, where they start from a fork server and import the training script: a "
+                                "script keeps its code under `if __name__ == \"__main__\":`.")
     cache: Optional[str] = _doc("memory", "Cache of decoded inputs: `memory`, a folder, or null (none).")
     group_by_length: Optional[bool] = _doc(None, "Batch training texts of similar length together, so that fine-tuned "
                                                  "text backbones spend less time on padding (null: on when a "

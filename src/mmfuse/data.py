@@ -488,7 +488,7 @@ class MultimodalLoader:
 
             self._workers.multiprocessing_context = worker_context()
             self._workers.worker_init_fn = functools.partial(exit_with, os.getpid(), _started(os.getpid()))
-        for batch in (self._workers if use_workers else self._main):
+        for batch in self._batches(use_workers):
             if "error" in batch:
                 raise batch["error"]
             for issue in batch.pop("issues"):
@@ -498,6 +498,19 @@ class MultimodalLoader:
             if len(batch["row"]) == 0 and not self.yield_empty:  # every row of this batch was skipped as bad input
                 continue
             yield batch
+
+    def _batches(self, use_workers: bool):
+        if not use_workers:
+            yield from self._main
+            return
+        try:
+            yield from self._workers
+        except RuntimeError as e:  # a fork-server worker that failed at its start, most often the script's fault
+            if self._workers.multiprocessing_context is None or "exited unexpectedly" not in str(e):
+                raise
+            raise MmfuseError(f"{e}: its error is printed above. A loader worker started by the fork server imports "
+                              "the script that started training; a script keeps its code under 'if __name__ == "
+                              "\"__main__\":'. Or set num_workers=0 (--workers 0)") from e
 
 
 def in_process_group() -> bool:
