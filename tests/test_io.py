@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import pandas as pd
 import pytest
@@ -132,6 +133,23 @@ def test_rows_pandas_reads_whole_are_not_refused(tmp_path, content, shape):
     (tmp_path / "t.csv").write_bytes(content)
     assert read_table(tmp_path / "t.csv").df.shape == shape
     assert sum(len(c) for c in iter_table(tmp_path / "t.csv", chunk_rows=1)) == shape[0]
+
+
+def test_a_quote_left_open_that_takes_in_whole_rows_is_warned_of(tmp_path):
+    """The quote opened on line 3 closes on line 5: pandas reads rows 3-5 as one row. A text with line breaks
+    and a comma or two is no warning."""
+    (tmp_path / "t.csv").write_text('id,x,text,y\n1,0.5,fine,p\n2,0.1,"love it,q\n3,0.2,ok,p\n4,0.3,ok" now,q\n'
+                                    '5,0.4,"two lines, one comma\nand more",p\n')
+    with pytest.warns(UserWarning, match=r"t.csv': 1 quoted field runs over lines that look like whole rows \(the "
+                                         r"first: the row on line 3, column 'text'\); a quote that is not closed"):
+        df = read_table(tmp_path / "t.csv").df
+    assert len(df) == 3
+    with pytest.warns(UserWarning, match="line 3, column 'text'"):
+        assert sum(len(c) for c in iter_table(tmp_path / "t.csv", chunk_rows=2)) == 3
+    (tmp_path / "ok.csv").write_text('id,x,text,y\n5,0.4,"two lines, one comma\nand more, and more",p\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(read_table(tmp_path / "ok.csv").df) == 1
 
 
 def test_an_empty_dataframe_is_refused_in_its_own_terms():

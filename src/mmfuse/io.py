@@ -171,7 +171,7 @@ def iter_table(data: str | os.PathLike, chunk_rows: int = 50_000, root: str | os
             if not len(df):  # a header and no rows (pandas yields one empty chunk): the file is empty
                 continue
             if records is not None:
-                _check_short_rows(path, records, header, len(df))
+                _check_rows(path, records, header, len(df), sep)
             if fmt == "jsonl" and not all(isinstance(c, str) for c in df.columns):
                 raise _table_error(path, "holds a line that is not a JSON object", 'JSON Lines needs one JSON '
                                    'object per line, like {"text": "a", "label": 1}')
@@ -353,7 +353,7 @@ def _read_csv(text: str, path: Path, sep: str, sniff_separator: bool) -> pd.Data
         raise _table_error(path, f"has {n} fields but the header has {len(header)}",
                            f"Put quotes around fields that contain {shown} (\"a{sep.strip()} b\"), "
                            "or fix that row", line=line) from e
-    _check_short_rows(path, _records(csv.reader(io.StringIO(text), delimiter=sep)), header, len(df))
+    _check_rows(path, _records(csv.reader(io.StringIO(text), delimiter=sep)), header, len(df), sep)
     return df
 
 
@@ -393,11 +393,15 @@ def _records(reader):
         return
 
 
-def _check_short_rows(path: Path, records, header: list, n_rows: int) -> None:
+def _check_rows(path: Path, records, header: list, n_rows: int, sep: str) -> None:
     """Refuse the first of the next ``n_rows`` rows of ``records`` (:func:`_records`) with fewer fields than
     the header (but for unnamed columns at its end: a header that ends with a separator). pandas fills the
     missing fields with blanks; the usual cause is a text with a line break that is not in quotes, which cuts
-    its row in two, or a row cut short."""
+    its row in two, or a row cut short. Warn of quoted fields that run over lines which look like whole rows
+    (as many separators as a row): a quote that is never closed where it should be takes the rows after it into
+    one field, and pandas reads one row where there were several."""
+    import warnings
+
     n = len(header)
     while n and not str(header[n - 1]).strip():
         n -= 1
@@ -405,6 +409,7 @@ def _check_short_rows(path: Path, records, header: list, n_rows: int) -> None:
         return
     limit = csv.field_size_limit()
     csv.field_size_limit(2**31 - 1)  # as long a field as pandas reads (the default is 131,072 characters)
+    swallowing = []
     try:
         for line, fields in itertools.islice(records, n_rows):
             if len(fields) < n:
@@ -412,8 +417,15 @@ def _check_short_rows(path: Path, records, header: list, n_rows: int) -> None:
                                    f"{len(header)}", "Put a text with a line break in quotes (\"first line\\n"
                                    "second\"), or give the row every field (an empty one stays blank: a,,c)",
                                    line=line)
+            swallowing += [(line, header[j] if j < len(header) else j) for j, f in enumerate(fields)
+                           if "\n" in f and any(x.count(sep) >= n - 1 for x in f.split("\n")[1:])]
     finally:
         csv.field_size_limit(limit)
+    if swallowing:
+        (line, column), k = swallowing[0], len(swallowing)
+        warnings.warn(f"table file {str(path)!r}: {k} quoted field{'s' * (k != 1)} run{'s' * (k == 1)} over lines that look like "
+                      f"whole rows (the first: the row on line {line}, column {column!r}); a quote that is not closed "
+                      "takes the rows after it into one field: check the quotes there", stacklevel=2)
 
 
 def _first_long_row(text, sep: str, n_header: int) -> tuple[int, int] | None:
