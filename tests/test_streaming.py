@@ -479,6 +479,10 @@ def test_the_command_line_streams_and_refuses_careless_options_in_one_line(table
     # the hash decides, not the table's split column (which has 90 validation rows)
     assert "(10% of the ids of 'id' by hash)" in out and "validation 90 " not in out
     assert (tmp_path / "run" / "bundle" / "config.json").exists()
+    # it keeps no fingerprints of its rows: evaluate says it cannot tell its training rows, and where the test is
+    main(["evaluate", str(tmp_path / "run" / "bundle"), str(sorted(table.glob("*.parquet"))[0]), "--no-contribution"])
+    assert "note: this model trained on a streamed table, of whose rows it keeps no fingerprint" in \
+        capsys.readouterr().out
 
 
 DDP = """
