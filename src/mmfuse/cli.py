@@ -857,11 +857,11 @@ def evaluate(
         typer.echo(f"warning: {m['rows_seen_in_training']} of these rows are rows the model trained "
                    "or stopped early on (the same inputs and target), so these metrics flatter it; score rows it "
                    "never saw: its run's test split, or another table")
-    elif pred.seen_rows is None and ((pred.config.get("metrics") or {}).get("plan") or {}).get("stream"):
-        split = (pred.config.get("metrics") or {}).get("split_source")
+    elif pred.seen_rows is None and ((trained := pred.config.get("metrics") or {}).get("plan") or {}).get("stream"):
+        split = trained.get("split_source")
         typer.echo("note: this model trained on a streamed table, of whose rows it keeps no fingerprint, so evaluate "
-                   "cannot tell rows it trained on from new ones; score its test split" + (f" ({split})" if split else
-                                                                                            ""))
+                   "cannot tell rows it trained on from new ones; score its test split"
+                   + (f" ({split})" if split else ""))
     if pred.describe_absent():
         typer.echo(f"note: {pred.describe_absent()}")
     if m.get("bad_input"):

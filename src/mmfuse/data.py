@@ -530,8 +530,8 @@ def worker_context():
     and by its thread id it was one of pyarrow's. A streamed table's workers start anew for each epoch and each
     validation, so they come from the fork server in one process too. A fork server is a process without those
     threads that forks the workers instead; it imports torch, mmfuse and the other modules loaded here that
-    reading needs once, so a worker starts without importing them. A table in memory keeps forked workers in one process: they share
-    its memory (in a process group each worker holds a copy of the table).
+    reading needs once, so a worker starts without importing them. A table in memory keeps forked workers in one
+    process: they share its memory (in a process group each worker holds a copy of the table).
     As with ``spawn`` (macOS, Windows), a worker imports the script that started training: its code belongs under
     ``if __name__ == "__main__":`` (:func:`check_not_importing_main`).
     """
@@ -574,9 +574,7 @@ def exit_with(pid: int, started=None, worker_id: int = 0) -> None:
     def gone() -> bool:
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # another user's process, given the id since
+        except (ProcessLookupError, PermissionError):  # gone, or another user's process given the id since
             return True
         # ended, its parent waiting for its output to close (which this worker holds), or a later process given the id
         return started is not None and _started(pid) != started

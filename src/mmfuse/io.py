@@ -21,7 +21,8 @@ import pandas as pd
 
 from .errors import InputError, MmfuseError, SchemaError
 
-__all__ = ["Table", "read_table", "iter_table", "table_format", "table_rows", "resolve_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["Table", "read_table", "iter_table", "table_format", "table_rows", "resolve_path", "atomic_write_bytes",
+           "atomic_write_text"]
 
 TableLike = Union["Table", pd.DataFrame, str, os.PathLike]
 
@@ -423,26 +424,22 @@ def _check_rows(path: Path, records, header: list, n_rows: int, sep: str) -> Non
         csv.field_size_limit(limit)
     if swallowing:
         (line, column), k = swallowing[0], len(swallowing)
-        warnings.warn(f"table file {str(path)!r}: {k} quoted field{'s' * (k != 1)} run{'s' * (k == 1)} over lines that look like "
-                      f"whole rows (the first: the row on line {line}, column {column!r}); a quote that is not closed "
-                      "takes the rows after it into one field: check the quotes there", stacklevel=2)
+        warnings.warn(f"table file {str(path)!r}: {k} quoted field{'s' * (k != 1)} run{'s' * (k == 1)} over lines "
+                      f"that look like whole rows (the first: the row on line {line}, column {column!r}); a quote that "
+                      "is not closed takes the rows after it into one field: check the quotes there", stacklevel=2)
 
 
 def _first_long_row(text, sep: str, n_header: int) -> tuple[int, int] | None:
     """(line where the first row with more than ``n_header`` fields starts, its number of fields).
     Rows whose extra fields are empty (a trailing separator, which pandas tolerates) come last.
-    ``text``: the file's text, or an open text file (read as it goes)."""
-    reader = csv.reader(io.StringIO(text) if isinstance(text, str) else text, delimiter=sep)
-    start, found = 1, None
-    try:
-        for fields in reader:
-            if len(fields) > n_header:
-                if any(f.strip() for f in fields[n_header:]):
-                    return start, len(fields)
-                found = found or (start, len(fields))
-            start = reader.line_num + 1
-    except csv.Error:  # e.g. a field over csv.field_size_limit(): let pandas' own message speak
-        pass
+    ``text``: the file's text, or an open text file (read as it goes). A line the csv module cannot read (a
+    field over its size limit) ends the search: pandas' own message then speaks."""
+    found = None
+    for line, fields in _records(csv.reader(io.StringIO(text) if isinstance(text, str) else text, delimiter=sep)):
+        if len(fields) > n_header:
+            if any(f.strip() for f in fields[n_header:]):
+                return line, len(fields)
+            found = found or (line, len(fields))
     return found
 
 
